@@ -1,0 +1,44 @@
+# medfed: two commands from a fresh clone.
+#   make run    set up .venv, generate phantoms if no data is configured, run the demo study
+#   make test   set up .venv, run the fast test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is installed first when none is present (a CPU build by default); override e.g.
+#   make run TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>"
+TORCH_SPEC ?= torch==2.13.0
+STUDY ?= simulations/studies/demo.toml
+OUT ?= runs/demo
+PYTEST_ARGS ?=
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+
+.PHONY: setup run test test-slow lint format bench clean
+
+setup: $(VENV)/.medfed-installed
+
+$(VENV)/.medfed-installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || { echo "installing $(TORCH_SPEC)"; $(PY) -m pip install -q $(TORCH_SPEC); }
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+run: setup
+	$(VENV)/bin/medfed run $(STUDY) --out $(OUT)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+bench: setup
+	$(VENV)/bin/medfed bench all
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

@@ -1,0 +1,137 @@
+"""The contract every encryption method honours.
+
+Images are numpy arrays shaped (N, C, H, W) with dtype uint8 or uint16
+(C = 1 for X-ray, 4 for BraTS slices). `bits` (8..16) is the meaningful bit
+depth; it defaults to 8 for uint8 and 16 for uint16 and travels in the
+container header so that metrics use the right MAX.
+
+`encrypt(images) -> bytes` always returns one container (see
+encryption/container.py): a header, the payload and an AEAD tag over both,
+keyed by the site key. `decrypt(bytes) -> images` checks the tag before
+anything else, so a wrong key or a flipped bit raises IntegrityError and
+never yields a wrong image.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from encryption.container import ContainerError, Header, open_container, seal_container
+from encryption.keys import KEY_BYTES, derive_key, generate_key
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """What `fit` did: wall time, epochs and the quality it reached."""
+
+    seconds: float = 0.0
+    epochs: int = 0
+    images: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def check_images(images: np.ndarray, bits: int | None = None) -> tuple[np.ndarray, int]:
+    """Validate an (N, C, H, W) uint8/uint16 batch; return it and its bit depth."""
+    if not isinstance(images, np.ndarray):
+        raise TypeError(f"images must be a numpy array, got {type(images).__name__}")
+    if images.ndim != 4:
+        raise ValueError(f"images must be shaped (N, C, H, W), got shape {images.shape}")
+    if images.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"images must be uint8 or uint16, got {images.dtype}")
+    if 0 in images.shape:
+        raise ValueError(f"images must not be empty, got shape {images.shape}")
+    native = 8 if images.dtype == np.uint8 else 16
+    bits = native if bits is None else int(bits)
+    lo = 1 if native == 8 else 9
+    if not lo <= bits <= native:
+        raise ValueError(f"bits={bits} does not fit dtype {images.dtype} (allowed {lo}..{native})")
+    return np.ascontiguousarray(images), bits
+
+
+class Encryptor(ABC):
+    """Base class: subclasses set `name`, `lossless`, `deterministic`, `learned`
+    and implement `_encrypt_payload` / `_decrypt_payload`.
+
+    Subclasses that need no training keep the default `fit`; learned ones
+    override `fit`, `state_dict` and `load_state_dict` (their weights are key
+    material: they never leave the site).
+    """
+
+    name: ClassVar[str] = ""
+    lossless: ClassVar[bool] = True
+    deterministic: ClassVar[bool] = False
+    learned: ClassVar[bool] = False
+    # True: the container's payload is AES-GCM ciphertext. False: the payload
+    # is the method's own cipher-image, stored as is and authenticated only.
+    aes_payload: ClassVar[bool] = True
+
+    def __init__(self, key: bytes | None = None, **config: Any) -> None:
+        if key is None:
+            key = generate_key()
+        if not isinstance(key, bytes | bytearray) or len(key) != KEY_BYTES:
+            raise ValueError(f"site key must be {KEY_BYTES} bytes, got {len(key)}")
+        if config:
+            unknown = ", ".join(sorted(config))
+            raise TypeError(f"{self.name}: unknown option(s) {unknown}")
+        self.key = bytes(key)
+
+    # -- contract ---------------------------------------------------------
+    def fit(self, images: np.ndarray, **options: Any) -> FitReport:
+        """Train on a site's own images. Non-learned methods have nothing to fit."""
+        check_images(images)
+        return FitReport(images=len(images))
+
+    def encrypt(self, images: np.ndarray, bits: int | None = None) -> bytes:
+        images, bits = check_images(images, bits)
+        payload, extra = self._encrypt_payload(images, bits)
+        header = Header(
+            method=self.name,
+            shape=tuple(int(s) for s in images.shape),
+            dtype=str(images.dtype),
+            bits=bits,
+            extra=extra,
+        )
+        return seal_container(self.container_key, header, payload, encrypt=self.aes_payload,
+                              nonce=self._nonce(payload))
+
+    def decrypt(self, blob: bytes) -> np.ndarray:
+        header, payload = open_container(self.container_key, blob, encrypted=self.aes_payload)
+        if header.method != self.name:
+            raise ContainerError(
+                f"container holds method {header.method!r}, this encryptor is {self.name!r}"
+            )
+        images = self._decrypt_payload(header, payload)
+        expected = (header.shape, header.dtype)
+        if (tuple(images.shape), str(images.dtype)) != expected:
+            raise ContainerError(f"{self.name}: decoded {images.shape}/{images.dtype}, header says {expected}")
+        return images
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{self.name} has no state, got keys {sorted(state)}")
+
+    # -- for subclasses ---------------------------------------------------
+    @property
+    def container_key(self) -> bytes:
+        """AEAD key of this method's containers (HKDF of the site key)."""
+        return derive_key(self.key, f"container/{self.name}")
+
+    def _nonce(self, payload: bytes) -> bytes:
+        """A fresh random 96-bit nonce. Deterministic methods may override."""
+        return os.urandom(12)
+
+    @abstractmethod
+    def _encrypt_payload(self, images: np.ndarray, bits: int) -> tuple[bytes, dict[str, Any]]:
+        """Images -> (payload bytes, extra header fields)."""
+
+    @abstractmethod
+    def _decrypt_payload(self, header: Header, payload: bytes) -> np.ndarray:
+        """Payload bytes -> images with header.shape and header.dtype."""

@@ -1,0 +1,88 @@
+"""Site keys: one 256-bit key per site, sub-keys by HKDF-SHA256, and the
+site's key bundle (key + learned encryptor weights) on disk with mode 0600.
+
+Learned weights are key material: the bundle never goes into a message.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+KEY_BYTES = 32
+_SALT = b"medfed-v1"
+
+
+def generate_key() -> bytes:
+    """A fresh random 256-bit site key."""
+    return secrets.token_bytes(KEY_BYTES)
+
+
+def derive_key(key: bytes, purpose: str, length: int = KEY_BYTES) -> bytes:
+    """Sub-key for `purpose` (e.g. "container/aes-gcm", "permutation")."""
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"site key must be {KEY_BYTES} bytes, got {len(key)}")
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=_SALT,
+                info=b"medfed/" + purpose.encode()).derive(key)
+
+
+def derive_seed(key: bytes, purpose: str) -> int:
+    """A 64-bit integer seed (permutations, chaotic-map initial values, inits)."""
+    return int.from_bytes(derive_key(key, purpose, 8), "big")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def save_key_bundle(path: str | os.PathLike, key: bytes, method: str,
+                    state: dict[str, Any] | None = None) -> Path:
+    """Write key + method + encryptor state to `path` (mode 0600)."""
+    import torch  # local: key handling without learned methods needs no torch
+
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"site key must be {KEY_BYTES} bytes")
+    buf = io.BytesIO()
+    torch.save({"format": "medfed-key-bundle", "version": 1, "key": bytes(key),
+                "method": method, "state": state or {}}, buf)
+    path = Path(path)
+    _write_private(path, buf.getvalue())
+    return path
+
+
+def load_key_bundle(path: str | os.PathLike) -> tuple[bytes, str, dict[str, Any]]:
+    """Read a bundle written by `save_key_bundle`: (key, method, state)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"key bundle not found: {path}")
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise PermissionError(f"key bundle {path} is readable by others (mode {mode:o}); chmod 600 it")
+    try:
+        doc = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise ValueError(f"{path}: not a medfed key bundle ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != "medfed-key-bundle":
+        raise ValueError(f"{path}: not a medfed key bundle")
+    key = doc["key"]
+    if not isinstance(key, bytes) or len(key) != KEY_BYTES:
+        raise ValueError(f"{path}: key must be {KEY_BYTES} bytes")
+    return key, doc["method"], doc["state"]

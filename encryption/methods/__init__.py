@@ -1,0 +1,1 @@
+"""One module per encryption method; each registers itself."""
