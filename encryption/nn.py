@@ -1,0 +1,193 @@
+"""Small torch building blocks shared by the learned encryptors.
+
+Kept deliberately small and stable: pixel scaling, padding to a multiple
+of a network's downsampling factor, key-seeded weight initialisation,
+residual blocks, PSNR/SSIM on [0, 1] tensors, minibatch sampling under a
+time budget, and an analytic FLOP count. No module-level mutable state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ResBlock",
+    "TrainClock",
+    "conv",
+    "count_flops",
+    "crop_to",
+    "from_unit",
+    "init_weights",
+    "minibatches",
+    "pad_to_multiple",
+    "psnr",
+    "quantize_ste",
+    "random_crops",
+    "ssim",
+    "to_unit",
+]
+
+
+# -- pixels <-> tensors ------------------------------------------------------
+def to_unit(images: np.ndarray, bits: int, device: str | torch.device = "cpu") -> torch.Tensor:
+    """uint8/uint16 (N, C, H, W) -> float32 tensor in [0, 1] (divided by 2^bits - 1)."""
+    maxv = float(2**bits - 1)
+    arr = images.astype(np.float32) / maxv
+    return torch.from_numpy(arr).to(device)
+
+
+def from_unit(x: torch.Tensor, bits: int, dtype: str | np.dtype) -> np.ndarray:
+    """Float tensor in [0, 1] -> rounded integer array of `dtype` on 0..2^bits - 1."""
+    maxv = float(2**bits - 1)
+    out = torch.round(x.detach().float().clamp(0.0, 1.0) * maxv).cpu().numpy()
+    return out.astype(dtype)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad H and W (replicate) up to a multiple of `multiple`; return the
+    padded tensor and the original (H, W) for `crop_to`."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return x, (h, w)
+
+
+def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return x[..., : size[0], : size[1]]
+
+
+def quantize_ste(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """Round x in [0, 1] to `levels` steps with a straight-through gradient."""
+    q = torch.round(x.clamp(0, 1) * (levels - 1)) / (levels - 1)
+    return x + (q - x).detach()
+
+
+# -- layers ------------------------------------------------------------------
+def conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv2d:
+    """A 'same'-padded conv (reflection padding is left to callers that want it)."""
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+
+
+class ResBlock(nn.Module):
+    """conv-norm-relu-conv-norm + skip, the CycleGAN/ResNet generator block."""
+
+    def __init__(self, channels: int, norm: bool = True) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3)]
+        if norm:
+            layers.append(nn.InstanceNorm2d(channels, affine=True))
+        layers += [nn.ReLU(inplace=True), nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3)]
+        if norm:
+            layers.append(nn.InstanceNorm2d(channels, affine=True))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def init_weights(module: nn.Module, seed: int) -> None:
+    """Key-seeded initialisation: the same seed gives the same weights.
+
+    Conv weights ~ N(0, gain^2 / fan_in) (Kaiming-like), biases 0, norm
+    scales 1. The seed comes from `encryption.keys.derive_seed`.
+    """
+    gen = torch.Generator().manual_seed(seed % (2**63))
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+                fan_in = (
+                    m.weight[0].numel()
+                    if not isinstance(m, nn.ConvTranspose2d)
+                    else (m.weight.shape[0] * m.weight[0, 0].numel())
+                )
+                std = math.sqrt(2.0 / max(fan_in, 1))
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * std)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif (
+                isinstance(m, nn.InstanceNorm2d | nn.BatchNorm2d | nn.GroupNorm)
+                and m.weight is not None
+            ):
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+
+
+# -- metrics on [0, 1] tensors -------------------------------------------------
+def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean-over-batch MSE turned into PSNR (MAX = 1)."""
+    mse = torch.mean((x.float() - y.float()) ** 2).item()
+    return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean SSIM, 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, range 1."""
+    x, y = x.float(), y.float()
+    n, c, h, w = x.shape
+    size = min(11, h, w)
+    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * 1.5**2))
+    g = g / g.sum()
+    win = (g[:, None] * g[None, :]).expand(c, 1, size, size).contiguous()
+
+    def filt(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, win, groups=c)
+
+    c1, c2 = 0.01**2, 0.03**2
+    mx, my = filt(x), filt(y)
+    sxx = filt(x * x) - mx * mx
+    syy = filt(y * y) - my * my
+    sxy = filt(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return float(s.mean().item())
+
+
+# -- training helpers --------------------------------------------------------
+class TrainClock:
+    """Stops training at `epochs` or when `time_limit_s` has passed."""
+
+    def __init__(self, time_limit_s: float) -> None:
+        self.start = time.perf_counter()
+        self.limit = float(time_limit_s)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def expired(self) -> bool:
+        return self.limit > 0 and self.elapsed > self.limit
+
+
+def minibatches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Shuffled index batches covering 0..n-1 once."""
+    order = torch.randperm(n, generator=gen)
+    for i in range(0, n, batch_size):
+        yield order[i : i + batch_size]
+
+
+def random_crops(x: torch.Tensor, crop: int, gen: torch.Generator) -> torch.Tensor:
+    """One random crop of side min(crop, H, W) per image (same offset per batch)."""
+    h, w = x.shape[-2:]
+    ch, cw = min(crop, h), min(crop, w)
+    if (ch, cw) == (h, w):
+        return x
+    top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
+    left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+    return x[..., top : top + ch, left : left + cw]
+
+
+def count_flops(fn, *args) -> int:  # noqa: ANN001 - any callable on tensors
+    """FLOPs (2 x MACs for convs/matmuls) of one call, by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        fn(*args)
+    return int(counter.get_total_flops())
