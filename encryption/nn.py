@@ -11,14 +11,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from encryption.base import Encryptor, FitReport, check_images
+from encryption.keys import derive_seed
+
 __all__ = [
     "ResBlock",
+    "TorchEncryptor",
     "TrainClock",
     "conv",
     "count_flops",
@@ -191,3 +196,116 @@ def count_flops(fn, *args) -> int:  # noqa: ANN001 - any callable on tensors
     with counter, torch.inference_mode():
         fn(*args)
     return int(counter.get_total_flops())
+
+
+# -- a base for torch-backed encryptors ----------------------------------------
+class TorchEncryptor(Encryptor):
+    """Common plumbing of the learned methods: options with presets, the
+    "fit first" guard, state_dict (config + weights + extra tensors) and
+    batched inference. Subclasses set `defaults` (option -> default),
+    optionally `presets`, and implement `_build(channels)` and `_train`.
+    """
+
+    learned = True
+    defaults: ClassVar[dict[str, Any]] = {}
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
+
+    def __init__(self, key: bytes | None = None, **config: Any) -> None:
+        preset = config.pop("preset", "default")
+        if preset not in self.presets:
+            raise ValueError(
+                f"{self.name}: unknown preset {preset!r}; valid presets: {', '.join(self.presets)}"
+            )
+        opts = {**self.defaults, **self.presets[preset]}
+        for name in [k for k in config if k in opts]:
+            value = config.pop(name)
+            want = type(opts[name])
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, want) or isinstance(value, bool) != isinstance(
+                opts[name], bool
+            ):
+                raise TypeError(
+                    f"{self.name}: option {name} must be {want.__name__}, got {value!r}"
+                )
+            opts[name] = value
+        super().__init__(key=key, **config)  # rejects whatever is left
+        self.config: dict[str, Any] = {**opts, "preset": preset}
+        self.channels: int | None = None
+        self.nets: nn.ModuleDict | None = None
+
+    # -- subclasses ----------------------------------------------------------
+    def _build(self, channels: int) -> nn.ModuleDict:
+        raise NotImplementedError
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        return None
+
+    # -- shared ----------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.config.get("device", "cpu"))
+
+    def _require_fitted(self, channels: int | None = None) -> nn.ModuleDict:
+        if self.nets is None:
+            raise RuntimeError(
+                f"{self.name}: call fit() or load_state_dict() first (no trained weights)"
+            )
+        if channels is not None and channels != self.channels:
+            raise ValueError(
+                f"{self.name}: trained for {self.channels} channel(s), got images with {channels}"
+            )
+        return self.nets
+
+    def _fresh_nets(self, channels: int) -> nn.ModuleDict:
+        nets = self._build(channels)
+        init_weights(nets, derive_seed(self.key, f"{self.name}/init"))
+        self.channels = channels
+        self.nets = nets.to(self.device)
+        return self.nets
+
+    def state_dict(self) -> dict[str, Any]:
+        nets = self._require_fitted()
+        weights = {k: v.detach().cpu().clone() for k, v in nets.state_dict().items()}
+        return {
+            "method": self.name,
+            "config": dict(self.config),
+            "channels": self.channels,
+            "weights": weights,
+            **self._extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for field_name in ("method", "config", "channels", "weights"):
+            if field_name not in state:
+                raise ValueError(f"{self.name}: state is missing {field_name!r}")
+        if state["method"] != self.name:
+            raise ValueError(f"{self.name}: state was saved by {state['method']!r}")
+        self.config = {**self.config, **{k: v for k, v in state["config"].items() if k != "device"}}
+        nets = self._build(int(state["channels"]))
+        nets.load_state_dict(state["weights"])
+        self.channels = int(state["channels"])
+        self.nets = nets.to(self.device).eval()
+        self._load_extra_state(state)
+
+    def _chunks(self, n: int) -> Iterator[slice]:
+        step = max(1, int(self.config.get("infer_batch", 64)))
+        for i in range(0, n, step):
+            yield slice(i, min(n, i + step))
+
+    def _fit_images(self, images: np.ndarray, bits: int | None) -> tuple[torch.Tensor, int]:
+        images, bits = check_images(images, bits)
+        return to_unit(images, bits, self.device), bits
+
+    def _report(
+        self, clock: TrainClock, epochs: int, x: torch.Tensor, y: torch.Tensor
+    ) -> FitReport:
+        return FitReport(
+            seconds=clock.elapsed,
+            epochs=epochs,
+            images=int(x.shape[0]),
+            metrics={"psnr_db": psnr(x, y), "ssim": ssim(x, y)},
+        )

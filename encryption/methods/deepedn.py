@@ -1,0 +1,266 @@
+"""`deepedn`: Cycle-GAN image encryption (Ding et al. 2021, DeepEDN, IEEE
+IoT J.; Bao et al. 2021, Applied Optics, on the avalanche effect of
+Cycle-GAN encryption).
+
+What the papers describe: an encryption generator G maps a medical image
+(domain X) into a target domain Y chosen as the "key"; a decryption
+generator F maps Y back to X. Both are CycleGAN ResNet generators (7x7
+conv, two stride-2 downsampling convs, residual blocks at 1/4 resolution,
+two transposed-conv upsamplings, 7x7 conv). Training is the CycleGAN
+objective: an adversarial (least-squares) loss pushes G(x) toward Y, and a
+cycle-consistency L1 loss (weight 10) makes F(G(x)) = x. DeepEDN also adds
+a region-of-interest mining network on the cipher images; Bao et al.
+measure NPCR/UACI of such networks and find a weak avalanche effect.
+
+Where we chose:
+- Target domain Y: crops of a noise texture drawn from the site key
+  (HKDF -> torch generator seed); the key also seeds the weight init.
+  The trained weights are key material (state_dict).
+- Only the forward cycle x -> G -> F -> x and its discriminator D_Y are
+  trained by default; `full_cycle=True` (on in preset "paper") adds the
+  backward cycle y -> F -> G -> y with D_X, as in CycleGAN. No ROI network.
+- The cipher image is what is sent: G(x) quantised to uint8 (images of
+  <= 8 bits) or uint16, honest bytes; training rounds it with a
+  straight-through gradient so F learns to invert the quantised cipher.
+- preset "paper": ngf 64, 9 residual blocks, PatchGAN ndf 64 (faithful,
+  heavy). Default: same structure, ngf 8, 2 residual blocks, ndf 16,
+  trained on 64 px random crops, under a time limit.
+Deterministic (same image + weights -> same cipher), lossy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from encryption.base import FitReport
+from encryption.container import Header
+from encryption.keys import derive_seed
+from encryption.nn import (
+    ResBlock,
+    TorchEncryptor,
+    TrainClock,
+    count_flops,
+    crop_to,
+    from_unit,
+    minibatches,
+    pad_to_multiple,
+    quantize_ste,
+    random_crops,
+    to_unit,
+)
+from encryption.registry import register_encryptor
+
+_DOWN = 4  # two stride-2 convs
+
+
+def resnet_generator(channels: int, ngf: int, n_blocks: int) -> nn.Sequential:
+    """The CycleGAN ResNet generator; output in [0, 1]."""
+    layers: list[nn.Module] = [
+        nn.ReflectionPad2d(3),
+        nn.Conv2d(channels, ngf, 7),
+        nn.InstanceNorm2d(ngf, affine=True),
+        nn.ReLU(True),
+    ]
+    ch = ngf
+    for _ in range(2):
+        layers += [
+            nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1),
+            nn.InstanceNorm2d(ch * 2, affine=True),
+            nn.ReLU(True),
+        ]
+        ch *= 2
+    layers += [ResBlock(ch) for _ in range(n_blocks)]
+    for _ in range(2):
+        layers += [
+            nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1),
+            nn.InstanceNorm2d(ch // 2, affine=True),
+            nn.ReLU(True),
+        ]
+        ch //= 2
+    layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, channels, 7), nn.Sigmoid()]
+    return nn.Sequential(*layers)
+
+
+def patch_discriminator(channels: int, ndf: int, n_layers: int) -> nn.Sequential:
+    """PatchGAN: stride-2 4x4 convs with LeakyReLU, a 1-channel score map."""
+    layers: list[nn.Module] = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+    ch = ndf
+    for i in range(1, n_layers):
+        nxt = ndf * min(2**i, 8)
+        layers += [
+            nn.Conv2d(ch, nxt, 4, 2, 1),
+            nn.InstanceNorm2d(nxt, affine=True),
+            nn.LeakyReLU(0.2, True),
+        ]
+        ch = nxt
+    layers += [nn.Conv2d(ch, 1, 4, 1, 1)]
+    return nn.Sequential(*layers)
+
+
+@register_encryptor
+class DeepEdn(TorchEncryptor):
+    name = "deepedn"
+    lossless = False
+    deterministic = True
+    aes_payload = False
+    defaults = {
+        "epochs": 40,
+        "batch_size": 8,
+        "crop": 64,
+        "lr": 1e-3,
+        "ngf": 8,
+        "n_blocks": 2,
+        "ndf": 16,
+        "d_layers": 3,
+        "lambda_cycle": 10.0,
+        "lambda_adv": 1.0,
+        "full_cycle": False,
+        "time_limit_s": 240.0,
+        "device": "cpu",
+        "infer_batch": 64,
+    }
+    presets = {
+        "default": {},
+        "paper": {
+            "ngf": 64,
+            "n_blocks": 9,
+            "ndf": 64,
+            "d_layers": 3,
+            "lr": 2e-4,
+            "full_cycle": True,
+            "epochs": 200,
+            "crop": 128,
+            "batch_size": 1,
+        },
+    }
+
+    def _build(self, channels: int) -> nn.ModuleDict:
+        c = self.config
+        nets = {
+            "enc": resnet_generator(channels, c["ngf"], c["n_blocks"]),
+            "dec": resnet_generator(channels, c["ngf"], c["n_blocks"]),
+            "disc_y": patch_discriminator(channels, c["ndf"], c["d_layers"]),
+        }
+        if c["full_cycle"]:
+            nets["disc_x"] = patch_discriminator(channels, c["ndf"], c["d_layers"])
+        return nn.ModuleDict(nets)
+
+    def _target_batch(self, n: int, like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Samples of the key-chosen target domain: crops of a key-seeded noise texture."""
+        tex_gen = torch.Generator().manual_seed(derive_seed(self.key, "deepedn/target") % 2**63)
+        c, h, w = like.shape[1:]
+        texture = torch.rand((c, max(h, 256), max(w, 256)), generator=tex_gen)
+        out = torch.stack([random_crops(texture, h, gen)[..., :h, :w] for _ in range(n)])
+        return out.to(like.device)
+
+    def fit(self, images: np.ndarray, bits: int | None = None, **options: Any) -> FitReport:
+        if options:
+            raise TypeError(f"{self.name}.fit: unknown option(s) {', '.join(sorted(options))}")
+        x_all, bits = self._fit_images(images, bits)
+        c = self.config
+        nets = self._fresh_nets(x_all.shape[1])
+        levels = 256 if bits <= 8 else 65536
+        gen = torch.Generator().manual_seed(derive_seed(self.key, "deepedn/batches") % 2**63)
+        g_params = list(nets["enc"].parameters()) + list(nets["dec"].parameters())
+        d_params = [p for k in ("disc_y", "disc_x") if k in nets for p in nets[k].parameters()]
+        opt_g = torch.optim.Adam(g_params, lr=c["lr"], betas=(0.5, 0.999))
+        opt_d = torch.optim.Adam(d_params, lr=c["lr"], betas=(0.5, 0.999))
+        clock = TrainClock(c["time_limit_s"])
+        nets.train()
+        done = 0
+        for _epoch in range(c["epochs"]):
+            for idx in minibatches(len(x_all), c["batch_size"], gen):
+                x, _ = pad_to_multiple(random_crops(x_all[idx], c["crop"], gen), _DOWN)
+                y = self._target_batch(len(idx), x, gen)
+                cipher = quantize_ste(nets["enc"](x), levels)
+                loss = c["lambda_cycle"] * F.l1_loss(nets["dec"](cipher), x)
+                score = nets["disc_y"](cipher)
+                loss = loss + c["lambda_adv"] * F.mse_loss(score, torch.ones_like(score))
+                if c["full_cycle"]:
+                    fake_x = nets["dec"](y)
+                    loss = loss + c["lambda_cycle"] * F.l1_loss(nets["enc"](fake_x), y)
+                    score_x = nets["disc_x"](fake_x)
+                    loss = loss + c["lambda_adv"] * F.mse_loss(score_x, torch.ones_like(score_x))
+                opt_g.zero_grad(set_to_none=True)
+                loss.backward()
+                opt_g.step()
+                # Discriminators: target samples real, generator outputs fake.
+                d_loss = self._d_loss(nets["disc_y"], y, cipher.detach())
+                if c["full_cycle"]:
+                    d_loss = d_loss + self._d_loss(nets["disc_x"], x, fake_x.detach())
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+                if clock.expired():
+                    break
+            done += 1
+            if clock.expired():
+                break
+        nets.eval()
+        recon = self._roundtrip(x_all, bits)
+        return self._report(clock, done, x_all, recon)
+
+    @staticmethod
+    def _d_loss(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        sr, sf = disc(real), disc(fake)
+        return 0.5 * (F.mse_loss(sr, torch.ones_like(sr)) + F.mse_loss(sf, torch.zeros_like(sf)))
+
+    def _roundtrip(self, x_all: torch.Tensor, bits: int) -> torch.Tensor:
+        levels = 256 if bits <= 8 else 65536
+        nets = self._require_fitted()
+        out = []
+        with torch.inference_mode():
+            for sl in self._chunks(len(x_all)):
+                x, size = pad_to_multiple(x_all[sl], _DOWN)
+                cipher = torch.round(nets["enc"](x) * (levels - 1)) / (levels - 1)
+                out.append(crop_to(nets["dec"](cipher), size))
+        return torch.cat(out)
+
+    def _encrypt_payload(self, images: np.ndarray, bits: int) -> tuple[bytes, dict[str, Any]]:
+        nets = self._require_fitted(images.shape[1])
+        cipher_dtype = "uint8" if bits <= 8 else "uint16"
+        cipher_bits = 8 if bits <= 8 else 16
+        parts = []
+        with torch.inference_mode():
+            for sl in self._chunks(len(images)):
+                x, _ = pad_to_multiple(to_unit(images[sl], bits, self.device), _DOWN)
+                parts.append(from_unit(nets["enc"](x), cipher_bits, cipher_dtype))
+        cipher = np.concatenate(parts)
+        extra = {"cipher_dtype": cipher_dtype, "cipher_shape": list(cipher.shape)}
+        return cipher.astype(np.dtype(cipher_dtype).newbyteorder("<")).tobytes(), extra
+
+    def _decrypt_payload(self, header: Header, payload: bytes) -> np.ndarray:
+        nets = self._require_fitted(header.shape[1])
+        cipher_dtype = np.dtype(header.extra["cipher_dtype"]).newbyteorder("<")
+        shape = tuple(header.extra["cipher_shape"])
+        if len(payload) != int(np.prod(shape)) * cipher_dtype.itemsize:
+            raise ValueError(
+                f"{self.name}: payload is {len(payload)} bytes, cipher shape {shape} needs more"
+            )
+        cipher = (
+            np.frombuffer(payload, dtype=cipher_dtype)
+            .reshape(shape)
+            .astype(cipher_dtype.newbyteorder("="))
+        )
+        cipher_bits = 8 if cipher.dtype == np.uint8 else 16
+        parts = []
+        with torch.inference_mode():
+            for sl in self._chunks(len(cipher)):
+                y = to_unit(cipher[sl], cipher_bits, self.device)
+                x = crop_to(nets["dec"](y), header.shape[2:])
+                parts.append(from_unit(x, header.bits, header.dtype))
+        return np.concatenate(parts)
+
+    def flops_per_image(self, h: int, w: int) -> int:
+        """FLOPs of encrypting one (C, h, w) image (encryption generator only)."""
+        enc = self.nets["enc"] if self.nets is not None else self._build(self.channels or 1)["enc"]
+        ph, pw = h + (-h) % _DOWN, w + (-w) % _DOWN
+        return count_flops(
+            enc.cpu() if self.nets is None else enc,
+            torch.zeros(1, self.channels or 1, ph, pw, device=self.device),
+        )
