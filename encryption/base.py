@@ -14,6 +14,8 @@ never yields a wrong image.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -21,7 +23,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from encryption.container import ContainerError, Header, open_container, seal_container
+from encryption.container import (
+    NONCE_BYTES,
+    ContainerError,
+    Header,
+    open_container,
+    read_body,
+    seal_container,
+)
 from encryption.keys import KEY_BYTES, derive_key, generate_key
 
 
@@ -74,7 +83,8 @@ class Encryptor(ABC):
         if key is None:
             key = generate_key()
         if not isinstance(key, bytes | bytearray) or len(key) != KEY_BYTES:
-            raise ValueError(f"site key must be {KEY_BYTES} bytes, got {len(key)}")
+            got = f"{len(key)} bytes" if isinstance(key, bytes | bytearray) else type(key).__name__
+            raise ValueError(f"site key must be {KEY_BYTES} bytes, got {got}")
         if config:
             unknown = ", ".join(sorted(config))
             raise TypeError(f"{self.name}: unknown option(s) {unknown}")
@@ -96,8 +106,13 @@ class Encryptor(ABC):
             bits=bits,
             extra=extra,
         )
-        return seal_container(self.container_key, header, payload, encrypt=self.aes_payload,
-                              nonce=self._nonce(payload))
+        return seal_container(
+            self.container_key,
+            header,
+            payload,
+            encrypt=self.aes_payload,
+            nonce=self._nonce(payload, header),
+        )
 
     def decrypt(self, blob: bytes) -> np.ndarray:
         header, payload = open_container(self.container_key, blob, encrypted=self.aes_payload)
@@ -105,14 +120,32 @@ class Encryptor(ABC):
             raise ContainerError(
                 f"container holds method {header.method!r}, this encryptor is {self.name!r}"
             )
-        images = self._decrypt_payload(header, payload)
+        try:
+            images = self._decrypt_payload(header, payload)
+        except ContainerError:
+            raise
+        except ValueError as exc:
+            raise ContainerError(f"{self.name}: cannot decode the payload: {exc}") from exc
         expected = (header.shape, header.dtype)
         if (tuple(images.shape), str(images.dtype)) != expected:
-            raise ContainerError(f"{self.name}: decoded {images.shape}/{images.dtype}, header says {expected}")
+            raise ContainerError(
+                f"{self.name}: decoded {images.shape}/{images.dtype}, header says {expected}"
+            )
         return images
 
     def state_dict(self) -> dict[str, Any]:
         return {}
+
+    def cipher_image(self, blob: bytes) -> np.ndarray:
+        """What an eavesdropper sees, as uint8 images (N, C, H, W), for the
+        security metrics and the known-plaintext attack. Needs no key.
+
+        The default is `payload_image(blob)`: the container's payload bytes
+        laid out as images. A method whose payload has a natural image form
+        (e.g. a cipher-image of the plaintext's size) may return that instead,
+        as uint8, one image per plaintext image.
+        """
+        return payload_image(blob)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
@@ -124,9 +157,21 @@ class Encryptor(ABC):
         """AEAD key of this method's containers (HKDF of the site key)."""
         return derive_key(self.key, f"container/{self.name}")
 
-    def _nonce(self, payload: bytes) -> bytes:
-        """A fresh random 96-bit nonce. Deterministic methods may override."""
-        return os.urandom(12)
+    def _nonce(self, payload: bytes, header: Header) -> bytes:
+        """The container's 96-bit nonce.
+
+        Randomised methods get a fresh random nonce. Deterministic methods
+        (same images -> same container) get a synthetic nonce, HMAC-SHA256 of
+        header and payload under a sub-key (as in AES-SIV): equal messages
+        share a nonce, different ones almost surely do not, so GCM's
+        authentication key is never exposed by nonce reuse.
+        """
+        if not self.deterministic:
+            return os.urandom(NONCE_BYTES)
+        mac = hmac.new(derive_key(self.key, f"nonce/{self.name}"), digestmod=hashlib.sha256)
+        mac.update(header.to_bytes())
+        mac.update(payload)
+        return mac.digest()[:NONCE_BYTES]
 
     @abstractmethod
     def _encrypt_payload(self, images: np.ndarray, bits: int) -> tuple[bytes, dict[str, Any]]:
@@ -135,3 +180,29 @@ class Encryptor(ABC):
     @abstractmethod
     def _decrypt_payload(self, header: Header, payload: bytes) -> np.ndarray:
         """Payload bytes -> images with header.shape and header.dtype."""
+
+
+def payload_image(blob: bytes) -> np.ndarray:
+    """The method-independent cipher view of a container: uint8 (N, C', H', W').
+
+    The payload (ciphertext for AES methods, the method's own output for the
+    others; never the header, nonce or tag) is split into N equal slices of
+    k = len(payload) // N bytes, one per plaintext image (N from the header).
+    If k >= C * H * W, image i is the first C * H * W bytes of its slice in
+    the plaintext's (C, H, W) shape; otherwise (compressed payloads) it is
+    the first h * w bytes of its slice as one channel, h = floor(sqrt(k)),
+    w = k // h. A payload under 4 bytes per image raises ContainerError.
+    """
+    header, body = read_body(blob)
+    n, c, h, w = header.shape
+    k = len(body) // n
+    data = np.frombuffer(body, dtype=np.uint8)[: n * k].reshape(n, k)
+    if k >= c * h * w:
+        return data[:, : c * h * w].reshape(n, c, h, w).copy()
+    if k < 4:
+        raise ContainerError(
+            f"{header.method}: payload of {len(body)} bytes is too short for a cipher view of {n} images"
+        )
+    side = int(np.sqrt(k))
+    width = k // side
+    return data[:, : side * width].reshape(n, 1, side, width).copy()

@@ -58,35 +58,51 @@ class Header:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
-        doc = {"method": self.method, "shape": list(self.shape), "dtype": self.dtype,
-               "bits": self.bits, "extra": self.extra}
+        doc = {
+            "method": self.method,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "bits": self.bits,
+            "extra": self.extra,
+        }
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Header:
         try:
             doc = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise ContainerError(f"container header is not valid JSON: {exc}") from None
         if not isinstance(doc, dict) or set(doc) != {"method", "shape", "dtype", "bits", "extra"}:
-            raise ContainerError("container header must hold exactly method, shape, dtype, bits, extra")
-        method, shape, dtype, bits, extra = (doc[k] for k in ("method", "shape", "dtype", "bits", "extra"))
+            raise ContainerError(
+                "container header must hold exactly method, shape, dtype, bits, extra"
+            )
+        method, shape, dtype, bits, extra = (
+            doc[k] for k in ("method", "shape", "dtype", "bits", "extra")
+        )
         if not isinstance(method, str) or not method:
             raise ContainerError("container header: method must be a non-empty string")
-        if (not isinstance(shape, list) or len(shape) != 4
-                or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
+        if (
+            not isinstance(shape, list)
+            or len(shape) != 4
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+        ):
             raise ContainerError(f"container header: shape must be 4 positive ints, got {shape!r}")
         if dtype not in _DTYPES:
             raise ContainerError(f"container header: dtype must be one of {_DTYPES}, got {dtype!r}")
-        if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 16:
-            raise ContainerError(f"container header: bits must be 1..16, got {bits!r}")
+        top = 8 if dtype == "uint8" else 16
+        if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= top:
+            raise ContainerError(
+                f"container header: bits must be 1..{top} for {dtype}, got {bits!r}"
+            )
         if not isinstance(extra, dict):
             raise ContainerError("container header: extra must be an object")
         return cls(method=method, shape=tuple(shape), dtype=dtype, bits=bits, extra=extra)
 
 
-def seal_container(key: bytes, header: Header, payload: bytes, *, encrypt: bool,
-                   nonce: bytes) -> bytes:
+def seal_container(
+    key: bytes, header: Header, payload: bytes, *, encrypt: bool, nonce: bytes
+) -> bytes:
     """Build a container; `encrypt` chooses AES-GCM payload or GMAC-only."""
     if len(nonce) != NONCE_BYTES:
         raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
@@ -95,7 +111,9 @@ def seal_container(key: bytes, header: Header, payload: bytes, *, encrypt: bool,
         raise ValueError(f"container header too large ({len(raw_header)} bytes)")
     aead = AESGCM(key)
     body_len = len(payload)
-    prefix = _FIXED.pack(MAGIC, VERSION, len(raw_header)) + raw_header + nonce + _PLEN.pack(body_len)
+    prefix = (
+        _FIXED.pack(MAGIC, VERSION, len(raw_header)) + raw_header + nonce + _PLEN.pack(body_len)
+    )
     if encrypt:
         sealed = aead.encrypt(nonce, payload, prefix)  # ciphertext || tag
         return prefix + sealed
@@ -109,6 +127,13 @@ def read_header(blob: bytes) -> Header:
     return _split(blob)[0]
 
 
+def read_body(blob: bytes) -> tuple[Header, bytes]:
+    """Header and raw payload (ciphertext for AES methods), NOT authenticated:
+    what an eavesdropper sees; used for the cipher view of the metrics."""
+    header, _, _, body, _ = _split(blob)
+    return header, body
+
+
 def _split(blob: bytes) -> tuple[Header, bytes, bytes, bytes, bytes]:
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise ContainerError(f"container must be bytes, got {type(blob).__name__}")
@@ -119,14 +144,16 @@ def _split(blob: bytes) -> tuple[Header, bytes, bytes, bytes, bytes]:
     if magic != MAGIC:
         raise ContainerError(f"not a medfed container (magic {magic!r})")
     if version != VERSION:
-        raise ContainerError(f"unsupported container version {version} (this build reads {VERSION})")
+        raise ContainerError(
+            f"unsupported container version {version} (this build reads {VERSION})"
+        )
     if hlen > MAX_HEADER_BYTES:
         raise ContainerError(f"container header length {hlen} exceeds {MAX_HEADER_BYTES}")
     pos = _FIXED.size + hlen
     if len(blob) < pos + NONCE_BYTES + _PLEN.size + TAG_BYTES:
         raise ContainerError(f"container truncated: {len(blob)} bytes")
-    header = Header.from_bytes(blob[_FIXED.size:pos])
-    nonce = blob[pos:pos + NONCE_BYTES]
+    header = Header.from_bytes(blob[_FIXED.size : pos])
+    nonce = blob[pos : pos + NONCE_BYTES]
     (plen,) = _PLEN.unpack_from(blob, pos + NONCE_BYTES)
     body_start = pos + NONCE_BYTES + _PLEN.size
     if len(blob) != body_start + plen + TAG_BYTES:
@@ -135,7 +162,7 @@ def _split(blob: bytes) -> tuple[Header, bytes, bytes, bytes, bytes]:
             "(truncated or padded)"
         )
     prefix = blob[:body_start]
-    return header, prefix, nonce, blob[body_start:body_start + plen], blob[body_start + plen:]
+    return header, prefix, nonce, blob[body_start : body_start + plen], blob[body_start + plen :]
 
 
 def open_container(key: bytes, blob: bytes, *, encrypted: bool) -> tuple[Header, bytes]:

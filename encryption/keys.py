@@ -28,8 +28,9 @@ def derive_key(key: bytes, purpose: str, length: int = KEY_BYTES) -> bytes:
     """Sub-key for `purpose` (e.g. "container/aes-gcm", "permutation")."""
     if len(key) != KEY_BYTES:
         raise ValueError(f"site key must be {KEY_BYTES} bytes, got {len(key)}")
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=_SALT,
-                info=b"medfed/" + purpose.encode()).derive(key)
+    return HKDF(
+        algorithm=hashes.SHA256(), length=length, salt=_SALT, info=b"medfed/" + purpose.encode()
+    ).derive(key)
 
 
 def derive_seed(key: bytes, purpose: str) -> int:
@@ -51,16 +52,25 @@ def _write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def save_key_bundle(path: str | os.PathLike, key: bytes, method: str,
-                    state: dict[str, Any] | None = None) -> Path:
+def save_key_bundle(
+    path: str | os.PathLike, key: bytes, method: str, state: dict[str, Any] | None = None
+) -> Path:
     """Write key + method + encryptor state to `path` (mode 0600)."""
     import torch  # local: key handling without learned methods needs no torch
 
     if len(key) != KEY_BYTES:
         raise ValueError(f"site key must be {KEY_BYTES} bytes")
     buf = io.BytesIO()
-    torch.save({"format": "medfed-key-bundle", "version": 1, "key": bytes(key),
-                "method": method, "state": state or {}}, buf)
+    torch.save(
+        {
+            "format": "medfed-key-bundle",
+            "version": 1,
+            "key": bytes(key),
+            "method": method,
+            "state": state or {},
+        },
+        buf,
+    )
     path = Path(path)
     _write_private(path, buf.getvalue())
     return path
@@ -75,14 +85,18 @@ def load_key_bundle(path: str | os.PathLike) -> tuple[bytes, str, dict[str, Any]
         raise FileNotFoundError(f"key bundle not found: {path}")
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
-        raise PermissionError(f"key bundle {path} is readable by others (mode {mode:o}); chmod 600 it")
+        raise PermissionError(
+            f"key bundle {path} is readable by others (mode {mode:o}); chmod 600 it"
+        )
     try:
         doc = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
         raise ValueError(f"{path}: not a medfed key bundle ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != "medfed-key-bundle":
         raise ValueError(f"{path}: not a medfed key bundle")
-    key = doc["key"]
+    key, method, state = doc.get("key"), doc.get("method"), doc.get("state")
     if not isinstance(key, bytes) or len(key) != KEY_BYTES:
         raise ValueError(f"{path}: key must be {KEY_BYTES} bytes")
-    return key, doc["method"], doc["state"]
+    if not isinstance(method, str) or not isinstance(state, dict):
+        raise ValueError(f"{path}: bundle needs a method name and a state dict")
+    return key, method, state
