@@ -1,0 +1,128 @@
+"""The hospital as a Flower ClientApp: a thin adapter over client.site.Site.
+
+Replies carry: `arrays` (the model update), `metrics` (numbers only),
+`shared` (the ciphertext containers, when the study exchanges images) and
+`status` (site id; an error text instead of a crash, so the server can
+report which site failed and why). Keys and encryptor weights stay in the
+site's state folder.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.site import Site
+from client.study import Study
+from client.task import build_model, evaluate, train
+
+
+def _site(context: Context, study: Study | None) -> Site:
+    study = study or Study.from_mapping(dict(context.run_config), source="run config")
+    node = context.node_config
+    return Site(study, int(node["partition-id"]), int(node.get("num-partitions", study.num_sites)))
+
+
+def build_client_app(study: Study | None = None) -> ClientApp:
+    """A ClientApp; `study` None reads the study from Flower's run config."""
+    app = ClientApp()
+
+    @app.train()
+    def handle_train(msg: Message, context: Context) -> Message:
+        site = _site(context, study)
+        rnd = int(msg.content["config"]["server-round"])
+        try:
+            site.check_fault(rnd)
+            model = build_model(site.study.modality)
+            model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+            received = {}
+            if "peers" in msg.content:
+                peers = msg.content["peers"]
+                received = {
+                    int(k.split("-")[1]): (peers[k], peers[k.replace("-images", "-labels")])
+                    for k in peers
+                    if k.endswith("-images")
+                }
+            images, targets, decrypt_s = site.training_set(received)
+            shared = site.share(rnd)
+            result = train(
+                model,
+                site.study.modality,
+                images,
+                targets,
+                site.shard.train.bits,
+                epochs=site.study.local_epochs,
+                batch_size=site.study.batch_size,
+                learning_rate=site.study.learning_rate,
+                seed=site.study.seed * 100_003 + rnd * 1009 + site.site_id,
+                device=_device(site.study),
+                proximal_mu=site.study.proximal_mu if site.study.strategy == "FedProx" else 0.0,
+            )
+        except Exception as exc:  # noqa: BLE001 - reported per site in rounds.jsonl
+            status = ConfigRecord({"site": site.site_id, "error": _describe(exc)})
+            return Message(content=RecordDict({"status": status}), reply_to=msg)
+        metrics = {
+            "num-examples": result.examples,
+            "train-loss": result.loss,
+            "train-s": result.seconds,
+            "encrypt-s": shared.encrypt_s if shared else 0.0,
+            "decrypt-s": decrypt_s + (shared.decrypt_s if shared else 0.0),
+        }
+        content = {
+            "arrays": ArrayRecord(model.state_dict()),
+            "status": ConfigRecord({"site": site.site_id}),
+        }
+        if shared is not None:
+            metrics |= {
+                "recon-mse": shared.mse,
+                "recon-psnr": shared.psnr,
+                "recon-ssim": shared.ssim,
+                "shared-images": shared.count,
+            }
+            content["shared"] = ConfigRecord(
+                {"images": shared.images_ct, "labels": shared.labels_ct}
+            )
+        content["metrics"] = MetricRecord(metrics)
+        return Message(content=RecordDict(content), reply_to=msg)
+
+    @app.evaluate()
+    def handle_evaluate(msg: Message, context: Context) -> Message:
+        site = _site(context, study)
+        model = build_model(site.study.modality)
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        test = site.shard.test
+        if len(test) == 0:
+            return Message(
+                content=RecordDict({"metrics": MetricRecord({"num-examples": 0})}), reply_to=msg
+            )
+        scores = evaluate(
+            model,
+            site.study.modality,
+            test.images,
+            test.targets,
+            test.bits,
+            device=_device(site.study),
+        )
+        return Message(
+            content=RecordDict({"metrics": MetricRecord({"num-examples": len(test), **scores})}),
+            reply_to=msg,
+        )
+
+    return app
+
+
+def _device(study: Study) -> str:
+    return "cuda" if study.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+def _describe(exc: Exception) -> str:
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    loc = f" (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""
+    return f"{type(exc).__name__}: {exc}{loc}"
+
+
+app = build_client_app()  # for `flwr run .` and SuperNodes

@@ -1,0 +1,228 @@
+"""One hospital, in plain Python (the ClientApp is a thin adapter over it).
+
+A site owns a private state folder (`<out-dir>/sites/site-<id>/`): its key
+bundle (site key + learned encryptor weights, mode 0600) and its decoded
+image cache. Nothing in that folder is ever put into a message.
+
+Per round a site: trains the task model on its shard (plaintext, or what a
+recipient would see: decrypt(encrypt(x))), also on peers' images it can
+decrypt under a consortium grant, encrypts the images it shares this round,
+decrypts its own containers to measure reconstruction, and returns the
+ciphertext with the model update.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from client.study import Study
+from encryption import Encryptor, get_encryptor
+from encryption.keys import generate_key, load_key_bundle, save_key_bundle
+
+BUNDLE_NAME = "key.bundle"
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by `fault-sites` (fault-injection studies)."""
+
+
+def data_home() -> Path:
+    """Where generated phantoms are kept (shared by studies with equal settings)."""
+    return Path(os.environ.get("MEDFED_DATA_HOME", "data")).absolute()
+
+
+def site_dir(study: Study, site: int) -> Path:
+    return Path(study.out_dir).absolute() / "sites" / f"site-{site}"
+
+
+@dataclass
+class Shared:
+    """What a site sends about its shared images this round."""
+
+    images_ct: bytes  # container of the shared images
+    labels_ct: bytes  # AES-GCM container of their labels (needed by grantees)
+    count: int
+    mse: float
+    psnr: float
+    ssim: float
+    encrypt_s: float
+    decrypt_s: float
+
+
+@dataclass
+class Site:
+    study: Study
+    site_id: int
+    num_sites: int
+    _shard: object = field(default=None, repr=False)
+    _encryptor: Encryptor | None = field(default=None, repr=False)
+
+    # -- data ---------------------------------------------------------------
+    @property
+    def folder(self) -> Path:
+        return site_dir(self.study, self.site_id)
+
+    @property
+    def shard(self):
+        if self._shard is None:
+            from client.data import ensure_dataset, load_site
+
+            s = self.study
+            root = ensure_dataset(
+                s.modality,
+                s.data_dir or None,
+                cache_root=data_home(),
+                patients=s.phantom_patients,
+                institutions=s.num_sites,
+                seed=s.seed,
+                size=s.phantom_size,
+            )
+            self._shard = load_site(
+                root,
+                s.modality,
+                image_size=s.image_size,
+                partition_id=self.site_id,
+                num_partitions=self.num_sites,
+                scheme=s.partition,
+                alpha=s.dirichlet_alpha,
+                seed=s.seed,
+                cache_dir=self.folder / "cache",
+                max_slices_per_subject=s.max_slices_per_subject,
+            )
+            if len(self._shard.train) == 0:
+                raise ValueError(f"site {self.site_id}: its partition holds no training images")
+        return self._shard
+
+    # -- encryption -----------------------------------------------------------
+    def encryptor(self) -> Encryptor:
+        """Load this site's encryptor, or make the key and fit it once per study."""
+        if self._encryptor is not None:
+            return self._encryptor
+        path = self.folder / BUNDLE_NAME
+        options = self._method_options()
+        if path.exists():
+            key, method, state = load_key_bundle(path)
+            if method != self.study.method:
+                raise ValueError(
+                    f"{path}: holds a {method!r} key bundle, the study uses "
+                    f"{self.study.method!r}; use a new --out folder"
+                )
+            enc = get_encryptor(method, key, **options)
+            enc.load_state_dict(state)
+        else:
+            enc = get_encryptor(self.study.method, generate_key(), **options)
+            train = self.shard.train
+            enc.fit(train.images)
+            save_key_bundle(path, enc.key, enc.name, enc.state_dict())
+        self._encryptor = enc
+        return enc
+
+    def _method_options(self) -> dict:
+        from encryption.registry import encryptor_class
+
+        cls = encryptor_class(self.study.method)
+        return (
+            {"epochs": self.study.method_epochs} if cls.learned and self.study.method_epochs else {}
+        )
+
+    def peer_encryptor(self, peer: int) -> Encryptor:
+        """A peer's encryptor under a consortium grant. Grants are exchanged out of
+        band (here: read from the peer's state folder); never through the server."""
+        key, method, state = load_key_bundle(site_dir(self.study, peer) / BUNDLE_NAME)
+        enc = get_encryptor(method, key)
+        enc.load_state_dict(state)
+        return enc
+
+    def share(self, server_round: int) -> Shared | None:
+        """Encrypt this round's shared images; decrypt them back to measure loss."""
+        n = self.study.share_per_round
+        if self.study.exchange == "none" or n == 0:
+            return None
+        from encryption.metrics.fidelity import fidelity
+
+        train = self.shard.train
+        idx = self._share_indices(len(train), n, server_round)
+        images, enc = train.images[idx], self.encryptor()
+        t0 = time.perf_counter()
+        images_ct = enc.encrypt(images, bits=train.bits)
+        labels_ct = get_encryptor("aes-gcm", enc.key).encrypt(_labels_as_pixels(train.targets[idx]))
+        t1 = time.perf_counter()
+        restored = enc.decrypt(images_ct)
+        t2 = time.perf_counter()
+        fid = fidelity(images, restored, train.bits)
+        return Shared(
+            images_ct=images_ct,
+            labels_ct=labels_ct,
+            count=len(idx),
+            mse=fid["mse"],
+            psnr=fid["psnr"],
+            ssim=fid["ssim"],
+            encrypt_s=t1 - t0,
+            decrypt_s=t2 - t1,
+        )
+
+    def _share_indices(self, total: int, n: int, server_round: int) -> np.ndarray:
+        digest = hashlib.sha256(
+            f"{self.study.seed}/{self.site_id}/{server_round}".encode()
+        ).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
+        return np.sort(rng.choice(total, size=min(n, total), replace=False))
+
+    def training_set(
+        self, received: dict[int, tuple[bytes, bytes]]
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Images and targets to train on this round, and the decrypt time spent.
+
+        `received`: peer site -> (images container, labels container) from a
+        consortium grant.
+        """
+        train = self.shard.train
+        images, targets, seconds = train.images, train.targets, 0.0
+        if self.study.train_on == "decrypted":
+            enc = self.encryptor()
+            t0 = time.perf_counter()
+            images = enc.decrypt(enc.encrypt(images, bits=train.bits))
+            seconds += time.perf_counter() - t0
+        extra_x, extra_y = [images], [targets]
+        for peer, (images_ct, labels_ct) in sorted(received.items()):
+            enc = self.peer_encryptor(peer)
+            t0 = time.perf_counter()
+            peer_images = enc.decrypt(images_ct)
+            peer_targets = _pixels_as_labels(
+                get_encryptor("aes-gcm", enc.key).decrypt(labels_ct), targets
+            )
+            seconds += time.perf_counter() - t0
+            if peer_images.shape[1:] != images.shape[1:]:
+                raise ValueError(
+                    f"site {self.site_id}: peer {peer} shared images shaped "
+                    f"{peer_images.shape[1:]}, this site's are {images.shape[1:]}"
+                )
+            extra_x.append(peer_images.astype(images.dtype))
+            extra_y.append(peer_targets)
+        return np.concatenate(extra_x), np.concatenate(extra_y), seconds
+
+    def check_fault(self, server_round: int) -> None:
+        plan = self.study.fault_plan
+        if self.site_id in plan and plan[self.site_id] in (None, server_round):
+            raise InjectedFault(
+                f"site {self.site_id}: injected fault in round {server_round} "
+                f"(fault-sites = {self.study.fault_sites!r})"
+            )
+
+
+def _labels_as_pixels(targets: np.ndarray) -> np.ndarray:
+    """Labels as an (N, C, H, W) uint8 array so they travel in a container too."""
+    t = np.asarray(targets)
+    if t.ndim == 2:  # multi-hot findings
+        return np.ascontiguousarray(t.reshape(len(t), 1, 1, -1).round().astype(np.uint8))
+    return np.ascontiguousarray(t.astype(np.uint8))
+
+
+def _pixels_as_labels(pixels: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return pixels.reshape((len(pixels), *like.shape[1:])).astype(like.dtype)

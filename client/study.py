@@ -1,0 +1,250 @@
+"""A study: one frozen, validated configuration shared by every part.
+
+The same keys (kebab-case) appear in a study TOML file, in `--set key=value`
+overrides, and in Flower's run config (`[tool.flwr.app.config]`), so the
+ClientApp and ServerApp rebuild the identical Study from `context.run_config`.
+Validation happens once, here, before anything runs: a bad key, type or
+value raises StudyError naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+MODALITIES = ("xray", "mri")
+PARTITIONS = ("iid", "label-skew", "quantity-skew", "natural")
+EXCHANGES = ("none", "archive", "consortium")
+TRAIN_ON = ("plaintext", "decrypted")
+STRATEGIES = (
+    "FedAvg",
+    "FedProx",
+    "FedAdam",
+    "FedYogi",
+    "FedAdagrad",
+    "FedAvgM",
+    "FedMedian",
+    "FedTrimmedAvg",
+    "Krum",
+    "MultiKrum",
+    "Bulyan",
+    "QFedAvg",
+)
+
+
+class StudyError(ValueError):
+    """A study file or override that cannot run."""
+
+
+@dataclass(frozen=True)
+class Study:
+    """Every setting of a study. Field names are the TOML keys with '-' -> '_'."""
+
+    name: str = "demo"
+    seed: int = 0
+    # data
+    modality: str = "xray"
+    data_dir: str = ""  # empty: phantoms are generated
+    image_size: int = 64
+    phantom_patients: int = 240
+    phantom_size: int = 256
+    partition: str = "iid"
+    dirichlet_alpha: float = 0.5
+    max_slices_per_subject: int = 8
+    # federation
+    num_sites: int = 4
+    num_rounds: int = 3
+    min_sites: int = 2
+    fraction_train: float = 1.0
+    strategy: str = "FedAvg"
+    proximal_mu: float = 0.01  # FedProx only
+    # encryption and exchange
+    method: str = "aes-gcm"
+    method_epochs: int = 0  # 0: the method's default training length
+    exchange: str = "archive"
+    share_per_round: int = 8
+    train_on: str = "plaintext"
+    # local training
+    local_epochs: int = 1
+    batch_size: int = 16
+    learning_rate: float = 0.001
+    # runtime
+    num_cpus: int = 1
+    num_gpus: float = 0.0
+    ray_address: str = ""
+    out_dir: str = "runs/study"
+    fault_sites: str = ""  # e.g. "2" or "1:round=2": sites that raise (fault injection)
+    link_mbps: str = "10,100,1000"
+    holdout_images: int = 256
+    resume: bool = False  # set by `medfed run --resume`: continue from the last checkpoint
+
+    # -- construction -----------------------------------------------------
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name.replace("_", "-") for f in fields(cls)]
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], *, source: str = "study") -> Study:
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in known:
+                close = [k for k in known if k.split("-")[0] == key.split("-")[0]]
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise StudyError(
+                    f"{source}: unknown key {key!r}{hint}; allowed keys: {', '.join(known)}"
+                )
+            field = known[key]
+            kwargs[field.name] = _coerce(key, value, field.type, source)
+        study = cls(**kwargs)
+        study.validate(source)
+        return study
+
+    @classmethod
+    def from_toml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> Study:
+        path = Path(path)
+        if not path.is_file():
+            raise StudyError(f"study file not found: {path}")
+        try:
+            doc = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise StudyError(f"{path}: not valid TOML: {exc}") from None
+        for key, value in doc.items():
+            if isinstance(value, dict):
+                raise StudyError(
+                    f"{path}: [{key}] tables are not used; write keys at the top level"
+                )
+        doc.update(overrides or {})
+        return cls.from_mapping(doc, source=str(path))
+
+    def replace(self, **changes: Any) -> Study:
+        study = dataclasses.replace(self, **changes)
+        study.validate("study")
+        return study
+
+    def to_run_config(self) -> dict[str, Any]:
+        """Flower run config: kebab-case keys, scalar values."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+    # -- validation -------------------------------------------------------
+    def validate(self, source: str = "study") -> None:
+        def bad(key: str, allowed: str) -> StudyError:
+            value = getattr(self, key.replace("-", "_"))
+            return StudyError(f"{source}: {key} = {value!r} is not allowed: {allowed}")
+
+        choices = {
+            "modality": MODALITIES,
+            "partition": PARTITIONS,
+            "exchange": EXCHANGES,
+            "train-on": TRAIN_ON,
+            "strategy": STRATEGIES,
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key.replace("-", "_")) not in allowed:
+                raise bad(key, "one of " + ", ".join(allowed))
+        positive = (
+            "num-sites",
+            "num-rounds",
+            "image-size",
+            "phantom-patients",
+            "phantom-size",
+            "local-epochs",
+            "batch-size",
+            "num-cpus",
+            "max-slices-per-subject",
+            "holdout-images",
+        )
+        for key in positive:
+            if getattr(self, key.replace("-", "_")) < 1:
+                raise bad(key, "must be at least 1")
+        for key in ("share-per-round", "method-epochs", "seed"):
+            if getattr(self, key.replace("-", "_")) < 0:
+                raise bad(key, "must be 0 or more")
+        if self.image_size < 16 or self.image_size > 1024:
+            raise bad("image-size", "16 to 1024 pixels")
+        if not 1 <= self.min_sites <= self.num_sites:
+            raise bad("min-sites", f"1 to num-sites ({self.num_sites})")
+        if not 0.0 < self.fraction_train <= 1.0:
+            raise bad("fraction-train", "in (0, 1]")
+        if self.learning_rate <= 0:
+            raise bad("learning-rate", "must be > 0")
+        if self.dirichlet_alpha <= 0:
+            raise bad("dirichlet-alpha", "must be > 0")
+        if self.num_gpus < 0:
+            raise bad("num-gpus", "0 or more (fractions share a GPU)")
+        if self.proximal_mu < 0:
+            raise bad("proximal-mu", "must be 0 or more")
+        if not self.name or "/" in self.name:
+            raise bad("name", "a non-empty name without '/'")
+        _ = self.link_speeds_mbps  # parses or raises
+        _ = self.fault_plan  # parses or raises
+        from encryption import list_encryptors
+
+        methods = list_encryptors()
+        if self.method not in methods:
+            raise bad("method", "one of " + ", ".join(methods))
+
+    # -- derived ----------------------------------------------------------
+    @property
+    def link_speeds_mbps(self) -> tuple[float, ...]:
+        try:
+            speeds = tuple(float(s) for s in self.link_mbps.split(",") if s.strip())
+        except ValueError:
+            raise StudyError(
+                f"link-mbps = {self.link_mbps!r} is not allowed: comma-separated Mbit/s, e.g. '10,100,1000'"
+            ) from None
+        if not speeds or min(speeds) <= 0:
+            raise StudyError(f"link-mbps = {self.link_mbps!r} is not allowed: positive speeds")
+        return speeds
+
+    @property
+    def fault_plan(self) -> dict[int, int | None]:
+        """Fault injection: site -> round at which it fails (None: every round)."""
+        plan: dict[int, int | None] = {}
+        for item in filter(None, (s.strip() for s in self.fault_sites.split(","))):
+            site_text, _, rest = item.partition(":")
+            try:
+                site = int(site_text)
+                rnd = int(rest.removeprefix("round=")) if rest else None
+            except ValueError:
+                raise StudyError(
+                    f"fault-sites = {self.fault_sites!r} is not allowed: e.g. '2' or '1:round=2,3'"
+                ) from None
+            if not 0 <= site < self.num_sites:
+                raise StudyError(f"fault-sites: site {site} is outside 0..{self.num_sites - 1}")
+            plan[site] = rnd
+        return plan
+
+
+def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
+    """Type-check one value; accept ints for floats and strings from --set."""
+    kind = {"str": str, "int": int, "float": float, "bool": bool}[str(annotation)]
+    if isinstance(value, str) and kind is not str:
+        try:
+            value = kind(value) if kind is not bool else value.lower() in ("1", "true", "yes")
+        except ValueError:
+            raise StudyError(f"{source}: {key} = {value!r} is not a {kind.__name__}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise StudyError(
+            f"{source}: {key} = {value!r} has type {type(value).__name__}; expected {kind.__name__}"
+        )
+    return value
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """`--set key=value` pairs -> mapping (values typed later by Study)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise StudyError(f"--set {item!r}: expected key=value")
+        out[key.strip()] = value.strip()
+    return out

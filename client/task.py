@@ -1,0 +1,212 @@
+"""Task models and local training: plain PyTorch, no Flower.
+
+- chest X-ray: a small CNN, multi-label over the 14 NIH findings, scored by
+  macro AUROC over the findings present in the evaluation set;
+- brain MRI: a small 2D U-Net over the four modalities, three sigmoid
+  outputs (ET, TC, WT), scored by Dice per region.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+NUM_FINDINGS = 14
+MRI_REGIONS = ("ET", "TC", "WT")
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.GroupNorm(min(8, cout), cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.GroupNorm(min(8, cout), cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class XrayNet(nn.Module):
+    """Four conv stages, global average pooling, one linear head (logits)."""
+
+    def __init__(self, in_channels: int = 1, num_outputs: int = NUM_FINDINGS, width: int = 16):
+        super().__init__()
+        chans = [width, width * 2, width * 4, width * 4]
+        stages, cin = [], in_channels
+        for c in chans:
+            stages += [_block(cin, c), nn.MaxPool2d(2)]
+            cin = c
+        self.features = nn.Sequential(*stages)
+        self.head = nn.Linear(cin, num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+class MriUNet(nn.Module):
+    """A three-level U-Net; input H and W must be multiples of 4."""
+
+    def __init__(self, in_channels: int = 4, num_outputs: int = 3, width: int = 16):
+        super().__init__()
+        w = width
+        self.enc1, self.enc2, self.enc3 = (
+            _block(in_channels, w),
+            _block(w, 2 * w),
+            _block(2 * w, 4 * w),
+        )
+        self.up2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2)
+        self.dec2 = _block(4 * w, 2 * w)
+        self.up1 = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
+        self.dec1 = _block(2 * w, w)
+        self.out = nn.Conv2d(w, num_outputs, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(x)
+        e2 = self.enc2(F.max_pool2d(e1, 2))
+        e3 = self.enc3(F.max_pool2d(e2, 2))
+        d2 = self.dec2(torch.cat([self.up2(e3), e2], 1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
+        return self.out(d1)
+
+
+def build_model(modality: str, in_channels: int | None = None) -> nn.Module:
+    if modality == "xray":
+        return XrayNet(in_channels or 1)
+    if modality == "mri":
+        return MriUNet(in_channels or 4)
+    raise ValueError(f"unknown modality {modality!r}; valid: xray, mri")
+
+
+def to_float(images: np.ndarray, bits: int) -> torch.Tensor:
+    """uint8/uint16 (N, C, H, W) -> float32 in [0, 1]."""
+    return torch.from_numpy(images.astype(np.float32) / float(2**bits - 1))
+
+
+def _loss(modality: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    loss = F.binary_cross_entropy_with_logits(logits, target)
+    if modality == "mri":  # BCE + soft Dice: tumour regions are small
+        prob = torch.sigmoid(logits)
+        inter = (prob * target).sum(dim=(0, 2, 3))
+        denom = prob.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3))
+        loss = loss + (1 - (2 * inter + 1) / (denom + 1)).mean()
+    return loss
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    loss: float
+    examples: int
+    seconds: float
+
+
+def train(
+    model: nn.Module,
+    modality: str,
+    images: np.ndarray,
+    targets: np.ndarray,
+    bits: int,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int = 0,
+    device: str = "cpu",
+    proximal_mu: float = 0.0,
+) -> TrainResult:
+    """Local training with Adam; FedProx's proximal term when proximal_mu > 0."""
+    start = time.perf_counter()
+    model.to(device).train()
+    x_all = to_float(images, bits)
+    y_all = torch.from_numpy(targets.astype(np.float32))
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    gen = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    for _ in range(epochs):
+        order = torch.randperm(len(x_all), generator=gen)
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            x, y = x_all[idx].to(device), y_all[idx].to(device)
+            loss = _loss(modality, model(x), y)
+            if anchor is not None:
+                prox = sum(
+                    ((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
+                )
+                loss = loss + proximal_mu / 2 * prox
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(idx)
+            count += len(idx)
+    return TrainResult(
+        loss=total / max(count, 1), examples=len(x_all), seconds=time.perf_counter() - start
+    )
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module, images: np.ndarray, bits: int, *, batch_size: int = 64, device: str = "cpu"
+) -> np.ndarray:
+    model.to(device).eval()
+    x_all = to_float(images, bits)
+    outs = [
+        torch.sigmoid(model(x_all[i : i + batch_size].to(device))).cpu()
+        for i in range(0, len(x_all), batch_size)
+    ]
+    return torch.cat(outs).numpy()
+
+
+def evaluate(
+    model: nn.Module,
+    modality: str,
+    images: np.ndarray,
+    targets: np.ndarray,
+    bits: int,
+    *,
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Task metrics: X-ray {loss, auroc}; MRI {loss, dice_et, dice_tc, dice_wt, dice_mean}."""
+    if len(images) == 0:
+        raise ValueError("evaluate: no images")
+    prob = predict(model, images, bits, device=device)
+    eps = 1e-6
+    y = targets.astype(np.float32)
+    bce = float(-np.mean(y * np.log(prob + eps) + (1 - y) * np.log(1 - prob + eps)))
+    if modality == "xray":
+        return {"loss": bce, "auroc": macro_auroc(y, prob)}
+    dice = dice_scores(prob > 0.5, y > 0.5)
+    return {
+        "loss": bce,
+        **{f"dice_{k.lower()}": v for k, v in dice.items()},
+        "dice_mean": float(np.mean(list(dice.values()))),
+    }
+
+
+def macro_auroc(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Mean AUROC over the findings with both classes present (NaN if none)."""
+    from sklearn.metrics import roc_auc_score
+
+    cols = [j for j in range(y_true.shape[1]) if 0 < y_true[:, j].sum() < len(y_true)]
+    if not cols:
+        return float("nan")
+    return float(np.mean([roc_auc_score(y_true[:, j], y_score[:, j]) for j in cols]))
+
+
+def dice_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Dice per region over the whole set (1.0 when both are empty)."""
+    out = {}
+    for j, region in enumerate(MRI_REGIONS):
+        p, t = pred[:, j], truth[:, j]
+        denom = p.sum() + t.sum()
+        out[region] = 1.0 if denom == 0 else float(2 * np.logical_and(p, t).sum() / denom)
+    return out
+
+
+def state_dict_numpy(model: nn.Module) -> Mapping[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}

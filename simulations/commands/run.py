@@ -1,0 +1,138 @@
+"""`medfed run [STUDY.toml] [--set key=value ...] [--out DIR] [--resume]`"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from client.study import Study, StudyError, parse_overrides
+
+DEFAULT_STUDY = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a study on Flower's simulation engine",
+                       description="Run a study (TOML file) with one simulated hospital per site "
+                                   "on Flower's simulation engine (Ray), then print its results.")
+    p.add_argument("study", nargs="?", default=str(DEFAULT_STUDY),
+                   help="study file (default: the demo study)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one study key, e.g. --set num-rounds=5 (repeatable)")
+    p.add_argument("--out", help="output folder (default: the study's out-dir)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a killed study from its last completed round")
+    p.add_argument("--quiet", action="store_true", help="no live progress, only the result table")
+    p.set_defaults(func=main)
+
+
+def load_study(path: str, overrides: list[str], out: str | None, resume: bool = False) -> Study:
+    values = parse_overrides(overrides)
+    if out:
+        values["out-dir"] = out
+    if resume:
+        values["resume"] = True
+    study = Study.from_toml(path, values)
+    return study.replace(out_dir=str(Path(study.out_dir).absolute()))
+
+
+def main(args: argparse.Namespace) -> int:
+    from simulations.runner import run_simulated_study
+
+    try:
+        study = load_study(args.study, args.overrides, args.out, args.resume)
+    except StudyError as exc:
+        raise ValueError(str(exc)) from None
+    console = Console(stderr=True)
+    console.print(f"[bold]medfed[/] study [cyan]{study.name}[/]: {study.num_sites} sites x "
+                  f"{study.num_rounds} rounds, {study.modality}, method {study.method}, "
+                  f"exchange {study.exchange} -> {study.out_dir}")
+    display = ProgressDisplay(study, console, enabled=not args.quiet)
+    with display:
+        summary = run_simulated_study(study, display.update)
+    Console().print(result_table(study))
+    console.print(f"results: {study.out_dir}/summary.json  ({summary['wall_seconds']:.1f} s)")
+    return 0
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.2f}"
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and math.isinf(v):
+        return "exact"
+    if isinstance(v, float) and math.isnan(v):
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def result_table(study: Study) -> Table:
+    """Per-round table from rounds.jsonl (read back from disk: what you see is what was written)."""
+    import json
+
+    lines = [json.loads(x) for x in (Path(study.out_dir) / "rounds.jsonl").read_text().splitlines() if x]
+    metric = "auroc" if study.modality == "xray" else "dice_mean"
+    table = Table(title=f"{study.name}: per round")
+    for col in ("round", "sites ok", "cipher up MB", "cipher down MB", "model up MB",
+                "model down MB", f"held-out {metric}", f"fed {metric}", "PSNR worst dB", "s"):
+        table.add_column(col, justify="right")
+    for line in lines:
+        g, t = line["global"], line["totals"]
+        ok = sum(s["ok"] for s in line["sites"])
+        table.add_row(str(line["round"]), f"{ok}/{len(line['sites'])}", _mb(t["ciphertext_up"]),
+                      _mb(t["ciphertext_down"]), _mb(t["model_up"]), _mb(t["model_down"]),
+                      _fmt(g.get(metric)), _fmt(g.get(f"fed_{metric}")),
+                      _fmt(g.get("recon_psnr_worst"), 1), f"{line['seconds']:.1f}")
+    return table
+
+
+class ProgressDisplay:
+    """Live line: round, sites done, bytes so far."""
+
+    def __init__(self, study: Study, console: Console, enabled: bool = True) -> None:
+        self.study, self.console, self.enabled = study, console, enabled
+        self.round, self.phase, self.done, self.of, self.bytes = 0, "starting", 0, study.num_sites, 0
+        self.live = Live(self._render(), console=console, refresh_per_second=4, transient=True) \
+            if enabled else None
+
+    def __enter__(self):
+        if self.live:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live:
+            self.live.__exit__(*exc)
+
+    def _render(self) -> Text:
+        return Text.from_markup(
+            f"[bold]round {self.round}/{self.study.num_rounds}[/] · {self.phase} "
+            f"{self.done}/{self.of} sites · {self.bytes / 1e6:.2f} MB moved so far")
+
+    def update(self, event: dict) -> None:
+        kind = event["event"]
+        if kind == "start":
+            self.round = event["from_round"]
+            self.phase = "site start-up and first round"
+        elif kind == "reply":
+            self.round, self.phase, self.done, self.of = event["round"], event["phase"], event["done"], event["of"]
+        elif kind == "round":
+            line = event["line"]
+            self.bytes += sum(sum(s["bytes"][k] for k in ("message_up", "message_down")) for s in line["sites"])
+            ok = sum(s["ok"] for s in line["sites"])
+            failed = [f"{s['site']} ({s['error']})" for s in line["sites"] if not s["ok"]]
+            msg = f"round {line['round']} done: {ok} sites ok, {line['seconds']:.1f} s"
+            if failed:
+                msg += "; failed: " + "; ".join(failed)
+            self.console.print(msg)
+            self.round, self.phase, self.done = line["round"] + 1, "train", 0
+        if self.live:
+            self.live.update(self._render())

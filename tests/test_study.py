@@ -1,0 +1,91 @@
+"""Study files: parsing, validation errors that name the key, pyproject in step."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from client.study import Study, StudyError, parse_overrides
+from simulations.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "simulations" / "studies" / "demo.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.toml"
+    path.write_text(text)
+    return path
+
+
+def test_demo_study_parses_with_issue_settings():
+    study = Study.from_toml(DEMO)
+    assert (study.num_sites, study.num_rounds, study.modality) == (4, 3, "xray")
+    assert (study.method, study.strategy, study.num_cpus) == ("aes-gcm", "FedAvg", 1)
+    assert study.out_dir == "runs/demo"
+
+
+def test_pyproject_flower_config_mirrors_demo_study():
+    doc = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    flwr_cfg = doc["tool"]["flwr"]["app"]["config"]
+    demo = Study.from_toml(DEMO).to_run_config()
+    assert set(flwr_cfg) == set(Study.keys())
+    assert {k: v for k, v in flwr_cfg.items() if k != "out-dir"} == {
+        k: v for k, v in demo.items() if k != "out-dir"}
+    assert Study.from_mapping(flwr_cfg).num_sites == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("num-sitez = 4\n", ["num-sitez", "unknown key", "num-sites"]),
+        ("num-sites = 0\n", ["num-sites", "0", "at least 1"]),
+        ("num-rounds = -2\n", ["num-rounds", "-2", "at least 1"]),
+        ('num-rounds = "three"\n', ["num-rounds", "three", "int"]),
+        ('method = "rot13"\n', ["method", "rot13", "aes-gcm"]),
+        ('exchange = "email"\n', ["exchange", "email", "consortium"]),
+        ("min-sites = 9\n", ["min-sites", "9", "num-sites"]),
+        ("learning-rate = 0\n", ["learning-rate", "> 0"]),
+        ('fault-sites = "7"\n', ["fault-sites", "7"]),
+        ("[training]\nepochs = 2\n", ["training", "top level"]),
+    ],
+)
+def test_bad_study_names_key_value_and_rule(tmp_path, text, fragments):
+    with pytest.raises(StudyError) as info:
+        Study.from_toml(write(tmp_path, text))
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_overrides_are_typed_and_validated(tmp_path):
+    path = write(tmp_path, "num-sites = 3\n")
+    study = Study.from_toml(path, parse_overrides(["num-rounds=5", "learning-rate=0.01", "resume=true"]))
+    assert (study.num_sites, study.num_rounds, study.learning_rate, study.resume) == (3, 5, 0.01, True)
+    with pytest.raises(StudyError, match="expected key=value"):
+        parse_overrides(["num-rounds"])
+    with pytest.raises(StudyError, match="batch-size"):
+        Study.from_toml(path, {"batch-size": "0"})
+
+
+def test_cli_run_rejects_bad_study_before_running(tmp_path, capsys):
+    path = write(tmp_path, "num-sites = 0\n")
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "num-sites" in err and "at least 1" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("run", "sweep", "data", "methods", "bench"):
+        assert command in out
+
+
+def test_fault_plan_parsing():
+    study = Study(num_sites=4, fault_sites="1:round=2, 3")
+    assert study.fault_plan == {1: 2, 3: None}
