@@ -1,0 +1,15 @@
+"""Hospital data: readers (NIH ChestX-ray14, DICOM, BraTS), phantoms, partitions, caches."""
+
+from client.data.api import ensure_dataset, load_holdout, load_site, open_dataset
+from client.data.types import FINDINGS, MRI_REGIONS, ImageSet, SiteShard
+
+__all__ = [
+    "FINDINGS",
+    "MRI_REGIONS",
+    "ImageSet",
+    "SiteShard",
+    "ensure_dataset",
+    "load_holdout",
+    "load_site",
+    "open_dataset",
+]

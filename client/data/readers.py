@@ -1,0 +1,41 @@
+"""The one registry of dataset readers, and layout detection."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from client.data.base import DatasetReader
+from client.data.nih import NihReader
+
+READERS: tuple[type[DatasetReader], ...] = (NihReader,)
+
+
+def list_formats() -> list[str]:
+    return [r.format for r in READERS]
+
+
+def detect_reader(root: str | os.PathLike) -> DatasetReader:
+    """The reader for the layout under root; a clear error when none fits."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"dataset folder {root} does not exist")
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder (give the dataset's root folder)")
+    if not any(p for p in root.iterdir() if not p.name.startswith(".")):
+        raise ValueError(f"dataset folder {root} is empty")
+    for reader in READERS:
+        if reader.detect(root):
+            return reader()
+    raise ValueError(
+        f"cannot find a suitable reader for {root}; the registered readers are "
+        f"{', '.join(list_formats())} (NIH: Data_Entry_2017*.csv + images/; DICOM: *.dcm at any depth; "
+        f"BraTS: <case>/<case>_t1.nii.gz ...)"
+    )
+
+
+def reader_for_format(name: str) -> DatasetReader:
+    for reader in READERS:
+        if reader.format == name:
+            return reader()
+    raise ValueError(f"unknown dataset format {name!r}; valid: {', '.join(list_formats())}")
