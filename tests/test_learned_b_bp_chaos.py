@@ -152,3 +152,11 @@ def test_default_config_128px_quality_and_speed():
     rate = max(rates)
     np.testing.assert_array_equal(enc.decrypt(blob), images)
     assert rate > 100, f"encrypt {rate:.0f} images/s at 128x128"
+
+
+def test_cipher_image_is_the_cipher_without_ivs(xray16):
+    enc = _fitted(xray16)
+    blob = enc.encrypt(xray16, bits=12)
+    view = enc.cipher_image(blob)
+    assert view.dtype == np.uint8 and view.shape == xray16.shape
+    np.testing.assert_array_equal(view, (_cipher_pixels(enc, xray16, 12) >> 4).astype(np.uint8))

@@ -61,7 +61,7 @@ import torch
 
 from encryption import chaos
 from encryption.base import Encryptor, FitReport, check_images
-from encryption.container import Header, IntegrityError
+from encryption.container import ContainerError, Header, IntegrityError, read_body
 from encryption.keys import derive_key, derive_seed
 from encryption.registry import register_encryptor
 
@@ -308,6 +308,20 @@ class BpChaos(Encryptor):
         return vec
 
     # -- contract -------------------------------------------------------------
+    def cipher_image(self, blob: bytes) -> np.ndarray:
+        """The cipher pixels (IVs skipped) as uint8 (N, C, H, W); deeper bit
+        depths keep their top 8 bits (uniform if the cipher is uniform)."""
+        header, payload = read_body(blob)
+        n = header.shape[0]
+        dtype = np.dtype(header.dtype).newbyteorder("<")
+        if len(payload) != n * IV_BYTES + int(np.prod(header.shape)) * dtype.itemsize:
+            raise ContainerError(
+                f"bp-chaos: payload of {len(payload)} bytes does not fit {header.shape}"
+            )
+        pixels = np.frombuffer(payload, dtype=dtype, offset=n * IV_BYTES)
+        pixels = pixels.reshape(header.shape).astype(np.int64) >> max(header.bits - 8, 0)
+        return pixels.astype(np.uint8)
+
     def _require_fitted(self) -> None:
         if self._nets is None:
             raise RuntimeError(
