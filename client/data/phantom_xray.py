@@ -109,7 +109,7 @@ def render_chest(
         for cx in (0.5 - a["lung_dx"], 0.5 + a["lung_dx"])  # patient's right, left
     ]
     lung = np.maximum(lungs[0], lungs[1])
-    texture = 0.05 * _smooth_noise(rng, size, 24)
+    texture = 0.035 * _smooth_noise(rng, size, 24)
     markings = lung * texture
     # Pneumothorax: a lateral rim of one lung is collapsed air without markings.
     ptx = np.zeros_like(lung)
@@ -157,8 +157,8 @@ def render_chest(
             fluid = np.clip((yy - meniscus) / 0.02, 0, 1) * lungs[k]
             img += 0.33 * fluid
     for name, radius_range, count in (
-        ("Nodule", (0.022, 0.035), (1, 3)),
-        ("Mass", (0.06, 0.09), (1, 2)),
+        ("Nodule", (0.03, 0.042), (1, 3)),
+        ("Mass", (0.07, 0.1), (1, 2)),
     ):
         if name in findings:
             for _ in range(int(rng.integers(*count))):
@@ -167,7 +167,7 @@ def render_chest(
                     -0.5, 0.5
                 ) * a["lung_rx"]
                 cy = a["lung_cy"] + rng.uniform(-0.55, 0.35) * a["lung_ry"]
-                img += 0.32 * _blob(yy, xx, cy, cx, rng.uniform(*radius_range))
+                img += 0.4 * _blob(yy, xx, cy, cx, rng.uniform(*radius_range))
     # Scanner: resolution, response curve, noise.
     if scanner.blur > 1.0:
         low = max(8, int(size / scanner.blur))

@@ -6,9 +6,12 @@ import os
 from pathlib import Path
 
 from client.data.base import DatasetReader
+from client.data.brats import BratsReader
+from client.data.dicom import DicomReader
 from client.data.nih import NihReader
 
-READERS: tuple[type[DatasetReader], ...] = (NihReader,)
+# Order matters: the NIH and BraTS layouts are checked before the catch-all DICOM walk.
+READERS: tuple[type[DatasetReader], ...] = (NihReader, BratsReader, DicomReader)
 
 
 def list_formats() -> list[str]:

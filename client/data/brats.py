@@ -1,0 +1,225 @@
+"""BraTS 2020 / 2021 layouts: <case>/<case>_{t1,t1ce,t2,flair,seg}.nii[.gz] through nibabel.
+
+A case is complete when all four modalities are readable with one shape, and
+it has a seg file unless the folder has none at all (validation data). The
+four modalities become the channels of axial 2D slices; labels 0/1/2/4 become
+ET/TC/WT masks; each volume is normalised on its own (robust percentiles of
+brain voxels) at its original bit depth (8 for uint8 data, else 16).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from client.data.base import DatasetReader, LoadOptions, read_partition_csv, rel
+from client.data.preprocess import brats_regions, normalise_volume, resize_stack
+from client.data.types import MRI_MODALITIES, MRI_REGIONS, Record, Scan, Skip
+
+PARTITION_CSVS = ("partitioning.csv", "partitioning_1.csv", "partitioning_2.csv")
+SUFFIXES = (".nii.gz", ".nii")
+
+
+def _case_files(case: Path) -> dict[str, Path]:
+    """modality (t1, t1ce, t2, flair, seg) -> file, matched on <anything>_<modality>.nii[.gz]."""
+    found: dict[str, Path] = {}
+    for path in sorted(case.iterdir()):
+        name = path.name.lower()
+        for suffix in SUFFIXES:
+            if name.endswith(suffix):
+                stem = name[: -len(suffix)]
+                mod = stem.rsplit("_", 1)[-1]
+                if mod in (*MRI_MODALITIES, "seg"):
+                    found.setdefault(mod, path)
+                break
+    return found
+
+
+def _is_case(folder: Path) -> bool:
+    try:
+        return folder.is_dir() and any(m in _case_files(folder) for m in MRI_MODALITIES)
+    except OSError:
+        return False
+
+
+def find_cases(root: Path) -> list[Path]:
+    """Case folders directly under root, or one level down (MICCAI_BraTS..._TrainingData/)."""
+    children = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    cases = [p for p in children if _is_case(p)]
+    if cases:
+        return cases
+    return [q for p in children for q in sorted(p.iterdir()) if _is_case(q)]
+
+
+def _bits_for(dtype: np.dtype) -> int:
+    return 8 if np.dtype(dtype) in (np.uint8, np.int8) else 16
+
+
+def load_volume(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+    try:
+        image = nib.load(path)
+        data = np.asanyarray(image.dataobj)
+    except Exception as exc:  # nibabel and gzip raise many types for damaged files
+        raise ValueError(f"{path}: cannot read NIfTI: {type(exc).__name__}: {exc}") from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    return data, image
+
+
+def _header_problem(path: Path) -> tuple[tuple[int, ...] | None, str | None, object]:
+    """(shape, problem, header) from the header alone; catches truncated .nii files."""
+    try:
+        image = nib.load(path)
+    except Exception as exc:  # noqa: BLE001
+        return None, f"cannot read NIfTI header: {type(exc).__name__}: {exc}", None
+    shape = tuple(int(s) for s in image.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        return shape, f"expected a 3D volume, got shape {shape}", image.header
+    if not str(path).endswith(".gz"):
+        need = (
+            int(image.header.get_data_offset())
+            + int(np.prod(shape)) * image.get_data_dtype().itemsize
+        )
+        if os.path.getsize(path) < need:
+            return (
+                shape,
+                f"truncated NIfTI: {os.path.getsize(path)} bytes, header needs {need}",
+                image.header,
+            )
+    return shape, None, image.header
+
+
+class BratsReader(DatasetReader):
+    format = "brats"
+    modality = "mri"
+    channels = 4
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        try:
+            return bool(find_cases(root))
+        except OSError:
+            return False
+
+    def scan(self, root: Path, *, deep: bool = False) -> Scan:
+        root = Path(root)
+        cases = find_cases(root)
+        any_seg = any("seg" in _case_files(c) for c in cases)
+        records: list[Record] = []
+        skipped: list[Skip] = []
+        for case in cases:
+            result = self._scan_case(case, root, any_seg, deep)
+            if isinstance(result, Skip):
+                skipped.append(result)
+            else:
+                records.append(result)
+        partitions = None
+        for name in PARTITION_CSVS:
+            if (root / name).is_file():
+                partitions, more = read_partition_csv(
+                    root / name, {r.patient_id for r in records}, root
+                )
+                skipped.extend(more)
+                break
+        if partitions:
+            records = [
+                Record(r.key, r.paths, r.patient_id, r.labels, partitions.get(r.patient_id), r.meta)
+                for r in records
+            ]
+        return Scan(self.format, self.modality, root, records, skipped, partitions, None)
+
+    def _scan_case(self, case: Path, root: Path, any_seg: bool, deep: bool) -> Record | Skip:
+        files = _case_files(case)
+        where = rel(case, root)
+        missing = [m for m in MRI_MODALITIES if m not in files]
+        if any_seg and "seg" not in files:
+            missing.append("seg")
+        if missing:
+            return Skip(
+                where,
+                f"missing modality file(s): {', '.join(missing)} (expected {case.name}_<modality>.nii.gz)",
+            )
+        wanted = [*MRI_MODALITIES, *(["seg"] if "seg" in files else [])]
+        shapes = {}
+        for mod in wanted:
+            shape, problem, _ = _header_problem(files[mod])
+            if problem:
+                return Skip(rel(files[mod], root), problem)
+            shapes[mod] = shape
+        if len(set(shapes.values())) != 1:
+            detail = ", ".join(f"{m} {s}" for m, s in shapes.items())
+            return Skip(where, f"modality shapes differ: {detail}")
+        labels: tuple[str, ...] = ()
+        if "seg" in files:
+            try:
+                seg, _ = load_volume(files["seg"])
+            except ValueError as exc:
+                return Skip(rel(files["seg"], root), str(exc).replace(f"{files['seg']}: ", ""))
+            values = set(np.unique(seg).tolist())
+            if not values <= {0, 1, 2, 3, 4}:
+                return Skip(
+                    rel(files["seg"], root),
+                    f"unexpected labels {sorted(values)} (BraTS uses 0, 1, 2, 4)",
+                )
+            present = brats_regions(seg).reshape(3, -1).any(axis=1)
+            labels = tuple(r for r, p in zip(MRI_REGIONS, present, strict=True) if p)
+        if deep:
+            for mod in MRI_MODALITIES:
+                try:
+                    load_volume(files[mod])
+                except ValueError as exc:
+                    return Skip(rel(files[mod], root), str(exc).replace(f"{files[mod]}: ", ""))
+        header = nib.load(files["flair"]).header
+        meta = {
+            "shape": list(shapes["flair"]),
+            "spacing": [float(z) for z in header.get_zooms()[:3]],
+            "bits": _bits_for(header.get_data_dtype()),
+            "has_seg": "seg" in files,
+        }
+        return Record(
+            case.name, tuple(str(files[m]) for m in wanted), case.name, labels, None, meta
+        )
+
+    def load(self, record: Record, *, image_size: int, options: LoadOptions):
+        volumes = []
+        bits = 8
+        for path in record.paths[:4]:
+            data, _ = load_volume(Path(path))
+            bits = max(bits, _bits_for(data.dtype))
+            volumes.append(data)
+        if len({v.shape for v in volumes}) != 1:
+            raise ValueError(f"{record.key}: modality shapes differ: {[v.shape for v in volumes]}")
+        stack = np.stack([normalise_volume(v, bits) for v in volumes])  # (4, X, Y, Z)
+        if len(record.paths) > 4:
+            seg, _ = load_volume(Path(record.paths[4]))
+            regions = brats_regions(seg)  # (3, X, Y, Z)
+        else:
+            regions = np.zeros((3, *stack.shape[1:]), np.uint8)
+        z = self.select_slices(stack, regions, options)
+        # axial slice z as (rows = y, cols = x), the radiological view
+        images = np.transpose(stack[..., z], (3, 0, 2, 1))
+        masks = np.transpose(regions[..., z], (3, 0, 2, 1))
+        images = resize_stack(np.ascontiguousarray(images), image_size, bits=bits)
+        masks = resize_stack(np.ascontiguousarray(masks), image_size, bits=8, nearest=True)
+        return images, masks.astype(np.uint8), bits
+
+    @staticmethod
+    def select_slices(stack: np.ndarray, regions: np.ndarray, options: LoadOptions) -> np.ndarray:
+        """Axial slices with brain (or tumour, with tumour_only), evenly spaced, at most max_slices."""
+        brain = stack.reshape(stack.shape[0], -1, stack.shape[-1]).any(axis=(0, 1))
+        tumour = regions[2].reshape(-1, regions.shape[-1]).any(axis=0)
+        candidates = np.flatnonzero(tumour if options.tumour_only and tumour.any() else brain)
+        if candidates.size == 0:
+            candidates = np.arange(stack.shape[-1])
+        limit = options.max_slices_per_subject
+        if limit is not None and candidates.size > limit:
+            picks = np.unique(np.rint(np.linspace(0, candidates.size - 1, limit)).astype(int))
+            candidates = candidates[picks]
+        return candidates

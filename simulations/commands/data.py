@@ -1,0 +1,150 @@
+"""`medfed data synth xray|mri ...` and `medfed data inspect DIR [--json] [--strict]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "data",
+        help="make phantom datasets and inspect dataset folders",
+        description="Hospital data: write realistic phantoms in the NIH ChestX-ray14, DICOM and "
+        "BraTS layouts, and inspect a dataset folder.",
+    )
+    data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+
+    synth = data_sub.add_parser("synth", help="write a phantom dataset")
+    kinds = synth.add_subparsers(dest="synth_kind", metavar="KIND", required=True)
+    xray = kinds.add_parser(
+        "xray", help="chest X-ray phantoms (NIH layout PNG + CSV, or DICOM CR/DX)"
+    )
+    xray.add_argument("--out", required=True, help="output folder (new or empty)")
+    xray.add_argument("--patients", type=int, default=240, help="number of patients (default 240)")
+    xray.add_argument("--format", dest="image_format", choices=("png", "dicom"), default="png")
+    xray.add_argument(
+        "--size", type=int, default=256, help="image size in pixels (default 256; NIH is 1024)"
+    )
+    xray.add_argument(
+        "--institutions", type=int, default=4, help="number of institutions (default 4)"
+    )
+    xray.add_argument("--seed", type=int, default=0)
+    xray.set_defaults(func=synth_xray)
+    mri = kinds.add_parser("mri", help="brain MRI phantoms (BraTS-2021 NIfTI + partitioning.csv)")
+    mri.add_argument("--out", required=True, help="output folder (new or empty)")
+    mri.add_argument("--subjects", type=int, default=24, help="number of subjects (default 24)")
+    mri.add_argument("--size", type=int, default=128, help="in-plane size in voxels (default 128)")
+    mri.add_argument(
+        "--institutions", type=int, default=4, help="number of institutions (default 4)"
+    )
+    mri.add_argument("--seed", type=int, default=0)
+    mri.set_defaults(func=synth_mri)
+
+    insp = data_sub.add_parser("inspect", help="detect a dataset's layout and report what it holds")
+    insp.add_argument("dir", help="dataset root folder")
+    insp.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    insp.add_argument("--strict", action="store_true", help="any skipped file is an error (exit 2)")
+    insp.set_defaults(func=inspect_command)
+
+
+def _check_out(out: str) -> Path:
+    path = Path(out)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ValueError(f"--out {path} exists and is not an empty folder")
+    return path
+
+
+def _progress(console: Console, label: str):
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    task = progress.add_task(label, total=None)
+    return progress, lambda done, total: progress.update(task, completed=done, total=total)
+
+
+def synth_xray(args: argparse.Namespace) -> int:
+    from client.data.phantom_xray import write_xray_phantoms
+
+    out = _check_out(args.out)
+    console = Console(stderr=True)
+    progress, update = _progress(console, "x-ray phantoms")
+    with progress:
+        write_xray_phantoms(
+            out,
+            patients=args.patients,
+            image_format=args.image_format,
+            size=args.size,
+            institutions=args.institutions,
+            seed=args.seed,
+            progress=update,
+        )
+    console.print(f"wrote {args.patients} patients ({args.image_format}, {args.size} px) to {out}")
+    return 0
+
+
+def synth_mri(args: argparse.Namespace) -> int:
+    from client.data.phantom_mri import write_mri_phantoms
+
+    out = _check_out(args.out)
+    console = Console(stderr=True)
+    progress, update = _progress(console, "MRI phantoms")
+    with progress:
+        write_mri_phantoms(
+            out,
+            subjects=args.subjects,
+            size=args.size,
+            institutions=args.institutions,
+            seed=args.seed,
+            progress=update,
+        )
+    console.print(f"wrote {args.subjects} BraTS-2021 subjects ({args.size} px) to {out}")
+    return 0
+
+
+def inspect_command(args: argparse.Namespace) -> int:
+    from client.data.inspect import inspect_dataset
+
+    report = inspect_dataset(args.dir)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_report(report)
+    if args.strict and report["skipped"]:
+        first = report["skipped"][0]
+        raise ValueError(
+            f"{args.dir}: {len(report['skipped'])} file(s) skipped (--strict), first: {first['path']}: {first['reason']}"
+        )
+    return 0
+
+
+def _print_report(report: dict) -> None:
+    console = Console()
+    console.print(
+        f"[bold]{report['format']}[/]: {report['images']} images, {report['subjects']} subjects, "
+        f"{len(report['skipped'])} skipped"
+    )
+    table = Table("label", "count")
+    for name, count in report["labels"].items():
+        table.add_row(name, str(count))
+    console.print(table)
+    if report["partitions"]:
+        parts = Table("partition", "images")
+        for name, count in report["partitions"].items():
+            parts.add_row(name, str(count))
+        console.print(parts)
+    if report["skipped"]:
+        skipped = Table("skipped", "reason")
+        for item in report["skipped"]:
+            skipped.add_row(item["path"], item["reason"])
+        console.print(skipped)
