@@ -232,6 +232,9 @@ class TorchEncryptor(Encryptor):
         super().__init__(key=key, **config)  # rejects whatever is left
         self.config: dict[str, Any] = {**opts, "preset": preset}
         self.channels: int | None = None
+        # The intensity scale the networks were trained on (2^fit_bits - 1):
+        # inputs are always scaled by it, whatever `bits` an encrypt call says.
+        self.fit_bits = 8
         self.nets: nn.ModuleDict | None = None
 
     # -- subclasses ----------------------------------------------------------
@@ -274,12 +277,13 @@ class TorchEncryptor(Encryptor):
             "method": self.name,
             "config": dict(self.config),
             "channels": self.channels,
+            "fit_bits": self.fit_bits,
             "weights": weights,
             **self._extra_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for field_name in ("method", "config", "channels", "weights"):
+        for field_name in ("method", "config", "channels", "fit_bits", "weights"):
             if field_name not in state:
                 raise ValueError(f"{self.name}: state is missing {field_name!r}")
         if state["method"] != self.name:
@@ -288,6 +292,7 @@ class TorchEncryptor(Encryptor):
         nets = self._build(int(state["channels"]))
         nets.load_state_dict(state["weights"])
         self.channels = int(state["channels"])
+        self.fit_bits = int(state["fit_bits"])
         self.nets = nets.to(self.device).eval()
         self._load_extra_state(state)
 
@@ -298,7 +303,17 @@ class TorchEncryptor(Encryptor):
 
     def _fit_images(self, images: np.ndarray, bits: int | None) -> tuple[torch.Tensor, int]:
         images, bits = check_images(images, bits)
+        self.fit_bits = bits
         return to_unit(images, bits, self.device), bits
+
+    def _to_net(self, images: np.ndarray) -> torch.Tensor:
+        """Images -> network input on the fit-time scale, clipped to [0, 1]."""
+        return to_unit(images, self.fit_bits, self.device).clamp_(0.0, 1.0)
+
+    def _from_net(self, x: torch.Tensor, bits: int, dtype: str | np.dtype) -> np.ndarray:
+        """Network output on the fit-time scale -> integers clipped to 0..2^bits - 1."""
+        out = from_unit(x, self.fit_bits, np.int64)
+        return np.clip(out, 0, 2**bits - 1).astype(dtype)
 
     def _report(
         self, clock: TrainClock, epochs: int, x: torch.Tensor, y: torch.Tensor

@@ -193,7 +193,7 @@ class AaeScramble(TorchEncryptor):
         parts = []
         with torch.inference_mode():
             for sl in self._chunks(len(images)):
-                x, _ = pad_to_multiple(to_unit(images[sl], bits, self.device), _DOWN)
+                x, _ = pad_to_multiple(self._to_net(images[sl]), _DOWN)
                 parts.append(from_unit(nets["enc"](x), 8, np.uint8))
         latent = np.concatenate(parts)
         perm, stream = self._scramble_tables(latent.shape[1:])
@@ -221,7 +221,9 @@ class AaeScramble(TorchEncryptor):
             for sl in self._chunks(n):
                 z = to_unit(latent[sl], 8, self.device)
                 parts.append(
-                    from_unit(crop_to(nets["dec"](z), header.shape[2:]), header.bits, header.dtype)
+                    self._from_net(
+                        crop_to(nets["dec"](z), header.shape[2:]), header.bits, header.dtype
+                    )
                 )
         return np.concatenate(parts)
 

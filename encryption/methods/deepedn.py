@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encryption.base import FitReport
-from encryption.container import Header
+from encryption.container import Header, read_body
 from encryption.keys import derive_seed
 from encryption.nn import (
     ResBlock,
@@ -223,37 +223,45 @@ class DeepEdn(TorchEncryptor):
 
     def _encrypt_payload(self, images: np.ndarray, bits: int) -> tuple[bytes, dict[str, Any]]:
         nets = self._require_fitted(images.shape[1])
-        cipher_dtype = "uint8" if bits <= 8 else "uint16"
-        cipher_bits = 8 if bits <= 8 else 16
+        # The cipher image's depth follows the scale the networks were trained on.
+        cipher_dtype = "uint8" if self.fit_bits <= 8 else "uint16"
+        cipher_bits = 8 if self.fit_bits <= 8 else 16
         parts = []
         with torch.inference_mode():
             for sl in self._chunks(len(images)):
-                x, _ = pad_to_multiple(to_unit(images[sl], bits, self.device), _DOWN)
+                x, _ = pad_to_multiple(self._to_net(images[sl]), _DOWN)
                 parts.append(from_unit(nets["enc"](x), cipher_bits, cipher_dtype))
         cipher = np.concatenate(parts)
         extra = {"cipher_dtype": cipher_dtype, "cipher_shape": list(cipher.shape)}
         return cipher.astype(np.dtype(cipher_dtype).newbyteorder("<")).tobytes(), extra
 
-    def _decrypt_payload(self, header: Header, payload: bytes) -> np.ndarray:
-        nets = self._require_fitted(header.shape[1])
+    @staticmethod
+    def _cipher_array(header: Header, payload: bytes) -> np.ndarray:
         cipher_dtype = np.dtype(header.extra["cipher_dtype"]).newbyteorder("<")
         shape = tuple(header.extra["cipher_shape"])
         if len(payload) != int(np.prod(shape)) * cipher_dtype.itemsize:
             raise ValueError(
-                f"{self.name}: payload is {len(payload)} bytes, cipher shape {shape} needs more"
+                f"deepedn: payload is {len(payload)} bytes, cipher shape {shape} disagrees"
             )
-        cipher = (
-            np.frombuffer(payload, dtype=cipher_dtype)
-            .reshape(shape)
-            .astype(cipher_dtype.newbyteorder("="))
-        )
+        cipher = np.frombuffer(payload, dtype=cipher_dtype).reshape(shape)
+        return cipher.astype(cipher_dtype.newbyteorder("="))
+
+    def cipher_image(self, blob: bytes) -> np.ndarray:
+        """The cipher image cropped to the plaintext size, as uint8 (top 8 bits of uint16)."""
+        header, payload = read_body(blob)
+        cipher = self._cipher_array(header, payload)[..., : header.shape[2], : header.shape[3]]
+        return (cipher >> 8).astype(np.uint8) if cipher.dtype == np.uint16 else cipher.copy()
+
+    def _decrypt_payload(self, header: Header, payload: bytes) -> np.ndarray:
+        nets = self._require_fitted(header.shape[1])
+        cipher = self._cipher_array(header, payload)
         cipher_bits = 8 if cipher.dtype == np.uint8 else 16
         parts = []
         with torch.inference_mode():
             for sl in self._chunks(len(cipher)):
                 y = to_unit(cipher[sl], cipher_bits, self.device)
                 x = crop_to(nets["dec"](y), header.shape[2:])
-                parts.append(from_unit(x, header.bits, header.dtype))
+                parts.append(self._from_net(x, header.bits, header.dtype))
         return np.concatenate(parts)
 
     def flops_per_image(self, h: int, w: int) -> int:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from encryption.base import FitReport
+from encryption.base import FitReport, check_images
 from encryption.container import Header
 from encryption.keys import derive_seed
 from encryption.nn import (
@@ -46,7 +46,6 @@ from encryption.nn import (
     TrainClock,
     count_flops,
     crop_to,
-    from_unit,
     minibatches,
     pad_to_multiple,
     random_crops,
@@ -94,16 +93,21 @@ class FactorizedGaussian(nn.Module):
 
 
 def residual_step(bits: int, target_psnr_db: float) -> int:
-    """Largest integer quantiser step whose uniform error meets the target PSNR."""
+    """Largest integer quantiser step whose uniform error meets the target PSNR.
+
+    A step s leaves the errors -(s//2) .. s - 1 - s//2, whose mean square is
+    (s^2 - 1) / 12 for odd s and (s^2 + 2) / 12 for even s.
+    """
     maxv = 2**bits - 1
     target_mse = maxv**2 / 10 ** (target_psnr_db / 10)
-    step = 1
-    while True:
-        nxt = step + 1
-        errors = np.arange(nxt) - nxt // 2  # a step of nxt leaves these errors
-        if np.mean(errors.astype(float) ** 2) > target_mse:
-            return step
-        step = nxt
+
+    def mse(s: int) -> float:
+        return (s * s - 1) / 12 if s % 2 else (s * s + 2) / 12
+
+    step = max(1, int(math.sqrt(12 * target_mse)) + 2)
+    while step > 1 and mse(step) > target_mse:
+        step -= 1
+    return step
 
 
 @register_encryptor
@@ -171,13 +175,17 @@ class LearnedCodecAes(TorchEncryptor):
             if clock.expired():
                 break
         nets.eval()
-        blob_bytes = len(self._encrypt_payload(from_unit(x_all, bits, images.dtype), bits)[0])
-        recon = to_unit(
-            self._decode(*self._encode(from_unit(x_all, bits, images.dtype), bits)), bits
-        )
+        ints = check_images(images, bits)[0]
+        latent, q, step, meta = self._encode(ints, bits)
+        payload, _ = self._pack(latent, q, step, bits)
+        recon = to_unit(self._decode(latent, q, step, meta), bits)
         report = self._report(clock, done, x_all, recon)
-        report.metrics["payload_bpp"] = (
-            8.0 * blob_bytes / (x_all.shape[0] * x_all.shape[2] * x_all.shape[3])
+        pixels = x_all.shape[0] * x_all.shape[2] * x_all.shape[3]
+        nlat = struct.unpack_from("<I", payload)[0]
+        report.metrics.update(
+            payload_bpp=8.0 * len(payload) / pixels,
+            latent_bpp=32.0 * nlat / pixels,
+            residual_step=float(step),
         )
         return report
 
@@ -196,7 +204,7 @@ class LearnedCodecAes(TorchEncryptor):
         with torch.inference_mode():
             for sl in self._chunks(len(latent)):
                 y = torch.from_numpy(latent[sl].astype(np.float32)).to(self.device)
-                parts.append(from_unit(crop_to(self.nets["g_s"](y), size), bits, np.int64))
+                parts.append(self._from_net(crop_to(self.nets["g_s"](y), size), bits, np.int64))
         return np.concatenate(parts).astype(dtype)
 
     def _encode(
@@ -206,7 +214,7 @@ class LearnedCodecAes(TorchEncryptor):
         parts = []
         with torch.inference_mode():
             for sl in self._chunks(len(images)):
-                x, _ = pad_to_multiple(to_unit(images[sl], bits, self.device), _DOWN)
+                x, _ = pad_to_multiple(self._to_net(images[sl]), _DOWN)
                 parts.append(
                     torch.round(nets["g_a"](x)).clamp(-_LATENT_RANGE, _LATENT_RANGE).cpu().numpy()
                 )
@@ -234,6 +242,12 @@ class LearnedCodecAes(TorchEncryptor):
 
     def _encrypt_payload(self, images: np.ndarray, bits: int) -> tuple[bytes, dict[str, Any]]:
         latent, q, step, _ = self._encode(images, bits)
+        return self._pack(latent, q, step, bits)
+
+    def _pack(
+        self, latent: np.ndarray, q: np.ndarray | None, step: int, bits: int
+    ) -> tuple[bytes, dict[str, Any]]:
+        """Entropy-code latent and residual into one payload (latent words first)."""
         model, mean, scale = self._latent_model()
         coder = constriction.stream.stack.AnsCoder()
         extra: dict[str, Any] = {"latent_shape": list(latent.shape[1:]), "residual_step": step}
