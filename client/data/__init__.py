@@ -1,6 +1,8 @@
 """Hospital data: readers (NIH ChestX-ray14, DICOM, BraTS), phantoms, partitions, caches."""
 
 from client.data.api import ensure_dataset, load_holdout, load_site, open_dataset
+from client.data.inspect import inspect_dataset
+from client.data.sample import sample_images
 from client.data.types import FINDINGS, MRI_REGIONS, ImageSet, SiteShard
 
 __all__ = [
@@ -9,7 +11,9 @@ __all__ = [
     "ImageSet",
     "SiteShard",
     "ensure_dataset",
+    "inspect_dataset",
     "load_holdout",
     "load_site",
     "open_dataset",
+    "sample_images",
 ]
