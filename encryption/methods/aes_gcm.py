@@ -28,6 +28,8 @@ def bytes_to_pixels(header: Header, payload: bytes) -> np.ndarray:
 
 @register_encryptor
 class AesGcm(Encryptor):
+    """AES-256-GCM over the raw pixel bytes: the exact, randomised baseline."""
+
     name = "aes-gcm"
     lossless = True
     deterministic = False

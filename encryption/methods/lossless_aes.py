@@ -57,19 +57,28 @@ CODECS = ("jpegls", "jpeg2k", "png")
 
 
 def _encode_planes(planes: np.ndarray, bits: int, codec: str) -> list[bytes] | None:
-    """Encode every (H, W) plane with `codec`; None if any fails to round trip."""
-    encode, decode = _codecs()[codec]
-    streams = []
-    for plane in planes:
+    """Encode every (H, W) plane with `codec`; None if the codec fails."""
+    encode = _codecs()[codec][0]
+    try:
+        return [bytes(encode(plane, bits)) for plane in planes]
+    except Exception:  # noqa: BLE001 - a codec that cannot code this data is skipped
+        return None
+
+
+def _round_trips(planes: np.ndarray, streams: list[bytes], codec: str) -> bool:
+    decode = _codecs()[codec][1]
+    for plane, stream in zip(planes, streams, strict=True):
         try:
-            stream = bytes(encode(plane, bits))
             back = decode(stream)
-        except Exception:  # noqa: BLE001 - any codec failure just disqualifies it
-            return None
-        if back.dtype != plane.dtype or not np.array_equal(back.reshape(plane.shape), plane):
-            return None
-        streams.append(stream)
-    return streams
+        except Exception:  # noqa: BLE001
+            return False
+        if (
+            back.dtype != plane.dtype
+            or back.shape != plane.shape
+            or not np.array_equal(back, plane)
+        ):
+            return False
+    return True
 
 
 @register_encryptor
@@ -101,13 +110,18 @@ class LosslessAes(Encryptor):
     def _encrypt_payload(self, images: np.ndarray, bits: int) -> tuple[bytes, dict[str, Any]]:
         n, c, h, w = images.shape
         planes = images.reshape(n * c, h, w)
-        best: tuple[str, list[bytes]] | None = None
+        candidates = []
         for codec in self.codecs:
             streams = _encode_planes(planes, bits, codec)
-            if streams is None:
-                continue
-            if best is None or sum(map(len, streams)) < sum(map(len, best[1])):
+            if streams is not None:
+                candidates.append((sum(map(len, streams)), codec, streams))
+        # Smallest first; only the winner's decode is checked (a codec that
+        # does not round-trip bit-exactly loses to the next smallest).
+        best = None
+        for _, codec, streams in sorted(candidates, key=lambda c: c[0]):
+            if _round_trips(planes, streams, codec):
                 best = (codec, streams)
+                break
         if best is None:
             raise ValueError(
                 f"{self.name}: none of the codecs {', '.join(self.codecs)} round-trips "
