@@ -7,6 +7,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -209,13 +210,28 @@ def build_imageset(
                 tuple(str(p) for p in hit["patient_ids"]),
                 reader.modality,
             )
-    images, targets, patients, bits_list = [], [], [], []
+    images, targets, patients, bits_list, failures = [], [], [], [], []
     for record in records:
-        imgs, tgts, bits = reader.load(record, image_size=image_size, options=options)
+        try:
+            imgs, tgts, bits = reader.load(record, image_size=image_size, options=options)
+        except (ValueError, RuntimeError, OSError) as exc:
+            # The cheap scan passed this file but its pixel data do not decode: leave
+            # it out loudly rather than stop a whole site on one file.
+            failures.append(f"{record.key}: {exc}")
+            continue
         images.append(imgs)
         targets.append(tgts)
         bits_list.append(bits)
         patients.extend([record.patient_id] * len(imgs))
+    if failures:
+        warnings.warn(
+            f"{len(failures)} of {len(records)} record(s) could not be decoded and were left out; "
+            f"first: {failures[0]}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    if not images:
+        return empty_imageset(reader.modality, reader.channels, image_size, 8)
     bits = max(bits_list)
     images = [
         rescale_bits(im, b, bits) if b != bits else im

@@ -124,7 +124,7 @@ class BratsReader(DatasetReader):
         for name in PARTITION_CSVS:
             if (root / name).is_file():
                 partitions, more = read_partition_csv(
-                    root / name, {r.patient_id for r in records}, root
+                    root / name, {c.name for c in cases}, root
                 )
                 skipped.extend(more)
                 break

@@ -17,6 +17,7 @@ import contextlib
 import csv
 import math
 import os
+import warnings
 from datetime import date
 from pathlib import Path
 
@@ -90,10 +91,15 @@ def pixels_to_unsigned(ds: Dataset, arr: np.ndarray) -> tuple[np.ndarray, int]:
         values = values - lo
         if span > 2**bits - 1:
             values = values * ((2**bits - 1) / span)
+    if bits > 16:
+        raise ValueError(f"BitsStored {bits} is over 16 (x-ray folders hold 8- to 16-bit images)")
     maxv = 2**bits - 1
     out = np.clip(np.rint(values), 0, maxv)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         out = maxv - out
+    if bits < 8:  # 1- to 7-bit data (masks, old scanners) are stretched to 8 bits
+        out = np.rint(out * (255 / maxv))
+        bits = 8
     return out.astype(dtype_for_bits(bits)), bits
 
 
@@ -158,7 +164,14 @@ class DicomReader(DatasetReader):
             where = rel(path, root)
             if path.parent == root and path.name in SIDECARS:
                 continue
-            record_or_reason = self._scan_file(path, root, csv_labels, used_rows, deep)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter(
+                        "ignore"
+                    )  # pydicom warns on every odd value; we report per file
+                    record_or_reason = self._scan_file(path, root, csv_labels, used_rows, deep)
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the scan
+                record_or_reason = f"unreadable DICOM: {type(exc).__name__}: {exc}"
             if isinstance(record_or_reason, str):
                 skipped.append(Skip(where, record_or_reason))
             else:
@@ -219,6 +232,9 @@ class DicomReader(DatasetReader):
         photometric = str(ds.get("PhotometricInterpretation", "")).upper()
         if photometric not in ("MONOCHROME1", "MONOCHROME2"):
             return f"not a greyscale image (PhotometricInterpretation {photometric or 'missing'})"
+        stored_bits = int(ds.get("BitsStored", 0) or 0)
+        if stored_bits > 16:
+            return f"BitsStored {stored_bits} is over 16 (x-ray folders hold 8- to 16-bit images)"
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         if frames != 1:
             return f"multi-frame image ({frames} frames); x-ray folders hold one frame per file"
@@ -272,11 +288,10 @@ class DicomReader(DatasetReader):
 
     @staticmethod
     def _native_length_ok(path: Path, ds: Dataset) -> bool:
+        """Uncompressed pixel data must hold Rows x Columns x BitsAllocated and fit in the file."""
         try:
             full = pydicom.dcmread(path, defer_size=1024)
             elem = full.get_item("PixelData")
-            length = getattr(elem, "length", None)
-            tell = getattr(elem, "value_tell", None)
             expected = (
                 int(ds.Rows)
                 * int(ds.Columns)
@@ -286,6 +301,10 @@ class DicomReader(DatasetReader):
             )
         except Exception:  # noqa: BLE001
             return False
+        value = getattr(elem, "value", None)
+        if value is not None:  # read already (small element): its real length
+            return len(value) >= expected
+        length, tell = getattr(elem, "length", None), getattr(elem, "value_tell", None)
         if length is None or tell is None:
             return True
         return length >= expected and tell + length <= os.path.getsize(path)

@@ -84,6 +84,7 @@ class NihReader(DatasetReader):
         records: list[Record] = []
         skipped: list[Skip] = []
         seen: set[str] = set()
+        csv_patients: set[str] = set()  # every patient the CSV names, readable or not
         with open(csv_path, newline="") as fh:
             reader = csv.reader(fh)
             header = [h.strip() for h in next(reader, [])]
@@ -102,6 +103,8 @@ class NihReader(DatasetReader):
                     return row[index].strip() if index is not None and index < len(row) else ""
 
                 name = get("Image Index")
+                if get("Patient ID"):
+                    csv_patients.add(normalise_patient_id(get("Patient ID")))
                 where = f"{csv_path.name}:{line}"
                 if not name:
                     skipped.append(Skip(where, "row without Image Index"))
@@ -141,10 +144,9 @@ class NihReader(DatasetReader):
         for name, path in files.items():
             if name not in seen:
                 skipped.append(Skip(rel(path, root), f"no row in {csv_path.name}"))
-        patients = {r.patient_id for r in records}
         partitions = None
         if (root / PARTITION_CSV).is_file():
-            partitions, part_skips = read_partition_csv(root / PARTITION_CSV, patients, root)
+            partitions, part_skips = read_partition_csv(root / PARTITION_CSV, csv_patients, root)
             skipped.extend(part_skips)
         test_patients = self._test_patients(root, records, skipped)
         if partitions:
