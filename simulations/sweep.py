@@ -1,0 +1,162 @@
+"""Sweeps: a grid of studies from one file, one comparison table and plots.
+
+A sweep file:
+
+    name = "bandwidth"
+    study = "demo.toml"          # base study, relative to this file
+    out-dir = "runs/bandwidth"
+    [set]                        # overrides for every point
+    num-rounds = 2
+    [grid]                       # every combination of these is one study
+    exchange = ["none", "archive", "consortium"]
+    image-size = [32, 64]
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from client.study import Study, StudyError
+
+SWEEP_KEYS = {"name", "study", "out-dir", "set", "grid"}
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    base: Path
+    out_dir: Path
+    fixed: dict[str, Any]
+    grid: dict[str, list[Any]]
+
+    @classmethod
+    def from_toml(cls, path: str | Path, out: str | None = None) -> Sweep:
+        path = Path(path)
+        if not path.is_file():
+            raise StudyError(f"sweep file not found: {path}")
+        try:
+            doc = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise StudyError(f"{path}: not valid TOML: {exc}") from None
+        unknown = set(doc) - SWEEP_KEYS
+        if unknown:
+            raise StudyError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; "
+                             f"allowed: {', '.join(sorted(SWEEP_KEYS))}")
+        grid = doc.get("grid", {})
+        if not grid:
+            raise StudyError(f"{path}: [grid] must name at least one key with a list of values")
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise StudyError(f"{path}: grid.{key} must be a non-empty list, got {values!r}")
+        base = (path.parent / doc.get("study", "demo.toml")).resolve()
+        sweep = cls(name=doc.get("name", path.stem), base=base,
+                    out_dir=Path(out or doc.get("out-dir", f"runs/{path.stem}")).absolute(),
+                    fixed=dict(doc.get("set", {})), grid=dict(grid))
+        for point in sweep.points():  # validate every study before running any
+            sweep.study(point)
+        return sweep
+
+    def points(self) -> list[dict[str, Any]]:
+        keys = list(self.grid)
+        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*self.grid.values())]
+
+    @staticmethod
+    def label(point: dict[str, Any]) -> str:
+        return ",".join(f"{k}={v}" for k, v in point.items())
+
+    def study(self, point: dict[str, Any]) -> Study:
+        out = self.out_dir / self.label(point).replace("/", "_")
+        values = {**self.fixed, **point, "out-dir": str(out),
+                  "name": f"{self.name}[{self.label(point)}]".replace("/", "_")}
+        return Study.from_toml(self.base, values)
+
+
+def comparison_row(point: dict[str, Any], study: Study, summary: dict) -> dict[str, Any]:
+    metric = "auroc" if study.modality == "xray" else "dice_mean"
+    final = summary.get("final", {})
+    per_round = summary["bytes_per_round"]
+    return {
+        **point,
+        "status": summary["status"],
+        "rounds": summary["rounds"],
+        "ciphertext_up_per_round": per_round["ciphertext_up"],
+        "ciphertext_down_per_round": per_round["ciphertext_down"],
+        "model_per_round": per_round["model_up"] + per_round["model_down"],
+        "message_up_per_round": per_round["message_up"],
+        "message_down_per_round": per_round["message_down"],
+        **{f"upload_s_{k}": v for k, v in summary["upload_seconds_per_round"].items()},
+        metric: final.get(metric, math.nan),
+        "recon_psnr_worst": final.get("recon_psnr_worst", math.nan),
+        "seconds": summary["seconds"],
+    }
+
+
+def write_comparison(sweep: Sweep, rows: list[dict[str, Any]]) -> Path:
+    sweep.out_dir.mkdir(parents=True, exist_ok=True)
+    (sweep.out_dir / "comparison.json").write_text(
+        json.dumps({"schema": 1, "sweep": sweep.name, "grid": sweep.grid, "rows": rows}, indent=2) + "\n")
+    cols = list(rows[0]) if rows else []
+    lines = [f"# Sweep `{sweep.name}`", "", "| " + " | ".join(cols) + " |",
+             "| " + " | ".join("---" for _ in cols) + " |"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row[c]) for c in cols) + " |")
+    plots = plot_comparison(sweep, rows)
+    lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
+    path = sweep.out_dir / "comparison.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else "-" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def plot_comparison(sweep: Sweep, rows: list[dict[str, Any]]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return []
+    labels = [Sweep.label({k: r[k] for k in sweep.grid}) for r in rows]
+    out = []
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 4))
+    up = [r["message_up_per_round"] / 1e6 for r in rows]
+    down = [r["message_down_per_round"] / 1e6 for r in rows]
+    x = range(len(rows))
+    ax.bar(x, up, label="up (all sites)")
+    ax.bar(x, down, bottom=up, label="down (all sites)")
+    ax.set_xticks(list(x), labels, rotation=45, ha="right", fontsize=7)
+    ax.set(ylabel="MB per round", title=f"{sweep.name}: traffic per round")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = sweep.out_dir / "traffic.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    out.append(path)
+    links = [k for k in rows[0] if k.startswith("upload_s_")]
+    if links:
+        fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 4))
+        width = 0.8 / len(links)
+        for i, link in enumerate(links):
+            ax.bar([j + i * width for j in x], [r[link] for r in rows], width=width,
+                   label=link.removeprefix("upload_s_"))
+        ax.set_yscale("log")
+        ax.set_xticks([j + 0.4 - width / 2 for j in x], labels, rotation=45, ha="right", fontsize=7)
+        ax.set(ylabel="seconds (slowest site, per round)", title="Upload time per round by hospital link")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = sweep.out_dir / "upload_time.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        out.append(path)
+    return out
