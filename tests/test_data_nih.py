@@ -35,8 +35,13 @@ def test_csv_has_the_real_nih_header_and_rows(nih):
     rows = _rows(nih)
     assert ",".join(rows[0]) == CSV_HEADER.rstrip("\n")
     assert rows[0][:7] == [
-        "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
-        "Patient Gender", "View Position",
+        "Image Index",
+        "Finding Labels",
+        "Follow-up #",
+        "Patient ID",
+        "Patient Age",
+        "Patient Gender",
+        "View Position",
     ]
     assert rows[0][7:11] == ["OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]"]
     assert len(rows) - 1 == len(list((nih / "images").glob("*.png")))
@@ -46,7 +51,11 @@ def test_labels_parse_to_multi_hot_in_findings_order():
     labels = parse_findings("Nodule|Cardiomegaly")
     assert labels == ("Cardiomegaly", "Nodule")
     hot = multi_hot(labels)
-    assert hot[FINDINGS.index("Cardiomegaly")] == 1 and hot[FINDINGS.index("Nodule")] == 1 and hot.sum() == 2
+    assert (
+        hot[FINDINGS.index("Cardiomegaly")] == 1
+        and hot[FINDINGS.index("Nodule")] == 1
+        and hot.sum() == 2
+    )
     assert parse_findings("No Finding") == ()
     with pytest.raises(ValueError, match="Pneumonitis"):
         parse_findings("Pneumonitis")
@@ -58,7 +67,9 @@ def test_scan_matches_csv_labels_and_reads_metadata(nih):
     assert len(scan.records) == len(rows) and not scan.skipped
     for record in scan.records:
         row = rows[record.key]
-        assert ("|".join(record.labels) or "No Finding") == row[1] or set(record.labels) == set(row[1].split("|"))
+        assert ("|".join(record.labels) or "No Finding") == row[1] or set(record.labels) == set(
+            row[1].split("|")
+        )
         assert record.patient_id == str(int(row[3]))
         assert record.meta["spacing"][0] == pytest.approx(float(row[9]))
 
@@ -129,7 +140,9 @@ def test_csv_with_missing_columns_is_an_error_naming_them(nih):
 
 def test_labels_for_absent_images_and_images_without_rows_are_skipped(nih):
     rows = _rows(nih)
-    rows.append(["99999999_000.png", "Mass", "0", "99999999", "40", "F", "PA", "48", "48", "1", "1", ""])
+    rows.append(
+        ["99999999_000.png", "Mass", "0", "99999999", "40", "F", "PA", "48", "48", "1", "1", ""]
+    )
     dropped = rows.pop(1)
     with open(nih / "Data_Entry_2017.csv", "w", newline="") as fh:
         csv.writer(fh).writerows(rows)
@@ -152,7 +165,9 @@ def test_partition_csv_naming_unknown_subjects_is_reported(nih):
     with open(nih / "partitioning.csv", "a") as fh:
         fh.write("9,424242\n")
     report = inspect_dataset(nih)
-    assert any("unknown subject" in s["reason"] and "424242" in s["reason"] for s in report["skipped"])
+    assert any(
+        "unknown subject" in s["reason"] and "424242" in s["reason"] for s in report["skipped"]
+    )
     assert "9" not in report["partitions"]
 
 

@@ -123,9 +123,7 @@ class BratsReader(DatasetReader):
         partitions = None
         for name in PARTITION_CSVS:
             if (root / name).is_file():
-                partitions, more = read_partition_csv(
-                    root / name, {c.name for c in cases}, root
-                )
+                partitions, more = read_partition_csv(root / name, {c.name for c in cases}, root)
                 skipped.extend(more)
                 break
         if partitions:

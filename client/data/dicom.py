@@ -333,12 +333,15 @@ def write_xray_dicom(
     comments: str = "",
 ) -> None:
     """Write a valid CR/DX object from a [0, 1] image (bright = dense), deterministic UIDs."""
+    # With a negative intercept, stored = shown - intercept needs headroom at the top of
+    # the stored range: values use 2^bits - 1 - |intercept| levels (offset upwards when
+    # MONOCHROME1 flips them), so every stored value fits in BitsStored.
     headroom = max(0, -intercept)
-    maxv = 2**bits - 1 - headroom
-    stored = np.rint(np.clip(value, 0, 1) * maxv).astype(np.int64)
+    full = 2**bits - 1
+    shown = np.rint(np.clip(value, 0, 1) * (full - headroom)).astype(np.int64)
     if monochrome1:
-        stored = maxv - stored
-    stored = stored - intercept  # the reader's stored * 1 + intercept gives the value back
+        shown = full - (shown + headroom)  # the reader inverts over the full range
+    stored = shown - intercept  # the reader's stored * 1 + intercept gives `shown` back
     dtype = np.uint8 if bits <= 8 else np.uint16
     sop_class = CR_STORAGE if modality == "CR" else DX_STORAGE
     uid = lambda part: generate_uid(entropy_srcs=[uid_seed, part])  # noqa: E731
