@@ -158,3 +158,14 @@ def test_bad_partition_arguments(xray_root):
         load_site(xray_root, "xray", image_size=16, partition_id=3, num_partitions=3)
     with pytest.raises(ValueError, match="not mri"):
         load_site(xray_root, "mri", image_size=16, partition_id=0, num_partitions=1)
+
+
+@pytest.mark.slow
+def test_phantom_generation_is_fast(tmp_path):
+    import time
+
+    from client.data.phantom_xray import write_xray_phantoms
+
+    start = time.perf_counter()
+    write_xray_phantoms(tmp_path / "x", patients=240, size=256)
+    assert time.perf_counter() - start < 60

@@ -206,6 +206,11 @@ class BratsReader(DatasetReader):
         masks = np.transpose(regions[..., z], (3, 0, 2, 1))
         images = resize_stack(np.ascontiguousarray(images), image_size, bits=bits)
         masks = resize_stack(np.ascontiguousarray(masks), image_size, bits=8, nearest=True)
+        if options.tumour_only:
+            # a tumour of a few voxels can vanish when downsampled: keep what still shows it
+            keep = masks[:, 2].reshape(len(masks), -1).any(axis=1)
+            if keep.any():
+                images, masks = images[keep], masks[keep]
         return images, masks.astype(np.uint8), bits
 
     @staticmethod
