@@ -68,15 +68,22 @@ def depth_for(size: int) -> int:
     return max(16, size // 8)
 
 
+def _interp_matrix(n: int, cells: int) -> np.ndarray:
+    """(n, cells) linear interpolation weights from a coarse grid to n points."""
+    pos = np.linspace(0, cells - 1, n)
+    lo = np.minimum(np.floor(pos).astype(int), cells - 2)
+    frac = (pos - lo).astype(np.float32)
+    out = np.zeros((n, cells), np.float32)
+    out[np.arange(n), lo] = 1 - frac
+    out[np.arange(n), lo + 1] = frac
+    return out
+
+
 def _smooth3(rng, shape, cells=6):
+    """A smooth random field: coarse Gaussian noise, upsampled separably (three small matmuls)."""
     coarse = rng.standard_normal((cells, cells, cells)).astype(np.float32)
-    # separable linear upsampling of a coarse random field
-    out = coarse
-    for axis, n in enumerate(shape):
-        xp = np.linspace(0, 1, out.shape[axis])
-        x = np.linspace(0, 1, n)
-        out = np.apply_along_axis(lambda v, x=x, xp=xp: np.interp(x, xp, v), axis, out)
-    return out.astype(np.float32)
+    a, b, c = (_interp_matrix(n, cells) for n in shape)
+    return np.einsum("ia,jb,kc,abc->ijk", a, b, c, coarse, optimize=True).astype(np.float32)
 
 
 def render_subject(rng: np.random.Generator, size: int, scanner: MriScanner, *, has_et: bool):
@@ -89,7 +96,6 @@ def render_subject(rng: np.random.Generator, size: int, scanner: MriScanner, *, 
     rx, ry, rz = rng.uniform(0.33, 0.38), rng.uniform(0.4, 0.45), rng.uniform(0.42, 0.47)
     r_brain = np.sqrt((x / rx) ** 2 + (y / ry) ** 2 + (z / rz) ** 2) + warp
     brain = r_brain < 1.0
-    tissue = np.full(x.shape, "wm", dtype=object)  # filled below with integer codes instead
     codes = np.zeros(x.shape, np.uint8)  # 0 bg, 1 wm, 2 gm, 3 csf
     codes[brain] = 1
     folds = 0.05 * np.sin(40 * np.arctan2(y, x) + 10 * z)
@@ -98,7 +104,6 @@ def render_subject(rng: np.random.Generator, size: int, scanner: MriScanner, *, 
     for side in (-1, 1):
         vent = np.sqrt(((x - side * 0.05) / 0.04) ** 2 + ((y + 0.02) / 0.12) ** 2 + (z / 0.15) ** 2)
         codes[brain & (vent < 1.0)] = 3
-    del tissue
     # tumour: centre inside one hemisphere, nested irregular spheres
     cx, cy, cz = (
         rng.uniform(0.08, 0.18) * rng.choice([-1, 1]),
@@ -118,13 +123,16 @@ def render_subject(rng: np.random.Generator, size: int, scanner: MriScanner, *, 
     else:
         seg[brain & (d < r_rim * (1 + 0.5 * bumpy))] = 1
     bias = 1.0 + scanner.bias * (x + 0.5 * y)
+    # one label map (0 bg, 1 wm, 2 gm, 3 csf, 4 oedema, 5 enhancing, 6 necrosis), then a
+    # lookup table per modality: one gather instead of a mask per tissue
+    tissue = codes.copy()
+    for label, code in ((2, 4), (4, 5), (1, 6)):
+        tissue[seg == label] = code
+    names = ("wm", "gm", "csf", "oedema", "enhancing", "necrosis")
     out = np.zeros((4, *x.shape), np.float32)
     for m in range(4):
-        vol = np.zeros(x.shape, np.float32)
-        for code, name in ((1, "wm"), (2, "gm"), (3, "csf")):
-            vol[codes == code] = CONTRAST[name][m]
-        for label, name in ((2, "oedema"), (4, "enhancing"), (1, "necrosis")):
-            vol[seg == label] = CONTRAST[name][m]
+        lut = np.array([0.0, *(CONTRAST[n][m] for n in names)], np.float32)
+        vol = lut[tissue]
         vol *= 1.0 + 0.04 * _smooth3(rng, x.shape, cells=8)
         if scanner.blur > 1.0:
             vol = _blur_planes(vol, scanner.blur)
