@@ -169,3 +169,22 @@ def test_phantom_generation_is_fast(tmp_path):
     start = time.perf_counter()
     write_xray_phantoms(tmp_path / "x", patients=240, size=256)
     assert time.perf_counter() - start < 60
+
+
+def test_every_reader_returns_native_pixels_with_metadata(xray_root, tmp_path):
+    from client.data import open_dataset
+    from client.data.phantom_mri import write_mri_phantoms
+    from client.data.phantom_xray import write_xray_phantoms
+
+    dicom_root = write_xray_phantoms(tmp_path / "d", patients=2, size=40, image_format="dicom")
+    mri_root = write_mri_phantoms(tmp_path / "m", subjects=1, size=24)
+    for root, ndim in ((xray_root, 2), (dicom_root, 2), (mri_root, 4)):
+        reader, scan = open_dataset(root)
+        pixels, meta = reader.read(scan.records[0])
+        assert pixels.ndim == ndim
+        assert (
+            meta["patient"] == scan.records[0].patient_id
+            and "spacing" in meta
+            and meta["bits"] >= 8
+        )
+    assert meta["institution"] == "1" and meta["seg"].shape == pixels.shape[1:]

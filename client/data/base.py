@@ -49,6 +49,17 @@ class DatasetReader(ABC):
         """(images (k, C, S, S), targets, bits) for one record; k = 1 for x-rays."""
 
 
+def record_meta(record: Record, **extra) -> dict:
+    """The metadata every reader returns with its pixels."""
+    return {
+        "patient": record.patient_id,
+        "labels": list(record.labels),
+        "institution": record.institution,
+        **record.meta,
+        **extra,
+    }
+
+
 def walk_files(root: Path) -> list[Path]:
     """Every regular file under root, any depth, sorted; hidden names are skipped."""
     found = []

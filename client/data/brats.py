@@ -15,7 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from client.data.base import DatasetReader, LoadOptions, read_partition_csv, rel
+from client.data.base import DatasetReader, LoadOptions, read_partition_csv, record_meta, rel
 from client.data.preprocess import brats_regions, normalise_volume, resize_stack
 from client.data.types import MRI_MODALITIES, MRI_REGIONS, Record, Scan, Skip
 
@@ -184,6 +184,11 @@ class BratsReader(DatasetReader):
         return Record(
             case.name, tuple(str(files[m]) for m in wanted), case.name, labels, None, meta
         )
+
+    def read(self, record: Record):
+        volumes = [load_volume(Path(p))[0] for p in record.paths[:4]]
+        seg = load_volume(Path(record.paths[4]))[0] if len(record.paths) > 4 else None
+        return np.stack(volumes), record_meta(record, seg=seg, modalities=list(MRI_MODALITIES))
 
     def load(self, record: Record, *, image_size: int, options: LoadOptions):
         volumes = []

@@ -32,6 +32,7 @@ from client.data.base import (
     LoadOptions,
     normalise_patient_id,
     read_partition_csv,
+    record_meta,
     rel,
 )
 from client.data.preprocess import multi_hot, parse_findings, resize_plane
@@ -308,6 +309,10 @@ class DicomReader(DatasetReader):
         if length is None or tell is None:
             return True
         return length >= expected and tell + length <= os.path.getsize(path)
+
+    def read(self, record: Record):
+        plane, bits, _ = read_dicom_plane(Path(record.paths[0]))
+        return plane, record_meta(record, bits=bits)
 
     def load(self, record: Record, *, image_size: int, options: LoadOptions):
         plane, bits, _ = read_dicom_plane(Path(record.paths[0]))

@@ -13,6 +13,7 @@ from client.data.base import (
     LoadOptions,
     normalise_patient_id,
     read_partition_csv,
+    record_meta,
     rel,
 )
 from client.data.preprocess import multi_hot, parse_findings, resize_plane
@@ -187,6 +188,10 @@ class NihReader(DatasetReader):
         # train_val_list.txt needs no action: every patient not in the test list
         # is a training patient, and a patient listed in both goes to test.
         return frozenset(patients)
+
+    def read(self, record: Record):
+        plane, bits = read_png(Path(record.paths[0]))
+        return plane, record_meta(record, bits=bits)
 
     def load(self, record: Record, *, image_size: int, options: LoadOptions):
         try:
