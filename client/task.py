@@ -142,7 +142,7 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             count += len(idx)
     return TrainResult(
         loss=total / max(count, 1), examples=len(x_all), seconds=time.perf_counter() - start

@@ -33,6 +33,7 @@ from server.results import ResultWriter
 from server.strategies import build_strategy
 
 POLL_S = 0.1
+SITE_WAIT_S = 300.0  # how long to wait for every hospital's SuperNode to connect
 
 
 class StudyStopped(RuntimeError):
@@ -107,9 +108,25 @@ class Federation:
             self.results.start()
         return arrays, strategy, start_round
 
+    def wait_for_sites(self, timeout_s: float = SITE_WAIT_S) -> None:
+        """Every site must be connected: a federation of another size would
+        partition the data differently from what the study says."""
+        deadline = time.time() + timeout_s
+        while True:
+            count = len(list(self.grid.get_node_ids()))
+            if count == self.study.num_sites:
+                return
+            if count > self.study.num_sites or time.time() > deadline:
+                raise StudyStopped(
+                    f"the federation has {count} SuperNode(s) but the study has num-sites = "
+                    f"{self.study.num_sites}; start one SuperNode per site (flwr run: "
+                    f"--federation-config \"num-supernodes={self.study.num_sites}\")")
+            time.sleep(1.0)
+
     # -- the loop ---------------------------------------------------------------
     def run(self) -> dict:
         study = self.study
+        self.wait_for_sites()
         arrays, strategy, start_round = self.initial_state()
         self.progress({"event": "start", "rounds": study.num_rounds, "sites": study.num_sites,
                        "from_round": start_round})
