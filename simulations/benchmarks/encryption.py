@@ -1,0 +1,275 @@
+"""Encryption benchmarks: speed against aes-gcm, learned-encryptor FLOPs against
+a plain convolution, rate-distortion with lossless-codec reference lines, and
+the security statistics / known-plaintext attack of encryption.evaluate."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from simulations.benchmarks.common import ratio_stats, summarize, time_interleaved
+
+Progress = Callable[[str], None]
+
+SOURCES = ("phantom-xray", "phantom-mri", "pydicom-samples", "nibabel-samples")
+SPEED_BASELINE = "aes-gcm"
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _images(source: str, n: int, size: int, seed: int) -> tuple[np.ndarray, int]:
+    from client.data import sample_images
+
+    return sample_images(source, n, size, seed)
+
+
+def _make(name: str, epochs: int | None, device: str | None = None, **config: Any):
+    from encryption.registry import encryptor_class, get_encryptor
+
+    cls = encryptor_class(name)
+    if cls.learned and epochs is not None:
+        config.setdefault("epochs", epochs)
+    if device is not None and "device" in inspect.signature(cls.__init__).parameters:
+        config["device"] = device
+    return get_encryptor(name, **config)
+
+
+def flops_per_image(enc: Any, h: int, w: int, channels: int) -> int | None:
+    """The learned encryptor's own FLOP count of one encryption (None if it has none).
+    Some take `channels`, others read it from the fitted state."""
+    fn = getattr(enc, "flops_per_image", None)
+    if fn is None:
+        return None
+    if "channels" in inspect.signature(fn).parameters:
+        return int(fn(h, w, channels=channels))
+    return int(fn(h, w))
+
+
+def conv_throughput(
+    size: int = 128, batch: int = 8, channels: int = 64, repeats: int = 5, device: str = "cpu"
+) -> dict[str, Any]:
+    """FLOP/s of a plain `channels`-channel 3x3 convolution (inference) on
+    (batch, channels, size, size): this machine's reference for learned encryptors."""
+    import torch
+
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1).to(device).eval()
+    x = torch.randn(batch, channels, size, size, device=device)
+    flops = 2 * channels * channels * 9 * size * size * batch
+
+    def run() -> None:
+        with torch.inference_mode():
+            conv(x)
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    times = time_interleaved({"conv": run}, repeats)["conv"]
+    stats = summarize(flops / t for t in times)
+    return {
+        "flops_per_call": flops,
+        "shape": [batch, channels, size, size],
+        "flops_per_s": stats,
+        "device": device,
+    }
+
+
+def run_speed(
+    methods: list[str],
+    *,
+    size: int = 128,
+    images: int = 32,
+    repeats: int = 5,
+    fit_images: int = 8,
+    fit_epochs: int = 1,
+    device: str = "cpu",
+    progress: Progress = _quiet,
+) -> dict[str, Any]:
+    """Encrypt/decrypt throughput of every method, interleaved with aes-gcm in the
+    same process, at `size` x `size`; for learned methods also FLOPs per image and
+    the fraction of the measured convolution FLOP/s they achieve.
+
+    Speed does not depend on how well a learned method was trained, so each is
+    fitted for `fit_epochs` epochs on `fit_images` images only (its fidelity is
+    measured by the rate-distortion benchmark)."""
+    x, bits = _images("phantom-xray", images, size, 0)
+    fit_x, _ = _images("phantom-xray", fit_images, size, 1)
+    raw_mb = x.nbytes / 1e6
+    encs, blobs, fit_s = {}, {}, {}
+    names = [SPEED_BASELINE, *[m for m in methods if m != SPEED_BASELINE]]
+    for name in names:
+        enc = _make(name, fit_epochs, device=device if device != "cpu" else None)
+        start = time.perf_counter()
+        if enc.learned:
+            progress(f"speed: fitting {name} ({fit_epochs} epoch(s), {len(fit_x)} images)")
+            enc.fit(fit_x)
+        fit_s[name] = time.perf_counter() - start
+        encs[name] = enc
+        blobs[name] = enc.encrypt(x, bits)
+    progress(f"speed: encrypt x{repeats}, interleaved with {SPEED_BASELINE}")
+    enc_t = time_interleaved({n: (lambda e=encs[n]: e.encrypt(x, bits)) for n in names}, repeats)
+    progress(f"speed: decrypt x{repeats}")
+    dec_t = time_interleaved(
+        {n: (lambda e=encs[n], b=blobs[n]: e.decrypt(b)) for n in names}, repeats
+    )
+    conv = conv_throughput(size=size, repeats=repeats, device=device)
+    conv_flops_s = conv["flops_per_s"]["median"]
+    enc_ratio, dec_ratio = ratio_stats(enc_t, SPEED_BASELINE), ratio_stats(dec_t, SPEED_BASELINE)
+    out: dict[str, Any] = {}
+    for name in names:
+        enc = encs[name]
+        entry: dict[str, Any] = {
+            "learned": bool(enc.learned),
+            "encrypt_mb_s": summarize(raw_mb / t for t in enc_t[name]),
+            "decrypt_mb_s": summarize(raw_mb / t for t in dec_t[name]),
+            "encrypt_images_s": summarize(len(x) / t for t in enc_t[name]),
+            "decrypt_images_s": summarize(len(x) / t for t in dec_t[name]),
+            "encrypt_ratio_to_aes": enc_ratio[name],
+            "decrypt_ratio_to_aes": dec_ratio[name],
+            "fit_s": fit_s[name],
+        }
+        if enc.learned:
+            flops = flops_per_image(enc, size, size, x.shape[1])
+            entry["flops_per_image"] = flops
+            if flops:
+                achieved = [flops * len(x) / t for t in enc_t[name]]
+                entry["achieved_flops_s"] = summarize(achieved)
+                entry["fraction_of_conv"] = summarize(a / conv_flops_s for a in achieved)
+        out[name] = entry
+    return {
+        "size": size,
+        "images": int(len(x)),
+        "bits": bits,
+        "raw_mb": raw_mb,
+        "device": device,
+        "conv": conv,
+        "methods": out,
+    }
+
+
+def codec_sizes(images: np.ndarray, bits: int) -> dict[str, float]:
+    """Bits per pixel of raw storage and of the lossless codecs (PNG level 9,
+    JPEG-LS, reversible JPEG 2000 from imagecodecs), each plane coded alone."""
+    import imagecodecs
+
+    codecs = {
+        "png": lambda a: imagecodecs.png_encode(a, level=9),
+        "jpegls": lambda a: imagecodecs.jpegls_encode(a),
+        "jpeg2000": lambda a: imagecodecs.jpeg2k_encode(
+            a, level=0, reversible=True, bitspersample=bits
+        ),
+    }
+    pixels = images.shape[0] * images.shape[1] * images.shape[2] * images.shape[3]
+    out = {"raw": images.dtype.itemsize * 8.0}
+    planes = images.reshape(-1, *images.shape[2:])
+    for name, encode in codecs.items():
+        try:
+            total = sum(len(encode(np.ascontiguousarray(p))) for p in planes)
+            out[name] = total * 8 / pixels
+        except Exception:  # noqa: BLE001 - a codec missing from this build is reported as NaN
+            out[name] = math.nan
+    return out
+
+
+def rd_point(name: str, images, bits, fit_images, epochs: int | None, **config) -> dict:
+    """One (bpp, PSNR, SSIM) point of method `name` on `images`."""
+    from encryption.metrics.fidelity import fidelity
+
+    enc = _make(name, epochs, **config)
+    start = time.perf_counter()
+    if enc.learned:
+        enc.fit(fit_images)
+    fit_s = time.perf_counter() - start
+    blob = enc.encrypt(images, bits)
+    fid = fidelity(images, enc.decrypt(blob), bits)
+    pixels = images.shape[0] * images.shape[2] * images.shape[3] * images.shape[1]
+    return {
+        "bpp": len(blob) * 8 / pixels,
+        "kb_per_image": len(blob) / len(images) / 1000,
+        "psnr": fid["psnr"],
+        "ssim": fid["ssim"],
+        "fit_s": fit_s,
+        "config": config,
+    }
+
+
+def run_rate_distortion(
+    methods: list[str],
+    *,
+    sources: tuple[str, ...] = SOURCES,
+    security_sources: tuple[str, ...] = ("phantom-xray",),
+    size: int = 64,
+    images: int = 16,
+    epochs: int | None = 10,
+    kpa_seconds: float = 10.0,
+    codec_targets: tuple[float, ...] = (),
+    progress: Progress = _quiet,
+) -> dict[str, Any]:
+    """Bits per pixel, PSNR and SSIM of every method on every image source, with the
+    lossless codecs and raw size as references; on `security_sources` the full
+    encryption.evaluate document (security statistics, known-plaintext attack).
+    `codec_targets`: extra target_psnr_db settings of learned-codec-aes (a curve)."""
+    from encryption.evaluate import evaluate
+    from encryption.registry import encryptor_class
+
+    out: dict[str, Any] = {}
+    for source in sources:
+        try:
+            x, bits = _images(source, images, size, 0)
+            fit_x, _ = _images(source, images, size, 1)
+        except Exception as exc:  # noqa: BLE001 - a source missing here is recorded
+            out[source] = {"error": f"{type(exc).__name__}: {exc}"}
+            progress(f"rate-distortion: {source} unavailable: {exc}")
+            continue
+        progress(f"rate-distortion: {source}: {x.shape} {x.dtype} {bits}-bit")
+        entry: dict[str, Any] = {
+            "shape": list(x.shape),
+            "bits": bits,
+            "references_bpp": codec_sizes(x, bits),
+            "methods": {},
+        }
+        if source in security_sources:
+            configs = {n: {"epochs": epochs} for n in methods if encryptor_class(n).learned}
+            doc = evaluate(
+                methods,
+                x,
+                bits,
+                data=source,
+                fit_images=fit_x,
+                kpa_seconds=kpa_seconds,
+                repeats=3,
+                configs=configs if epochs is not None else {},
+                progress=lambda m, s=source: progress(f"  {s}: {m}"),
+            )
+            entry["evaluate"] = doc
+            for name, m in doc["methods"].items():
+                entry["methods"][name] = {
+                    "bpp": m["size"]["bpp"],
+                    "kb_per_image": m["size"]["bytes_per_image"] / 1000,
+                    "psnr": m["fidelity"]["psnr"],
+                    "ssim": m["fidelity"]["ssim"],
+                    "fit_s": m["speed"]["fit_s"],
+                    "config": configs.get(name, {}),
+                }
+        else:
+            for name in methods:
+                progress(f"  {source}: {name}")
+                try:
+                    entry["methods"][name] = rd_point(name, x, bits, fit_x, epochs)
+                except Exception as exc:  # noqa: BLE001 - recorded per method, not hidden
+                    entry["methods"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+        curve = []
+        if "learned-codec-aes" in methods:
+            for target in codec_targets:
+                progress(f"  {source}: learned-codec-aes target {target:g} dB")
+                curve.append(
+                    rd_point("learned-codec-aes", x, bits, fit_x, epochs, target_psnr_db=target)
+                )
+        entry["learned_codec_curve"] = curve
+        out[source] = entry
+    return {"size": size, "images": images, "epochs": epochs, "sources": out}

@@ -1,0 +1,220 @@
+"""The suite: which benchmarks exist, their full and --quick settings, and
+running them (each writes benchmarks/results/<name>.json)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from simulations.benchmarks.common import RESULTS_DIR, result_document, summarize, write_result
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _methods() -> list[str]:
+    from encryption.registry import list_encryptors
+
+    return list_encryptors()
+
+
+def _speed(s: dict, progress: Progress) -> dict:
+    from simulations.benchmarks.encryption import run_speed
+
+    return run_speed(_methods(), progress=progress, **s)
+
+
+def _rate_distortion(s: dict, progress: Progress) -> dict:
+    from simulations.benchmarks.encryption import run_rate_distortion
+
+    return run_rate_distortion(_methods(), progress=progress, **s)
+
+
+def _data(s: dict, progress: Progress) -> dict:
+    from client.data.bench import run_data_bench
+
+    runs = []
+    for i in range(s["repeats"]):
+        progress(f"data: run {i + 1}/{s['repeats']}")
+        runs.append(run_data_bench(items=s["items"], size=s["size"], image_size=s["image_size"]))
+    keys = [k for k, v in runs[0].items() if isinstance(v, float)]
+    return {
+        "metrics": {k: summarize(r[k] for r in runs) for k in keys},
+        "counts": {k: v for k, v in runs[0].items() if not isinstance(v, float)},
+    }
+
+
+def _overhead(s: dict, progress: Progress) -> dict:
+    from simulations.benchmarks.federation import run_overhead
+
+    return run_overhead(progress=progress, **s)
+
+
+def _scaling(s: dict, progress: Progress) -> dict:
+    from simulations.benchmarks.federation import run_scaling
+
+    return run_scaling(progress=progress, **s)
+
+
+def _bandwidth(s: dict, progress: Progress) -> dict:
+    from simulations.benchmarks.federation import run_bandwidth
+
+    return run_bandwidth(progress=progress, **s)
+
+
+def _gpu(s: dict, progress: Progress) -> dict:
+    """The GPU path: encryption speed on the GPU and a study whose sites share one
+    GPU through fractional num-gpus. On a CPU-only machine: says so and skips."""
+    import torch
+
+    if not torch.cuda.is_available():
+        progress("gpu: no CUDA device on this machine, skipped")
+        return {"available": False, "reason": "no CUDA device (torch.cuda.is_available() is False)"}
+    from simulations.benchmarks.encryption import run_speed
+    from simulations.benchmarks.federation import run_overhead
+
+    speed = run_speed(_methods(), device="cuda", progress=progress, **s["speed"])
+    study = run_overhead(progress=progress, **s["overhead"])
+    return {
+        "available": True,
+        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "speed": speed,
+        "overhead": study,
+    }
+
+
+# name -> (function, full settings, --quick settings)
+BENCHMARKS: dict[str, tuple[Callable[[dict, Progress], dict], dict, dict]] = {
+    "speed": (
+        _speed,
+        {"size": 128, "images": 32, "repeats": 7},
+        {"size": 128, "images": 16, "repeats": 3},
+    ),
+    "rate-distortion": (
+        _rate_distortion,
+        {
+            "size": 64,
+            "images": 24,
+            "epochs": 20,
+            "kpa_seconds": 20.0,
+            "security_sources": ("phantom-xray", "phantom-mri"),
+            "codec_targets": (30.0, 35.0, 45.0),
+        },
+        {
+            "size": 64,
+            "images": 12,
+            "epochs": 5,
+            "kpa_seconds": 5.0,
+            "security_sources": ("phantom-xray",),
+            "codec_targets": (),
+        },
+    ),
+    "data": (
+        _data,
+        {"repeats": 5, "items": 32, "size": 256, "image_size": 64},
+        {"repeats": 3, "items": 16, "size": 128, "image_size": 64},
+    ),
+    "federation-overhead": (
+        _overhead,
+        {"num_sites": 4, "num_rounds": 5, "patients": 160, "image_size": 64},
+        {"num_sites": 4, "num_rounds": 3, "patients": 120, "image_size": 64},
+    ),
+    "federation-scaling": (
+        _scaling,
+        {"sites": (8, 32, 128, 512), "budget_s": 1500.0},
+        {"sites": (8, 32, 128), "budget_s": 240.0},
+    ),
+    "bandwidth": (
+        _bandwidth,
+        {"image_sizes": (32, 64, 128)},
+        {"image_sizes": (32, 64)},
+    ),
+    "gpu": (
+        _gpu,
+        {
+            "speed": {"size": 128, "images": 64, "repeats": 7},
+            "overhead": {
+                "num_sites": 4,
+                "num_rounds": 4,
+                "patients": 160,
+                "image_size": 64,
+                "num_gpus": 0.25,
+            },
+        },
+        {
+            "speed": {"size": 128, "images": 32, "repeats": 3},
+            "overhead": {
+                "num_sites": 4,
+                "num_rounds": 3,
+                "patients": 120,
+                "image_size": 64,
+                "num_gpus": 0.25,
+            },
+        },
+    ),
+}
+
+
+def command_for(name: str, quick: bool) -> str:
+    return f"medfed bench {name}" + (" --quick" if quick else "")
+
+
+def run_benchmark(
+    name: str,
+    *,
+    quick: bool = False,
+    results_dir: Path = RESULTS_DIR,
+    overrides: dict[str, Any] | None = None,
+    progress: Progress = _quiet,
+) -> Path:
+    """Run one benchmark and write its result document; returns the file."""
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}")
+    fn, full, reduced = BENCHMARKS[name]
+    settings = dict(reduced if quick else full)
+    settings.update(overrides or {})
+    start = time.perf_counter()
+    results = fn(settings, progress)
+    seconds = time.perf_counter() - start
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+    doc = result_document(
+        name, command_for(name, quick), {"quick": quick, **settings}, results, seconds
+    )
+    return write_result(doc, results_dir)
+
+
+def run_suite(
+    names: list[str] | None = None,
+    *,
+    quick: bool = False,
+    results_dir: Path = RESULTS_DIR,
+    progress: Progress = _quiet,
+) -> list[Path]:
+    """Run the benchmarks in order (all by default); a failing benchmark is
+    recorded in its result file and the suite goes on."""
+    paths = []
+    for name in names or list(BENCHMARKS):
+        progress(f"[{name}] starting")
+        start = time.perf_counter()
+        try:
+            paths.append(
+                run_benchmark(name, quick=quick, results_dir=results_dir, progress=progress)
+            )
+        except Exception as exc:  # noqa: BLE001 - recorded; other benchmarks still run
+            doc = result_document(
+                name,
+                command_for(name, quick),
+                {"quick": quick},
+                {"error": f"{type(exc).__name__}: {exc}"},
+                time.perf_counter() - start,
+            )
+            paths.append(write_result(doc, results_dir))
+            progress(f"[{name}] FAILED: {type(exc).__name__}: {exc}")
+            continue
+        progress(f"[{name}] done in {time.perf_counter() - start:.0f} s")
+    return paths

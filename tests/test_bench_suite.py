@@ -1,0 +1,252 @@
+"""Benchmark suite: measurement helpers on tiny inputs and the renderer (no timed assertions)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+
+from simulations.benchmarks.common import (
+    PeakRss,
+    load_results,
+    machine_info,
+    ratio_stats,
+    result_document,
+    summarize,
+    time_interleaved,
+    write_result,
+)
+from simulations.benchmarks.encryption import (
+    codec_sizes,
+    conv_throughput,
+    flops_per_image,
+    run_rate_distortion,
+    run_speed,
+)
+from simulations.benchmarks.report import fmt, render_report, secure_verdict
+from simulations.commands.bench_suite import add_bench_commands, main
+
+
+def test_summarize_median_spread_and_nan():
+    stats = summarize([3.0, 1.0, 2.0, 10.0, float("nan")])
+    assert stats["median"] == 2.5
+    assert (stats["min"], stats["max"], stats["n"]) == (1.0, 10.0, 4)
+    assert stats["iqr"] > 0
+    assert math.isnan(summarize([])["median"])
+
+
+def test_time_interleaved_runs_round_robin_and_ratio():
+    calls = []
+    times = time_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=0
+    )
+    assert calls == ["a", "b"] * 3
+    assert len(times["a"]) == 3
+    ratios = ratio_stats({"a": [1.0, 2.0], "b": [2.0, 4.0]}, "a")
+    assert ratios["b"]["median"] == 0.5 and ratios["a"]["median"] == 1.0
+
+
+def test_codec_sizes_reference_lines():
+    rng = np.random.default_rng(0)
+    flat = np.zeros((2, 1, 32, 32), np.uint8)
+    noise = rng.integers(0, 256, (2, 1, 32, 32), dtype=np.uint8)
+    flat_bpp, noise_bpp = codec_sizes(flat, 8), codec_sizes(noise, 8)
+    assert flat_bpp["raw"] == 8.0
+    assert flat_bpp["png"] < 2 < noise_bpp["png"]
+    assert codec_sizes(noise.astype(np.uint16) * 16, 12)["raw"] == 16.0
+
+
+def test_peak_rss_samples_this_process():
+    with PeakRss(interval_s=0.01) as rss:
+        time.sleep(0.05)
+    assert rss.peak_bytes > 10_000_000
+
+
+def test_conv_throughput_counts_flops():
+    res = conv_throughput(size=8, batch=1, channels=4, repeats=1)
+    assert res["flops_per_call"] == 2 * 4 * 4 * 9 * 8 * 8
+    assert res["flops_per_s"]["median"] > 0
+
+
+def test_flops_per_image_handles_both_signatures():
+    class WithChannels:
+        def flops_per_image(self, h, w, channels=1):
+            return h * w * channels
+
+    class Without:
+        def flops_per_image(self, h, w):
+            return h * w
+
+    assert flops_per_image(WithChannels(), 4, 4, 3) == 48
+    assert flops_per_image(Without(), 4, 4, 3) == 16
+    assert flops_per_image(object(), 4, 4, 1) is None
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory):
+    """A tiny but real speed and rate-distortion run, plus federation documents
+    shaped like the real ones."""
+    out = tmp_path_factory.mktemp("results")
+    speed = run_speed(["aes-gcm", "bp-chaos"], size=32, images=4, repeats=1, fit_images=4)
+    write_result(
+        result_document("speed", "medfed bench speed --quick", {"repeats": 1}, speed, 1.0), out
+    )
+    rd = run_rate_distortion(
+        ["aes-gcm", "lossless-aes"],
+        sources=("phantom-xray", "no-such-source"),
+        size=16,
+        images=4,
+        kpa_seconds=0.2,
+    )
+    write_result(
+        result_document("rate-distortion", "medfed bench rate-distortion", {}, rd, 1.0), out
+    )
+    overhead = {
+        "settings": {"num_sites": 2, "num_rounds": 3, "phantom_patients": 20, "image_size": 32},
+        "federation_round_s": summarize([3.0, 3.2]),
+        "plain_round_s": summarize([2.0, 2.1]),
+        "ratio_of_medians": 1.5,
+        "ratio_after_startup": summarize([1.5, 1.52]),
+        "federation_round1_s": 20.0,
+        "plain_round1_s": 2.5,
+        "startup_s": 16.9,
+        "federation_wall_s": 26.0,
+        "plain_wall_s": 6.5,
+        "federation_peak_rss_bytes": 2e9,
+    }
+    write_result(
+        result_document(
+            "federation-overhead", "medfed bench federation-overhead", {}, overhead, 1.0
+        ),
+        out,
+    )
+    scaling = {
+        "settings": {"patients_per_site": 3, "image_size": 32, "share_per_round": 2, "rounds": 1},
+        "points": [
+            {
+                "sites": 8,
+                "round_s": 10.0,
+                "s_per_site": 1.25,
+                "peak_rss_gb": 2.0,
+                "data_prepare_s": 1.0,
+                "sites_failed": 0,
+            },
+            {
+                "sites": 32,
+                "round_s": 30.0,
+                "s_per_site": 0.94,
+                "peak_rss_gb": 2.5,
+                "data_prepare_s": 3.0,
+                "sites_failed": 0,
+            },
+        ],
+        "skipped": [{"sites": 512, "predicted_s": 480.0, "budget_s": 240.0}],
+        "linear_trend": {"peak_rss_gb": {"per_site": 0.02, "intercept": 1.8, "at_512": 12.0}},
+    }
+    write_result(
+        result_document("federation-scaling", "medfed bench federation-scaling", {}, scaling, 1.0),
+        out,
+    )
+    bw = {
+        "settings": {"num_sites": 2, "share_per_round": 8, "method": "aes-gcm", "patients": 20},
+        "grid": [
+            {
+                "exchange": ex,
+                "image_size": 32,
+                "bytes_per_round": {
+                    k: 1000.0 * (i + 1)
+                    for k in (
+                        "ciphertext_up",
+                        "ciphertext_down",
+                        "model_up",
+                        "model_down",
+                        "message_up",
+                        "message_down",
+                    )
+                },
+                "upload_seconds_per_round": {"10mbps": 0.1, "100mbps": 0.01, "1000mbps": 0.001},
+                "per_site_bytes": [],
+                "round_s": 5.0,
+            }
+            for i, ex in enumerate(("none", "archive"))
+        ],
+    }
+    write_result(result_document("bandwidth", "medfed bench bandwidth", {}, bw, 1.0), out)
+    gpu = {"available": False, "reason": "no CUDA device"}
+    write_result(result_document("gpu", "medfed bench gpu", {}, gpu, 0.0), out)
+    return out
+
+
+def test_speed_measures_ratio_to_aes_and_flops(results_dir):
+    doc = load_results(results_dir)["speed"]["results"]
+    methods = doc["methods"]
+    assert methods["aes-gcm"]["encrypt_ratio_to_aes"]["median"] == 1.0
+    assert methods["bp-chaos"]["flops_per_image"] > 0
+    assert methods["bp-chaos"]["fraction_of_conv"]["median"] > 0
+
+
+def test_rate_distortion_records_points_references_and_missing_sources(results_dir):
+    rd = load_results(results_dir)["rate-distortion"]["results"]["sources"]
+    xray = rd["phantom-xray"]
+    assert xray["methods"]["aes-gcm"]["bpp"] > 8.0  # raw + container overhead
+    assert xray["methods"]["lossless-aes"]["psnr"] == math.inf
+    assert set(xray["references_bpp"]) == {"raw", "png", "jpegls", "jpeg2000"}
+    assert "kpa_psnr" in xray["evaluate"]["methods"]["aes-gcm"]["attack"]
+    assert "error" in rd["no-such-source"]
+
+
+def test_aes_gcm_is_secure_by_the_metrics(results_dir):
+    ev = load_results(results_dir)["rate-distortion"]["results"]["sources"]["phantom-xray"]
+    ok, failed = secure_verdict(ev["evaluate"]["methods"]["aes-gcm"])
+    ok_ll, failed_ll = secure_verdict(ev["evaluate"]["methods"]["lossless-aes"])
+    assert isinstance(ok, bool) and isinstance(failed, list)
+    assert "KPA" not in failed
+
+
+def test_render_report_only_from_json(results_dir, tmp_path):
+    doc = tmp_path / "docs" / "BENCHMARKS.md"
+    render_report(results_dir, doc, tmp_path / "docs" / "bench")
+    text = doc.read_text()
+    assert text.startswith("# medfed benchmarks")
+    assert "| `aes-gcm` |" in text and "| `bp-chaos` |" in text
+    assert "`medfed bench speed --quick`" in text
+    assert "512 sites not run in this suite" in text
+    assert "Skipped on this machine" in text
+    assert "Not available here" in text
+    assert (tmp_path / "docs" / "bench" / "rate_distortion.png").stat().st_size > 1000
+    assert (tmp_path / "docs" / "bench" / "scaling.png").exists()
+    assert "1.50x" in text  # the overhead ratio comes from the JSON
+
+
+def test_report_command_and_missing_results(results_dir, tmp_path):
+    doc = tmp_path / "B.md"
+    assert main(["report", "--results", str(results_dir), "--doc", str(doc)]) == 0
+    assert doc.exists()
+    assert main(["report", "--results", str(tmp_path / "none"), "--doc", str(doc)]) == 2
+
+
+def test_bad_result_file_named(tmp_path):
+    (tmp_path / "x.json").write_text(json.dumps({"schema": 99}))
+    with pytest.raises(ValueError, match="x.json"):
+        load_results(tmp_path)
+
+
+def test_add_bench_commands_leaves_taken_names():
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="bench")
+    sub.add_parser("data")
+    add_bench_commands(sub)
+    args = parser.parse_args(["all", "--quick", "--only", "speed"])
+    assert args.quick and args.only == "speed"
+    assert parser.parse_args(["speed"]).benchmark_name == "speed"
+    assert "data" in sub.choices and not hasattr(parser.parse_args(["data"]), "func")
+
+
+def test_machine_info_and_fmt():
+    info = machine_info()
+    assert info["cpu_count"] >= 1 and "torch" in info["packages"]
+    assert fmt(float("inf")) == "inf" and fmt(float("nan")) == "n/a" and fmt(True) == "yes"
