@@ -6,6 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -80,15 +81,18 @@ def result_table(study: Study) -> Table:
 
     lines = [json.loads(x) for x in (Path(study.out_dir) / "rounds.jsonl").read_text().splitlines() if x]
     metric = "auroc" if study.modality == "xray" else "dice_mean"
-    table = Table(title=f"{study.name}: per round")
-    for col in ("round", "sites ok", "cipher up MB", "cipher down MB", "model up MB",
-                "model down MB", f"held-out {metric}", f"fed {metric}", "PSNR worst dB", "s"):
+    short = "auroc" if study.modality == "xray" else "dice"
+    table = Table(title=f"{study.name}: per round", box=box.SIMPLE_HEAD, pad_edge=False,
+                  caption="MB: all sites; held-out: server test set; fed: sites' own test sets")
+    for col in ("round", "sites\nok", "ciphertext MB\nup / down", "model MB\nup / down",
+                f"held-out\n{short}", f"fed\n{short}", "PSNR\nmin dB", "s"):
         table.add_column(col, justify="right")
     for line in lines:
         g, t = line["global"], line["totals"]
         ok = sum(s["ok"] for s in line["sites"])
-        table.add_row(str(line["round"]), f"{ok}/{len(line['sites'])}", _mb(t["ciphertext_up"]),
-                      _mb(t["ciphertext_down"]), _mb(t["model_up"]), _mb(t["model_down"]),
+        table.add_row(str(line["round"]), f"{ok}/{len(line['sites'])}",
+                      f"{_mb(t['ciphertext_up'])} / {_mb(t['ciphertext_down'])}",
+                      f"{_mb(t['model_up'])} / {_mb(t['model_down'])}",
                       _fmt(g.get(metric)), _fmt(g.get(f"fed_{metric}")),
                       _fmt(g.get("recon_psnr_worst"), 1), f"{line['seconds']:.1f}")
     return table
