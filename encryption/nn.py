@@ -29,6 +29,7 @@ __all__ = [
     "count_flops",
     "crop_to",
     "from_unit",
+    "init_output_bias",
     "init_weights",
     "minibatches",
     "pad_to_multiple",
@@ -96,6 +97,16 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
+
+
+def init_output_bias(layer: nn.Module, x: torch.Tensor, *, logit: bool, repeat: int = 1) -> None:
+    """Start a decoder's last layer at the per-channel mean of the data
+    (through the logit when a sigmoid follows); `repeat` for a following
+    PixelShuffle. Short trainings then start from a sensible image."""
+    mean = x.float().mean(dim=(0, 2, 3)).clamp(1e-4, 1 - 1e-4)
+    value = torch.log(mean / (1 - mean)) if logit else mean
+    with torch.no_grad():
+        layer.bias.copy_(value.repeat_interleave(repeat).to(layer.bias.device))
 
 
 def init_weights(module: nn.Module, seed: int) -> None:
@@ -295,6 +306,14 @@ class TorchEncryptor(Encryptor):
         self.fit_bits = int(state["fit_bits"])
         self.nets = nets.to(self.device).eval()
         self._load_extra_state(state)
+
+    def _epochs(self, n_images: int) -> int:
+        """Passes to train: `epochs`, raised so that at least `min_steps`
+        optimiser steps run (a tiny fit set still trains to something)."""
+        per_epoch = -(-n_images // max(1, int(self.config["batch_size"])))
+        return max(
+            int(self.config["epochs"]), -(-int(self.config.get("min_steps", 0)) // per_epoch)
+        )
 
     def _chunks(self, n: int) -> Iterator[slice]:
         step = max(1, int(self.config.get("infer_batch", 64)))

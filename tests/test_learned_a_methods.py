@@ -64,7 +64,7 @@ def test_fit_report_and_flops(name, fitted8):
     report = enc.fit(images)
     flops_64, flops_128 = enc.flops_per_image(64, 64), enc.flops_per_image(128, 128)
 
-    assert report.epochs == 1 and report.images == len(images)
+    assert report.epochs >= 1 and report.images == len(images)
     assert np.isfinite(report.metrics["psnr_db"]) and -1 <= report.metrics["ssim"] <= 1
     assert isinstance(flops_128, int) and flops_128 > 0
     assert 3.5 < flops_128 / flops_64 < 4.5  # fully convolutional: linear in pixels

@@ -46,6 +46,7 @@ from encryption.nn import (
     count_flops,
     crop_to,
     from_unit,
+    init_output_bias,
     minibatches,
     pad_to_multiple,
     quantize_ste,
@@ -93,6 +94,7 @@ class AaeScramble(TorchEncryptor):
     aes_payload = False
     defaults = {
         "epochs": 60,
+        "min_steps": 30,
         "batch_size": 16,
         "crop": 64,
         "lr": 2e-3,
@@ -123,19 +125,21 @@ class AaeScramble(TorchEncryptor):
         x_all, bits = self._fit_images(images, bits)
         c = self.config
         nets = self._fresh_nets(x_all.shape[1])
+        init_output_bias(nets["dec"][-3], x_all, logit=True, repeat=4)
         gen = torch.Generator().manual_seed(derive_seed(self.key, "aae-scramble/batches") % 2**63)
         opt_ae = torch.optim.Adam(
             list(nets["enc"].parameters()) + list(nets["dec"].parameters()), lr=c["lr"]
         )
         opt_d = torch.optim.Adam(nets["disc"].parameters(), lr=c["lr"], betas=(0.5, 0.999))
-        steps = c["epochs"] * -(-len(x_all) // c["batch_size"])
+        epochs = self._epochs(len(x_all))
+        steps = epochs * -(-len(x_all) // c["batch_size"])
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt_ae, max_lr=c["lr"], total_steps=max(steps, 1)
         )
         clock = TrainClock(c["time_limit_s"])
         nets.train()
         done = 0
-        for _epoch in range(c["epochs"]):
+        for _epoch in range(epochs):
             for idx in minibatches(len(x_all), c["batch_size"], gen):
                 x, _ = pad_to_multiple(random_crops(x_all[idx], c["crop"], gen), _DOWN)
                 z = nets["enc"](x)

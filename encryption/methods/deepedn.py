@@ -47,6 +47,7 @@ from encryption.nn import (
     count_flops,
     crop_to,
     from_unit,
+    init_output_bias,
     minibatches,
     pad_to_multiple,
     quantize_ste,
@@ -110,6 +111,7 @@ class DeepEdn(TorchEncryptor):
     aes_payload = False
     defaults = {
         "epochs": 40,
+        "min_steps": 30,
         "batch_size": 8,
         "crop": 64,
         "lr": 1e-3,
@@ -164,6 +166,7 @@ class DeepEdn(TorchEncryptor):
         x_all, bits = self._fit_images(images, bits)
         c = self.config
         nets = self._fresh_nets(x_all.shape[1])
+        init_output_bias(nets["dec"][-2], x_all, logit=True)
         levels = 256 if bits <= 8 else 65536
         gen = torch.Generator().manual_seed(derive_seed(self.key, "deepedn/batches") % 2**63)
         g_params = list(nets["enc"].parameters()) + list(nets["dec"].parameters())
@@ -173,7 +176,7 @@ class DeepEdn(TorchEncryptor):
         clock = TrainClock(c["time_limit_s"])
         nets.train()
         done = 0
-        for _epoch in range(c["epochs"]):
+        for _epoch in range(self._epochs(len(x_all))):
             for idx in minibatches(len(x_all), c["batch_size"], gen):
                 x, _ = pad_to_multiple(random_crops(x_all[idx], c["crop"], gen), _DOWN)
                 y = self._target_batch(len(idx), x, gen)

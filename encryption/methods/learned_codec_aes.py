@@ -46,6 +46,7 @@ from encryption.nn import (
     TrainClock,
     count_flops,
     crop_to,
+    init_output_bias,
     minibatches,
     pad_to_multiple,
     random_crops,
@@ -118,6 +119,7 @@ class LearnedCodecAes(TorchEncryptor):
     aes_payload = True
     defaults = {
         "epochs": 60,
+        "min_steps": 30,
         "batch_size": 16,
         "crop": 64,
         "lr": 2e-3,
@@ -147,16 +149,18 @@ class LearnedCodecAes(TorchEncryptor):
         x_all, bits = self._fit_images(images, bits)
         c = self.config
         nets = self._fresh_nets(x_all.shape[1])
+        init_output_bias(nets["g_s"][-1], x_all, logit=False)
         gen = torch.Generator().manual_seed(
             derive_seed(self.key, "learned-codec-aes/batches") % 2**63
         )
         opt = torch.optim.Adam(nets.parameters(), lr=c["lr"])
-        steps = max(1, c["epochs"] * -(-len(x_all) // c["batch_size"]))
+        epochs = self._epochs(len(x_all))
+        steps = max(1, epochs * -(-len(x_all) // c["batch_size"]))
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c["lr"], total_steps=steps)
         clock = TrainClock(c["time_limit_s"])
         nets.train()
         done = 0
-        for _epoch in range(c["epochs"]):
+        for _epoch in range(epochs):
             for idx in minibatches(len(x_all), c["batch_size"], gen):
                 x, _ = pad_to_multiple(random_crops(x_all[idx], c["crop"], gen), _DOWN)
                 y = nets["g_a"](x)
