@@ -29,14 +29,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(ROOT / "deploy" / "certs"), help="folder (deploy/certs)")
     p.add_argument("--sites", type=int, default=3, help="SuperNode key pairs (3)")
-    p.add_argument("--name", action="append", default=[], metavar="HOST",
-                   help="extra SuperLink host name or IP for the certificate (repeatable)")
+    p.add_argument(
+        "--name",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="extra SuperLink host name or IP for the certificate (repeatable)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     args = p.parse_args(argv)
     names = list(dict.fromkeys([*SERVER_NAMES, *args.name]))
     certs = write_certificates(args.out, sites=args.sites, names=names, overwrite=args.overwrite)
-    print(f"wrote {certs.folder}: ca.crt server.pem server.key "
-          f"site-0..{args.sites - 1}.key/.pub (SANs: {', '.join(names)})")
+    print(
+        f"wrote {certs.folder}: ca.crt server.pem server.key "
+        f"site-0..{args.sites - 1}.key/.pub (SANs: {', '.join(names)})"
+    )
     return 0
 
 

@@ -369,7 +369,7 @@ CAUSES = (
 
 def diagnose(text: str) -> str:
     """A one-line cause from a component's log, plus its last error lines."""
-    text = _ANSI.sub("", text)
+    text = re.sub(r"[\u2500-\u257f]", " ", _ANSI.sub("", text))  # rich's boxes
     cause = next((why for pat, why in CAUSES if re.search(pat, text, flags=re.I)), None)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     errors = [ln for ln in lines if re.search(r"error|exception|failed|refused|code:", ln, re.I)]
@@ -377,6 +377,38 @@ def diagnose(text: str) -> str:
     if cause:
         return f"{cause}; log: {detail}" if detail else cause
     return detail or "no output"
+
+
+def probe_tls(address: str, ca: str | Path, timeout: float = 10.0) -> None:
+    """Check that the SuperLink at `address` presents a certificate that `ca` signed.
+
+    The flwr CLI reports a failed verification only as "connection unavailable";
+    this names the cause. Raises DeployError; returns None when the chain is good.
+    """
+    import ssl
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise DeployError(f"CA certificate {ca}: cannot be read ({exc})") from None
+    try:
+        with (
+            socket.create_connection((host, int(port)), timeout=timeout) as sock,
+            ctx.wrap_socket(sock, server_hostname=host),
+        ):
+            return
+    except ssl.SSLCertVerificationError as exc:
+        raise DeployError(
+            f"TLS: the SuperLink's certificate at {address} is not signed by the CA in {ca}, "
+            f"or does not name {host!r} ({exc.verify_message}); use the ca.crt made together "
+            "with server.pem"
+        ) from None
+    except ssl.SSLError as exc:
+        raise DeployError(f"TLS handshake with the SuperLink at {address} failed: {exc}") from None
+    except OSError as exc:
+        raise DeployError(f"cannot reach the SuperLink at {address}: {exc}") from None
 
 
 class LocalFederation:
@@ -465,7 +497,15 @@ class LocalFederation:
         fh.close()
         comp = Component(name, proc, log)
         self.components.append(comp)
+        self._seen.setdefault(proc.pid, _start_time(proc.pid))
+        self._write_pids()
         return comp
+
+    def _write_pids(self) -> None:
+        """<log dir>/pids.json: every process started or seen (pid -> start time), for checks."""
+        doc = {str(p): t for p, t in self._seen.items()}
+        with contextlib.suppress(OSError):
+            (self.log_dir / "pids.json").write_text(json.dumps(doc))
 
     # -- lifecycle ------------------------------------------------------------------
     def __enter__(self) -> LocalFederation:
@@ -481,8 +521,8 @@ class LocalFederation:
     def _on_signal(self, signum, frame) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    def start(self) -> None:
-        """Check ports, make certificates, start the SuperLink, register and start SuperNodes."""
+    def check_ports(self) -> None:
+        """DeployError naming the component whose port another program holds."""
         for name, port in [("SuperLink", self.port)] + [
             (f"SuperNode site-{i}", p) for i, p in enumerate(self.node_ports)
         ]:
@@ -491,6 +531,10 @@ class LocalFederation:
                     f"{name}: port 127.0.0.1:{port} is already in use by another program; "
                     "stop it or choose other ports with --port"
                 )
+
+    def start(self) -> None:
+        """Check ports, make certificates, start the SuperLink, register and start SuperNodes."""
+        self.check_ports()
         if self.certs is not None:
             if self.certs.folder == self.work / "certs":
                 write_certificates(self.certs.folder, sites=self.sites)
@@ -498,6 +542,10 @@ class LocalFederation:
         self.write_connection()
         self.start_superlink()
         if self.certs is not None:
+            try:
+                probe_tls(self.address, self.certs.ca)
+            except DeployError as exc:
+                raise DeployError(f"SuperNodes and flwr CLI -> SuperLink: {exc}") from None
             self.register_nodes()
         for i in range(self.sites):
             self.start_supernode(i)
@@ -583,12 +631,16 @@ class LocalFederation:
             )
             out = _ANSI.sub("", res.stdout + res.stderr)
             if res.returncode != 0 and "already in use" not in out:
+                self.check_alive()  # a SuperLink that died says more than the CLI
                 raise DeployError(
-                    f"registering SuperNode site-{i} with the SuperLink failed: "
-                    f"{' '.join(out.split())[-400:]}"
+                    f"flwr supernode register: registering SuperNode site-{i}'s key with the "
+                    f"SuperLink at {self.address} failed: {diagnose(out)}"
                 )
 
-    def start_supernode(self, i: int) -> Component:
+    def start_supernode(
+        self, i: int, *, root_certificates: Path | None = None, private_key: Path | None = None
+    ) -> Component:
+        """SuperNode of site i; `root_certificates` / `private_key` replace the federation's."""
         argv = [
             self.tool("flower-supernode"),
             "--superlink",
@@ -605,9 +657,9 @@ class LocalFederation:
         if self.certs is not None:
             argv += [
                 "--root-certificates",
-                str(self.certs.ca.absolute()),
+                str(Path(root_certificates or self.certs.ca).absolute()),
                 "--auth-supernode-private-key",
-                str(self.certs.node_key(i).absolute()),
+                str(Path(private_key or self.certs.node_key(i)).absolute()),
             ]
         else:
             argv.append("--insecure")
@@ -618,9 +670,12 @@ class LocalFederation:
 
     def check_alive(self) -> None:
         """Raise DeployError naming the first component that stopped, and why."""
+        before = len(self._seen)
         for comp in self.components:
             for pid in descendants(comp.proc.pid):
                 self._seen.setdefault(pid, _start_time(pid))
+        if len(self._seen) != before:
+            self._write_pids()
         for comp in self.components:
             if comp.exited():
                 code = comp.proc.returncode
@@ -713,6 +768,11 @@ def run_config_toml(study: Study) -> str:
     return "\n".join(lines) + "\n"
 
 
+def flwr_run_argv(flwr: str, app: Path, connection: str, run_config: Path) -> list[str]:
+    """The `flwr run` command line a study is submitted with (flags checked by the tests)."""
+    return [flwr, "run", str(app), connection, "--run-config", str(run_config), "--stream"]
+
+
 @dataclass
 class Submission:
     """What `flwr run` said and where the results are."""
@@ -735,6 +795,7 @@ def submit_study(
     progress: Callable[[dict], None] | None = None,
     timeout: float = 3600.0,
     flwr: str = "flwr",
+    log: Path | None = None,
 ) -> Submission:
     """`flwr run <staged app> <connection> --run-config <study> --stream`; wait for summary.json.
 
@@ -753,10 +814,10 @@ def submit_study(
     env = dict(env or os.environ)
     env.update(ENV)
     env["FLWR_HOME"] = str(flwr_home)
-    log = work / "flwr-run.log"
+    log = log or work / "flwr-run.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            [flwr, "run", str(app), connection, "--run-config", str(cfg), "--stream"],
+            flwr_run_argv(flwr, app, connection, cfg),
             stdout=fh,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -836,8 +897,6 @@ def run_local_deployment(
     study = study.replace(out_dir=str(out))
     out.mkdir(parents=True, exist_ok=True)
     os.environ.update(ENV)
-    echo("preparing the study's data (phantoms are generated once)")
-    prepare_data(study)  # before the sites start: they would wait on each other's lock
     t0 = time.perf_counter()
     with LocalFederation(
         study.num_sites,
@@ -848,6 +907,9 @@ def run_local_deployment(
         data_home=data_home(),
         echo=echo,
     ) as fed:
+        fed.check_ports()  # before the (slow) data preparation
+        echo("preparing the study's data (phantoms are generated once)")
+        prepare_data(study)  # before the sites start: they would wait on each other's lock
         fed.start()
         echo(
             f"submitting study {study.name!r}: flwr run <app> {fed.connection} "
@@ -864,8 +926,8 @@ def run_local_deployment(
             progress=progress,
             timeout=timeout,
             flwr=fed.tool("flwr"),
+            log=fed.log_dir / "flwr-run.log",
         )
-        shutil.copy(fed.work / "flwr-run.log", out / "deploy-logs" / "flwr-run.log")
     summary = dict(sub.summary)
     summary["wall_seconds"] = time.perf_counter() - t0
     summary["run_id"] = sub.run_id
@@ -901,6 +963,13 @@ def register_keys(
                 raise FileNotFoundError(f"SuperNode public key {key}: file not found")
             deadline = time.monotonic() + wait
             while True:
+                try:
+                    probe_tls(superlink, ca)
+                except DeployError as exc:
+                    if "cannot reach" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(2)
+                    continue
                 res = subprocess.run(
                     [flwr, "supernode", "register", str(key), "federation"],
                     capture_output=True,

@@ -206,6 +206,13 @@ def main_submit(args: argparse.Namespace) -> int:
                 raise FileNotFoundError(f"--root-certificates {ca}: file not found")
             lines.append(f'root-certificates = "{ca}"')
         (home / "config.toml").write_text("\n".join(lines) + "\n")
+        if not args.insecure:
+            from simulations.deploy import probe_tls
+
+            try:
+                probe_tls(args.superlink, args.root_certificates)
+            except DeployError as exc:
+                raise UserError(str(exc)) from None
         console.print(
             f"[bold]medfed[/] submitting study [cyan]{study.name}[/] to {args.superlink}"
             f" -> {study.out_dir}"

@@ -1,0 +1,345 @@
+"""`medfed deploy local`: real SuperLink and SuperNode processes on 127.0.0.1.
+
+Every test checks that nothing it started is left running: the launcher
+writes every pid it started or saw (with its start time) to
+<log dir>/pids.json, and none of them may still be alive afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from simulations.deploy import (
+    DeployError,
+    LocalFederation,
+    _start_time,
+    free_port,
+    write_certificates,
+    write_node_key,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [
+    "--set",
+    "num-rounds=2",
+    "--set",
+    "image-size=32",
+    "--set",
+    "phantom-patients=40",
+    "--set",
+    "phantom-size=64",
+    "--set",
+    "holdout-images=16",
+    "--set",
+    "share-per-round=4",
+]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "MEDFED_DATA_HOME": str(tmp_path / "data"),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "COLUMNS": "120",
+    }
+
+
+def _medfed(args: list[str], tmp_path: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "medfed"), *args],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _running(pids_file: Path) -> list[int]:
+    """Processes from pids.json that still run (same start time: not a reused pid)."""
+    if not pids_file.is_file():
+        return []
+    doc = json.loads(pids_file.read_text())
+    out = []
+    for pid, start in doc.items():
+        pid = int(pid)
+        if start is not None and _start_time(pid) == start:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                out.append(pid)
+    return out
+
+
+def _assert_all_stopped(fed: LocalFederation) -> None:
+    deadline = time.monotonic() + 15
+    while _running(fed.log_dir / "pids.json") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _running(fed.log_dir / "pids.json") == []
+    assert fed.pids() == []
+
+
+# ------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("which", ["SuperLink", "SuperNode site-0"])
+def test_port_in_use_names_the_component(tmp_path, which):
+    base = free_port()
+    taken = base if which == "SuperLink" else base + 1
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", taken))
+        except OSError:
+            pytest.skip(f"port {taken} is busy on this machine")
+        s.listen()
+        res = _medfed(
+            [
+                "deploy",
+                "local",
+                "--sites",
+                "1",
+                "--port",
+                str(base),
+                "--out",
+                str(tmp_path / "out"),
+                *TINY,
+            ],
+            tmp_path,
+            timeout=120,
+        )
+    assert res.returncode == 2, res.stderr
+    assert f"{which}: port 127.0.0.1:{taken} is already in use" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "out" / "deploy-logs" / "pids.json").exists()  # nothing was started
+
+
+def _mixed_certs(tmp_path: Path) -> Path:
+    """A certificate folder whose ca.crt did not sign server.pem (two runs of the script mixed)."""
+    good = write_certificates(tmp_path / "good", sites=1)
+    other = write_certificates(tmp_path / "other", sites=1)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(good.folder, mixed)
+    shutil.copy(other.ca, mixed / "ca.crt")
+    return mixed
+
+
+def test_wrong_certificate_is_reported_and_cleaned_up(tmp_path):
+    out = tmp_path / "out"
+    res = _medfed(
+        [
+            "deploy",
+            "local",
+            "--sites",
+            "1",
+            "--tls",
+            "--certs",
+            str(_mixed_certs(tmp_path)),
+            "--out",
+            str(out),
+            *TINY,
+        ],
+        tmp_path,
+        timeout=300,
+    )
+    assert res.returncode == 2, res.stderr[-2000:]
+    err = " ".join(res.stderr.split())
+    assert "TLS: the SuperLink's certificate" in err, err
+    assert "is not signed by the CA in" in err
+    assert "Traceback" not in res.stderr
+    pids = out / "deploy-logs" / "pids.json"
+    assert json.loads(pids.read_text())  # a SuperLink was started ...
+    time.sleep(1)
+    assert _running(pids) == []  # ... and stopped
+
+
+def test_supernode_with_wrong_ca(tmp_path):
+    other = write_certificates(tmp_path / "other", sites=0)
+    with LocalFederation(1, tls=True, log_dir=tmp_path / "logs", start_timeout=90) as fed:
+        fed.check_ports()
+        write_certificates(fed.certs.folder, sites=1)
+        fed.write_connection()
+        fed.start_superlink()
+        fed.register_nodes()
+        fed.start_supernode(0, root_certificates=other.ca)
+        with pytest.raises(DeployError) as err:
+            fed.wait_nodes_online()
+    msg = str(err.value)
+    assert msg.startswith("SuperNode site-0 stopped")
+    assert "not signed by the CA" in msg
+    _assert_all_stopped(fed)
+
+
+def test_unregistered_node_key(tmp_path):
+    write_node_key(tmp_path / "stranger.key", tmp_path / "stranger.pub")
+    with LocalFederation(1, tls=True, log_dir=tmp_path / "logs", start_timeout=90) as fed:
+        fed.check_ports()
+        write_certificates(fed.certs.folder, sites=1)
+        fed.write_connection()
+        fed.start_superlink()
+        fed.register_nodes()
+        fed.start_supernode(0, private_key=tmp_path / "stranger.key")
+        with pytest.raises(DeployError) as err:
+            fed.wait_nodes_online()
+    msg = str(err.value)
+    assert msg.startswith("SuperNode site-0 stopped")
+    assert "not registered" in msg
+    _assert_all_stopped(fed)
+
+
+def test_unreachable_superlink(tmp_path):
+    with LocalFederation(1, log_dir=tmp_path / "logs", start_timeout=90) as fed:
+        fed.start_supernode(0)  # no SuperLink at fed.address
+        with pytest.raises(DeployError) as err:
+            fed.wait_nodes_online()
+    assert "SuperNode site-0 stopped" in str(err.value)
+    assert "cannot reach the SuperLink" in str(err.value)
+    _assert_all_stopped(fed)
+
+
+# ------------------------------------------------------------------------------ it works
+def test_superlink_accepts_the_generated_chain(tmp_path):
+    """Certificates from the script: a TLS SuperLink with node auth, SuperNodes connect."""
+    certs = write_certificates(tmp_path / "certs", sites=2)
+    with LocalFederation(
+        2, tls=True, certs=certs.folder, log_dir=tmp_path / "logs", start_timeout=120
+    ) as fed:
+        fed.start()
+        assert len(fed.supernodes()) == 2
+        log = fed.components[0].log_text()
+        assert f"https://127.0.0.1:{fed.port}" in log  # TLS on
+        fed.check_alive()
+        res = fed.flwr("supernode", "list", fed.connection, "--format", "json")
+        nodes = json.loads(res.stdout[res.stdout.index("{") :])["nodes"]
+        assert sorted(n["status"] for n in nodes) == ["online", "online"]
+    _assert_all_stopped(fed)
+
+
+def test_ctrl_c_stops_everything(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "medfed"),
+            "deploy",
+            "local",
+            "--sites",
+            "1",
+            "--out",
+            str(out),
+            *TINY,
+        ],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    node_log = out / "deploy-logs" / "supernode-site-0.log"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if node_log.is_file() and "SuperNode ID:" in node_log.read_text(errors="replace"):
+                break  # connected: the study is about to be submitted
+            time.sleep(0.5)
+        time.sleep(3)  # the study is being submitted / running
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    pids = out / "deploy-logs" / "pids.json"
+    assert len(json.loads(pids.read_text())) >= 2  # SuperLink and a SuperNode were running
+    time.sleep(1)
+    assert _running(pids) == []
+
+
+def _flat_keys(d: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for k, v in d.items():
+        keys.add(prefix + k)
+        if isinstance(v, dict):
+            keys |= _flat_keys(v, prefix + k + ".")
+    return keys
+
+
+def test_deploy_local_tls_runs_a_study(tmp_path):
+    """The acceptance run: 2 SuperNodes, TLS + node auth, 2 rounds, same files as simulation."""
+    import torch
+    from flwr.app import ArrayRecord
+
+    from client.task import build_model
+    from server.federation import array_bytes
+
+    out = tmp_path / "out"
+    res = _medfed(
+        ["deploy", "local", "--sites", "2", "--tls", "--out", str(out), *TINY],
+        tmp_path,
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    for name in ("config.json", "rounds.jsonl", "summary.json", "report.md"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["sites"] == 2 and summary["rounds"] == 2
+    rounds = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert [s["site"] for s in rounds[0]["sites"]] == ["site-0", "site-1"]
+    assert all(s["ok"] for r in rounds for s in r["sites"])
+    # bandwidth: the same fields as in simulation, and the model bytes are the model's size
+    torch.manual_seed(0)
+    model_bytes = array_bytes(ArrayRecord(build_model("xray").state_dict()))
+    for r in rounds:
+        assert set(r["totals"]) == {"ciphertext_up", "ciphertext_down", "model_up", "model_down"}
+        for s in r["sites"]:
+            assert set(s["bytes"]) == {
+                "ciphertext_up",
+                "ciphertext_down",
+                "model_up",
+                "model_down",
+                "message_up",
+                "message_down",
+            }
+            assert s["bytes"]["model_up"] == model_bytes
+            assert s["bytes"]["model_down"] == 2 * model_bytes  # train + evaluate
+            assert s["bytes"]["ciphertext_up"] > 0
+            assert s["bytes"]["message_up"] > s["bytes"]["model_up"] + s["bytes"]["ciphertext_up"]
+    # each hospital's private state folder, and TLS was on
+    assert (out / "sites" / "site-0" / "key.bundle").is_file()
+    assert "https://" in (out / "deploy-logs" / "superlink.log").read_text()
+    assert "all processes stopped" in " ".join(res.stderr.split())
+    time.sleep(1)
+    assert _running(out / "deploy-logs" / "pids.json") == []
+
+
+@pytest.mark.slow
+def test_deployment_bandwidth_equals_simulation(tmp_path):
+    """Byte for byte: rounds.jsonl of a deployed study equals the simulated one."""
+    dep, sim = tmp_path / "dep", tmp_path / "sim"
+    res = _medfed(["deploy", "local", "--sites", "2", "--out", str(dep), *TINY], tmp_path, 900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = _medfed(
+        ["run", "--quiet", "--set", "num-sites=2", "--out", str(sim), *TINY], tmp_path, 900
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    a = [json.loads(x) for x in (dep / "rounds.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (sim / "rounds.jsonl").read_text().splitlines()]
+    assert len(a) == len(b) == 2
+    for ra, rb in zip(a, b, strict=True):
+        assert _flat_keys(ra) == _flat_keys(rb)
+        assert ra["totals"] == rb["totals"]
+        assert [s["bytes"] for s in ra["sites"]] == [s["bytes"] for s in rb["sites"]]
+    sa = json.loads((dep / "summary.json").read_text())
+    sb = json.loads((sim / "summary.json").read_text())
+    assert sa["bytes"] == sb["bytes"] and sa["bytes_per_site"] == sb["bytes_per_site"]

@@ -1,0 +1,332 @@
+"""The docker-compose demo and the image, checked without Docker.
+
+The compose file must parse, use only flags that the installed flwr CLIs
+accept, give every hospital a consistent partition, its own volumes and its
+own key, and pin the same flwr as pyproject.toml. Certificates from the
+repository's script must form a chain the SuperLink and SuperNodes accept
+(the process tests in test_deploy_local.py start real ones with them).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from simulations.cli import build_parser
+from simulations.deploy import (
+    Certificates,
+    flwr_run_argv,
+    run_config_toml,
+    stage_app,
+    write_certificates,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+def _pyproject_flwr_version() -> str:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pin = next(d for d in deps if d.startswith("flwr"))
+    return pin.split("==")[1]
+
+
+def _flags(cli: list[str]) -> set[str]:
+    """Long options from a CLI's --help (argparse or typer output)."""
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+    res = subprocess.run(cli + ["--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", res.stdout))
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def help_flags() -> dict[str, set[str]]:
+    return {
+        "flower-superlink": _flags([str(BIN / "flower-superlink")]),
+        "flower-supernode": _flags([str(BIN / "flower-supernode")]),
+        "flwr run": _flags([str(BIN / "flwr"), "run"]),
+    }
+
+
+def _opt(cmd: list[str], flag: str) -> str | None:
+    return cmd[cmd.index(flag) + 1] if flag in cmd else None
+
+
+def _hospitals(services: dict) -> dict[str, dict]:
+    return {n: s for n, s in services.items() if s["command"][0] == "flower-supernode"}
+
+
+def test_compose_parses_and_has_the_topology(services):
+    assert set(services) >= {"certs", "superlink", "register", "submit"}
+    assert len(_hospitals(services)) == 3
+    for name, svc in services.items():
+        assert isinstance(svc["command"], list), f"{name}: command must be a list"
+        assert svc["image"] == "medfed:latest"
+        assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
+        assert (ROOT / svc["build"]["dockerfile"]).is_file()
+        assert svc["environment"]["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
+
+
+def test_flower_commands_use_only_accepted_flags(services, help_flags):
+    checked = 0
+    for name, svc in services.items():
+        cmd = svc["command"]
+        if cmd[0] in ("flower-superlink", "flower-supernode"):
+            used = {t for t in cmd if t.startswith("--")}
+            unknown = used - help_flags[cmd[0]]
+            assert not unknown, f"{name}: {cmd[0]} does not accept {sorted(unknown)}"
+            assert "--insecure" not in used, f"{name}: the demo runs with TLS"
+            if "--isolation" in cmd:
+                assert _opt(cmd, "--isolation") in ("subprocess", "process")
+            checked += 1
+    assert checked == 4  # the SuperLink and three SuperNodes
+
+
+def test_medfed_commands_parse(services):
+    parser = build_parser()
+    n = 0
+    for name, svc in services.items():
+        cmd = svc["command"]
+        if cmd[0] == "medfed":
+            args = parser.parse_args(cmd[1:])
+            assert callable(args.func), name
+            n += 1
+    assert n == 3  # certs, register, submit
+
+
+def test_flwr_run_flags_used_by_submit(help_flags):
+    argv = flwr_run_argv("flwr", Path("app"), "conn", Path("cfg.toml"))
+    assert argv[:4] == ["flwr", "run", "app", "conn"]
+    used = {t for t in argv if t.startswith("--")}
+    assert used == {"--run-config", "--stream"}
+    assert used <= help_flags["flwr run"]
+
+
+def test_superlink_tls_auth_and_state(services):
+    cmd = services["superlink"]["command"]
+    for flag in ("--ssl-certfile", "--ssl-keyfile", "--ssl-ca-certfile"):
+        assert _opt(cmd, flag).startswith("/certs/")
+    assert "--enable-supernode-auth" in cmd
+    assert "--disable-runtime-dependency-installation" in cmd
+    assert _opt(cmd, "--host") == "0.0.0.0"
+    db = _opt(cmd, "--database")
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["superlink"]["volumes"]}
+    assert db.startswith("/state/") and mounts["/state"] == "superlink-state"  # persisted
+    assert mounts["/app/runs"] == "./runs"  # the ServerApp writes results there
+
+
+def test_node_config_matches_the_number_of_hospitals(services):
+    hospitals = _hospitals(services)
+    n = len(hospitals)
+    seen = []
+    for name, svc in hospitals.items():
+        cmd = svc["command"]
+        cfg = dict(kv.split("=") for kv in _opt(cmd, "--node-config").split())
+        assert set(cfg) == {"partition-id", "num-partitions"}, name
+        assert int(cfg["num-partitions"]) == n, name
+        pid = int(cfg["partition-id"])
+        seen.append(pid)
+        assert name == f"hospital-{pid}"
+        # its own key, the one registered for this partition
+        assert _opt(cmd, "--auth-supernode-private-key") == f"/certs/site-{pid}.key"
+        assert _opt(cmd, "--root-certificates") == "/certs/ca.crt"
+    assert sorted(seen) == list(range(n))
+    register = services["register"]["command"]
+    assert [t for t in register if t.endswith(".pub")] == [f"/certs/site-{i}.pub" for i in range(n)]
+    assert _opt(services["certs"]["command"], "--sites") == str(n)
+    assert f"num-sites={n}" in services["submit"]["command"]
+
+
+def test_addresses_and_ports_line_up(services):
+    sl = services["superlink"]["command"]
+    port = _opt(sl, "--port")
+    target = f"superlink:{port}"
+    for name, svc in _hospitals(services).items():
+        assert _opt(svc["command"], "--superlink") == target, name
+    for name in ("register", "submit"):
+        assert _opt(services[name]["command"], "--superlink") == target, name
+    published = services["superlink"]["ports"][0]
+    assert published.rsplit(":", 1)[1] == port
+    health = " ".join(services["superlink"]["healthcheck"]["test"])
+    assert "8000" in health and port == "8000"
+
+
+def test_volumes_line_up(compose, services):
+    declared = set(compose["volumes"])
+    used = set()
+    for name, svc in services.items():
+        for vol in svc.get("volumes", []):
+            src, dst = vol.split(":")[:2]
+            if src.startswith("./"):
+                assert src in ("./deploy/certs", "./runs"), f"{name}: unexpected bind {src}"
+                if src == "./deploy/certs" and name != "certs":
+                    assert vol.endswith(":ro"), f"{name}: certificates must be read-only"
+            else:
+                assert src in declared, f"{name}: volume {src} is not declared"
+                used.add(src)
+    assert used == declared, f"declared but unused: {declared - used}"
+    for name, svc in _hospitals(services).items():
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
+        assert mounts["/data"] == f"{name}-data"  # its own phantoms
+        assert mounts["/app/runs"] == f"{name}-state"  # its own key bundle and cache
+    env = next(iter(services.values()))["environment"]
+    assert env["MEDFED_DATA_HOME"] == "/data"
+    submit = services["submit"]["command"]
+    assert _opt(submit, "--out").startswith("/app/runs/")
+
+
+def test_startup_order(services):
+    dep = {n: s.get("depends_on", {}) for n, s in services.items()}
+    assert dep["superlink"]["certs"]["condition"] == "service_completed_successfully"
+    assert dep["register"]["superlink"]["condition"] == "service_healthy"
+    for name in _hospitals(services):
+        assert dep[name]["register"]["condition"] == "service_completed_successfully"
+        assert name in dep["submit"]
+
+
+def test_flwr_version_pinned_everywhere(services):
+    version = _pyproject_flwr_version()
+    import flwr
+
+    assert flwr.__version__ == version
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert f"ARG FLWR_VERSION={version}" in dockerfile
+    assert '"flwr[simulation]==${FLWR_VERSION}"' in dockerfile
+    for name, svc in services.items():
+        assert svc["build"]["args"]["FLWR_VERSION"] == version, name
+
+
+def test_image_copies_the_app_and_ignores_secrets():
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    for pkg in ("encryption", "client", "server", "simulations"):
+        assert f"COPY {pkg}/ {pkg}/" in dockerfile
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for path in ("deploy/certs", "data", "runs", ".venv"):
+        assert path in ignored
+    assert "deploy/certs/" in (ROOT / ".gitignore").read_text().split()
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+def test_docker_compose_config_validates():
+    res = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE), "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+
+
+# --------------------------------------------------------------------------- certificates
+def test_certificate_chain(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from flwr.cli.supernode.register import try_load_public_key
+
+    certs = write_certificates(tmp_path / "certs", sites=2)
+    certs.check(2)
+    ca = x509.load_pem_x509_certificate(certs.ca.read_bytes())
+    server = x509.load_pem_x509_certificate(certs.server_cert.read_bytes())
+    server.verify_directly_issued_by(ca)
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(sans.get_values_for_type(x509.DNSName)) == {"superlink", "localhost"}
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    for key in (certs.server_key, certs.node_key(0), certs.node_key(1)):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
+    # node keys: what flower-supernode and `flwr supernode register` read
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+    priv = load_ssh_private_key(certs.node_key(0).read_bytes(), None)
+    assert isinstance(priv, ec.EllipticCurvePrivateKey) and priv.curve.name == "secp384r1"
+    assert try_load_public_key(certs.node_pub(0))
+    assert certs.node_pub(0).read_bytes() != certs.node_pub(1).read_bytes()
+
+
+def test_certificates_are_kept_unless_overwrite(tmp_path):
+    certs = write_certificates(tmp_path, sites=1)
+    before = certs.ca.read_bytes(), certs.node_key(0).read_bytes()
+    write_certificates(tmp_path, sites=2)
+    assert (certs.ca.read_bytes(), certs.node_key(0).read_bytes()) == before
+    assert certs.node_key(1).is_file()
+    write_certificates(tmp_path, sites=2, overwrite=True)
+    assert certs.ca.read_bytes() != before[0]
+
+
+def test_cert_script_runs_standalone(tmp_path):
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "deploy" / "certs.py"),
+            "--out",
+            str(tmp_path),
+            "--sites",
+            "3",
+            "--name",
+            "fl.example.org",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    Certificates(tmp_path).check(3)
+    from cryptography import x509
+
+    server = x509.load_pem_x509_certificate((tmp_path / "server.pem").read_bytes())
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "fl.example.org" in sans.get_values_for_type(x509.DNSName)
+
+
+def test_missing_certificates_are_named(tmp_path):
+    write_certificates(tmp_path, sites=1)
+    with pytest.raises(FileNotFoundError, match="site-1.key"):
+        Certificates(tmp_path).check(2)
+
+
+# --------------------------------------------------------------------------- app bundle
+def test_staged_app_builds_a_fab(tmp_path):
+    from flwr.cli.build import build_fab_from_disk
+
+    app = stage_app(ROOT, tmp_path / "app")
+    fab = build_fab_from_disk(app)
+    assert 0 < len(fab) < 10_000_000
+    assert (app / "client" / "client_app.py").is_file()
+    assert not (app / "tests").exists() and not (app / ".venv").exists()
+    import io
+    import zipfile
+
+    names = zipfile.ZipFile(io.BytesIO(fab)).namelist()
+    assert "server/server_app.py" in names and "pyproject.toml" in names
+
+
+def test_run_config_file_round_trips_the_study():
+    from client.study import Study
+
+    study = Study(name="x y", num_sites=2, out_dir="/abs/out", resume=False, num_gpus=0.5)
+    doc = tomllib.loads(run_config_toml(study))
+    assert Study.from_mapping(doc) == study
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert set(doc) <= set(declared)  # flwr run rejects undeclared keys
