@@ -30,13 +30,32 @@ def _images(source: str, n: int, size: int, seed: int) -> tuple[np.ndarray, int]
     return sample_images(source, n, size, seed)
 
 
-def _make(name: str, epochs: int | None, device: str | None = None, **config: Any):
+def _accepts(cls: type, key: str) -> bool:
+    defaults = getattr(cls, "defaults", None)
+    if isinstance(defaults, dict) and key in defaults:
+        return True
+    return key in inspect.signature(cls.__init__).parameters
+
+
+def _make(
+    name: str,
+    epochs: int | None,
+    device: str | None = None,
+    training: dict[str, Any] | None = None,
+    **config: Any,
+):
+    """The method with `config`; learned ones also get `epochs` and those of the
+    `training` options (e.g. min_steps, time_limit_s) that the method knows."""
     from encryption.registry import encryptor_class, get_encryptor
 
     cls = encryptor_class(name)
-    if cls.learned and epochs is not None:
-        config.setdefault("epochs", epochs)
-    if device is not None and "device" in inspect.signature(cls.__init__).parameters:
+    if cls.learned:
+        if epochs is not None:
+            config.setdefault("epochs", epochs)
+        for key, value in (training or {}).items():
+            if _accepts(cls, key):
+                config.setdefault(key, value)
+    if device is not None and _accepts(cls, "device"):
         config["device"] = device
     return get_encryptor(name, **config)
 
@@ -85,7 +104,8 @@ def run_speed(
     size: int = 128,
     images: int = 32,
     repeats: int = 5,
-    fit_images: int = 8,
+    fit_images: int = 4,
+    fit_size: int = 32,
     fit_epochs: int = 1,
     device: str = "cpu",
     progress: Progress = _quiet,
@@ -95,15 +115,21 @@ def run_speed(
     the fraction of the measured convolution FLOP/s they achieve.
 
     Speed does not depend on how well a learned method was trained, so each is
-    fitted for `fit_epochs` epochs on `fit_images` images only (its fidelity is
-    measured by the rate-distortion benchmark)."""
+    fitted for `fit_epochs` epoch(s), one optimiser step at least, on `fit_images`
+    images of `fit_size` px (the networks are convolutional; fidelity is measured
+    by the rate-distortion benchmark)."""
     x, bits = _images("phantom-xray", images, size, 0)
-    fit_x, _ = _images("phantom-xray", fit_images, size, 1)
+    fit_x, _ = _images("phantom-xray", fit_images, fit_size, 1)
     raw_mb = x.nbytes / 1e6
     encs, blobs, fit_s = {}, {}, {}
     names = [SPEED_BASELINE, *[m for m in methods if m != SPEED_BASELINE]]
     for name in names:
-        enc = _make(name, fit_epochs, device=device if device != "cpu" else None)
+        enc = _make(
+            name,
+            fit_epochs,
+            device=device if device != "cpu" else None,
+            training={"min_steps": 1},
+        )
         start = time.perf_counter()
         if enc.learned:
             progress(f"speed: fitting {name} ({fit_epochs} epoch(s), {len(fit_x)} images)")
@@ -176,11 +202,13 @@ def codec_sizes(images: np.ndarray, bits: int) -> dict[str, float]:
     return out
 
 
-def rd_point(name: str, images, bits, fit_images, epochs: int | None, **config) -> dict:
+def rd_point(
+    name: str, images, bits, fit_images, epochs: int | None, training=None, **config
+) -> dict:
     """One (bpp, PSNR, SSIM) point of method `name` on `images`."""
     from encryption.metrics.fidelity import fidelity
 
-    enc = _make(name, epochs, **config)
+    enc = _make(name, epochs, training=training, **config)
     start = time.perf_counter()
     if enc.learned:
         enc.fit(fit_images)
@@ -208,15 +236,20 @@ def run_rate_distortion(
     epochs: int | None = 10,
     kpa_seconds: float = 10.0,
     codec_targets: tuple[float, ...] = (),
+    curve_sources: tuple[str, ...] = ("phantom-xray",),
+    fit_time_limit_s: float | None = None,
     progress: Progress = _quiet,
 ) -> dict[str, Any]:
     """Bits per pixel, PSNR and SSIM of every method on every image source, with the
     lossless codecs and raw size as references; on `security_sources` the full
     encryption.evaluate document (security statistics, known-plaintext attack).
-    `codec_targets`: extra target_psnr_db settings of learned-codec-aes (a curve)."""
+    `codec_targets`: extra target_psnr_db settings of learned-codec-aes (a curve on
+    `curve_sources`).
+    `fit_time_limit_s`: training time cap of each learned fit (methods that have one)."""
     from encryption.evaluate import evaluate
     from encryption.registry import encryptor_class
 
+    training = {"time_limit_s": fit_time_limit_s} if fit_time_limit_s else {}
     out: dict[str, Any] = {}
     for source in sources:
         try:
@@ -234,7 +267,12 @@ def run_rate_distortion(
             "methods": {},
         }
         if source in security_sources:
-            configs = {n: {"epochs": epochs} for n in methods if encryptor_class(n).learned}
+            configs = {}
+            for n in methods:
+                cls = encryptor_class(n)
+                if cls.learned:
+                    configs[n] = {"epochs": epochs} if epochs is not None else {}
+                    configs[n].update({k: v for k, v in training.items() if _accepts(cls, k)})
             doc = evaluate(
                 methods,
                 x,
@@ -243,7 +281,7 @@ def run_rate_distortion(
                 fit_images=fit_x,
                 kpa_seconds=kpa_seconds,
                 repeats=3,
-                configs=configs if epochs is not None else {},
+                configs=configs,
                 progress=lambda m, s=source: progress(f"  {s}: {m}"),
             )
             entry["evaluate"] = doc
@@ -260,16 +298,24 @@ def run_rate_distortion(
             for name in methods:
                 progress(f"  {source}: {name}")
                 try:
-                    entry["methods"][name] = rd_point(name, x, bits, fit_x, epochs)
+                    entry["methods"][name] = rd_point(name, x, bits, fit_x, epochs, training)
                 except Exception as exc:  # noqa: BLE001 - recorded per method, not hidden
                     entry["methods"][name] = {"error": f"{type(exc).__name__}: {exc}"}
         curve = []
-        if "learned-codec-aes" in methods:
+        if "learned-codec-aes" in methods and source in curve_sources:
             for target in codec_targets:
                 progress(f"  {source}: learned-codec-aes target {target:g} dB")
                 curve.append(
-                    rd_point("learned-codec-aes", x, bits, fit_x, epochs, target_psnr_db=target)
+                    rd_point(
+                        "learned-codec-aes", x, bits, fit_x, epochs, training, target_psnr_db=target
+                    )
                 )
         entry["learned_codec_curve"] = curve
         out[source] = entry
-    return {"size": size, "images": images, "epochs": epochs, "sources": out}
+    return {
+        "size": size,
+        "images": images,
+        "epochs": epochs,
+        "fit_time_limit_s": fit_time_limit_s,
+        "sources": out,
+    }

@@ -17,6 +17,7 @@ import numpy as np
 from simulations.benchmarks.common import PeakRss, summarize
 
 Progress = Callable[[str], None]
+LINKS_MBPS = (10, 100, 1000)
 
 
 def _quiet(_: str) -> None:
@@ -88,10 +89,11 @@ def plain_loop(study) -> dict[str, Any]:
     global_model = build_model(s.modality)
     holdout = None
     device = "cuda" if s.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-    round_s = []
+    round_s, train_s = [], []
     for rnd in range(1, s.num_rounds + 1):
         t0 = time.perf_counter()
         states, weights = [], []
+        train_sum = 0.0
         for site in sites:
             model = build_model(s.modality)
             model.load_state_dict(global_model.state_dict())
@@ -111,6 +113,7 @@ def plain_loop(study) -> dict[str, Any]:
             )
             states.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
             weights.append(result.examples)
+            train_sum += result.seconds
         total = float(sum(weights))
         averaged = {
             k: sum(st[k].double() * (w / total) for st, w in zip(states, weights, strict=True)).to(
@@ -139,7 +142,13 @@ def plain_loop(study) -> dict[str, Any]:
             device=device,
         )
         round_s.append(time.perf_counter() - t0)
-    return {"wall_s": time.perf_counter() - start, "round_s": round_s}
+        train_s.append(train_sum)
+    return {
+        "wall_s": time.perf_counter() - start,
+        "round_s": round_s,
+        "site_train_s_sum": train_s,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def run_overhead(
@@ -185,7 +194,17 @@ def run_overhead(
         "federation_peak_rss_bytes": fed["peak_rss_bytes"],
         "sites_failed": fed["sites_failed"],
         "phases": _phases(fed),
+        "plain_site_train_s_sum": plain["site_train_s_sum"],
+        "plain_torch_threads": plain["torch_threads"],
+        "concurrent_sites": _concurrency(num_sites),
     }
+
+
+def _concurrency(num_sites: int) -> int:
+    """Sites Flower's Ray backend runs at once here (num-cpus = 1 per site)."""
+    import os
+
+    return max(1, min(num_sites, os.cpu_count() or 1))
 
 
 def _phases(fed: dict) -> list[dict]:
@@ -221,8 +240,7 @@ def run_scaling(
     with tempfile.TemporaryDirectory(prefix="medfed-bench-") as tmp:
         for n in sites:
             if points:
-                last = points[-1]
-                predicted = (last["wall_s"] + last["data_prepare_s"]) * n / last["sites"]
+                predicted = _predict_s(points, n)
                 if spent + predicted > budget_s:
                     skipped.append({"sites": n, "predicted_s": predicted, "budget_s": budget_s})
                     progress(f"scaling: skip {n} sites (predicted {predicted:.0f} s, over budget)")
@@ -275,6 +293,16 @@ def run_scaling(
     }
 
 
+def _predict_s(points: list[dict], n: int) -> float:
+    """Seconds a run with `n` sites should take: the linear fit of the measured
+    runs (fixed start-up + per-site cost), or proportional from a single run."""
+    cost = [p["wall_s"] + p["data_prepare_s"] for p in points]
+    if len(points) == 1:
+        return cost[0] * n / points[0]["sites"]
+    slope, icpt = np.polyfit([p["sites"] for p in points], cost, 1)
+    return float(max(icpt + slope * n, cost[-1]))
+
+
 def run_bandwidth(
     *,
     exchanges: tuple[str, ...] = ("none", "archive", "consortium"),
@@ -283,10 +311,13 @@ def run_bandwidth(
     patients: int = 60,
     share_per_round: int = 8,
     method: str = "aes-gcm",
+    rounds: int = 2,
     progress: Progress = _quiet,
 ) -> dict[str, Any]:
-    """Bytes per round (ciphertext, model, serialized messages; up and down) and
-    upload seconds at 10/100/1000 Mbit/s for each exchange policy and image size."""
+    """Bytes of the last of `rounds` rounds (ciphertext, model, serialized messages; up
+    and down; summed over sites) and the slowest site's upload seconds at 10/100/1000
+    Mbit/s, for each exchange policy and image size. The last round is the steady
+    state: consortium peers receive ciphertext from round 2 on."""
     grid = []
     with tempfile.TemporaryDirectory(prefix="medfed-bench-") as tmp:
         for size in image_sizes:
@@ -295,7 +326,7 @@ def run_bandwidth(
                 study = _study(
                     Path(tmp) / f"{exchange}-{size}",
                     num_sites=num_sites,
-                    num_rounds=1,
+                    num_rounds=rounds,
                     min_sites=num_sites,
                     phantom_patients=patients,
                     image_size=size,
@@ -305,18 +336,24 @@ def run_bandwidth(
                     holdout_images=32,
                 )
                 res = run_study(study)
-                summary = res["summary"]
-                per_site = [
-                    {"site": s["site"], **s["bytes"]} for s in res["rounds"][0]["sites"] if s["ok"]
-                ]
+                last = res["rounds"][-1]  # steady state: consortium downlink starts in round 2
+                per_site = [{"site": x["site"], **x["bytes"]} for x in last["sites"] if x["ok"]]
+                keys = [k for k in per_site[0] if k != "site"] if per_site else []
+                max_up = max((x["message_up"] for x in per_site), default=0)
                 grid.append(
                     {
                         "exchange": exchange,
                         "image_size": size,
-                        "bytes_per_round": summary["bytes_per_round"],
-                        "upload_seconds_per_round": summary["upload_seconds_per_round"],
+                        "round": last["round"],
+                        "bytes_per_round": {k: float(sum(x[k] for x in per_site)) for k in keys},
+                        "upload_seconds_per_round": {
+                            f"{mbps}mbps": max_up * 8 / (mbps * 1e6) for mbps in LINKS_MBPS
+                        },
+                        "study_upload_seconds_per_round": res["summary"][
+                            "upload_seconds_per_round"
+                        ],
                         "per_site_bytes": per_site,
-                        "round_s": res["round_s"][0],
+                        "round_s": last["seconds"],
                     }
                 )
     return {
@@ -325,6 +362,7 @@ def run_bandwidth(
             "patients": patients,
             "share_per_round": share_per_round,
             "method": method,
+            "rounds": rounds,
         },
         "grid": grid,
     }

@@ -628,7 +628,10 @@ def _fed_section(docs, add, plot_dir: Path, rel: Path) -> None:
             f"Flower's simulation engine, and the same work (share, train, FedAvg, site and "
             f"holdout evaluation, through the same client code) in a plain loop in one process. "
             f"Round 1 of the federation includes Ray's start-up and the sites' first data load; "
-            f"the ratio compares rounds 2 to {s['num_rounds']}.\n"
+            f"the ratio compares rounds 2 to {s['num_rounds']}. Ray runs one site per CPU core at "
+            f"once with one torch thread each; the plain loop runs sites one after another with "
+            f"torch's default threads, so the ratio also reflects how well each uses the cores; "
+            f"the summed site training seconds show the work itself.\n"
         )
         add(
             table(
@@ -662,7 +665,8 @@ def _fed_section(docs, add, plot_dir: Path, rel: Path) -> None:
         r = doc["results"]
         st = r["settings"]
         add(
-            f"One round, {st['patients_per_site']} phantom patients per site, {st['image_size']} px, "
+            f"One round (so the round time includes Ray's start-up), "
+            f"{st['patients_per_site']} phantom patients per site, {st['image_size']} px, "
             f"{st['share_per_round']} shared images per site. Peak memory is the summed RSS of this "
             f"process and all its descendants (Ray included), sampled every 0.25 s.\n"
         )
@@ -711,9 +715,10 @@ def _fed_section(docs, add, plot_dir: Path, rel: Path) -> None:
     r = doc["results"]
     st = r["settings"]
     add(
-        f"{st['num_sites']} sites, 1 round, method {st['method']}, {st['share_per_round']} shared "
-        f"images per site. Bytes per round summed over sites (kB = 1000 bytes); upload time is "
-        f"the study's own upload_seconds_per_round (the slowest site's uplink at each speed).\n"
+        f"{st['num_sites']} sites, method {st['method']}, {st['share_per_round']} shared images "
+        f"per site; bytes of round {st.get('rounds', 1)} (the steady state: consortium peers "
+        f"receive ciphertext from round 2 on) summed over sites (kB = 1000 bytes), from "
+        f"rounds.jsonl; upload time is the slowest site's serialized uplink at each speed.\n"
     )
     rows = []
     for g in r["grid"]:

@@ -104,6 +104,7 @@ BENCHMARKS: dict[str, tuple[Callable[[dict, Progress], dict], dict, dict]] = {
             "kpa_seconds": 20.0,
             "security_sources": ("phantom-xray", "phantom-mri"),
             "codec_targets": (30.0, 35.0, 45.0),
+            "fit_time_limit_s": 45.0,
         },
         {
             "size": 64,
@@ -112,6 +113,7 @@ BENCHMARKS: dict[str, tuple[Callable[[dict, Progress], dict], dict, dict]] = {
             "kpa_seconds": 5.0,
             "security_sources": ("phantom-xray",),
             "codec_targets": (),
+            "fit_time_limit_s": 10.0,
         },
     ),
     "data": (
@@ -126,8 +128,8 @@ BENCHMARKS: dict[str, tuple[Callable[[dict, Progress], dict], dict, dict]] = {
     ),
     "federation-scaling": (
         _scaling,
-        {"sites": (8, 32, 128, 512), "budget_s": 1500.0},
-        {"sites": (8, 32, 128), "budget_s": 240.0},
+        {"sites": (8, 32, 128, 512), "budget_s": 1100.0},
+        {"sites": (8, 32, 128), "budget_s": 360.0},
     ),
     "bandwidth": (
         _bandwidth,
