@@ -27,7 +27,7 @@ from simulations.benchmarks.encryption import (
     run_rate_distortion,
     run_speed,
 )
-from simulations.benchmarks.report import fmt, render_report, secure_verdict
+from simulations.benchmarks.report import fmt, fmt_ratio, render_report, secure_verdict
 from simulations.commands.bench_suite import add_bench_commands, main
 
 
@@ -48,6 +48,19 @@ def test_time_interleaved_runs_round_robin_and_ratio():
     assert len(times["a"]) == 3
     ratios = ratio_stats({"a": [1.0, 2.0], "b": [2.0, 4.0]}, "a")
     assert ratios["b"]["median"] == 0.5 and ratios["a"]["median"] == 1.0
+
+
+def test_time_interleaved_repeats_fast_calls_to_a_minimum_sample_time():
+    calls = []
+    times = time_interleaved({"fast": lambda: calls.append(1)}, repeats=2, min_time_s=0.001)
+    assert len(calls) > 3  # warm-up once, then several calls per sample
+    assert len(times["fast"]) == 2
+
+
+def test_fmt_ratio_small_ratios_as_fractions():
+    assert fmt_ratio(0.5) == "0.50"
+    assert fmt_ratio(0.0002) == "1/5,000"
+    assert fmt_ratio(float("nan")) == "n/a"
 
 
 def test_codec_sizes_reference_lines():
@@ -187,6 +200,7 @@ def test_speed_measures_ratio_to_aes_and_flops(results_dir):
     assert methods["aes-gcm"]["encrypt_ratio_to_aes"]["median"] == 1.0
     assert methods["bp-chaos"]["flops_per_image"] > 0
     assert methods["bp-chaos"]["fraction_of_conv"]["median"] > 0
+    assert methods["bp-chaos"]["conv_ceiling_images_s"] > 0
 
 
 def test_rate_distortion_records_points_references_and_missing_sources(results_dir):

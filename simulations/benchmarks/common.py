@@ -55,23 +55,32 @@ def summarize(values: Iterable[float]) -> dict[str, Any]:
 
 
 def time_interleaved(
-    fns: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1
+    fns: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1, min_time_s: float = 0.0
 ) -> dict[str, list[float]]:
     """Seconds per call of each function, run round-robin `repeats` times.
 
     Round-robin (A B C A B C ...) rather than A A A B B B: a burst of load
     from other processes slows every contender of that repeat alike, so the
-    per-repeat ratios stay meaningful on a shared machine.
+    per-repeat ratios stay meaningful on a shared machine. A function faster
+    than `min_time_s` is called several times per sample (calibrated during
+    warm-up) and the mean per call is recorded, so sub-millisecond calls are
+    not timer noise.
     """
+    inner = dict.fromkeys(fns, 1)
     for _ in range(warmup):
-        for fn in fns.values():
+        for name, fn in fns.items():
+            start = time.perf_counter()
             fn()
+            took = time.perf_counter() - start
+            if min_time_s > 0 and took < min_time_s:
+                inner[name] = max(1, min(1000, math.ceil(min_time_s / max(took, 1e-6))))
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(max(1, repeats)):
         for name, fn in fns.items():
             start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(inner[name]):
+                fn()
+            times[name].append((time.perf_counter() - start) / inner[name])
     return times
 
 

@@ -88,7 +88,7 @@ def conv_throughput(
         if device != "cpu":
             torch.cuda.synchronize()
 
-    times = time_interleaved({"conv": run}, repeats)["conv"]
+    times = time_interleaved({"conv": run}, repeats, min_time_s=0.05)["conv"]
     stats = summarize(flops / t for t in times)
     return {
         "flops_per_call": flops,
@@ -138,10 +138,12 @@ def run_speed(
         encs[name] = enc
         blobs[name] = enc.encrypt(x, bits)
     progress(f"speed: encrypt x{repeats}, interleaved with {SPEED_BASELINE}")
-    enc_t = time_interleaved({n: (lambda e=encs[n]: e.encrypt(x, bits)) for n in names}, repeats)
+    enc_t = time_interleaved(
+        {n: (lambda e=encs[n]: e.encrypt(x, bits)) for n in names}, repeats, min_time_s=0.05
+    )
     progress(f"speed: decrypt x{repeats}")
     dec_t = time_interleaved(
-        {n: (lambda e=encs[n], b=blobs[n]: e.decrypt(b)) for n in names}, repeats
+        {n: (lambda e=encs[n], b=blobs[n]: e.decrypt(b)) for n in names}, repeats, min_time_s=0.05
     )
     conv = conv_throughput(size=size, repeats=repeats, device=device)
     conv_flops_s = conv["flops_per_s"]["median"]
@@ -166,6 +168,8 @@ def run_speed(
                 achieved = [flops * len(x) / t for t in enc_t[name]]
                 entry["achieved_flops_s"] = summarize(achieved)
                 entry["fraction_of_conv"] = summarize(a / conv_flops_s for a in achieved)
+                # images/s this machine's conv throughput would allow at 100 %
+                entry["conv_ceiling_images_s"] = conv_flops_s / flops
         out[name] = entry
     return {
         "size": size,
