@@ -68,6 +68,7 @@ def test_exact_network_is_integer_exact():
     key8 = torch.full((1, 1, 4, 4), 255.0)
     low = net.exact(a8, key8)
     net.q = tuple(q.double() for q in net.q)
+    net.w1 = net.w1.double()
     high = net.exact(a8.double(), key8.double())
     assert torch.equal(low.double(), high)
     assert float(high.abs().max()) < 2**24

@@ -21,8 +21,10 @@ What we built, and where we chose:
    operands below 2^53, i.e. exact integer arithmetic: bit-identical on
    every machine and thread count (a float rounding flip would otherwise
    break exactness between sender and receiver).
-2. Chaos stage (keyed). Per image and per round: a logistic-map
-   permutation of all C*H*W pixels (channels mixed), forward chained
+2. Chaos stage (keyed). Per round: a logistic-map permutation of all
+   C*H*W pixels (channels mixed; it depends on the key and round only, not
+   on the IV: an argsort per image would cost more than the rest of the
+   cipher), then per image, with IV-dependent Henon key streams: forward chained
    diffusion c_i = (c_{i-1} + v_i + k_i) mod 2^bits computed as a prefix
    sum (vectorised, no per-pixel loop), a key-derived S-box (logistic
    permutation of [0, 2^bits)) for nonlinearity, backward chained diffusion
@@ -120,12 +122,12 @@ class BpChaos(Encryptor):
         self,
         key: bytes | None = None,
         *,
-        epochs: int = 20,
+        epochs: int = 10,
         hidden: int = 8,
         rounds: int = 2,
         plaintext_iv: bool = True,
-        batch_size: int = 4096,
-        samples: int = 131072,
+        batch_size: int = 8192,
+        samples: int = 65536,
         device: str = "cpu",
         **unknown: Any,
     ) -> None:
