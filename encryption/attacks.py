@@ -1,22 +1,26 @@
 """Known-plaintext attack (KPA) on any method.
 
 The attacker has K leaked (plaintext, cipher view) pairs of one site and
-trains a network to map cipher views back to plaintexts; it is scored by
-PSNR/SSIM of its reconstructions of that site's *unseen* ciphertexts, next
-to the trivial attack of guessing the mean of the leaked plaintexts. A
-secure method leaves the network at the mean-guess level.
+learns to map cipher views back to plaintexts; it is scored by PSNR/SSIM of
+its reconstructions of that site's *unseen* ciphertexts, next to the
+trivial attack of guessing the mean of the leaked plaintexts. A secure
+method leaves the attacker at the mean-guess level.
 
-The network: the cipher view (uint8, resized to the plaintext's H x W if
-its shape differs) goes through
-  - a dense layer from every view value to every output pixel, initialised
-    at zero (it can learn any fixed global rearrangement, e.g. a pixel
-    permutation, which no local convolution can), when in * out values are
-    at most `dense_limit`; then
-  - a small two-level U-Net on [view, dense output] that adds a residual,
-on top of the leaked mean image. K is split 80/20 into train/validation and
-the weights with the best validation loss are kept (early stopping), so
-noise-like views end at the mean guess instead of overfitting below it.
-The budget (`seconds`, `max_steps`, threads) is configurable.
+The attacker, on cipher views (uint8, resized to the plaintext's H x W when
+their shape differs) and plaintexts scaled to [0, 1]:
+
+1. a global linear map from every view value to every output pixel, fitted
+   in closed form by ridge regression in its dual (kernel) form, which
+   costs O(K^2 D) however large the images: it can learn any fixed global
+   rearrangement or linear mixing (a pixel permutation, say), which no
+   local convolution can, and is the optimal linear attack. Its ridge
+   strength is chosen by 5-fold cross-validation, and "no linear map" (the
+   mean guess) keeps the job unless a ridge map beats it by 2 %;
+2. a small two-level U-Net on [view, linear output] trained with Adam for
+   the budget (`seconds`, `max_steps`), adding a residual on top; the
+   weights with the best validation loss are kept (early stopping, starting
+   from the zero residual), so noise-like views end at the mean guess
+   rather than overfitting below it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import numpy as np
 
 from encryption.metrics.fidelity import max_value, psnr, ssim
 
+RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # relative to the mean kernel diagonal
+
 
 @dataclass(frozen=True)
 class KpaResult:
@@ -40,7 +46,7 @@ class KpaResult:
     test_images: int
     steps: int
     seconds: float
-    dense: bool
+    ridge: float  # chosen relative ridge strength; 0.0 = no linear map
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -66,7 +72,7 @@ def _unet(in_ch: int, out_ch: int, width: int):
             self.up = nn.ConvTranspose2d(2 * width, width, 2, stride=2)
             self.dec = block(2 * width, width)
             self.out = nn.Conv2d(width, out_ch, 1)
-            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.weight)  # starts as "no residual"
             nn.init.zeros_(self.out.bias)
 
         def forward(self, x):
@@ -80,40 +86,55 @@ def _unet(in_ch: int, out_ch: int, width: int):
     return UNet()
 
 
-class _Attacker:
-    def __init__(self, view_shape, plain_shape, mean_image, width, dense_limit):
+class _DualRidge:
+    """y - mean_y = (x - mean_x) W with W = Xc^T (Xc Xc^T + lam I)^-1 Yc,
+    kept in dual form (never materialising the D_in x D_out matrix)."""
+
+    def __init__(self, x, y, rel_lam: float):
         import torch
-        from torch import nn
 
-        self.c_in = view_shape[0]
-        self.c_out, self.h, self.w = plain_shape
-        n_in = self.c_in * self.h * self.w
-        n_out = self.c_out * self.h * self.w
-        self.dense = nn.Linear(n_in, n_out) if n_in * n_out <= dense_limit else None
-        if self.dense is not None:
-            nn.init.zeros_(self.dense.weight)
-            nn.init.zeros_(self.dense.bias)
-        self.unet = _unet(self.c_in + self.c_out, self.c_out, width)
-        self.mean = torch.as_tensor(mean_image, dtype=torch.float32)
-
-    def parameters(self):
-        params = list(self.unet.parameters())
-        if self.dense is not None:
-            params += list(self.dense.parameters())
-        return params
-
-    def modules(self):
-        return [m for m in (self.dense, self.unet) if m is not None]
+        self.mx = x.mean(dim=0, keepdim=True)
+        self.my = y.mean(dim=0, keepdim=True)
+        self.xc = (x - self.mx).double()
+        gram = self.xc @ self.xc.T
+        lam = rel_lam * float(gram.diagonal().mean().clamp_min(1e-12))
+        eye = torch.eye(len(gram), dtype=gram.dtype)
+        self.alpha = torch.linalg.solve(gram + lam * eye, (y - self.my).double())
 
     def __call__(self, x):
-        import torch
+        return (((x - self.mx).double() @ self.xc.T) @ self.alpha).float() + self.my
 
-        n = x.shape[0]
-        if self.dense is not None:
-            z = self.dense(x.reshape(n, -1)).reshape(n, self.c_out, self.h, self.w)
-        else:
-            z = torch.zeros(n, self.c_out, self.h, self.w)
-        return self.mean + z + self.unet(torch.cat([x, z], dim=1))
+
+def _fit_linear(x, y, folds: int = 5, margin: float = 0.98):
+    """Choose the ridge strength by k-fold cross-validation on all pairs;
+    the mean guess competes and keeps the job unless a ridge map beats it
+    by `margin` (so chance wins on noise-like views do not count).
+    Returns (relative ridge strength or 0.0, predictor fitted on all pairs)."""
+    import torch
+
+    k = len(x)
+    folds = min(folds, k)
+    order = torch.arange(k)
+    parts = [order[i::folds] for i in range(folds)]
+
+    def cv_loss(predict) -> float:
+        total = 0.0
+        for held in parts:
+            keep = torch.ones(k, dtype=torch.bool)
+            keep[held] = False
+            total += float(torch.sum((predict(x[keep], y[keep], x[held]) - y[held]) ** 2))
+        return total / y.numel()
+
+    best_lam = 0.0
+    best_loss = margin * cv_loss(lambda xt, yt, xv: yt.mean(0, keepdim=True).expand(len(xv), -1))
+    for lam in RIDGE_GRID:
+        loss = cv_loss(lambda xt, yt, xv, lam=lam: _DualRidge(xt, yt, lam)(xv))
+        if loss < best_loss:
+            best_lam, best_loss = lam, loss
+    if best_lam == 0.0:
+        mean = y.mean(0, keepdim=True)
+        return 0.0, lambda v: mean.expand(len(v), -1)
+    return best_lam, _DualRidge(x, y, best_lam)
 
 
 def _prepare_views(views: np.ndarray, hw: tuple[int, int]):
@@ -138,11 +159,10 @@ def known_plaintext_attack(
     batch_size: int = 16,
     lr: float = 2e-3,
     width: int = 16,
-    dense_limit: int = 2**25,
     threads: int | None = 1,
     seed: int = 0,
 ) -> KpaResult:
-    """Train on (train_plain, train_views), score on (test_plain, test_views).
+    """Fit on (train_plain, train_views), score on (test_plain, test_views).
 
     Plaintexts are (N, C, H, W) uint8/uint16 with `bits`; views are uint8
     (N, C', H', W') cipher views (`Encryptor.cipher_image`), one per image.
@@ -151,89 +171,94 @@ def known_plaintext_attack(
 
     if len(train_plain) != len(train_views) or len(test_plain) != len(test_views):
         raise ValueError("each plaintext needs exactly one cipher view")
-    if len(train_plain) < 2 or len(test_plain) < 1:
+    if len(train_plain) < 3 or len(test_plain) < 1:
         raise ValueError(
-            f"the attack needs at least 2 leaked pairs and 1 test image, got {len(train_plain)} and {len(test_plain)}"
+            f"the attack needs at least 3 leaked pairs and 1 test image, got {len(train_plain)} and {len(test_plain)}"
         )
     maxv = max_value(bits)
-    hw = tuple(train_plain.shape[-2:])
+    n_train = len(train_plain)
+    c_out, h, w = train_plain.shape[1:]
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    start = time.perf_counter()
     try:
         torch.manual_seed(seed)
         y_all = torch.from_numpy(train_plain.astype(np.float32)) / maxv
-        x_all = _prepare_views(train_views, hw)
-        x_test = _prepare_views(test_views, hw)
+        x_all = _prepare_views(train_views, (h, w))
+        x_test = _prepare_views(test_views, (h, w))
         if x_test.shape[1] != x_all.shape[1]:
             raise ValueError(
                 f"test views have {x_test.shape[1]} channels, train views {x_all.shape[1]}"
             )
-        k = len(y_all)
-        n_val = max(1, k // 5)
-        perm = torch.randperm(k)
-        val_idx, tr_idx = perm[:n_val], perm[n_val:] if k - n_val >= 1 else perm
-        mean_image = y_all.mean(dim=0)
-        model = _Attacker(
-            tuple(x_all.shape[1:]), tuple(y_all.shape[1:]), mean_image, width, dense_limit
-        )
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        perm = torch.randperm(n_train)
+        n_val = max(1, n_train // 5)
+        val_idx, tr_idx = perm[:n_val], perm[n_val:]
+
+        # 1. Closed-form linear stage: select on validation, refit on all.
+        flat = x_all.reshape(n_train, -1)
+        yflat = y_all.reshape(n_train, -1)
+        lam, linear = _fit_linear(flat, yflat)
+        # The U-Net's validation must not see a linear map fitted on it:
+        # it trains on the linear map of the training split.
+        if lam:
+            linear_tr = _DualRidge(flat[tr_idx], yflat[tr_idx], lam)
+        else:
+            mean_tr = yflat[tr_idx].mean(0, keepdim=True)
+            linear_tr = lambda x: mean_tr.expand(len(x), -1)  # noqa: E731
+        z_fit = linear_tr(flat).reshape(y_all.shape)
+
+        # 2. Convolutional residual with early stopping.
+        unet = _unet(x_all.shape[1] + c_out, c_out, width)
+        opt = torch.optim.Adam(unet.parameters(), lr=lr)
+        inputs = torch.cat([x_all, z_fit], dim=1)
 
         def val_loss() -> float:
             with torch.no_grad():
-                return float(torch.mean((model(x_all[val_idx]) - y_all[val_idx]) ** 2))
+                pred = z_fit[val_idx] + unet(inputs[val_idx])
+                return float(torch.mean((pred - y_all[val_idx]) ** 2))
 
-        best = (
-            val_loss(),
-            [{k2: v.clone() for k2, v in m.state_dict().items()} for m in model.modules()],
-        )
-        start = time.perf_counter()
+        best_loss = val_loss()
+        best_state = {k: v.clone() for k, v in unet.state_dict().items()}
         steps = 0
         while steps < max_steps and time.perf_counter() - start < seconds:
             batch = tr_idx[torch.randint(len(tr_idx), (min(batch_size, len(tr_idx)),))]
-            loss = torch.mean((model(x_all[batch]) - y_all[batch]) ** 2)
+            loss = torch.mean((z_fit[batch] + unet(inputs[batch]) - y_all[batch]) ** 2)
             opt.zero_grad()
             loss.backward()
             opt.step()
             steps += 1
-            if steps % 25 == 0:
-                v = val_loss()
-                if v < best[0]:
-                    best = (
-                        v,
-                        [
-                            {k2: t.clone() for k2, t in m.state_dict().items()}
-                            for m in model.modules()
-                        ],
-                    )
-        v = val_loss()
-        if v < best[0]:
-            best = (
-                v,
-                [{k2: t.clone() for k2, t in m.state_dict().items()} for m in model.modules()],
-            )
-        for module, state in zip(model.modules(), best[1], strict=True):
-            module.load_state_dict(state)
+            if steps % 10 == 0 or steps == max_steps:
+                current = val_loss()
+                if current < best_loss:
+                    best_loss = current
+                    best_state = {k: v.clone() for k, v in unet.state_dict().items()}
+        unet.load_state_dict(best_state)
+
         with torch.no_grad():
-            guess = torch.cat([model(x_test[i : i + 64]) for i in range(0, len(x_test), 64)])
-        seconds_used = time.perf_counter() - start
+            z_test = linear(x_test.reshape(len(x_test), -1)).reshape(len(x_test), c_out, h, w)
+            guess = z_test + unet(torch.cat([x_test, z_test], dim=1))
+            mean_image = y_all.mean(dim=0)
     finally:
         torch.set_num_threads(old_threads)
+    seconds_used = time.perf_counter() - start
     recon = np.clip(np.round(guess.numpy() * maxv), 0, maxv).astype(test_plain.dtype)
-    mean_guess = np.broadcast_to(
-        np.clip(np.round(mean_image.numpy() * maxv), 0, maxv).astype(test_plain.dtype),
-        test_plain.shape,
+    mean_guess = np.ascontiguousarray(
+        np.broadcast_to(
+            np.clip(np.round(mean_image.numpy() * maxv), 0, maxv).astype(test_plain.dtype),
+            test_plain.shape,
+        )
     )
     return KpaResult(
         kpa_psnr=psnr(test_plain, recon, bits),
         kpa_ssim=_ssim_or_nan(test_plain, recon, bits),
         mean_guess_psnr=psnr(test_plain, mean_guess, bits),
-        mean_guess_ssim=_ssim_or_nan(test_plain, np.ascontiguousarray(mean_guess), bits),
-        pairs=k,
+        mean_guess_ssim=_ssim_or_nan(test_plain, mean_guess, bits),
+        pairs=n_train,
         test_images=len(test_plain),
         steps=steps,
         seconds=seconds_used,
-        dense=model.dense is not None,
+        ridge=lam,
     )
 
 

@@ -61,7 +61,7 @@ def test_permutation_round_trips():
 def test_attack_breaks_a_fixed_permutation():
     result = _attack(FixedPermutation())
 
-    assert result.dense
+    assert result.ridge > 0  # the linear stage found the permutation
     assert result.kpa_psnr > result.mean_guess_psnr + 6.0, result
     assert result.kpa_ssim > result.mean_guess_ssim + 0.1, result
 
