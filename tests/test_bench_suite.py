@@ -264,3 +264,14 @@ def test_machine_info_and_fmt():
     info = machine_info()
     assert info["cpu_count"] >= 1 and "torch" in info["packages"]
     assert fmt(float("inf")) == "inf" and fmt(float("nan")) == "n/a" and fmt(True) == "yes"
+
+
+def test_hook_into_medfed_bench(results_dir, tmp_path, monkeypatch):
+    import simulations.commands.bench as bench
+    from simulations.cli import main as medfed
+
+    monkeypatch.setitem(bench.SUBCOMMANDS, "suite", add_bench_commands)
+    doc = tmp_path / "B.md"
+    assert medfed(["bench", "report", "--results", str(results_dir), "--doc", str(doc)]) == 0
+    assert "## Headline" in doc.read_text()
+    assert medfed(["bench", "all", "--only", "no-such-benchmark"]) == 2

@@ -31,10 +31,11 @@ HELP = {
 
 def _progress():
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console(stderr=True)
     start = time.perf_counter()
-    return lambda msg: console.print(f"[dim]{time.perf_counter() - start:7.1f}s[/] {msg}")
+    return lambda msg: console.print(f"[dim]{time.perf_counter() - start:7.1f}s[/] {escape(msg)}")
 
 
 def _render(args: argparse.Namespace) -> None:
