@@ -441,11 +441,19 @@ class LocalFederation:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.data_home = Path(data_home).absolute() if data_home else None
         if port:
+            if not 0 < port <= 65535 - sites:
+                raise ValueError(
+                    f"--port {port}: must be 1..{65535 - sites} (SuperNodes use "
+                    f"the next {sites} ports)"
+                )
             self.port = port
             self.node_ports = [port + 1 + i for i in range(sites)]
         else:
-            self.port = free_port()
-            self.node_ports = [free_port() for _ in range(sites)]
+            ports: list[int] = []
+            while len(ports) < sites + 1:  # distinct, free now
+                if (p := free_port()) not in ports:
+                    ports.append(p)
+            self.port, self.node_ports = ports[0], ports[1:]
         self.address = f"127.0.0.1:{self.port}"
         self.certs: Certificates | None = None
         if tls:
