@@ -45,10 +45,16 @@ def _best_rate(enc, images: np.ndarray) -> float:
     return max(rates)
 
 
+# data kind -> (images to fit, channels, bit depth): 8-bit X-ray, 16-bit MRI
+KINDS = {"xray8": (N_FIT, 1, 8), "mri16": (64, 4, 16)}
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("name", ["bp-chaos", "invertible"])
-def test_measured_quality_128px(name):
-    images = smooth_images(N_FIT, 1, SIZE, 8, seed=11)
+def test_measured_quality_128px(name, kind):
+    n_fit, channels, bits = KINDS[kind]
+    images = smooth_images(n_fit, channels, SIZE, bits, seed=11)
     enc = get_encryptor(name, KEY)
     report = enc.fit(images)
     probe = images[:8]
@@ -64,12 +70,13 @@ def test_measured_quality_128px(name):
     other.load_state_dict(enc.state_dict())
     npcr_key, uaci_key = npcr_uaci(view, other.cipher_image(other.encrypt(probe)))
     rate = _best_rate(enc, images[:N_SPEED])
-    flops = enc.flops_per_image(SIZE, SIZE)
+    flops = enc.flops_per_image(SIZE, SIZE, channels)
     result = {
         "method": name,
+        "data": kind,
         "fit_s": round(report.seconds, 1),
         "fit_metrics": report.metrics,
-        "psnr_db": psnr(probe, back, bits=8),
+        "psnr_db": psnr(probe, back, bits=bits),
         "npcr_plaintext": npcr_pt,
         "uaci_plaintext": uaci_pt,
         "npcr_key": npcr_key,
