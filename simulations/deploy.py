@@ -916,6 +916,8 @@ def run_local_deployment(
         echo=echo,
     ) as fed:
         fed.check_ports()  # before the (slow) data preparation
+        if certs is not None and fed.certs is not None:
+            fed.certs.check(fed.sites)
         echo("preparing the study's data (phantoms are generated once)")
         prepare_data(study)  # before the sites start: they would wait on each other's lock
         fed.start()

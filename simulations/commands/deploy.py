@@ -150,6 +150,8 @@ def main_local(args: argparse.Namespace) -> int:
     from simulations.deploy import DeployError, default_app_dir, run_local_deployment
 
     study = _load(args)
+    if args.sites is not None and args.sites < 1:
+        raise UserError(f"--sites {args.sites}: need at least 1 SuperNode")
     if args.certs and not args.tls:
         raise UserError("--certs needs --tls")
     console = Console(stderr=True)
