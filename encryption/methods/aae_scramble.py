@@ -95,8 +95,8 @@ class AaeScramble(TorchEncryptor):
     defaults = {
         "epochs": 60,
         "min_steps": 30,
-        "batch_size": 16,
-        "crop": 64,
+        "batch_size": 8,
+        "crop": 48,
         "lr": 2e-3,
         "nf": 32,
         "latent_per_channel": 8,
