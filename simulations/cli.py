@@ -61,4 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m simulations.cli`: import main from the module so that commands'
+    # UserError (simulations.cli.UserError) is the class main() catches
+    from simulations.cli import main as _main
+
+    sys.exit(_main())
