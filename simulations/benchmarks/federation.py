@@ -70,9 +70,8 @@ def plain_loop(study) -> dict[str, Any]:
     code (client.site.Site, client.task) the ClientApp calls."""
     import torch
 
-    from client.data import ensure_dataset, load_holdout
-    from client.site import Site, data_home
-    from client.task import build_model, evaluate, train
+    from client.data import ensure_dataset
+    from client.site import data_home
 
     s = study
     root = ensure_dataset(
@@ -84,6 +83,23 @@ def plain_loop(study) -> dict[str, Any]:
         seed=s.seed,
         size=s.phantom_size,
     )
+    # Each Ray worker trains with num-cpus torch threads; the loop does the same
+    # (more threads than free cores make torch spin and the baseline meaningless).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, s.num_cpus))
+    try:
+        return _plain_rounds(s, root)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _plain_rounds(s, root) -> dict[str, Any]:
+    import torch
+
+    from client.data import load_holdout
+    from client.site import Site
+    from client.task import build_model, evaluate, train
+
     start = time.perf_counter()
     sites = [Site(s, i, s.num_sites) for i in range(s.num_sites)]
     global_model = build_model(s.modality)
