@@ -268,7 +268,7 @@ class BpChaos(Encryptor):
         seeds = [sub + iv for iv in ivs]
         fwd = chaos.to_symbols(chaos.henon_stream(seeds, f"fwd/{rnd}", n + 1), modulus)
         bwd = chaos.to_symbols(chaos.henon_stream(seeds, f"bwd/{rnd}", n + 1), modulus)
-        return np.broadcast_to(self._permutation(rnd, n), (len(ivs), n)), fwd, bwd
+        return self._permutation(rnd, n)[0], fwd, bwd
 
     def _ivs(self, images: np.ndarray, bits: int) -> list[bytes]:
         if not self.plaintext_iv:
@@ -293,7 +293,7 @@ class BpChaos(Encryptor):
             c0, kf = fwd[:, :1], fwd[:, 1:]
             c1, kb = bwd[:, :1], bwd[:, 1:]
             if not inverse:
-                vec = np.take_along_axis(vec, perm, axis=1)
+                vec = vec[:, perm]
                 vec = (c0 + np.cumsum(vec + kf, axis=1)) & mask
                 vec = box[vec]
                 vec = (c1 + np.cumsum((vec + kb)[:, ::-1], axis=1)[:, ::-1]) & mask
@@ -305,7 +305,7 @@ class BpChaos(Encryptor):
                 prev = np.concatenate([c0, vec[:, :-1]], axis=1)
                 vec = (vec - prev - kf) & mask
                 out = np.empty_like(vec)
-                np.put_along_axis(out, perm, vec, axis=1)
+                out[:, perm] = vec
                 vec = out
         return vec
 
