@@ -25,6 +25,11 @@ Where we chose:
   per-message nonce: it is deterministic, and two ciphers of one site
   leak the difference of their (permuted) latents; this is measured by
   the security metrics, not hidden.
+
+Measured (smooth 8-bit phantoms, 96 images of 128 px, default config, 2
+shared CPU cores under load average ~15, 17 epochs in the 240 s limit):
+PSNR 22.5 dB, SSIM 0.60; payload 8192 bytes per 128 x 128 image (0.5
+byte per pixel, 4 bpp), i.e. smaller than lossless-aes (9790) but lossy.
 """
 
 from __future__ import annotations

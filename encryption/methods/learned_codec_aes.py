@@ -25,6 +25,13 @@ factorized-prior model, made small):
   machines can move a pixel by one level, not more.)
 Payload = latent ANS words + residual ANS words; self-described by the
 header's `extra`. Deterministic codec, random AES-GCM nonce.
+
+Measured (smooth 8-bit phantoms with sigma 0.02 noise, which no codec can
+predict; 2 shared CPU cores): 64 images of 64 px, 150 epochs: 40.9 dB at
+3.30 bpp against 5.16 bpp for lossless-aes (36 % smaller; the slow test
+checks < 85 %). 96 images of 128 px, default config, under load average
+~15 (12 epochs in the 240 s limit): 41.0 dB at 5.7 bpp against 4.8 bpp
+lossless: the goal is NOT reached when training is cut that short.
 """
 
 from __future__ import annotations
@@ -33,7 +40,6 @@ import math
 import struct
 from typing import Any
 
-import constriction
 import numpy as np
 import torch
 from torch import nn
@@ -91,6 +97,19 @@ class FactorizedGaussian(nn.Module):
         normal = torch.distributions.Normal(mu, s)
         p = normal.cdf(y + 0.5) - normal.cdf(y - 0.5)
         return -torch.log(p.clamp_min(1e-9)).sum() / _LOG2
+
+
+def _constriction() -> Any:
+    """The entropy coder package, imported on use so that the registry (and
+    every other method) works without it; a clear error says what to install."""
+    try:
+        import constriction
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "learned-codec-aes needs the 'constriction' package (entropy coder): pip install constriction",
+            name="constriction",
+        ) from None
+    return constriction
 
 
 def residual_step(bits: int, target_psnr_db: float) -> int:
@@ -196,7 +215,7 @@ class LearnedCodecAes(TorchEncryptor):
     # -- codec ---------------------------------------------------------------
     def _latent_model(self) -> tuple[Any, np.ndarray, np.ndarray]:
         prior = self.nets["prior"]
-        model = constriction.stream.model.QuantizedGaussian(-_LATENT_RANGE, _LATENT_RANGE)
+        model = _constriction().stream.model.QuantizedGaussian(-_LATENT_RANGE, _LATENT_RANGE)
         mean = prior.mean.detach().cpu().double().numpy()
         scale = prior.scales().detach().cpu().double().numpy()
         return model, mean, scale
@@ -253,7 +272,7 @@ class LearnedCodecAes(TorchEncryptor):
     ) -> tuple[bytes, dict[str, Any]]:
         """Entropy-code latent and residual into one payload (latent words first)."""
         model, mean, scale = self._latent_model()
-        coder = constriction.stream.stack.AnsCoder()
+        coder = _constriction().stream.stack.AnsCoder()
         extra: dict[str, Any] = {"latent_shape": list(latent.shape[1:]), "residual_step": step}
         if q is not None:
             # Laplace scale per image channel; rounded so both sides use the same value.
@@ -264,11 +283,11 @@ class LearnedCodecAes(TorchEncryptor):
             for ch in reversed(range(q.shape[1])):  # a stack coder: encode in reverse
                 sym = np.ascontiguousarray(q[:, ch]).ravel()
                 coder.encode_reverse(
-                    sym, constriction.stream.model.QuantizedLaplace(-qmax, qmax, 0.0, scales[ch])
+                    sym, _constriction().stream.model.QuantizedLaplace(-qmax, qmax, 0.0, scales[ch])
                 )
             extra["residual_scales"] = scales
         residual_words = coder.get_compressed()
-        coder = constriction.stream.stack.AnsCoder()
+        coder = _constriction().stream.stack.AnsCoder()
         lat = np.ascontiguousarray(latent.transpose(1, 0, 2, 3)).reshape(latent.shape[1], -1)
         per = lat.shape[1]
         coder.encode_reverse(lat.ravel(), model, np.repeat(mean, per), np.repeat(scale, per))
@@ -288,16 +307,18 @@ class LearnedCodecAes(TorchEncryptor):
             raise ValueError(f"{self.name}: payload holds {len(words)} words, latent needs {nlat}")
         model, mean, scale = self._latent_model()
         per = n * lshape[1] * lshape[2]
-        lat = constriction.stream.stack.AnsCoder(words[:nlat].copy()).decode(
-            model, np.repeat(mean, per), np.repeat(scale, per)
+        lat = (
+            _constriction()
+            .stream.stack.AnsCoder(words[:nlat].copy())
+            .decode(model, np.repeat(mean, per), np.repeat(scale, per))
         )
         latent = lat.reshape(lshape[0], n, lshape[1], lshape[2]).transpose(1, 0, 2, 3)
         q = None
         if step:
-            coder = constriction.stream.stack.AnsCoder(words[nlat:].copy())
+            coder = _constriction().stream.stack.AnsCoder(words[nlat:].copy())
             qmax = int(np.ceil((2**header.bits - 1) / step)) + 1
             per_ch = n * header.shape[2] * header.shape[3]
-            chans = [coder.decode(constriction.stream.model.QuantizedLaplace(-qmax, qmax, 0.0, s), per_ch)
+            chans = [coder.decode(_constriction().stream.model.QuantizedLaplace(-qmax, qmax, 0.0, s), per_ch)
                      for s in header.extra["residual_scales"]]  # fmt: skip
             q = np.stack([c.reshape(n, *header.shape[2:]) for c in chans], axis=1)
         meta = {"shape": header.shape, "bits": header.bits, "dtype": header.dtype}
