@@ -430,7 +430,12 @@ def render_report(
         "and absolute numbers drift.\n"
     )
     quick = sorted({d["settings"].get("quick", False) for d in docs.values()})
-    add(f"Suite mode of the files below: {', '.join('quick' if q else 'full' for q in quick)}.\n")
+    total_s = sum(float(d.get("seconds", 0.0)) for d in docs.values())
+    add(
+        f"Suite mode of the files below: {', '.join('quick' if q else 'full' for q in quick)}; "
+        f"measuring time of these {len(docs)} files together: {total_s / 60:.1f} min "
+        f"(`make bench` also sets up the environment first).\n"
+    )
     add("## Headline\n")
     add(headline(docs) + "\n")
     add("## Targets\n")
@@ -715,6 +720,16 @@ def _fed_section(docs, add, plot_dir: Path, rel: Path) -> None:
                         "federation peak RSS GB (process tree)",
                         fmt(r["federation_peak_rss_bytes"] / 1e9),
                     ],
+                    [
+                        "site training s summed per round, federation (rounds 2..)",
+                        ", ".join(fmt(p["site_train_s_sum"]) for p in r.get("phases", [])[1:]),
+                    ],
+                    [
+                        "site training s summed per round, plain loop (rounds 2..)",
+                        ", ".join(fmt(v) for v in r.get("plain_site_train_s_sum", [])[1:]),
+                    ],
+                    ["sites at once in the federation", fmt(r.get("concurrent_sites"))],
+                    ["torch threads per site (both)", fmt(r.get("plain_torch_threads"))],
                 ],
             )
             + "\n"
