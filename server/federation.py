@@ -306,7 +306,8 @@ class Federation:
                                   size=s.phantom_size)
             self._holdout = load_holdout(root, s.modality, image_size=s.image_size,
                                          max_images=s.holdout_images, seed=s.seed,
-                                         cache_dir=self.out / "server-cache")
+                                         cache_dir=self.out / "server-cache",
+                                         max_slices_per_subject=s.max_slices_per_subject)
         model = build_model(self.study.modality)
         model.load_state_dict(arrays.to_torch_state_dict())
         h = self._holdout

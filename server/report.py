@@ -54,6 +54,7 @@ def plot_recon(rounds: list[dict], path: Path) -> bool:
     if exact:
         title += " (exact: plotted at 100 dB)"
     ax.set(xlabel="round", ylabel="PSNR (dB)", title=title)
+    ax.set_xticks(sorted({p for pts in series.values() for p, _ in pts}))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
