@@ -68,7 +68,9 @@ class Encryptor(ABC):
 
     Subclasses that need no training keep the default `fit`; learned ones
     override `fit`, `state_dict` and `load_state_dict` (their weights are key
-    material: they never leave the site).
+    material: they never leave the site). `cipher_image` (what the security
+    metrics and the known-plaintext attack look at) defaults to the payload
+    bytes laid out as images; a method may give its own uint8 cipher-image.
     """
 
     name: ClassVar[str] = ""
@@ -91,9 +93,12 @@ class Encryptor(ABC):
         self.key = bytes(key)
 
     # -- contract ---------------------------------------------------------
-    def fit(self, images: np.ndarray, **options: Any) -> FitReport:
-        """Train on a site's own images. Non-learned methods have nothing to fit."""
-        check_images(images)
+    def fit(self, images: np.ndarray, bits: int | None = None, **options: Any) -> FitReport:
+        """Train on a site's own images (`bits`: their meaningful bit depth, as in
+        `encrypt`). Non-learned methods have nothing to fit."""
+        if options:
+            raise TypeError(f"{self.name}.fit: unknown option(s) {', '.join(sorted(options))}")
+        check_images(images, bits)
         return FitReport(images=len(images))
 
     def encrypt(self, images: np.ndarray, bits: int | None = None) -> bytes:
