@@ -118,7 +118,7 @@ class Site:
         else:
             enc = get_encryptor(self.study.method, generate_key(), **options)
             train = self.shard.train
-            enc.fit(train.images)
+            enc.fit(train.images, bits=train.bits)
             save_key_bundle(path, enc.key, enc.name, enc.state_dict())
         self._encryptor = enc
         return enc

@@ -149,10 +149,10 @@ class BpChaos(Encryptor):
         targets = sum(int(t.sum()) for t, _, _ in _masks(h, w))
         return per_pixel * targets * channels
 
-    def fit(self, images: np.ndarray, **options: Any) -> FitReport:
+    def fit(self, images: np.ndarray, bits: int | None = None, **options: Any) -> FitReport:
         if options:
             raise TypeError(f"bp-chaos.fit: unknown option(s) {', '.join(sorted(options))}")
-        images, bits = check_images(images)
+        images, bits = check_images(images, bits)
         start = time.perf_counter()
         modulus = float(2**bits)
         planes = images.reshape(-1, *images.shape[2:]).astype(np.int64)

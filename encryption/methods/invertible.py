@@ -261,10 +261,10 @@ class Invertible(Encryptor):
         return 2 * macs * self.layers
 
     # -- training -----------------------------------------------------------
-    def fit(self, images: np.ndarray, **options: Any) -> FitReport:
+    def fit(self, images: np.ndarray, bits: int | None = None, **options: Any) -> FitReport:
         if options:
             raise TypeError(f"invertible.fit: unknown option(s) {', '.join(sorted(options))}")
-        images, bits = check_images(images)
+        images, bits = check_images(images, bits)
         start = time.perf_counter()
         self._channels = images.shape[1]
         self._nets = self._build(self._channels).to(self.device)
