@@ -248,7 +248,7 @@ def phantoms128() -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "min_psnr_db"), [("deepedn", 12.0), ("aae-scramble", 20.0)])
+@pytest.mark.parametrize(("name", "min_psnr_db"), [("deepedn", 15.0), ("aae-scramble", 22.0)])
 def test_default_config_quality_128(name, min_psnr_db, phantoms128):
     enc = get_encryptor(name, generate_key())
 
@@ -263,13 +263,15 @@ def test_default_config_quality_128(name, min_psnr_db, phantoms128):
 
 
 @pytest.mark.slow
-def test_codec_default_meets_40_db_at_128(phantoms128):
+def test_codec_default_smaller_than_lossless_at_40_db_128(phantoms128):
     codec = get_encryptor("learned-codec-aes", generate_key())
+    lossless = get_encryptor("lossless-aes", generate_key())
     codec.fit(phantoms128)
 
-    out = codec.decrypt(codec.encrypt(phantoms128))
+    blob = codec.encrypt(phantoms128)
 
-    assert _psnr(phantoms128, out, 8) >= 40.0
+    assert _psnr(phantoms128, codec.decrypt(blob), 8) >= 40.0
+    assert len(blob) < len(lossless.encrypt(phantoms128))
 
 
 @pytest.mark.slow

@@ -27,9 +27,14 @@ Where we chose:
   the security metrics, not hidden.
 
 Measured (smooth 8-bit phantoms, 96 images of 128 px, default config, 2
-shared CPU cores under load average ~15, 17 epochs in the 240 s limit):
-PSNR 22.5 dB, SSIM 0.60; payload 8192 bytes per 128 x 128 image (0.5
-byte per pixel, 4 bpp), i.e. smaller than lossless-aes (9790) but lossy.
+CPU cores, one torch thread, 56 s): PSNR 29.8 dB, SSIM 0.73 (200 epochs:
+29.9, the sigma 0.02 noise of the phantoms is not coded); payload 8192
+bytes per image (4 bpp) against 9790 for lossless-aes. Cipher entropy 8.00
+bits, correlation < 0.01, chi-square 267 (passes), but NPCR 36 % and UACI
+0.3 % for a one-pixel change (the running sum spreads a change forward
+only, and by a small amount). Encrypt 347 images/s at 128 px on 2 idle
+threads (192 MFLOP/image, 67 GFLOP/s). Under load average ~15 the time
+limit cut training to 17 epochs: 22.5 dB.
 """
 
 from __future__ import annotations
