@@ -22,8 +22,9 @@ Security statistics use the method's cipher view (`Encryptor.cipher_image`):
   cipher-view images compared;
 - views of different shapes (compressed payloads) are compared on their
   common top-left crop.
-Speed is MB/s of raw pixel bytes (1 MB = 10^6 bytes), the median of
-`repeats` runs, for one container holding all the images.
+Speed is MB/s of raw pixel bytes (1 MB = 10^6 bytes), the median of at
+least `repeats` runs (more while they add up to under 0.25 s), for one
+container holding all the images.
 """
 
 from __future__ import annotations
@@ -76,9 +77,11 @@ def _flip_key_bit(key: bytes) -> bytes:
     return bytes([key[0] ^ 1]) + key[1:]
 
 
-def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+def _timed(fn: Callable[[], Any], repeats: int, min_total_s: float = 0.25) -> tuple[float, Any]:
+    """Median seconds of `fn` over at least `repeats` runs, and more (up to
+    200) until `min_total_s` has passed, so microsecond runs are not noise."""
     times, result = [], None
-    for _ in range(max(1, repeats)):
+    while len(times) < max(1, repeats) or (sum(times) < min_total_s and len(times) < 200):
         start = time.perf_counter()
         result = fn()
         times.append(time.perf_counter() - start)
