@@ -9,7 +9,6 @@ site's state folder.
 
 from __future__ import annotations
 
-import time
 import traceback
 
 import torch

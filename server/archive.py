@@ -38,8 +38,15 @@ class Archive:
             method, shape = header.method, list(header.shape)
         except ContainerError as exc:
             method, shape = f"unreadable: {exc}", None
-        entry = {"sha256": digest, "site": site, "round": server_round, "kind": kind,
-                 "bytes": len(blob), "method": method, "shape": shape}
+        entry = {
+            "sha256": digest,
+            "site": site,
+            "round": server_round,
+            "kind": kind,
+            "bytes": len(blob),
+            "method": method,
+            "shape": shape,
+        }
         with self.index_path.open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
         return digest

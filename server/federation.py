@@ -59,17 +59,38 @@ class SiteRound:
     site: str
     ok: bool = True
     error: str | None = None
-    bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("ciphertext_up", "ciphertext_down", "model_up", "model_down", "message_up",
-         "message_down"), 0))
-    recon: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("mse", "psnr", "ssim"), math.nan))
+    bytes: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            (
+                "ciphertext_up",
+                "ciphertext_down",
+                "model_up",
+                "model_down",
+                "message_up",
+                "message_down",
+            ),
+            0,
+        )
+    )
+    recon: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("mse", "psnr", "ssim"), math.nan)
+    )
     examples: int = 0
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("encrypt", "train", "decrypt"), 0.0))
+    seconds: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("encrypt", "train", "decrypt"), 0.0)
+    )
     metrics: dict[str, float] = field(default_factory=dict)  # kept for aggregation, not written
 
     def to_json(self) -> dict:
-        return {"site": self.site, "ok": self.ok, "error": self.error, "bytes": dict(self.bytes),
-                "recon": dict(self.recon), "examples": self.examples, "seconds": dict(self.seconds)}
+        return {
+            "site": self.site,
+            "ok": self.ok,
+            "error": self.error,
+            "bytes": dict(self.bytes),
+            "recon": dict(self.recon),
+            "examples": self.examples,
+            "seconds": dict(self.seconds),
+        }
 
 
 Progress = Callable[[dict], None]
@@ -120,7 +141,8 @@ class Federation:
                 raise StudyStopped(
                     f"the federation has {count} SuperNode(s) but the study has num-sites = "
                     f"{self.study.num_sites}; start one SuperNode per site (flwr run: "
-                    f"--federation-config \"num-supernodes={self.study.num_sites}\")")
+                    f'--federation-config "num-supernodes={self.study.num_sites}")'
+                )
             time.sleep(1.0)
 
     # -- the loop ---------------------------------------------------------------
@@ -128,8 +150,14 @@ class Federation:
         study = self.study
         self.wait_for_sites()
         arrays, strategy, start_round = self.initial_state()
-        self.progress({"event": "start", "rounds": study.num_rounds, "sites": study.num_sites,
-                       "from_round": start_round})
+        self.progress(
+            {
+                "event": "start",
+                "rounds": study.num_rounds,
+                "sites": study.num_sites,
+                "from_round": start_round,
+            }
+        )
         for rnd in range(start_round, study.num_rounds + 1):
             t_round = time.perf_counter()
             sites: dict[int | str, SiteRound] = {}
@@ -142,12 +170,17 @@ class Federation:
             good = self._account_train_replies(rnd, replies, sites)
             if len(good) < study.min_sites:
                 failed = [s.to_json() for s in sites.values() if not s.ok]
-                self.results.stopped(rnd, f"only {len(good)} site(s) replied in round {rnd}; "
-                                          f"min-sites is {study.min_sites}", failed)
+                self.results.stopped(
+                    rnd,
+                    f"only {len(good)} site(s) replied in round {rnd}; "
+                    f"min-sites is {study.min_sites}",
+                    failed,
+                )
                 raise StudyStopped(
                     f"round {rnd}: only {len(good)} of {len(messages)} sites replied "
                     f"(min-sites = {study.min_sites}); completed rounds are kept in {self.out}. "
-                    "Failures: " + "; ".join(f"{f['site']}: {f['error']}" for f in failed))
+                    "Failures: " + "; ".join(f"{f['site']}: {f['error']}" for f in failed)
+                )
             t0 = time.perf_counter()
             new_arrays, _ = strategy.aggregate_train(rnd, good)
             aggregate_s = time.perf_counter() - t0
@@ -155,26 +188,41 @@ class Federation:
                 arrays = new_arrays
             # federated evaluation on each site's held-out patients
             t0 = time.perf_counter()
-            eval_msgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord({"server-round": rnd}),
-                                                         self.grid))
+            eval_msgs = list(
+                strategy.configure_evaluate(
+                    rnd, arrays, ConfigRecord({"server-round": rnd}), self.grid
+                )
+            )
             eval_replies = self._send_and_receive(eval_msgs, rnd, "evaluate")
             fed_metrics = self._account_eval_replies(eval_msgs, eval_replies, sites)
             evaluate_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             holdout = self.evaluate_holdout(arrays)
             holdout_s = time.perf_counter() - t0
-            glob = {**holdout, **{f"fed_{k}": v for k, v in fed_metrics.items()},
-                    **self._recon_summary(sites), **self._train_summary(sites)}
+            glob = {
+                **holdout,
+                **{f"fed_{k}": v for k, v in fed_metrics.items()},
+                **self._recon_summary(sites),
+                **self._train_summary(sites),
+            }
             line = {
                 "round": rnd,
-                "sites": [s.to_json() for s in sorted(sites.values(), key=lambda s: _site_order(s.site))],
-                "totals": {k: sum(s.bytes[k] for s in sites.values())
-                           for k in ("ciphertext_up", "ciphertext_down", "model_up", "model_down")},
+                "sites": [
+                    s.to_json() for s in sorted(sites.values(), key=lambda s: _site_order(s.site))
+                ],
+                "totals": {
+                    k: sum(s.bytes[k] for s in sites.values())
+                    for k in ("ciphertext_up", "ciphertext_down", "model_up", "model_down")
+                },
                 "global": glob,
                 "seconds": time.perf_counter() - t_round,
             }
-            phases = {"train_round": train_s, "aggregate": aggregate_s, "evaluate_round": evaluate_s,
-                      "holdout": holdout_s}
+            phases = {
+                "train_round": train_s,
+                "aggregate": aggregate_s,
+                "evaluate_round": evaluate_s,
+                "holdout": holdout_s,
+            }
             self.results.append_round(line, phases)
             self.results.checkpoint(rnd, arrays, strategy, self.node_site, self.pending_share)
             self.progress({"event": "round", "line": line})
@@ -195,8 +243,15 @@ class Federation:
             for msg in got:
                 ids.discard(msg.metadata.reply_to_message_id)
                 replies.append(msg)
-                self.progress({"event": "reply", "round": rnd, "phase": phase, "done": len(replies),
-                               "of": len(messages)})
+                self.progress(
+                    {
+                        "event": "reply",
+                        "round": rnd,
+                        "phase": phase,
+                        "done": len(replies),
+                        "of": len(messages),
+                    }
+                )
             if ids and not got:
                 time.sleep(POLL_S)
         return replies
@@ -224,7 +279,9 @@ class Federation:
             entry.bytes["ciphertext_down"] += sum(len(b) for b in msg.content["peers"].values())
         return msg
 
-    def _account_train_replies(self, rnd: int, replies: Iterable[Message], sites: dict) -> list[Message]:
+    def _account_train_replies(
+        self, rnd: int, replies: Iterable[Message], sites: dict
+    ) -> list[Message]:
         good: list[tuple[int, Message]] = []
         shares: dict[int, tuple[bytes, bytes]] = {}
         for reply in replies:
@@ -232,7 +289,10 @@ class Federation:
             if reply.has_error():
                 site = self._site_of(node)
                 entry = sites.setdefault(site, SiteRound(site=_site_name(site)))
-                entry.ok, entry.error = False, f"flower error {reply.error.code}: {reply.error.reason}"
+                entry.ok, entry.error = (
+                    False,
+                    f"flower error {reply.error.code}: {reply.error.reason}",
+                )
                 continue
             content = reply.content
             status = content["status"]
@@ -246,14 +306,20 @@ class Federation:
             metrics = content["metrics"]
             entry.bytes["model_up"] += array_bytes(content["arrays"])
             entry.examples = int(metrics["num-examples"])
-            entry.seconds = {"encrypt": float(metrics["encrypt-s"]), "train": float(metrics["train-s"]),
-                             "decrypt": float(metrics["decrypt-s"])}
+            entry.seconds = {
+                "encrypt": float(metrics["encrypt-s"]),
+                "train": float(metrics["train-s"]),
+                "decrypt": float(metrics["decrypt-s"]),
+            }
             entry.metrics = {"train_loss": float(metrics["train-loss"])}
             if "shared" in content:
                 images_ct, labels_ct = content["shared"]["images"], content["shared"]["labels"]
                 entry.bytes["ciphertext_up"] += len(images_ct) + len(labels_ct)
-                entry.recon = {"mse": float(metrics["recon-mse"]), "psnr": float(metrics["recon-psnr"]),
-                               "ssim": float(metrics["recon-ssim"])}
+                entry.recon = {
+                    "mse": float(metrics["recon-mse"]),
+                    "psnr": float(metrics["recon-psnr"]),
+                    "ssim": float(metrics["recon-ssim"]),
+                }
                 entry.metrics["shared"] = float(metrics["shared-images"])
                 self.archive.put(images_ct, site=entry.site, server_round=rnd, kind="images")
                 self.archive.put(labels_ct, site=entry.site, server_round=rnd, kind="labels")
@@ -266,7 +332,9 @@ class Federation:
         good.sort(key=lambda item: item[0])  # fixed order: reproducible float sums
         return [m for _, m in good]
 
-    def _account_eval_replies(self, sent: list[Message], replies: Iterable[Message], sites: dict) -> dict:
+    def _account_eval_replies(
+        self, sent: list[Message], replies: Iterable[Message], sites: dict
+    ) -> dict:
         for msg in sent:
             site = self._site_of(msg.metadata.dst_node_id)
             entry = sites.setdefault(site, SiteRound(site=_site_name(site)))
@@ -301,13 +369,24 @@ class Federation:
             from client.site import data_home
 
             s = self.study
-            root = ensure_dataset(s.modality, s.data_dir or None, cache_root=data_home(),
-                                  patients=s.phantom_patients, institutions=s.num_sites, seed=s.seed,
-                                  size=s.phantom_size)
-            self._holdout = load_holdout(root, s.modality, image_size=s.image_size,
-                                         max_images=s.holdout_images, seed=s.seed,
-                                         cache_dir=self.out / "server-cache",
-                                         max_slices_per_subject=s.max_slices_per_subject)
+            root = ensure_dataset(
+                s.modality,
+                s.data_dir or None,
+                cache_root=data_home(),
+                patients=s.phantom_patients,
+                institutions=s.num_sites,
+                seed=s.seed,
+                size=s.phantom_size,
+            )
+            self._holdout = load_holdout(
+                root,
+                s.modality,
+                image_size=s.image_size,
+                max_images=s.holdout_images,
+                seed=s.seed,
+                cache_dir=self.out / "server-cache",
+                max_slices_per_subject=s.max_slices_per_subject,
+            )
         model = build_model(self.study.modality)
         model.load_state_dict(arrays.to_torch_state_dict())
         h = self._holdout
@@ -322,8 +401,11 @@ class Federation:
         out = {}
         for k in ("mse", "psnr", "ssim"):
             vals = np.array([s.recon[k] for s in ok])
-            out[f"recon_{k}_mean"] = float(np.sum(w * vals) / np.sum(w)) if np.all(np.isfinite(vals)) \
+            out[f"recon_{k}_mean"] = (
+                float(np.sum(w * vals) / np.sum(w))
+                if np.all(np.isfinite(vals))
                 else float(np.mean(vals))
+            )
             worst = np.max(vals) if k == "mse" else np.min(vals)
             out[f"recon_{k}_worst"] = float(worst)
         return out
@@ -334,8 +416,10 @@ class Federation:
         if not ok:
             return {}
         w = np.array([s.examples for s in ok], dtype=float)
-        return {"train_loss": float(np.sum(w * [s.metrics["train_loss"] for s in ok]) / w.sum()),
-                "sites_ok": len(ok)}
+        return {
+            "train_loss": float(np.sum(w * [s.metrics["train_loss"] for s in ok]) / w.sum()),
+            "sites_ok": len(ok),
+        }
 
 
 def _weighted_mean(rows: list[dict]) -> dict[str, float]:

@@ -66,7 +66,10 @@ def plot_task(rounds: list[dict], metric: str, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     x = [r["round"] for r in rounds]
-    for key, label in ((metric, "server held-out"), (f"fed_{metric}", "federated (site test sets)")):
+    for key, label in (
+        (metric, "server held-out"),
+        (f"fed_{metric}", "federated (site test sets)"),
+    ):
         vals = [r["global"].get(key, math.nan) for r in rounds]
         ax.plot(x, vals, marker="o", label=label)
     ax.set(xlabel="round", ylabel=metric, title=f"Task metric per round ({metric})")
@@ -93,31 +96,50 @@ def write_report(out: Path) -> Path:
     summary = json.loads((out / "summary.json").read_text())
     config = json.loads((out / "config.json").read_text())["study"]
     metric = "auroc" if config["modality"] == "xray" else "dice_mean"
-    lines = [f"# Study `{config['name']}`", "",
-             f"{config['num-sites']} sites, {summary['rounds']} of {config['num-rounds']} rounds, "
-             f"modality {config['modality']}, method `{config['method']}`, exchange "
-             f"`{config['exchange']}`, strategy {config['strategy']}. Status: **{summary['status']}**.", ""]
+    lines = [
+        f"# Study `{config['name']}`",
+        "",
+        f"{config['num-sites']} sites, {summary['rounds']} of {config['num-rounds']} rounds, "
+        f"modality {config['modality']}, method `{config['method']}`, exchange "
+        f"`{config['exchange']}`, strategy {config['strategy']}. Status: **{summary['status']}**.",
+        "",
+    ]
     if rounds:
         plot_bandwidth(rounds, out / "bandwidth.png")
         plot_task(rounds, metric, out / "task.png")
         has_recon = plot_recon(rounds, out / "recon_psnr.png")
-        lines += ["## Per round", "",
-                  "| round | sites ok | ciphertext up (B) | ciphertext down (B) | model up (B) | "
-                  f"model down (B) | {metric} (held-out) | {metric} (federated) | recon PSNR worst (dB) | s |",
-                  "| " + " | ".join(["---"] * 10) + " |"]
+        lines += [
+            "## Per round",
+            "",
+            "| round | sites ok | ciphertext up (B) | ciphertext down (B) | model up (B) | "
+            f"model down (B) | {metric} (held-out) | {metric} (federated) | recon PSNR worst (dB) | s |",
+            "| " + " | ".join(["---"] * 10) + " |",
+        ]
         for r in rounds:
             g, t = r["global"], r["totals"]
             ok = sum(s["ok"] for s in r["sites"])
-            lines.append(f"| {r['round']} | {ok}/{len(r['sites'])} | {t['ciphertext_up']} | "
-                         f"{t['ciphertext_down']} | {t['model_up']} | {t['model_down']} | "
-                         f"{_fmt(g.get(metric, math.nan))} | {_fmt(g.get('fed_' + metric, math.nan))} | "
-                         f"{_fmt(g.get('recon_psnr_worst', math.nan))} | {r['seconds']:.1f} |")
-        lines += ["", "![bandwidth per round](bandwidth.png)", "", f"![{metric} per round](task.png)", ""]
+            lines.append(
+                f"| {r['round']} | {ok}/{len(r['sites'])} | {t['ciphertext_up']} | "
+                f"{t['ciphertext_down']} | {t['model_up']} | {t['model_down']} | "
+                f"{_fmt(g.get(metric, math.nan))} | {_fmt(g.get('fed_' + metric, math.nan))} | "
+                f"{_fmt(g.get('recon_psnr_worst', math.nan))} | {r['seconds']:.1f} |"
+            )
+        lines += [
+            "",
+            "![bandwidth per round](bandwidth.png)",
+            "",
+            f"![{metric} per round](task.png)",
+            "",
+        ]
         if has_recon:
             lines += ["![reconstruction PSNR per site](recon_psnr.png)", ""]
-        failed = [(r["round"], s["site"], s["error"]) for r in rounds for s in r["sites"] if not s["ok"]]
+        failed = [
+            (r["round"], s["site"], s["error"]) for r in rounds for s in r["sites"] if not s["ok"]
+        ]
         if failed:
-            lines += ["## Failed sites", ""] + [f"- round {r}, {s}: {e}" for r, s, e in failed] + [""]
+            lines += (
+                ["## Failed sites", ""] + [f"- round {r}, {s}: {e}" for r, s, e in failed] + [""]
+            )
     lines += ["## Totals", "", "| kind | bytes | per round |", "| --- | --- | --- |"]
     for k, v in summary["bytes"].items():
         lines.append(f"| {k} | {v} | {summary['bytes_per_round'][k]:.0f} |")

@@ -58,10 +58,17 @@ class ResultWriter:
     def write_config(self) -> None:
         import flwr
 
-        doc = {"schema": SCHEMA, "study": self.study.to_run_config(),
-               "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                            "flwr": flwr.__version__, "numpy": np.__version__},
-               "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
+        doc = {
+            "schema": SCHEMA,
+            "study": self.study.to_run_config(),
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "flwr": flwr.__version__,
+                "numpy": np.__version__,
+            },
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        }
         dump_json(self.out / "config.json", doc)
 
     def append_round(self, line: dict, phases: dict[str, float]) -> None:
@@ -82,16 +89,24 @@ class ResultWriter:
             strategy_state = pickle.dumps(strategy)
         except Exception:  # noqa: BLE001 - a strategy that cannot be pickled restarts fresh
             strategy_state = None
-        doc = {"round": rnd, "arrays": {k: v.numpy() for k, v in arrays.items()},
-               "strategy": strategy_state, "node_site": node_site, "pending_share": pending_share}
+        doc = {
+            "round": rnd,
+            "arrays": {k: v.numpy() for k, v in arrays.items()},
+            "strategy": strategy_state,
+            "node_site": node_site,
+            "pending_share": pending_share,
+        }
         tmp = self.ckpt_dir / f"round-{rnd}.pt.tmp"
         torch.save(doc, tmp)
         os.replace(tmp, self.ckpt_dir / f"round-{rnd}.pt")
 
     def last_checkpoint(self) -> dict | None:
         done = {line["round"] for line in self.rounds()}
-        ckpts = sorted(self.ckpt_dir.glob("round-*.pt"), key=lambda p: int(p.stem.split("-")[1])) \
-            if self.ckpt_dir.exists() else []
+        ckpts = (
+            sorted(self.ckpt_dir.glob("round-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+            if self.ckpt_dir.exists()
+            else []
+        )
         for path in reversed(ckpts):
             rnd = int(path.stem.split("-")[1])
             if rnd in done:
@@ -102,16 +117,20 @@ class ResultWriter:
         """Keep rounds <= last_round (a resumed study redoes the rest)."""
         for path in (self.rounds_path, self.phases_path):
             if path.exists():
-                keep = [x for x in path.read_text().splitlines()
-                        if x.strip() and json.loads(x)["round"] <= last_round]
+                keep = [
+                    x
+                    for x in path.read_text().splitlines()
+                    if x.strip() and json.loads(x)["round"] <= last_round
+                ]
                 path.write_text("".join(x + "\n" for x in keep))
         (self.out / "summary.json").unlink(missing_ok=True)
 
     # -- endings ----------------------------------------------------------------
     def stopped(self, rnd: int, reason: str, failed: list[dict]) -> None:
         summary = self.summary()
-        summary.update({"status": "stopped", "stopped_round": rnd, "reason": reason,
-                        "failed_sites": failed})
+        summary.update(
+            {"status": "stopped", "stopped_round": rnd, "reason": reason, "failed_sites": failed}
+        )
         dump_json(self.out / "summary.json", summary)
         write_report(self.out)
 
@@ -123,14 +142,21 @@ class ResultWriter:
 
     def summary(self) -> dict:
         rounds = self.rounds()
-        kinds = ("ciphertext_up", "ciphertext_down", "model_up", "model_down", "message_up",
-                 "message_down")
+        kinds = (
+            "ciphertext_up",
+            "ciphertext_down",
+            "model_up",
+            "model_down",
+            "message_up",
+            "message_down",
+        )
         totals = {k: sum(s["bytes"][k] for r in rounds for s in r["sites"]) for k in kinds}
         per_site: dict[str, dict] = {}
         for r in rounds:
             for s in r["sites"]:
-                entry = per_site.setdefault(s["site"], {**dict.fromkeys(kinds, 0), "rounds_ok": 0,
-                                                        "rounds_failed": 0})
+                entry = per_site.setdefault(
+                    s["site"], {**dict.fromkeys(kinds, 0), "rounds_ok": 0, "rounds_failed": 0}
+                )
                 for k in kinds:
                     entry[k] += s["bytes"][k]
                 entry["rounds_ok" if s["ok"] else "rounds_failed"] += 1
@@ -151,7 +177,8 @@ class ResultWriter:
             # the busiest round, all sites uploading over their own link in parallel:
             # the slowest site's upload bounds the round
             "upload_seconds_per_round": {
-                f"{m:g}mbps": _slowest_upload_s(rounds, m) for m in speeds},
+                f"{m:g}mbps": _slowest_upload_s(rounds, m) for m in speeds
+            },
             "final": final,
             "seconds": sum(r["seconds"] for r in rounds),
         }

@@ -11,7 +11,9 @@ from client.study import STRATEGIES, Study
 
 def build_strategy(study: Study, initial_arrays=None):
     if study.strategy not in STRATEGIES:
-        raise ValueError(f"strategy {study.strategy!r} is not supported; valid: {', '.join(STRATEGIES)}")
+        raise ValueError(
+            f"strategy {study.strategy!r} is not supported; valid: {', '.join(STRATEGIES)}"
+        )
     cls = getattr(flwr_strategies, study.strategy)
     params = inspect.signature(cls.__init__).parameters
     options = {

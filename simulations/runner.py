@@ -16,9 +16,15 @@ def prepare_data(study: Study) -> Path:
     from client.data import ensure_dataset
     from client.site import data_home
 
-    return ensure_dataset(study.modality, study.data_dir or None, cache_root=data_home(),
-                          patients=study.phantom_patients, institutions=study.num_sites,
-                          seed=study.seed, size=study.phantom_size)
+    return ensure_dataset(
+        study.modality,
+        study.data_dir or None,
+        cache_root=data_home(),
+        patients=study.phantom_patients,
+        institutions=study.num_sites,
+        seed=study.seed,
+        size=study.phantom_size,
+    )
 
 
 def backend_config(study: Study) -> dict:
@@ -31,11 +37,15 @@ def backend_config(study: Study) -> dict:
             import torch
 
             init_args["num_gpus"] = torch.cuda.device_count()
-    return {"client_resources": {"num_cpus": study.num_cpus, "num_gpus": study.num_gpus},
-            "init_args": init_args}
+    return {
+        "client_resources": {"num_cpus": study.num_cpus, "num_gpus": study.num_gpus},
+        "init_args": init_args,
+    }
 
 
-def run_simulated_study(study: Study, progress: Progress | None = None, *, quiet: bool = True) -> dict:
+def run_simulated_study(
+    study: Study, progress: Progress | None = None, *, quiet: bool = True
+) -> dict:
     """Run `study` with one virtual SuperNode per site; return summary.json's content."""
     import json
 
@@ -50,11 +60,17 @@ def run_simulated_study(study: Study, progress: Progress | None = None, *, quiet
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     prepare_data(study)
     t0 = time.perf_counter()
-    run_simulation(server_app=build_server_app(study, progress), client_app=build_client_app(study),
-                   num_supernodes=study.num_sites, backend_config=backend_config(study))
+    run_simulation(
+        server_app=build_server_app(study, progress),
+        client_app=build_client_app(study),
+        num_supernodes=study.num_sites,
+        backend_config=backend_config(study),
+    )
     summary_path = Path(study.out_dir) / "summary.json"
     if not summary_path.exists():
-        raise RuntimeError(f"the simulation ended without writing {summary_path}; see the log above")
+        raise RuntimeError(
+            f"the simulation ended without writing {summary_path}; see the log above"
+        )
     summary = json.loads(summary_path.read_text())
     summary["wall_seconds"] = time.perf_counter() - t0
     return summary

@@ -46,8 +46,10 @@ class Sweep:
             raise StudyError(f"{path}: not valid TOML: {exc}") from None
         unknown = set(doc) - SWEEP_KEYS
         if unknown:
-            raise StudyError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; "
-                             f"allowed: {', '.join(sorted(SWEEP_KEYS))}")
+            raise StudyError(
+                f"{path}: unknown key(s) {', '.join(sorted(unknown))}; "
+                f"allowed: {', '.join(sorted(SWEEP_KEYS))}"
+            )
         grid = doc.get("grid", {})
         if not grid:
             raise StudyError(f"{path}: [grid] must name at least one key with a list of values")
@@ -55,16 +57,22 @@ class Sweep:
             if not isinstance(values, list) or not values:
                 raise StudyError(f"{path}: grid.{key} must be a non-empty list, got {values!r}")
         base = (path.parent / doc.get("study", "demo.toml")).resolve()
-        sweep = cls(name=doc.get("name", path.stem), base=base,
-                    out_dir=Path(out or doc.get("out-dir", f"runs/{path.stem}")).absolute(),
-                    fixed=dict(doc.get("set", {})), grid=dict(grid))
+        sweep = cls(
+            name=doc.get("name", path.stem),
+            base=base,
+            out_dir=Path(out or doc.get("out-dir", f"runs/{path.stem}")).absolute(),
+            fixed=dict(doc.get("set", {})),
+            grid=dict(grid),
+        )
         for point in sweep.points():  # validate every study before running any
             sweep.study(point)
         return sweep
 
     def points(self) -> list[dict[str, Any]]:
         keys = list(self.grid)
-        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*self.grid.values())]
+        return [
+            dict(zip(keys, combo, strict=True)) for combo in itertools.product(*self.grid.values())
+        ]
 
     @staticmethod
     def label(point: dict[str, Any]) -> str:
@@ -72,8 +80,12 @@ class Sweep:
 
     def study(self, point: dict[str, Any]) -> Study:
         out = self.out_dir / self.label(point).replace("/", "_")
-        values = {**self.fixed, **point, "out-dir": str(out),
-                  "name": f"{self.name}[{self.label(point)}]".replace("/", "_")}
+        values = {
+            **self.fixed,
+            **point,
+            "out-dir": str(out),
+            "name": f"{self.name}[{self.label(point)}]".replace("/", "_"),
+        }
         return Study.from_toml(self.base, values)
 
 
@@ -100,10 +112,16 @@ def comparison_row(point: dict[str, Any], study: Study, summary: dict) -> dict[s
 def write_comparison(sweep: Sweep, rows: list[dict[str, Any]]) -> Path:
     sweep.out_dir.mkdir(parents=True, exist_ok=True)
     (sweep.out_dir / "comparison.json").write_text(
-        json.dumps({"schema": 1, "sweep": sweep.name, "grid": sweep.grid, "rows": rows}, indent=2) + "\n")
+        json.dumps({"schema": 1, "sweep": sweep.name, "grid": sweep.grid, "rows": rows}, indent=2)
+        + "\n"
+    )
     cols = list(rows[0]) if rows else []
-    lines = [f"# Sweep `{sweep.name}`", "", "| " + " | ".join(cols) + " |",
-             "| " + " | ".join("---" for _ in cols) + " |"]
+    lines = [
+        f"# Sweep `{sweep.name}`",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "| " + " | ".join("---" for _ in cols) + " |",
+    ]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row[c]) for c in cols) + " |")
     plots = plot_comparison(sweep, rows)
@@ -148,11 +166,18 @@ def plot_comparison(sweep: Sweep, rows: list[dict[str, Any]]) -> list[Path]:
         fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 4))
         width = 0.8 / len(links)
         for i, link in enumerate(links):
-            ax.bar([j + i * width for j in x], [r[link] for r in rows], width=width,
-                   label=link.removeprefix("upload_s_"))
+            ax.bar(
+                [j + i * width for j in x],
+                [r[link] for r in rows],
+                width=width,
+                label=link.removeprefix("upload_s_"),
+            )
         ax.set_yscale("log")
         ax.set_xticks([j + 0.4 - width / 2 for j in x], labels, rotation=45, ha="right", fontsize=7)
-        ax.set(ylabel="seconds (slowest site, per round)", title="Upload time per round by hospital link")
+        ax.set(
+            ylabel="seconds (slowest site, per round)",
+            title="Upload time per round by hospital link",
+        )
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = sweep.out_dir / "upload_time.png"

@@ -22,7 +22,9 @@ def smooth_images(n: int, channels: int, size: int, bits: int, seed: int = 0) ->
             for _ in range(4):
                 cy, cx = rng.uniform(0.2, 0.8, 2)
                 ry, rx = rng.uniform(0.1, 0.35, 2)
-                img += rng.uniform(0.3, 1.0) * np.exp(-(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2))
+                img += rng.uniform(0.3, 1.0) * np.exp(
+                    -(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
+                )
             img = img / img.max() + rng.normal(0, 0.02, img.shape)
             out[i, c] = np.clip(img, 0, 1)
     maxv = 2**bits - 1

@@ -20,12 +20,30 @@ from server.federation import StudyStopped
 from simulations.runner import run_simulated_study
 
 SITE_KEYS = {"site", "ok", "error", "bytes", "recon", "examples", "seconds"}
-BYTE_KEYS = {"ciphertext_up", "ciphertext_down", "model_up", "model_down", "message_up", "message_down"}
+BYTE_KEYS = {
+    "ciphertext_up",
+    "ciphertext_down",
+    "model_up",
+    "model_down",
+    "message_up",
+    "message_down",
+}
 
 
 def small_study(out: Path, **changes) -> Study:
-    base = dict(name="t", num_sites=2, num_rounds=2, min_sites=1, image_size=32, phantom_patients=48,
-                phantom_size=64, share_per_round=4, batch_size=16, holdout_images=32, out_dir=str(out))
+    base = dict(
+        name="t",
+        num_sites=2,
+        num_rounds=2,
+        min_sites=1,
+        image_size=32,
+        phantom_patients=48,
+        phantom_size=64,
+        share_per_round=4,
+        batch_size=16,
+        holdout_images=32,
+        out_dir=str(out),
+    )
     base.update(changes)
     study = Study(**base)
     study.validate()
@@ -84,16 +102,29 @@ def test_rounds_jsonl_has_exact_schema(archive_run):
             assert set(s["seconds"]) == {"encrypt", "train", "decrypt"}
             assert s["ok"] is True and s["error"] is None and s["examples"] > 0
             # AES-GCM is exact
-            assert s["recon"]["mse"] == 0.0 and math.isinf(s["recon"]["psnr"]) and s["recon"]["ssim"] == 1.0
+            assert (
+                s["recon"]["mse"] == 0.0
+                and math.isinf(s["recon"]["psnr"])
+                and s["recon"]["ssim"] == 1.0
+            )
             assert s["bytes"]["message_up"] > s["bytes"]["model_up"] + s["bytes"]["ciphertext_up"]
         assert 0.0 <= r["global"]["auroc"] <= 1.0
         for k in r["totals"]:
             assert r["totals"][k] == sum(s["bytes"][k] for s in r["sites"])
     assert summary["status"] == "complete" and summary["rounds"] == 3
     out = Path(study.out_dir)
-    for name in ("config.json", "summary.json", "report.md", "bandwidth.png", "task.png", "recon_psnr.png"):
+    for name in (
+        "config.json",
+        "summary.json",
+        "report.md",
+        "bandwidth.png",
+        "task.png",
+        "recon_psnr.png",
+    ):
         assert (out / name).is_file(), name
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"round-{i}.pt" for i in (1, 2, 3)]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        f"round-{i}.pt" for i in (1, 2, 3)
+    ]
 
 
 def test_ciphertext_bytes_equal_what_the_archive_received(archive_run):
@@ -132,12 +163,27 @@ def test_no_site_message_carries_key_weights_or_plaintext(archive_run):
     assert len(captured) == 2 * 3
     wire = b"".join(captured)
     for site in (0, 1):
-        key, method, state = load_key_bundle(Path(study.out_dir) / "sites" / f"site-{site}" / "key.bundle")
+        key, method, state = load_key_bundle(
+            Path(study.out_dir) / "sites" / f"site-{site}" / "key.bundle"
+        )
         assert method == "aes-gcm" and key not in wire
-        root = ensure_dataset("xray", None, cache_root=data_home(), patients=study.phantom_patients,
-                              institutions=study.num_sites, seed=study.seed, size=study.phantom_size)
-        shard = load_site(root, "xray", image_size=study.image_size, partition_id=site,
-                          num_partitions=study.num_sites, cache_dir=Path(study.out_dir) / "probe")
+        root = ensure_dataset(
+            "xray",
+            None,
+            cache_root=data_home(),
+            patients=study.phantom_patients,
+            institutions=study.num_sites,
+            seed=study.seed,
+            size=study.phantom_size,
+        )
+        shard = load_site(
+            root,
+            "xray",
+            image_size=study.image_size,
+            partition_id=site,
+            num_partitions=study.num_sites,
+            cache_dir=Path(study.out_dir) / "probe",
+        )
         for image in shard.train.images:
             row = np.ascontiguousarray(image[0, image.shape[1] // 2]).tobytes()  # a middle row
             assert row not in wire
@@ -174,8 +220,9 @@ def test_resume_gives_the_same_rounds(archive_run, tmp_path):
 
 def test_failed_site_is_reported_and_study_goes_on(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDFED_DATA_HOME", str(tmp_path / "data"))
-    study = small_study(tmp_path / "run", num_sites=3, min_sites=2, fault_sites="1:round=2",
-                        exchange="consortium")
+    study = small_study(
+        tmp_path / "run", num_sites=3, min_sites=2, fault_sites="1:round=2", exchange="consortium"
+    )
     run_simulated_study(study)
     rounds = read_rounds(tmp_path / "run")
     r2 = {s["site"]: s for s in rounds[1]["sites"]}
@@ -183,8 +230,10 @@ def test_failed_site_is_reported_and_study_goes_on(tmp_path, monkeypatch):
     assert r2["site-0"]["ok"] and r2["site-2"]["ok"]
     # consortium: in round 2 each site received the other sites' round-1 ciphertext
     r1 = {s["site"]: s for s in rounds[0]["sites"]}
-    assert r2["site-0"]["bytes"]["ciphertext_down"] == r1["site-1"]["bytes"]["ciphertext_up"] + \
-        r1["site-2"]["bytes"]["ciphertext_up"]
+    assert (
+        r2["site-0"]["bytes"]["ciphertext_down"]
+        == r1["site-1"]["bytes"]["ciphertext_up"] + r1["site-2"]["bytes"]["ciphertext_up"]
+    )
     assert rounds[0]["totals"]["ciphertext_down"] == 0
     # grantees trained on peers' images too
     assert r2["site-0"]["examples"] == r1["site-0"]["examples"] + 2 * study.share_per_round
@@ -192,7 +241,9 @@ def test_failed_site_is_reported_and_study_goes_on(tmp_path, monkeypatch):
 
 def test_study_stops_below_min_sites_and_keeps_rounds(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDFED_DATA_HOME", str(tmp_path / "data"))
-    study = small_study(tmp_path / "run", num_sites=2, min_sites=2, num_rounds=3, fault_sites="0:round=2")
+    study = small_study(
+        tmp_path / "run", num_sites=2, min_sites=2, num_rounds=3, fault_sites="0:round=2"
+    )
     with pytest.raises(Exception) as info:
         run_simulated_study(study)
     chain, exc = [], info.value

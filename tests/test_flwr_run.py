@@ -26,19 +26,36 @@ def _stop_local_superlink(flwr_home: Path) -> None:
 
 def test_flwr_run_runs_the_study(tmp_path):
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"),
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-           "MEDFED_DATA_HOME": str(tmp_path / "data"),
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(tmp_path / "flwr-home"),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "MEDFED_DATA_HOME": str(tmp_path / "data"),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     out = tmp_path / "out"
-    run_config = (f"num-sites=2 num-rounds=2 image-size=32 phantom-patients=40 phantom-size=64 "
-                  f"holdout-images=16 out-dir='{out}'")
+    run_config = (
+        f"num-sites=2 num-rounds=2 image-size=32 phantom-patients=40 phantom-size=64 "
+        f"holdout-images=16 out-dir='{out}'"
+    )
     try:
         proc = subprocess.run(
-            [str(bin_dir / "flwr"), "run", ".", "--stream",
-             "--federation-config", "num-supernodes=2 client-resources-num-cpus=1",
-             "--run-config", run_config],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+            [
+                str(bin_dir / "flwr"),
+                "run",
+                ".",
+                "--stream",
+                "--federation-config",
+                "num-supernodes=2 client-resources-num-cpus=1",
+                "--run-config",
+                run_config,
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=420,
+        )
     finally:
         _stop_local_superlink(tmp_path / "flwr-home")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -33,7 +33,8 @@ def test_pyproject_flower_config_mirrors_demo_study():
     demo = Study.from_toml(DEMO).to_run_config()
     assert set(flwr_cfg) == set(Study.keys())
     assert {k: v for k, v in flwr_cfg.items() if k != "out-dir"} == {
-        k: v for k, v in demo.items() if k != "out-dir"}
+        k: v for k, v in demo.items() if k != "out-dir"
+    }
     assert Study.from_mapping(flwr_cfg).num_sites == 4
 
 
@@ -61,8 +62,15 @@ def test_bad_study_names_key_value_and_rule(tmp_path, text, fragments):
 
 def test_overrides_are_typed_and_validated(tmp_path):
     path = write(tmp_path, "num-sites = 3\n")
-    study = Study.from_toml(path, parse_overrides(["num-rounds=5", "learning-rate=0.01", "resume=true"]))
-    assert (study.num_sites, study.num_rounds, study.learning_rate, study.resume) == (3, 5, 0.01, True)
+    study = Study.from_toml(
+        path, parse_overrides(["num-rounds=5", "learning-rate=0.01", "resume=true"])
+    )
+    assert (study.num_sites, study.num_rounds, study.learning_rate, study.resume) == (
+        3,
+        5,
+        0.01,
+        True,
+    )
     with pytest.raises(StudyError, match="expected key=value"):
         parse_overrides(["num-rounds"])
     with pytest.raises(StudyError, match="batch-size"):

@@ -28,7 +28,8 @@ def test_sweep_compares_exchange_policies(tmp_path, monkeypatch):
     (tmp_path / "base.toml").write_text(BASE)
     (tmp_path / "sweep.toml").write_text(
         'name = "s"\nstudy = "base.toml"\n[set]\nlink-mbps = "10,100"\n'
-        '[grid]\nexchange = ["none", "archive"]\n')
+        '[grid]\nexchange = ["none", "archive"]\n'
+    )
     assert main(["sweep", str(tmp_path / "sweep.toml"), "--out", str(tmp_path / "out")]) == 0
     doc = json.loads((tmp_path / "out" / "comparison.json").read_text())
     rows = {r["exchange"]: r for r in doc["rows"]}

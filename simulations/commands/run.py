@@ -18,16 +18,29 @@ DEFAULT_STUDY = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run a study on Flower's simulation engine",
-                       description="Run a study (TOML file) with one simulated hospital per site "
-                                   "on Flower's simulation engine (Ray), then print its results.")
-    p.add_argument("study", nargs="?", default=str(DEFAULT_STUDY),
-                   help="study file (default: the demo study)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one study key, e.g. --set num-rounds=5 (repeatable)")
+    p = sub.add_parser(
+        "run",
+        help="run a study on Flower's simulation engine",
+        description="Run a study (TOML file) with one simulated hospital per site "
+        "on Flower's simulation engine (Ray), then print its results.",
+    )
+    p.add_argument(
+        "study", nargs="?", default=str(DEFAULT_STUDY), help="study file (default: the demo study)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one study key, e.g. --set num-rounds=5 (repeatable)",
+    )
     p.add_argument("--out", help="output folder (default: the study's out-dir)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue a killed study from its last completed round")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed study from its last completed round",
+    )
     p.add_argument("--quiet", action="store_true", help="no live progress, only the result table")
     p.set_defaults(func=main)
 
@@ -50,9 +63,11 @@ def main(args: argparse.Namespace) -> int:
     except StudyError as exc:
         raise ValueError(str(exc)) from None
     console = Console(stderr=True)
-    console.print(f"[bold]medfed[/] study [cyan]{study.name}[/]: {study.num_sites} sites x "
-                  f"{study.num_rounds} rounds, {study.modality}, method {study.method}, "
-                  f"exchange {study.exchange} -> {study.out_dir}")
+    console.print(
+        f"[bold]medfed[/] study [cyan]{study.name}[/]: {study.num_sites} sites x "
+        f"{study.num_rounds} rounds, {study.modality}, method {study.method}, "
+        f"exchange {study.exchange} -> {study.out_dir}"
+    )
     display = ProgressDisplay(study, console, enabled=not args.quiet)
     with display:
         summary = run_simulated_study(study, display.update)
@@ -79,22 +94,41 @@ def result_table(study: Study) -> Table:
     """Per-round table from rounds.jsonl (read back from disk: what you see is what was written)."""
     import json
 
-    lines = [json.loads(x) for x in (Path(study.out_dir) / "rounds.jsonl").read_text().splitlines() if x]
+    lines = [
+        json.loads(x) for x in (Path(study.out_dir) / "rounds.jsonl").read_text().splitlines() if x
+    ]
     metric = "auroc" if study.modality == "xray" else "dice_mean"
     short = "auroc" if study.modality == "xray" else "dice"
-    table = Table(title=f"{study.name}: per round", box=box.SIMPLE_HEAD, pad_edge=False,
-                  caption="MB: all sites; held-out: server test set; fed: sites' own test sets")
-    for col in ("round", "sites\nok", "ciphertext MB\nup / down", "model MB\nup / down",
-                f"held-out\n{short}", f"fed\n{short}", "PSNR\nmin dB", "s"):
+    table = Table(
+        title=f"{study.name}: per round",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        caption="MB: all sites; held-out: server test set; fed: sites' own test sets",
+    )
+    for col in (
+        "round",
+        "sites\nok",
+        "ciphertext MB\nup / down",
+        "model MB\nup / down",
+        f"held-out\n{short}",
+        f"fed\n{short}",
+        "PSNR\nmin dB",
+        "s",
+    ):
         table.add_column(col, justify="right")
     for line in lines:
         g, t = line["global"], line["totals"]
         ok = sum(s["ok"] for s in line["sites"])
-        table.add_row(str(line["round"]), f"{ok}/{len(line['sites'])}",
-                      f"{_mb(t['ciphertext_up'])} / {_mb(t['ciphertext_down'])}",
-                      f"{_mb(t['model_up'])} / {_mb(t['model_down'])}",
-                      _fmt(g.get(metric)), _fmt(g.get(f"fed_{metric}")),
-                      _fmt(g.get("recon_psnr_worst"), 1), f"{line['seconds']:.1f}")
+        table.add_row(
+            str(line["round"]),
+            f"{ok}/{len(line['sites'])}",
+            f"{_mb(t['ciphertext_up'])} / {_mb(t['ciphertext_down'])}",
+            f"{_mb(t['model_up'])} / {_mb(t['model_down'])}",
+            _fmt(g.get(metric)),
+            _fmt(g.get(f"fed_{metric}")),
+            _fmt(g.get("recon_psnr_worst"), 1),
+            f"{line['seconds']:.1f}",
+        )
     return table
 
 
@@ -103,9 +137,18 @@ class ProgressDisplay:
 
     def __init__(self, study: Study, console: Console, enabled: bool = True) -> None:
         self.study, self.console, self.enabled = study, console, enabled
-        self.round, self.phase, self.done, self.of, self.bytes = 0, "starting", 0, study.num_sites, 0
-        self.live = Live(self._render(), console=console, refresh_per_second=4, transient=True) \
-            if enabled else None
+        self.round, self.phase, self.done, self.of, self.bytes = (
+            0,
+            "starting",
+            0,
+            study.num_sites,
+            0,
+        )
+        self.live = (
+            Live(self._render(), console=console, refresh_per_second=4, transient=True)
+            if enabled
+            else None
+        )
 
     def __enter__(self):
         if self.live:
@@ -119,7 +162,8 @@ class ProgressDisplay:
     def _render(self) -> Text:
         return Text.from_markup(
             f"[bold]round {self.round}/{self.study.num_rounds}[/] · {self.phase} "
-            f"{self.done}/{self.of} sites · {self.bytes / 1e6:.2f} MB moved so far")
+            f"{self.done}/{self.of} sites · {self.bytes / 1e6:.2f} MB moved so far"
+        )
 
     def update(self, event: dict) -> None:
         kind = event["event"]
@@ -127,10 +171,17 @@ class ProgressDisplay:
             self.round = event["from_round"]
             self.phase = "site start-up and first round"
         elif kind == "reply":
-            self.round, self.phase, self.done, self.of = event["round"], event["phase"], event["done"], event["of"]
+            self.round, self.phase, self.done, self.of = (
+                event["round"],
+                event["phase"],
+                event["done"],
+                event["of"],
+            )
         elif kind == "round":
             line = event["line"]
-            self.bytes += sum(sum(s["bytes"][k] for k in ("message_up", "message_down")) for s in line["sites"])
+            self.bytes += sum(
+                sum(s["bytes"][k] for k in ("message_up", "message_down")) for s in line["sites"]
+            )
             ok = sum(s["ok"] for s in line["sites"])
             failed = [f"{s['site']} ({s['error']})" for s in line["sites"] if not s["ok"]]
             msg = f"round {line['round']} done: {ok} sites ok, {line['seconds']:.1f} s"

@@ -11,9 +11,12 @@ from client.study import StudyError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sweep", help="run a grid of studies and compare them",
-                       description="Run every combination of a sweep file's [grid] as one study and "
-                                   "write comparison.json, comparison.md and plots.")
+    p = sub.add_parser(
+        "sweep",
+        help="run a grid of studies and compare them",
+        description="Run every combination of a sweep file's [grid] as one study and "
+        "write comparison.json, comparison.md and plots.",
+    )
     p.add_argument("sweep", help="sweep file, e.g. simulations/studies/bandwidth.toml")
     p.add_argument("--out", help="output folder (default: the sweep's out-dir)")
     p.set_defaults(func=main)
@@ -42,7 +45,9 @@ def main(args: argparse.Namespace) -> int:
     for c in cols:
         table.add_column(c, justify="right")
     for row in rows:
-        table.add_row(*[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in cols])
+        table.add_row(
+            *[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in cols]
+        )
     Console().print(table)
     console.print(f"comparison: {path}")
     return 0
