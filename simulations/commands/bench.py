@@ -172,8 +172,16 @@ def register_encryption(sub: argparse._SubParsersAction) -> None:
 
 
 # Other benchmark sub-commands (data, federation, all) add themselves here.
+def register_suite(sub: argparse._SubParsersAction) -> None:
+    """all, report, speed, rate-distortion, data, federation-*, bandwidth, gpu."""
+    from simulations.commands.bench_suite import add_bench_commands
+
+    add_bench_commands(sub)
+
+
 SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "encryption": register_encryption,
+    "suite": register_suite,
 }
 
 
