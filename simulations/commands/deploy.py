@@ -175,7 +175,7 @@ def main_local(args: argparse.Namespace) -> int:
         )
     except DeployError as exc:
         raise UserError(str(exc)) from None
-    Console().print(result_table(study.replace(num_sites=sites) if args.sites else study))
+    Console().print(result_table(study.replace(num_sites=sites, min_sites=min(study.min_sites, sites)) if args.sites else study))
     console.print(
         f"results: {study.out_dir}/summary.json  ({summary['wall_seconds']:.1f} s, "
         f"run {summary.get('run_id')}); all processes stopped"
