@@ -37,6 +37,22 @@ def data_home() -> Path:
     return Path(os.environ.get("MEDFED_DATA_HOME", "data")).absolute()
 
 
+def study_data_root(study: Study) -> Path:
+    """The study's dataset folder: its `data-dir`, or phantoms generated once
+    (process-safe) under data_home() with the study's phantom settings."""
+    from client.data import ensure_dataset
+
+    return ensure_dataset(
+        study.modality,
+        study.data_dir or None,
+        cache_root=data_home(),
+        patients=study.phantom_patients,
+        institutions=study.num_sites,
+        seed=study.seed,
+        size=study.phantom_size,
+    )
+
+
 def site_dir(study: Study, site: int) -> Path:
     return Path(study.out_dir).absolute() / "sites" / f"site-{site}"
 
@@ -71,18 +87,10 @@ class Site:
     @property
     def shard(self):
         if self._shard is None:
-            from client.data import ensure_dataset, load_site
+            from client.data import load_site
 
             s = self.study
-            root = ensure_dataset(
-                s.modality,
-                s.data_dir or None,
-                cache_root=data_home(),
-                patients=s.phantom_patients,
-                institutions=s.num_sites,
-                seed=s.seed,
-                size=s.phantom_size,
-            )
+            root = study_data_root(s)
             self._shard = load_site(
                 root,
                 s.modality,

@@ -365,19 +365,11 @@ class Federation:
     def evaluate_holdout(self, arrays: ArrayRecord) -> dict[str, float]:
         """Task metrics of the global model on the server-side held-out set."""
         if self._holdout is None:
-            from client.data import ensure_dataset, load_holdout
-            from client.site import data_home
+            from client.data import load_holdout
+            from client.site import study_data_root
 
             s = self.study
-            root = ensure_dataset(
-                s.modality,
-                s.data_dir or None,
-                cache_root=data_home(),
-                patients=s.phantom_patients,
-                institutions=s.num_sites,
-                seed=s.seed,
-                size=s.phantom_size,
-            )
+            root = study_data_root(s)
             self._holdout = load_holdout(
                 root,
                 s.modality,

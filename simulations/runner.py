@@ -13,18 +13,9 @@ from server.federation import Progress
 
 def prepare_data(study: Study) -> Path:
     """Generate phantoms once, before the sites start (they would wait on a lock)."""
-    from client.data import ensure_dataset
-    from client.site import data_home
+    from client.site import study_data_root
 
-    return ensure_dataset(
-        study.modality,
-        study.data_dir or None,
-        cache_root=data_home(),
-        patients=study.phantom_patients,
-        institutions=study.num_sites,
-        seed=study.seed,
-        size=study.phantom_size,
-    )
+    return study_data_root(study)
 
 
 def backend_config(study: Study) -> dict:
