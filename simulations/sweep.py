@@ -155,7 +155,7 @@ def plot_comparison(sweep: Sweep, rows: list[dict[str, Any]]) -> list[Path]:
     ax.bar(x, down, bottom=up, label="down (all sites)")
     ax.set_xticks(list(x), labels, rotation=45, ha="right", fontsize=7)
     ax.set(ylabel="MB per round", title=f"{sweep.name}: traffic per round")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     path = sweep.out_dir / "traffic.png"
     fig.savefig(path, dpi=110)
@@ -178,7 +178,7 @@ def plot_comparison(sweep: Sweep, rows: list[dict[str, Any]]) -> list[Path]:
             ylabel="seconds (slowest site, per round)",
             title="Upload time per round by hospital link",
         )
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         fig.tight_layout()
         path = sweep.out_dir / "upload_time.png"
         fig.savefig(path, dpi=110)
