@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 
 import pytest
 from conftest import smooth_images
@@ -44,10 +46,17 @@ def _check_entry(entry: dict) -> None:
                 assert isinstance(v, float | bool), (block, k, v)
 
 
-def test_evaluate_method_aes_gcm():
+def test_evaluate_method_aes_gcm(monkeypatch):
+    # AES output is random by design, and a random cipher fails a 0.05-level test
+    # one time in twenty: fix the key and the nonce stream so the verdicts are
+    # deterministic (any change to AES-GCM or the metrics still shows).
+    counter = iter(range(10**6))
+    monkeypatch.setattr(
+        os, "urandom", lambda n: hashlib.sha256(str(next(counter)).encode()).digest()[:n]
+    )
     images = smooth_images(12, 1, 32, 12, seed=1)
 
-    entry = evaluate_method("aes-gcm", images, 12, kpa_seconds=2, repeats=1)
+    entry = evaluate_method("aes-gcm", images, 12, key=bytes(range(32)), kpa_seconds=2, repeats=1)
 
     _check_entry(entry)
     assert entry["lossless"] is True
