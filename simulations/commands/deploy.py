@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from simulations.commands.run import DEFAULT_STUDY, load_study, result_table
+from simulations.commands.run import add_study_args, load_study, result_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "write the same result files as `medfed run`, and stop "
         "every process again (also on Ctrl-C or error).",
     )
-    _study_args(loc)
+    add_study_args(loc)
     loc.add_argument(
         "--sites",
         type=int,
@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Submit a study with `flwr run` to a running SuperLink "
         "(e.g. the docker-compose demo) and wait for its results.",
     )
-    _study_args(sb)
+    add_study_args(sb)
     sb.add_argument("--superlink", required=True, metavar="HOST:PORT")
     tls = sb.add_mutually_exclusive_group(required=True)
     tls.add_argument("--root-certificates", metavar="CA", help="CA certificate of the SuperLink")
@@ -110,28 +110,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ce.set_defaults(func=main_certs)
 
 
-def _study_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "study", nargs="?", default=str(DEFAULT_STUDY), help="study file (default: the demo study)"
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one study key (repeatable)",
-    )
-    p.add_argument("--out", help="output folder (default: the study's out-dir)")
-
-
 def _load(args: argparse.Namespace):
-    from client.study import StudyError
-
-    try:
-        return load_study(args.study, args.overrides, args.out)
-    except StudyError as exc:
-        raise ValueError(str(exc)) from None
+    return load_study(args.study, args.overrides, args.out)
 
 
 def _round_printer(console: Console):
@@ -175,7 +155,13 @@ def main_local(args: argparse.Namespace) -> int:
         )
     except DeployError as exc:
         raise UserError(str(exc)) from None
-    Console().print(result_table(study.replace(num_sites=sites, min_sites=min(study.min_sites, sites)) if args.sites else study))
+    Console().print(
+        result_table(
+            study.replace(num_sites=sites, min_sites=min(study.min_sites, sites))
+            if args.sites
+            else study
+        )
+    )
     console.print(
         f"results: {study.out_dir}/summary.json  ({summary['wall_seconds']:.1f} s, "
         f"run {summary.get('run_id')}); all processes stopped"

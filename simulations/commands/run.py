@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from client.study import Study, StudyError, parse_overrides
+from client.study import Study, parse_overrides
 
 DEFAULT_STUDY = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"
 
@@ -24,6 +24,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run a study (TOML file) with one simulated hospital per site "
         "on Flower's simulation engine (Ray), then print its results.",
     )
+    add_study_args(p)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed study from its last completed round",
+    )
+    p.add_argument("--quiet", action="store_true", help="no live progress, only the result table")
+    p.set_defaults(func=main)
+
+
+def add_study_args(p: argparse.ArgumentParser) -> None:
+    """STUDY, --set KEY=VALUE and --out: shared by run and deploy."""
     p.add_argument(
         "study", nargs="?", default=str(DEFAULT_STUDY), help="study file (default: the demo study)"
     )
@@ -36,13 +48,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="override one study key, e.g. --set num-rounds=5 (repeatable)",
     )
     p.add_argument("--out", help="output folder (default: the study's out-dir)")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue a killed study from its last completed round",
-    )
-    p.add_argument("--quiet", action="store_true", help="no live progress, only the result table")
-    p.set_defaults(func=main)
 
 
 def load_study(path: str, overrides: list[str], out: str | None, resume: bool = False) -> Study:
@@ -58,10 +63,8 @@ def load_study(path: str, overrides: list[str], out: str | None, resume: bool = 
 def main(args: argparse.Namespace) -> int:
     from simulations.runner import run_simulated_study
 
-    try:
-        study = load_study(args.study, args.overrides, args.out, args.resume)
-    except StudyError as exc:
-        raise ValueError(str(exc)) from None
+    # a StudyError is a ValueError: the CLI prints it as one line
+    study = load_study(args.study, args.overrides, args.out, args.resume)
     console = Console(stderr=True)
     console.print(
         f"[bold]medfed[/] study [cyan]{study.name}[/]: {study.num_sites} sites x "

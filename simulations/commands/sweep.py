@@ -7,8 +7,6 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from client.study import StudyError
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -26,10 +24,7 @@ def main(args: argparse.Namespace) -> int:
     from simulations.runner import run_simulated_study
     from simulations.sweep import Sweep, comparison_row, write_comparison
 
-    try:
-        sweep = Sweep.from_toml(args.sweep, args.out)
-    except StudyError as exc:
-        raise ValueError(str(exc)) from None
+    sweep = Sweep.from_toml(args.sweep, args.out)  # StudyError is a ValueError
     console = Console(stderr=True)
     points = sweep.points()
     rows = []
