@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encryption.base import Encryptor, FitReport, check_images
+from encryption.inference import inference_view
 from encryption.keys import derive_seed
 
 __all__ = [
@@ -247,6 +248,7 @@ class TorchEncryptor(Encryptor):
         # inputs are always scaled by it, whatever `bits` an encrypt call says.
         self.fit_bits = 8
         self.nets: nn.ModuleDict | None = None
+        self._views: dict[str, nn.Module] = {}
 
     # -- subclasses ----------------------------------------------------------
     def _build(self, channels: int) -> nn.ModuleDict:
@@ -279,6 +281,7 @@ class TorchEncryptor(Encryptor):
         init_weights(nets, derive_seed(self.key, f"{self.name}/init"))
         self.channels = channels
         self.nets = nets.to(self.device)
+        self._views = {}
         return self.nets
 
     def state_dict(self) -> dict[str, Any]:
@@ -305,7 +308,15 @@ class TorchEncryptor(Encryptor):
         self.channels = int(state["channels"])
         self.fit_bits = int(state["fit_bits"])
         self.nets = nets.to(self.device).eval()
+        self._views = {}
         self._load_extra_state(state)
+
+    def _infer(self, name: str) -> nn.Module:
+        """Network `name` for inference, in its fastest equivalent CPU form
+        (`encryption.inference`); built once per fit or load."""
+        if name not in self._views:
+            self._views[name] = inference_view(self._require_fitted()[name])
+        return self._views[name]
 
     def _epochs(self, n_images: int) -> int:
         """Passes to train: `epochs`, raised so that at least `min_steps`

@@ -275,3 +275,11 @@ def test_hook_into_medfed_bench(results_dir, tmp_path, monkeypatch):
     assert medfed(["bench", "report", "--results", str(results_dir), "--doc", str(doc)]) == 0
     assert "## Headline" in doc.read_text()
     assert medfed(["bench", "all", "--only", "no-such-benchmark"]) == 2
+
+
+def test_report_table_rejects_a_row_of_the_wrong_width() -> None:
+    from simulations.benchmarks.report import table
+
+    assert table(["a", "b"], [["1", "2"]]).count("|") == 9
+    with pytest.raises(ValueError, match="2 cells for 3 columns"):
+        table(["a", "b", "c"], [["1", "2"]])

@@ -227,17 +227,18 @@ class DeepEdn(TorchEncryptor):
 
     def _roundtrip(self, x_all: torch.Tensor, bits: int) -> torch.Tensor:
         levels = 256 if bits <= 8 else 65536
-        nets = self._require_fitted()
+        enc, dec = self._infer("enc"), self._infer("dec")
         out = []
         with torch.inference_mode():
             for sl in self._chunks(len(x_all)):
                 x, size = pad_to_multiple(x_all[sl], _DOWN)
-                cipher = torch.round(nets["enc"](x) * (levels - 1)) / (levels - 1)
-                out.append(crop_to(nets["dec"](cipher), size))
+                cipher = torch.round(enc(x) * (levels - 1)) / (levels - 1)
+                out.append(crop_to(dec(cipher), size))
         return torch.cat(out)
 
     def _encrypt_payload(self, images: np.ndarray, bits: int) -> tuple[bytes, dict[str, Any]]:
-        nets = self._require_fitted(images.shape[1])
+        self._require_fitted(images.shape[1])
+        enc = self._infer("enc")
         # The cipher image's depth follows the scale the networks were trained on.
         cipher_dtype = "uint8" if self.fit_bits <= 8 else "uint16"
         cipher_bits = 8 if self.fit_bits <= 8 else 16
@@ -245,7 +246,7 @@ class DeepEdn(TorchEncryptor):
         with torch.inference_mode():
             for sl in self._chunks(len(images)):
                 x, _ = pad_to_multiple(self._to_net(images[sl]), _DOWN)
-                parts.append(from_unit(nets["enc"](x), cipher_bits, cipher_dtype))
+                parts.append(from_unit(enc(x), cipher_bits, cipher_dtype))
         cipher = np.concatenate(parts)
         extra = {"cipher_dtype": cipher_dtype, "cipher_shape": list(cipher.shape)}
         return cipher.astype(np.dtype(cipher_dtype).newbyteorder("<")).tobytes(), extra
@@ -268,14 +269,15 @@ class DeepEdn(TorchEncryptor):
         return (cipher >> 8).astype(np.uint8) if cipher.dtype == np.uint16 else cipher.copy()
 
     def _decrypt_payload(self, header: Header, payload: bytes) -> np.ndarray:
-        nets = self._require_fitted(header.shape[1])
+        self._require_fitted(header.shape[1])
+        dec = self._infer("dec")
         cipher = self._cipher_array(header, payload)
         cipher_bits = 8 if cipher.dtype == np.uint8 else 16
         parts = []
         with torch.inference_mode():
             for sl in self._chunks(len(cipher)):
                 y = to_unit(cipher[sl], cipher_bits, self.device)
-                x = crop_to(nets["dec"](y), header.shape[2:])
+                x = crop_to(dec(y), header.shape[2:])
                 parts.append(self._from_net(x, header.bits, header.dtype))
         return np.concatenate(parts)
 

@@ -225,24 +225,24 @@ class LearnedCodecAes(TorchEncryptor):
     def _predict(
         self, latent: np.ndarray, size: tuple[int, int], bits: int, dtype: str
     ) -> np.ndarray:
+        g_s = self._infer("g_s")
         parts = []
         with torch.inference_mode():
             for sl in self._chunks(len(latent)):
                 y = torch.from_numpy(latent[sl].astype(np.float32)).to(self.device)
-                parts.append(self._from_net(crop_to(self.nets["g_s"](y), size), bits, np.int64))
+                parts.append(self._from_net(crop_to(g_s(y), size), bits, np.int64))
         return np.concatenate(parts).astype(dtype)
 
     def _encode(
         self, images: np.ndarray, bits: int
     ) -> tuple[np.ndarray, np.ndarray | None, int, dict]:
-        nets = self._require_fitted(images.shape[1])
+        self._require_fitted(images.shape[1])
+        g_a = self._infer("g_a")
         parts = []
         with torch.inference_mode():
             for sl in self._chunks(len(images)):
                 x, _ = pad_to_multiple(self._to_net(images[sl]), _DOWN)
-                parts.append(
-                    torch.round(nets["g_a"](x)).clamp(-_LATENT_RANGE, _LATENT_RANGE).cpu().numpy()
-                )
+                parts.append(torch.round(g_a(x)).clamp(-_LATENT_RANGE, _LATENT_RANGE).cpu().numpy())
         latent = np.concatenate(parts).astype(np.int32)
         meta = {"shape": images.shape, "bits": bits, "dtype": str(images.dtype)}
         step = (

@@ -98,6 +98,28 @@ def conv_throughput(
     }
 
 
+def time_breakdown(fn: Callable[[], Any]) -> dict[str, float]:
+    """Where one call's wall time goes, in fractions: convolutions, normalisation
+    layers, other torch ops (by the torch profiler's self time of each op), and
+    the rest outside torch (entropy coding, AES, numpy, Python). Explains a low
+    fraction of convolution FLOP/s: only the first share does FLOPs we count."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        fn()
+        wall_us = (time.perf_counter() - start) * 1e6
+    shares = {"convolution": 0.0, "normalization": 0.0, "other_torch": 0.0}
+    for ev in prof.key_averages():
+        name = ev.key.lower()
+        kind = "convolution" if "conv" in name else "normalization" if "norm" in name else None
+        shares[kind or "other_torch"] += ev.self_cpu_time_total
+    torch_us = sum(shares.values())
+    out = {k: v / max(wall_us, torch_us) for k, v in shares.items()}
+    out["outside_torch"] = max(0.0, 1.0 - sum(out.values()))
+    return out
+
+
 def run_speed(
     methods: list[str],
     *,
@@ -170,6 +192,7 @@ def run_speed(
                 entry["fraction_of_conv"] = summarize(a / conv_flops_s for a in achieved)
                 # images/s this machine's conv throughput would allow at 100 %
                 entry["conv_ceiling_images_s"] = conv_flops_s / flops
+                entry["time_breakdown"] = time_breakdown(lambda e=enc: e.encrypt(x, bits))
         out[name] = entry
     return {
         "size": size,
@@ -242,15 +265,20 @@ def run_rate_distortion(
     codec_targets: tuple[float, ...] = (),
     curve_sources: tuple[str, ...] = ("phantom-xray",),
     fit_time_limit_s: float | None = None,
+    variants: dict[str, dict[str, Any]] | None = None,
     progress: Progress = _quiet,
 ) -> dict[str, Any]:
     """Bits per pixel, PSNR and SSIM of every method on every image source, with the
     lossless codecs and raw size as references; on `security_sources` the full
     encryption.evaluate document (security statistics, known-plaintext attack).
+    `epochs`: of every learned fit; None keeps each method's default.
     `codec_targets`: extra target_psnr_db settings of learned-codec-aes (a curve on
     `curve_sources`).
-    `fit_time_limit_s`: training time cap of each learned fit (methods that have one)."""
-    from encryption.evaluate import evaluate
+    `fit_time_limit_s`: training time cap of each learned fit (methods that have one).
+    `variants`: label -> {"method": name, "config": {...}}, other configurations of
+    a method (e.g. deepedn's faithful "paper" preset), evaluated on `security_sources`
+    next to the methods, under their label."""
+    from encryption.evaluate import evaluate, evaluate_method
     from encryption.registry import encryptor_class
 
     training = {"time_limit_s": fit_time_limit_s} if fit_time_limit_s else {}
@@ -288,6 +316,19 @@ def run_rate_distortion(
                 configs=configs,
                 progress=lambda m, s=source: progress(f"  {s}: {m}"),
             )
+            for label, variant in (variants or {}).items():
+                progress(f"  {source}: {label}")
+                configs[label] = dict(variant["config"])
+                doc["methods"][label] = evaluate_method(
+                    variant["method"],
+                    x,
+                    bits,
+                    fit_images=fit_x,
+                    kpa_seconds=kpa_seconds,
+                    repeats=3,
+                    config=configs[label],
+                    progress=lambda m, s=source: progress(f"  {s}: {m}"),
+                )
             entry["evaluate"] = doc
             for name, m in doc["methods"].items():
                 entry["methods"][name] = {
@@ -321,5 +362,6 @@ def run_rate_distortion(
         "images": images,
         "epochs": epochs,
         "fit_time_limit_s": fit_time_limit_s,
+        "variants": variants or {},
         "sources": out,
     }

@@ -82,6 +82,9 @@ def spread(stats: Any, digits: int = 2) -> str:
 
 
 def table(header: list[str], rows: list[list[Any]]) -> str:
+    for r in rows:
+        if len(r) != len(header):
+            raise ValueError(f"table row has {len(r)} cells for {len(header)} columns: {r[:2]}")
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += [
         "| " + " | ".join(c if isinstance(c, str) else fmt(c) for c in r) + " |" for r in rows
@@ -556,7 +559,32 @@ def _speed_section(docs, add, plot_dir: Path, rel: Path) -> None:
         "sets for the method's FLOP count: where it is below the 100 images/s target, no "
         "implementation of that network reaches the target on this machine.\n"
     )
+    rows = [
+        [f"`{n}`", *(fmt(100 * m["time_breakdown"][k], 1) for k in _BREAKDOWN)]
+        for n, m in r["methods"].items()
+        if m.get("time_breakdown")
+    ]
+    if rows:
+        add("Where one encrypt call's time goes (torch profiler, % of the call's wall time):\n")
+        add(table(["method", *(_BREAKDOWN[k] for k in _BREAKDOWN)], rows) + "\n")
+        add(
+            "Only the convolutions do the FLOPs counted above. Normalisation layers (the "
+            "instance norms of the CycleGAN generator) and other tensor ops (padding, "
+            "activations, quantisation) move memory without counted FLOPs; outside torch are "
+            "entropy coding, chaos maps, the container and AES. A method whose convolution "
+            "share is small cannot reach half the convolution throughput whatever its "
+            "convolutions do. Convolutions run in the fastest of their equivalent forms, "
+            "chosen per layer and input shape (`encryption/inference.py`).\n"
+        )
     add(_reproduce(doc, "speed") + "\n")
+
+
+_BREAKDOWN = {
+    "convolution": "convolutions %",
+    "normalization": "normalisation %",
+    "other_torch": "other torch ops %",
+    "outside_torch": "outside torch %",
+}
 
 
 def _rd_section(docs, add, plot_dir: Path, rel: Path) -> None:
@@ -566,9 +594,16 @@ def _rd_section(docs, add, plot_dir: Path, rel: Path) -> None:
         add((_err(doc) or "") + "\n" + _reproduce(doc, "rate-distortion") + "\n")
         return
     r = doc["results"]
+    trained = (
+        "with their default number of epochs"
+        if r["epochs"] is None
+        else f"for {r['epochs']} epochs"
+    )
+    if r.get("fit_time_limit_s"):
+        trained += f", each fit capped at {r['fit_time_limit_s']:g} s,"
     add(
         f"{r['images']} images per source at {r['size']} x {r['size']} px; learned methods fitted "
-        f"for {r['epochs']} epochs on a disjoint sample of the same source. Exact methods have "
+        f"{trained} on a disjoint sample of the same source. Exact methods have "
         f"PSNR inf (plotted at the top). Reference lines: raw pixels and the lossless codecs "
         f"(PNG level 9, JPEG-LS, reversible JPEG 2000, imagecodecs; each plane coded alone).\n"
     )
@@ -584,7 +619,7 @@ def _rd_section(docs, add, plot_dir: Path, rel: Path) -> None:
         rows = []
         for n, m in entry["methods"].items():
             if "error" in m:
-                rows.append([f"`{n}`", "error", m["error"], "", ""])
+                rows.append([f"`{n}`", "error", m["error"], "", "", ""])
                 continue
             rows.append(
                 [
@@ -593,6 +628,7 @@ def _rd_section(docs, add, plot_dir: Path, rel: Path) -> None:
                     fmt(m["kb_per_image"], 2),
                     fmt(m["psnr"]),
                     fmt(m["ssim"], 4),
+                    fmt(m.get("fit_s"), 1),
                 ]
             )
         for p in entry.get("learned_codec_curve") or []:
@@ -603,9 +639,10 @@ def _rd_section(docs, add, plot_dir: Path, rel: Path) -> None:
                     fmt(p["kb_per_image"]),
                     fmt(p["psnr"]),
                     fmt(p["ssim"], 4),
+                    fmt(p.get("fit_s"), 1),
                 ]
             )
-        add(table(["method", "bpp", "kB / image", "PSNR dB", "SSIM"], rows) + "\n")
+        add(table(["method", "bpp", "kB / image", "PSNR dB", "SSIM", "fit s"], rows) + "\n")
     add(_reproduce(doc, "rate-distortion") + "\n")
 
 
@@ -658,6 +695,7 @@ def _security_section(docs, add) -> None:
                     "det.",
                     "KPA PSNR",
                     "mean-guess PSNR",
+                    "KPA steps",
                     "secure",
                 ],
                 rows,

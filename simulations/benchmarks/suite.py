@@ -100,11 +100,17 @@ BENCHMARKS: dict[str, tuple[Callable[[dict, Progress], dict], dict, dict]] = {
         {
             "size": 64,
             "images": 24,
-            "epochs": 20,
+            "epochs": None,
             "kpa_seconds": 60.0,
             "security_sources": ("phantom-xray",),
             "codec_targets": (30.0, 35.0, 45.0),
             "fit_time_limit_s": 45.0,
+            "variants": {
+                "deepedn (paper)": {
+                    "method": "deepedn",
+                    "config": {"preset": "paper", "time_limit_s": 300.0},
+                }
+            },
         },
         {
             "size": 64,
@@ -114,6 +120,12 @@ BENCHMARKS: dict[str, tuple[Callable[[dict, Progress], dict], dict, dict]] = {
             "security_sources": ("phantom-xray",),
             "codec_targets": (),
             "fit_time_limit_s": 10.0,
+            "variants": {
+                "deepedn (paper)": {
+                    "method": "deepedn",
+                    "config": {"preset": "paper", "time_limit_s": 10.0},
+                }
+            },
         },
     ),
     "data": (
