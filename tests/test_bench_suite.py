@@ -114,6 +114,7 @@ def results_dir(tmp_path_factory):
         size=16,
         images=4,
         kpa_seconds=0.2,
+        variants={"lossless-aes (png)": {"method": "lossless-aes", "config": {"codecs": ["png"]}}},
     )
     write_result(
         result_document("rate-distortion", "medfed bench rate-distortion", {}, rd, 1.0), out
@@ -211,6 +212,10 @@ def test_rate_distortion_records_points_references_and_missing_sources(results_d
     assert set(xray["references_bpp"]) == {"raw", "png", "jpegls", "jpeg2000"}
     assert "kpa_psnr" in xray["evaluate"]["methods"]["aes-gcm"]["attack"]
     assert "error" in rd["no-such-source"]
+    # a variant is evaluated under its label, with its configuration recorded
+    png = xray["methods"]["lossless-aes (png)"]
+    assert png["psnr"] == math.inf and png["config"] == {"codecs": ["png"]}
+    assert "kpa_psnr" in xray["evaluate"]["methods"]["lossless-aes (png)"]["attack"]
 
 
 def test_aes_gcm_is_secure_by_the_metrics(results_dir):
@@ -227,6 +232,7 @@ def test_render_report_only_from_json(results_dir, tmp_path):
     text = doc.read_text()
     assert text.startswith("# medfed benchmarks")
     assert "| `aes-gcm` |" in text and "| `bp-chaos` |" in text
+    assert "| `lossless-aes (png)` |" in text
     assert "`medfed bench speed --quick`" in text
     assert "512 sites not run in this suite" in text
     assert "Skipped on this machine" in text
