@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -215,7 +215,8 @@ class TorchEncryptor(Encryptor):
     """Common plumbing of the learned methods: options with presets, the
     "fit first" guard, state_dict (config + weights + extra tensors) and
     batched inference. Subclasses set `defaults` (option -> default),
-    optionally `presets`, and implement `_build(channels)` and `_train`.
+    optionally `presets`, and implement `_build(channels)` and `fit` (through
+    `_start_fit` and the shared loop `_train`).
     """
 
     learned = True
@@ -317,6 +318,51 @@ class TorchEncryptor(Encryptor):
         if name not in self._views:
             self._views[name] = inference_view(self._require_fitted()[name])
         return self._views[name]
+
+    def _start_fit(
+        self, images: np.ndarray, bits: int | None, options: dict[str, Any]
+    ) -> tuple[torch.Tensor, int, nn.ModuleDict]:
+        """Checks and scales the fit images and builds fresh key-seeded networks."""
+        if options:
+            raise TypeError(f"{self.name}.fit: unknown option(s) {', '.join(sorted(options))}")
+        x_all, bits = self._fit_images(images, bits)
+        return x_all, bits, self._fresh_nets(x_all.shape[1])
+
+    def _batch_generator(self) -> torch.Generator:
+        """The key-seeded generator of minibatches, crops and training noise."""
+        return torch.Generator().manual_seed(derive_seed(self.key, f"{self.name}/batches") % 2**63)
+
+    def _total_steps(self, n_images: int) -> int:
+        """Optimiser steps a full fit takes (for learning-rate schedules)."""
+        return max(1, self._epochs(n_images) * -(-n_images // int(self.config["batch_size"])))
+
+    def _train(
+        self,
+        x_all: torch.Tensor,
+        step: Callable[[torch.Tensor], None],
+        gen: torch.Generator,
+        multiple: int,
+    ) -> tuple[TrainClock, int]:
+        """The shared training loop: `step(batch)` on key-shuffled minibatches of
+        random `crop`-px crops (padded to a multiple of `multiple`), for `epochs`
+        passes or until `time_limit_s`. Returns the clock and the passes done;
+        leaves the networks in eval mode."""
+        c = self.config
+        nets = self._require_fitted()
+        clock = TrainClock(c["time_limit_s"])
+        nets.train()
+        done = 0
+        for _epoch in range(self._epochs(len(x_all))):
+            for idx in minibatches(len(x_all), c["batch_size"], gen):
+                x, _ = pad_to_multiple(random_crops(x_all[idx], c["crop"], gen), multiple)
+                step(x)
+                if clock.expired():
+                    break
+            done += 1
+            if clock.expired():
+                break
+        nets.eval()
+        return clock, done
 
     def _epochs(self, n_images: int) -> int:
         """Passes to train: `epochs`, raised so that at least `min_steps`

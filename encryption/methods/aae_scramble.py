@@ -52,15 +52,12 @@ from encryption.container import Header
 from encryption.keys import derive_key, derive_seed
 from encryption.nn import (
     TorchEncryptor,
-    TrainClock,
     count_flops,
     crop_to,
     from_unit,
     init_output_bias,
-    minibatches,
     pad_to_multiple,
     quantize_ste,
-    random_crops,
     to_unit,
 )
 from encryption.registry import register_encryptor
@@ -130,62 +127,49 @@ class AaeScramble(TorchEncryptor):
 
     # -- training ------------------------------------------------------------
     def fit(self, images: np.ndarray, bits: int | None = None, **options: Any) -> FitReport:
-        if options:
-            raise TypeError(f"{self.name}.fit: unknown option(s) {', '.join(sorted(options))}")
-        x_all, bits = self._fit_images(images, bits)
+        x_all, bits, nets = self._start_fit(images, bits, options)
         c = self.config
-        nets = self._fresh_nets(x_all.shape[1])
         init_output_bias(nets["dec"][-3], x_all, logit=True, repeat=4)
-        gen = torch.Generator().manual_seed(derive_seed(self.key, "aae-scramble/batches") % 2**63)
+        gen = self._batch_generator()
         opt_ae = torch.optim.Adam(
             list(nets["enc"].parameters()) + list(nets["dec"].parameters()), lr=c["lr"]
         )
         opt_d = torch.optim.Adam(nets["disc"].parameters(), lr=c["lr"], betas=(0.5, 0.999))
-        epochs = self._epochs(len(x_all))
-        steps = epochs * -(-len(x_all) // c["batch_size"])
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt_ae, max_lr=c["lr"], total_steps=max(steps, 1)
-        )
-        clock = TrainClock(c["time_limit_s"])
-        nets.train()
-        done = 0
-        for _epoch in range(epochs):
-            for idx in minibatches(len(x_all), c["batch_size"], gen):
-                x, _ = pad_to_multiple(random_crops(x_all[idx], c["crop"], gen), _DOWN)
-                z = nets["enc"](x)
-                recon = nets["dec"](quantize_ste(z, 256))
-                score = nets["disc"](z)
-                loss = F.mse_loss(recon, x) + c["lambda_adv"] * F.mse_loss(
-                    score, torch.ones_like(score)
-                )
-                opt_ae.zero_grad(set_to_none=True)
-                loss.backward()
-                opt_ae.step()
-                if sched.last_epoch < steps:
-                    sched.step()
-                prior = torch.rand(z.shape, generator=gen).to(z.device)
-                sr, sf = nets["disc"](prior), nets["disc"](z.detach())
-                d_loss = 0.5 * (
-                    F.mse_loss(sr, torch.ones_like(sr)) + F.mse_loss(sf, torch.zeros_like(sf))
-                )
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-                if clock.expired():
-                    break
-            done += 1
-            if clock.expired():
-                break
-        nets.eval()
+        steps = self._total_steps(len(x_all))
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt_ae, max_lr=c["lr"], total_steps=steps)
+
+        def step(x: torch.Tensor) -> None:
+            z = nets["enc"](x)
+            recon = nets["dec"](quantize_ste(z, 256))
+            score = nets["disc"](z)
+            loss = F.mse_loss(recon, x) + c["lambda_adv"] * F.mse_loss(
+                score, torch.ones_like(score)
+            )
+            opt_ae.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_ae.step()
+            if sched.last_epoch < steps:
+                sched.step()
+            prior = torch.rand(z.shape, generator=gen).to(z.device)
+            sr, sf = nets["disc"](prior), nets["disc"](z.detach())
+            d_loss = 0.5 * (
+                F.mse_loss(sr, torch.ones_like(sr)) + F.mse_loss(sf, torch.zeros_like(sf))
+            )
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+
+        clock, done = self._train(x_all, step, gen, _DOWN)
         return self._report(clock, done, x_all, self._roundtrip(x_all))
 
     def _roundtrip(self, x_all: torch.Tensor) -> torch.Tensor:
+        enc, dec = self._infer("enc"), self._infer("dec")
         out = []
         with torch.inference_mode():
             for sl in self._chunks(len(x_all)):
                 x, size = pad_to_multiple(x_all[sl], _DOWN)
-                q = torch.round(self.nets["enc"](x) * 255) / 255
-                out.append(crop_to(self.nets["dec"](q), size))
+                q = torch.round(enc(x) * 255) / 255
+                out.append(crop_to(dec(q), size))
         return torch.cat(out)
 
     # -- key scrambling --------------------------------------------------------
@@ -203,12 +187,13 @@ class AaeScramble(TorchEncryptor):
         return perm, stream
 
     def _encrypt_payload(self, images: np.ndarray, bits: int) -> tuple[bytes, dict[str, Any]]:
-        nets = self._require_fitted(images.shape[1])
+        self._require_fitted(images.shape[1])
+        enc = self._infer("enc")
         parts = []
         with torch.inference_mode():
             for sl in self._chunks(len(images)):
                 x, _ = pad_to_multiple(self._to_net(images[sl]), _DOWN)
-                parts.append(from_unit(nets["enc"](x), 8, np.uint8))
+                parts.append(from_unit(enc(x), 8, np.uint8))
         latent = np.concatenate(parts)
         perm, stream = self._scramble_tables(latent.shape[1:])
         flat = latent.reshape(len(latent), -1)[:, perm].astype(np.uint64) + stream
@@ -216,7 +201,8 @@ class AaeScramble(TorchEncryptor):
         return cipher.tobytes(), {"latent_shape": list(latent.shape[1:]), "latent_bits": 8}
 
     def _decrypt_payload(self, header: Header, payload: bytes) -> np.ndarray:
-        nets = self._require_fitted(header.shape[1])
+        self._require_fitted(header.shape[1])
+        dec = self._infer("dec")
         lshape = tuple(int(s) for s in header.extra["latent_shape"])
         n = header.shape[0]
         if len(payload) != n * int(np.prod(lshape)):
@@ -235,9 +221,7 @@ class AaeScramble(TorchEncryptor):
             for sl in self._chunks(n):
                 z = to_unit(latent[sl], 8, self.device)
                 parts.append(
-                    self._from_net(
-                        crop_to(nets["dec"](z), header.shape[2:]), header.bits, header.dtype
-                    )
+                    self._from_net(crop_to(dec(z), header.shape[2:]), header.bits, header.dtype)
                 )
         return np.concatenate(parts)
 

@@ -57,12 +57,10 @@ from encryption.keys import derive_seed
 from encryption.nn import (
     ResBlock,
     TorchEncryptor,
-    TrainClock,
     count_flops,
     crop_to,
     from_unit,
     init_output_bias,
-    minibatches,
     pad_to_multiple,
     quantize_ste,
     random_crops,
@@ -175,52 +173,40 @@ class DeepEdn(TorchEncryptor):
         return out.to(like.device)
 
     def fit(self, images: np.ndarray, bits: int | None = None, **options: Any) -> FitReport:
-        if options:
-            raise TypeError(f"{self.name}.fit: unknown option(s) {', '.join(sorted(options))}")
-        x_all, bits = self._fit_images(images, bits)
+        x_all, bits, nets = self._start_fit(images, bits, options)
         c = self.config
-        nets = self._fresh_nets(x_all.shape[1])
         init_output_bias(nets["dec"][-2], x_all, logit=True)
         levels = 256 if bits <= 8 else 65536
-        gen = torch.Generator().manual_seed(derive_seed(self.key, "deepedn/batches") % 2**63)
+        gen = self._batch_generator()
         g_params = list(nets["enc"].parameters()) + list(nets["dec"].parameters())
         d_params = [p for k in ("disc_y", "disc_x") if k in nets for p in nets[k].parameters()]
         opt_g = torch.optim.Adam(g_params, lr=c["lr"], betas=(0.5, 0.999))
         opt_d = torch.optim.Adam(d_params, lr=c["lr"], betas=(0.5, 0.999))
-        clock = TrainClock(c["time_limit_s"])
-        nets.train()
-        done = 0
-        for _epoch in range(self._epochs(len(x_all))):
-            for idx in minibatches(len(x_all), c["batch_size"], gen):
-                x, _ = pad_to_multiple(random_crops(x_all[idx], c["crop"], gen), _DOWN)
-                y = self._target_batch(len(idx), x, gen)
-                cipher = quantize_ste(nets["enc"](x), levels)
-                loss = c["lambda_cycle"] * F.l1_loss(nets["dec"](cipher), x)
-                score = nets["disc_y"](cipher)
-                loss = loss + c["lambda_adv"] * F.mse_loss(score, torch.ones_like(score))
-                if c["full_cycle"]:
-                    fake_x = nets["dec"](y)
-                    loss = loss + c["lambda_cycle"] * F.l1_loss(nets["enc"](fake_x), y)
-                    score_x = nets["disc_x"](fake_x)
-                    loss = loss + c["lambda_adv"] * F.mse_loss(score_x, torch.ones_like(score_x))
-                opt_g.zero_grad(set_to_none=True)
-                loss.backward()
-                opt_g.step()
-                # Discriminators: target samples real, generator outputs fake.
-                d_loss = self._d_loss(nets["disc_y"], y, cipher.detach())
-                if c["full_cycle"]:
-                    d_loss = d_loss + self._d_loss(nets["disc_x"], x, fake_x.detach())
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-                if clock.expired():
-                    break
-            done += 1
-            if clock.expired():
-                break
-        nets.eval()
-        recon = self._roundtrip(x_all, bits)
-        return self._report(clock, done, x_all, recon)
+
+        def step(x: torch.Tensor) -> None:
+            y = self._target_batch(len(x), x, gen)
+            cipher = quantize_ste(nets["enc"](x), levels)
+            loss = c["lambda_cycle"] * F.l1_loss(nets["dec"](cipher), x)
+            score = nets["disc_y"](cipher)
+            loss = loss + c["lambda_adv"] * F.mse_loss(score, torch.ones_like(score))
+            if c["full_cycle"]:
+                fake_x = nets["dec"](y)
+                loss = loss + c["lambda_cycle"] * F.l1_loss(nets["enc"](fake_x), y)
+                score_x = nets["disc_x"](fake_x)
+                loss = loss + c["lambda_adv"] * F.mse_loss(score_x, torch.ones_like(score_x))
+            opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_g.step()
+            # Discriminators: target samples real, generator outputs fake.
+            d_loss = self._d_loss(nets["disc_y"], y, cipher.detach())
+            if c["full_cycle"]:
+                d_loss = d_loss + self._d_loss(nets["disc_x"], x, fake_x.detach())
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+
+        clock, done = self._train(x_all, step, gen, _DOWN)
+        return self._report(clock, done, x_all, self._roundtrip(x_all, bits))
 
     @staticmethod
     def _d_loss(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:

@@ -49,16 +49,12 @@ from torch import nn
 
 from encryption.base import FitReport, check_images
 from encryption.container import Header
-from encryption.keys import derive_seed
 from encryption.nn import (
     TorchEncryptor,
-    TrainClock,
     count_flops,
     crop_to,
     init_output_bias,
-    minibatches,
     pad_to_multiple,
-    random_crops,
     to_unit,
 )
 from encryption.registry import register_encryptor
@@ -166,41 +162,27 @@ class LearnedCodecAes(TorchEncryptor):
         )
 
     def fit(self, images: np.ndarray, bits: int | None = None, **options: Any) -> FitReport:
-        if options:
-            raise TypeError(f"{self.name}.fit: unknown option(s) {', '.join(sorted(options))}")
-        x_all, bits = self._fit_images(images, bits)
+        x_all, bits, nets = self._start_fit(images, bits, options)
         c = self.config
-        nets = self._fresh_nets(x_all.shape[1])
         init_output_bias(nets["g_s"][-1], x_all, logit=False)
-        gen = torch.Generator().manual_seed(
-            derive_seed(self.key, "learned-codec-aes/batches") % 2**63
-        )
+        gen = self._batch_generator()
         opt = torch.optim.Adam(nets.parameters(), lr=c["lr"])
-        epochs = self._epochs(len(x_all))
-        steps = max(1, epochs * -(-len(x_all) // c["batch_size"]))
+        steps = self._total_steps(len(x_all))
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c["lr"], total_steps=steps)
-        clock = TrainClock(c["time_limit_s"])
-        nets.train()
-        done = 0
-        for _epoch in range(epochs):
-            for idx in minibatches(len(x_all), c["batch_size"], gen):
-                x, _ = pad_to_multiple(random_crops(x_all[idx], c["crop"], gen), _DOWN)
-                y = nets["g_a"](x)
-                y_noisy = y + (torch.rand(y.shape, generator=gen).to(y.device) - 0.5)
-                x_hat = nets["g_s"](y_noisy)
-                bpp = nets["prior"].bits(y_noisy) / (x.shape[0] * x.shape[2] * x.shape[3])
-                loss = bpp + c["lam"] * torch.mean((x_hat - x) ** 2)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if sched.last_epoch < steps - 1:
-                    sched.step()
-                if clock.expired():
-                    break
-            done += 1
-            if clock.expired():
-                break
-        nets.eval()
+
+        def step(x: torch.Tensor) -> None:
+            y = nets["g_a"](x)
+            y_noisy = y + (torch.rand(y.shape, generator=gen).to(y.device) - 0.5)
+            x_hat = nets["g_s"](y_noisy)
+            bpp = nets["prior"].bits(y_noisy) / (x.shape[0] * x.shape[2] * x.shape[3])
+            loss = bpp + c["lam"] * torch.mean((x_hat - x) ** 2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched.last_epoch < steps - 1:
+                sched.step()
+
+        clock, done = self._train(x_all, step, gen, _DOWN)
         ints = check_images(images, bits)[0]
         latent, q, step, meta = self._encode(ints, bits)
         payload, _ = self._pack(latent, q, step, bits)
