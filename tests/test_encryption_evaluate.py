@@ -125,6 +125,8 @@ def test_bench_encryption_command(tmp_path, monkeypatch, capsys):
             "1",
             "--out",
             str(out),
+            "--config",
+            'lossless-aes.codecs=["png"]',
         ]
     )
 
@@ -133,6 +135,26 @@ def test_bench_encryption_command(tmp_path, monkeypatch, capsys):
     assert "| method |" in table and "| lossless-aes |" in table and "| inf |" in table
     doc = json.loads(out.read_text())
     assert doc["images"] == 6 and set(doc["methods"]) == {"aes-gcm", "lossless-aes"}
+    assert doc["details"]["configs"] == {"lossless-aes": {"codecs": ["png"]}}
+
+
+def test_bench_config_values_and_errors(capsys):
+    assert bench.parse_method_option("deepedn.time_limit_s=300") == ("deepedn", "time_limit_s", 300)
+    assert bench.parse_method_option("deepedn.preset=paper") == ("deepedn", "preset", "paper")
+    assert bench.parse_method_option("learned-codec-aes.target_psnr_db = 45.5") == (
+        "learned-codec-aes",
+        "target_psnr_db",
+        45.5,
+    )
+    for bad, message in [
+        ("deepedn.preset=paper", "'deepedn' is not among the methods run"),
+        ("preset=paper", "expected METHOD.OPTION=VALUE"),
+        ("aes-gcm.rounds=3", "rounds"),
+    ]:
+        argv = ["bench", "encryption", "--data", "phantom-xray", "--methods", "aes-gcm"]
+        argv += ["--images", "4", "--size", "16", "--kpa-seconds", "0.1", "--config", bad]
+        assert cli.main(argv) == 2, bad
+        assert message in capsys.readouterr().err, bad
 
 
 def test_bench_rejects_unknown_method(capsys):

@@ -78,11 +78,29 @@ def markdown_table(doc: dict) -> str:
     return "\n".join(rows)
 
 
+def parse_method_option(item: str) -> tuple[str, str, Any]:
+    """'METHOD.OPTION=VALUE' -> (method, option, value); VALUE is read as a TOML
+    value (10, 2.5, true, "text") and taken as a plain string otherwise."""
+    import tomllib
+
+    target, sep, raw = item.partition("=")
+    method, dot, option = target.strip().rpartition(".")
+    if not sep or not dot or not method or not option:
+        raise ValueError(
+            f"--config {item!r}: expected METHOD.OPTION=VALUE, e.g. deepedn.preset=paper"
+        )
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return method, option.strip(), value
+
+
 def run_encryption(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from encryption.evaluate import evaluate, resolve_methods
-    from encryption.registry import encryptor_class
+    from encryption.registry import encryptor_class, get_encryptor
 
     console = Console(stderr=True)
     if args.images < 4:
@@ -98,9 +116,21 @@ def run_encryption(args: argparse.Namespace) -> int:
     # A second, disjoint sample of the same site: fitting set of learned
     # methods and the attacker's leaked plaintexts.
     fit_images, _ = load_images(args.data, args.images, args.size, args.seed + 1)
-    configs = {}
+    configs: dict[str, dict[str, Any]] = {}
     if args.epochs is not None:
         configs = {n: {"epochs": args.epochs} for n in names if encryptor_class(n).learned}
+    for method, option, value in (parse_method_option(item) for item in args.config):
+        if method not in names:
+            raise ValueError(
+                f"--config {method}.{option}: {method!r} is not among the methods run "
+                f"({', '.join(names)})"
+            )
+        configs.setdefault(method, {})[option] = value
+    for method, config in configs.items():  # a bad option stops here, before any work
+        try:
+            get_encryptor(method, **config)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"--config for {method}: {exc}") from None
     doc = evaluate(
         names,
         images,
@@ -119,6 +149,7 @@ def run_encryption(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "kpa_seconds": args.kpa_seconds,
         "epochs": args.epochs,
+        "configs": configs,
     }
     print(markdown_table(doc))
     if args.out:
@@ -167,6 +198,14 @@ def register_encryption(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--repeats", type=int, default=5, help="timing repeats, median taken (default 5)"
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="METHOD.OPTION=VALUE",
+        help="an option of one method, repeatable: e.g. deepedn.preset=paper "
+        "deepedn.time_limit_s=300 learned-codec-aes.target_psnr_db=45",
     )
     parser.set_defaults(func=run_encryption)
 
