@@ -20,18 +20,19 @@ What we built, and where we chose:
    quantised to fixed point and computes in float64 with integer-valued
    operands below 2^53, i.e. exact integer arithmetic: bit-identical on
    every machine and thread count (a float rounding flip would otherwise
-   break exactness between sender and receiver).
+   break exactness between sender and receiver). See encryption/lifting.py.
 2. Chaos stage (keyed). Per round: a logistic-map permutation of all
    C*H*W pixels (channels mixed; it depends on the key and round only, not
    on the IV: an argsort per image would cost more than the rest of the
-   cipher), then per image, with IV-dependent Henon key streams: forward chained
-   diffusion c_i = (c_{i-1} + v_i + k_i) mod 2^bits computed as a prefix
-   sum (vectorised, no per-pixel loop), a key-derived S-box (logistic
-   permutation of [0, 2^bits)) for nonlinearity, backward chained diffusion
-   (reverse prefix sum) with a second Henon key stream, and the S-box
-   again. Two rounds by default. One changed pixel changes every later
-   forward value by a constant, the S-box turns that into varied changes,
-   and the backward pass carries them to every pixel: full avalanche.
+   cipher), then per image, with IV-dependent Henon key streams: forward
+   chained diffusion c_i = (c_{i-1} + v_i + k_i) mod 2^bits computed as a
+   prefix sum (vectorised, no per-pixel loop), a key-derived S-box
+   (logistic permutation of [0, 2^bits)) for nonlinearity, backward chained
+   diffusion (reverse prefix sum) with a second Henon key stream, and the
+   S-box again (`chaos.diffuse`). Two rounds by default. One changed pixel
+   changes every later forward value by a constant, the S-box turns that
+   into varied changes, and the backward pass carries them to every pixel:
+   full avalanche.
 3. Keys. Chaotic initial conditions (one family of `LANES` orbits per
    stream, see encryption/chaos.py) come from SHAKE-256 of an HKDF sub-key
    of the site key and a 16-byte per-image IV. With `plaintext_iv` (default)
@@ -49,65 +50,28 @@ RuntimeError; the chaos part would work untrained, but the method as
 described includes the learned stage.
 
 Payload: N * 16 IV bytes, then the cipher pixels in the input dtype
-(little-endian), so it is 16 bytes per image larger than raw.
+(little-endian), so it is 16 bytes per image larger than raw (the layout
+of encryption/tagged_payload.py).
 """
 
 from __future__ import annotations
 
-import hmac
 import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from encryption import chaos
+from encryption import chaos, tagged_payload
 from encryption.base import Encryptor, FitReport, check_images
-from encryption.container import ContainerError, Header, IntegrityError, read_body
+from encryption.container import Header, IntegrityError, read_body
 from encryption.keys import derive_key, derive_seed
+from encryption.lifting import WEIGHT_CLIP, ExactLifting, Predictor, masks, neighbours
+from encryption.options import positive_ints, reject_fit_options, require_fitted
 from encryption.registry import register_encryptor
 
-IV_BYTES = 16
-FIXED_BITS = 12  # fixed-point fraction bits of the quantised MLP weights
-WEIGHT_CLIP = 4.0  # keeps every integer intermediate far below 2^53
+IV_BYTES = tagged_payload.MAC_BYTES
 CHUNK = 32  # images per vectorised chaos batch (bounds memory)
-
-# (target mask, source mask, neighbour offsets) of the two lifting steps
-_QUINCUNX = ((-1, 0), (1, 0), (0, -1), (0, 1))
-_DIAGONAL = ((-1, -1), (-1, 1), (1, -1), (1, 1))
-
-
-def _masks(h: int, w: int) -> list[tuple[np.ndarray, np.ndarray, tuple]]:
-    ii, jj = np.mgrid[0:h, 0:w]
-    odd = (ii + jj) % 2 == 1
-    odd_odd = (ii % 2 == 1) & (jj % 2 == 1)
-    even_even = (ii % 2 == 0) & (jj % 2 == 0)
-    return [(odd, ~odd, _QUINCUNX), (odd_odd, even_even, _DIAGONAL)]
-
-
-def _neighbours(
-    planes: np.ndarray, source: np.ndarray, target: np.ndarray, offsets: tuple
-) -> np.ndarray:
-    """(P, 4) neighbour values (sources only, others read as 0) of every
-    target pixel of (B, H, W) planes. Reflect padding keeps the parity of
-    coordinates, so a neighbour is a source whenever it exists."""
-    src = np.where(source, planes, 0)
-    padded = np.pad(src, ((0, 0), (1, 1), (1, 1)), mode="reflect")
-    h, w = planes.shape[1:]
-    cols = [padded[:, 1 + di : 1 + di + h, 1 + dj : 1 + dj + w][:, target] for di, dj in offsets]
-    return np.stack(cols, axis=-1).reshape(-1, len(offsets))
-
-
-class _Predictor(torch.nn.Module):
-    def __init__(self, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = torch.nn.Linear(4, hidden)
-        self.fc2 = torch.nn.Linear(hidden, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # residual on the mean of the neighbours: untrained it is already the
-        # classic mean predictor, training learns the correction
-        return x.mean(dim=-1) + self.fc2(torch.relu(self.fc1(x))).squeeze(-1)
 
 
 @register_encryptor
@@ -132,13 +96,17 @@ class BpChaos(Encryptor):
         **unknown: Any,
     ) -> None:
         super().__init__(key=key, **unknown)  # the base class rejects unknown options
-        if epochs < 1 or hidden < 1 or rounds < 1 or batch_size < 1 or samples < 1:
-            raise ValueError("bp-chaos: epochs, hidden, rounds, batch_size, samples must be >= 1")
-        self.epochs, self.hidden, self.rounds = int(epochs), int(hidden), int(rounds)
-        self.plaintext_iv, self.batch_size = bool(plaintext_iv), int(batch_size)
-        self.samples, self.device = int(samples), device
-        self._nets: list[_Predictor] | None = None
-        self._qweights: list[tuple[np.ndarray, ...]] = []
+        self.epochs, self.hidden, self.rounds, self.batch_size, self.samples = positive_ints(
+            self.name,
+            epochs=epochs,
+            hidden=hidden,
+            rounds=rounds,
+            batch_size=batch_size,
+            samples=samples,
+        )
+        self.plaintext_iv, self.device = bool(plaintext_iv), device
+        self._nets: list[Predictor] | None = None
+        self._lifting: ExactLifting | None = None
         self._sbox_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
 
@@ -146,12 +114,11 @@ class BpChaos(Encryptor):
     def flops_per_image(self, h: int, w: int, channels: int = 1) -> int:
         """Multiply-adds x 2 of the BP predictors (3/4 of the pixels are predicted)."""
         per_pixel = 2 * (4 * self.hidden + self.hidden + self.hidden + 1)
-        targets = sum(int(t.sum()) for t, _, _ in _masks(h, w))
+        targets = sum(int(t.sum()) for t, _, _ in masks(h, w))
         return per_pixel * targets * channels
 
     def fit(self, images: np.ndarray, bits: int | None = None, **options: Any) -> FitReport:
-        if options:
-            raise TypeError(f"bp-chaos.fit: unknown option(s) {', '.join(sorted(options))}")
+        reject_fit_options(self.name, options)
         images, bits = check_images(images, bits)
         start = time.perf_counter()
         modulus = float(2**bits)
@@ -159,15 +126,15 @@ class BpChaos(Encryptor):
         gen = torch.Generator().manual_seed(derive_seed(self.key, "bp-chaos/init"))
         rng = np.random.default_rng(derive_seed(self.key, "bp-chaos/samples"))
         nets, metrics = [], {}
-        for step, (target, source, offsets) in enumerate(_masks(*planes.shape[1:])):
-            net = _Predictor(self.hidden)
+        for step, (target, source, offsets) in enumerate(masks(*planes.shape[1:])):
+            net = Predictor(self.hidden)
             with torch.no_grad():  # key-seeded init, no global RNG state touched
                 for p in net.parameters():
                     bound = 1.0 / np.sqrt(p.shape[-1] if p.ndim > 1 else self.hidden)
                     p.uniform_(-bound, bound, generator=gen)
                 net.fc2.weight.zero_()  # start as the mean-of-neighbours predictor
                 net.fc2.bias.zero_()
-            feats = _neighbours(planes, source, target, offsets)
+            feats = neighbours(planes, source, target, offsets)
             goal = planes[:, target].reshape(-1)
             if len(goal) == 0:  # image too small for this lifting step
                 nets.append(net.eval())
@@ -204,54 +171,14 @@ class BpChaos(Encryptor):
             metrics=metrics,
         )
 
-    def _set_nets(self, nets: list[_Predictor]) -> None:
-        self._nets = nets
-        scale = float(2**FIXED_BITS)
-        self._qweights = []
-        for net in nets:
-            w1 = np.round(net.fc1.weight.detach().double().numpy() * scale)
-            b1 = net.fc1.bias.detach().double().numpy()
-            w2 = np.round(net.fc2.weight.detach().double().numpy() * scale)
-            b2 = net.fc2.bias.detach().double().numpy()
-            self._qweights.append((w1, b1, w2, b2))
-
-    def _predict(self, step: int, feats: np.ndarray, modulus: int) -> np.ndarray:
-        """Exact fixed-point MLP: integer-valued float64 operands < 2^53, so
-        every sum is exact whatever the order or thread count."""
-        w1, b1, w2, b2 = self._qweights[step]
-        scale = float(2**FIXED_BITS)
-        f = torch.from_numpy(feats).double()
-        hid = torch.addmm(
-            torch.from_numpy(np.round(b1 * scale * modulus)), f, torch.from_numpy(w1).T
-        )
-        hid.relu_()
-        out = torch.mv(hid, torch.from_numpy(w2[0]))
-        out.add_(f.sum(dim=1), alpha=scale * scale / 4).add_(
-            float(np.round(b2[0] * scale * scale * modulus))
-        )
-        out.add_(scale * scale / 2).div_(scale * scale).floor_()
-        return out.numpy().astype(np.int64) % modulus
-
-    def _lift(self, planes: np.ndarray, modulus: int, inverse: bool) -> np.ndarray:
-        planes = planes.copy()
-        steps = list(enumerate(_masks(*planes.shape[1:])))
-        for step, (target, source, offsets) in reversed(steps) if inverse else steps:
-            if not target.any():
-                continue
-            pred = self._predict(step, _neighbours(planes, source, target, offsets), modulus)
-            pred = pred.reshape(planes.shape[0], -1)
-            sign = 1 if inverse else -1
-            planes[:, target] = (planes[:, target] + sign * pred) % modulus
-        return planes
+    def _set_nets(self, nets: list[Predictor]) -> None:
+        self._nets, self._lifting = nets, ExactLifting(nets)
 
     # -- chaos stage ----------------------------------------------------------
     def _sbox(self, bits: int) -> tuple[np.ndarray, np.ndarray]:
         if bits not in self._sbox_cache:
             seed = derive_key(self.key, f"bp-chaos/sbox/{bits}")
-            box = chaos.chaotic_permutations([seed], "sbox", 2**bits)[0].astype(np.int64)
-            inv = np.empty_like(box)
-            inv[box] = np.arange(len(box))
-            self._sbox_cache[bits] = (box, inv)
+            self._sbox_cache[bits] = chaos.chaotic_sbox(seed, bits)
         return self._sbox_cache[bits]
 
     def _permutation(self, rnd: int, n: int) -> np.ndarray:
@@ -273,40 +200,18 @@ class BpChaos(Encryptor):
     def _ivs(self, images: np.ndarray, bits: int) -> list[bytes]:
         if not self.plaintext_iv:
             return [bytes(IV_BYTES)] * len(images)
-        mac_key = derive_key(self.key, "bp-chaos/iv")
-        shape = ",".join(str(s) for s in images.shape[1:]).encode()
-        prefix = b"%d|%s|" % (bits, shape)
-        le = images.astype(images.dtype.newbyteorder("<"), copy=False)
-        return [
-            hmac.new(mac_key, prefix + img.tobytes(), "sha256").digest()[:IV_BYTES] for img in le
-        ]
+        return tagged_payload.image_macs(self.key, "bp-chaos/iv", images, bits)
 
     def _chaos(
         self, vec: np.ndarray, ivs: list[bytes], bits: int, rounds: int, inverse: bool
     ) -> np.ndarray:
-        modulus, mask = 2**bits, 2**bits - 1
         box, inv = self._sbox(bits)
-        n = vec.shape[1]
-        order = reversed(range(rounds)) if inverse else range(rounds)
-        for rnd in order:
-            perm, fwd, bwd = self._streams(ivs, rnd, n, modulus)
-            c0, kf = fwd[:, :1], fwd[:, 1:]
-            c1, kb = bwd[:, :1], bwd[:, 1:]
-            if not inverse:
-                vec = vec[:, perm]
-                vec = (c0 + np.cumsum(vec + kf, axis=1)) & mask
-                vec = box[vec]
-                vec = (c1 + np.cumsum((vec + kb)[:, ::-1], axis=1)[:, ::-1]) & mask
-                vec = box[vec]
+        for rnd in reversed(range(rounds)) if inverse else range(rounds):
+            perm, fwd, bwd = self._streams(ivs, rnd, vec.shape[1], 2**bits)
+            if inverse:
+                vec = chaos.undiffuse(vec, perm, fwd, bwd, inv, bits)
             else:
-                vec = inv[vec]
-                nxt = np.concatenate([vec[:, 1:], np.broadcast_to(c1, (len(vec), 1))], axis=1)
-                vec = inv[(vec - nxt - kb) & mask]
-                prev = np.concatenate([c0, vec[:, :-1]], axis=1)
-                vec = (vec - prev - kf) & mask
-                out = np.empty_like(vec)
-                out[:, perm] = vec
-                vec = out
+                vec = chaos.diffuse(vec, perm, fwd, bwd, box, bits)
         return vec
 
     # -- contract -------------------------------------------------------------
@@ -314,65 +219,36 @@ class BpChaos(Encryptor):
         """The cipher pixels (IVs skipped) as uint8 (N, C, H, W); deeper bit
         depths keep their top 8 bits (uniform if the cipher is uniform)."""
         header, payload = read_body(blob)
-        n = header.shape[0]
-        dtype = np.dtype(header.dtype).newbyteorder("<")
-        if len(payload) != n * IV_BYTES + int(np.prod(header.shape)) * dtype.itemsize:
-            raise ContainerError(
-                f"bp-chaos: payload of {len(payload)} bytes does not fit {header.shape}"
-            )
-        pixels = np.frombuffer(payload, dtype=dtype, offset=n * IV_BYTES)
-        pixels = pixels.reshape(header.shape).astype(np.int64) >> max(header.bits - 8, 0)
-        return pixels.astype(np.uint8)
-
-    def _require_fitted(self) -> None:
-        if self._nets is None:
-            raise RuntimeError(
-                "bp-chaos: call fit(images) or load_state_dict(state) before encrypt/decrypt"
-            )
+        _, pixels = tagged_payload.unpack(self.name, header, payload, header.shape)
+        return tagged_payload.top_byte_view(pixels, header.bits)
 
     def _encrypt_payload(self, images: np.ndarray, bits: int) -> tuple[bytes, dict[str, Any]]:
-        self._require_fitted()
+        require_fitted(self.name, self._nets is not None)
         n, c, h, w = images.shape
         ivs = self._ivs(images, bits)
         out = np.empty((n, c * h * w), dtype=images.dtype.newbyteorder("<"))
         for lo in range(0, n, CHUNK):
             part = images[lo : lo + CHUNK].astype(np.int64)
-            planes = self._lift(part.reshape(-1, h, w), 2**bits, inverse=False)
-            vec = self._chaos(
-                planes.reshape(len(part), -1),
-                ivs[lo : lo + CHUNK],
-                bits,
-                self.rounds,
-                inverse=False,
+            planes = self._lifting(part.reshape(-1, h, w), 2**bits, inverse=False)
+            vec = planes.reshape(len(part), -1)
+            out[lo : lo + CHUNK] = self._chaos(
+                vec, ivs[lo : lo + CHUNK], bits, self.rounds, inverse=False
             )
-            out[lo : lo + CHUNK] = vec
         extra = {"v": 1, "rounds": self.rounds, "plaintext_iv": self.plaintext_iv}
-        return b"".join(ivs) + out.tobytes(), extra
+        return tagged_payload.pack(ivs, out), extra
 
     def _decrypt_payload(self, header: Header, payload: bytes) -> np.ndarray:
-        self._require_fitted()
+        require_fitted(self.name, self._nets is not None)
         n, c, h, w = header.shape
         bits, extra = header.bits, header.extra
-        dtype = np.dtype(header.dtype).newbyteorder("<")
         if extra.get("v") != 1 or not isinstance(extra.get("rounds"), int) or extra["rounds"] < 1:
             raise ValueError(f"bp-chaos: unsupported payload description {extra!r}")
-        expected = n * IV_BYTES + n * c * h * w * dtype.itemsize
-        if len(payload) != expected:
-            raise ValueError(
-                f"bp-chaos: payload is {len(payload)} bytes, shape {header.shape} needs {expected}"
-            )
-        ivs = [payload[i * IV_BYTES : (i + 1) * IV_BYTES] for i in range(n)]
-        cipher = np.frombuffer(payload, dtype=dtype, offset=n * IV_BYTES).reshape(n, -1)
+        ivs, cipher = tagged_payload.unpack(self.name, header, payload, (n, c * h * w))
         images = np.empty((n, c, h, w), dtype=header.dtype)
         for lo in range(0, n, CHUNK):
-            vec = self._chaos(
-                cipher[lo : lo + CHUNK].astype(np.int64),
-                ivs[lo : lo + CHUNK],
-                bits,
-                extra["rounds"],
-                inverse=True,
-            )
-            planes = self._lift(vec.reshape(-1, h, w), 2**bits, inverse=True)
+            vec = cipher[lo : lo + CHUNK].astype(np.int64)
+            vec = self._chaos(vec, ivs[lo : lo + CHUNK], bits, extra["rounds"], inverse=True)
+            planes = self._lifting(vec.reshape(-1, h, w), 2**bits, inverse=True)
             images[lo : lo + CHUNK] = planes.reshape(-1, c, h, w)
         if extra.get("plaintext_iv") and self._ivs(images, bits) != ivs:
             raise IntegrityError(
@@ -381,7 +257,7 @@ class BpChaos(Encryptor):
         return images
 
     def state_dict(self) -> dict[str, Any]:
-        self._require_fitted()
+        require_fitted(self.name, self._nets is not None)
         state: dict[str, Any] = {
             "version": 1,
             "hidden": self.hidden,
@@ -400,7 +276,7 @@ class BpChaos(Encryptor):
         self.plaintext_iv = bool(state["plaintext_iv"])
         nets = []
         for i in range(2):
-            net = _Predictor(self.hidden)
+            net = Predictor(self.hidden)
             net.load_state_dict(
                 {
                     k: state[f"net{i}.{k}"]
