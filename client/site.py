@@ -135,9 +135,16 @@ class Site:
         from encryption.registry import encryptor_class
 
         cls = encryptor_class(self.study.method)
-        return (
-            {"epochs": self.study.method_epochs} if cls.learned and self.study.method_epochs else {}
-        )
+        options: dict = {}
+        if cls.learned and self.study.method_epochs:
+            options["epochs"] = self.study.method_epochs
+        # Learned encryptors train and run on the site's GPU share where there is one.
+        if "device" in getattr(cls, "defaults", {}) and self.study.num_gpus > 0:
+            import torch
+
+            if torch.cuda.is_available():
+                options["device"] = "cuda"
+        return options
 
     def peer_encryptor(self, peer: int) -> Encryptor:
         """A peer's encryptor under a consortium grant. Grants are exchanged out of

@@ -27,7 +27,14 @@ def backend_config(study: Study) -> dict:
         if study.num_gpus > 0:
             import torch
 
-            init_args["num_gpus"] = torch.cuda.device_count()
+            gpus = torch.cuda.device_count()
+            if gpus == 0:
+                raise ValueError(
+                    f"num-gpus = {study.num_gpus:g}, but torch {torch.__version__} sees no CUDA "
+                    "GPU on this machine; set num-gpus = 0, install a CUDA build of torch, or "
+                    "give a ray-address of a cluster with GPUs"
+                )
+            init_args["num_gpus"] = gpus
     return {
         "client_resources": {"num_cpus": study.num_cpus, "num_gpus": study.num_gpus},
         "init_args": init_args,
