@@ -22,8 +22,8 @@ import pytest
 from simulations.deploy import (
     DeployError,
     LocalFederation,
-    _start_time,
     free_port,
+    start_time,
     write_certificates,
     write_node_key,
 )
@@ -73,7 +73,7 @@ def _running(pids_file: Path) -> list[int]:
     out = []
     for pid, start in doc.items():
         pid = int(pid)
-        if start is not None and _start_time(pid) == start:
+        if start is not None and start_time(pid) == start:
             try:
                 state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
             except OSError:

@@ -1,0 +1,17 @@
+"""What every part of the deployment shares: paths, environment, the error type."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+SERVER_NAMES = ("superlink", "localhost", "127.0.0.1")
+# set for every Flower process we start: no pip installs at run time, logs unbuffered
+ENV = {
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+class DeployError(RuntimeError):
+    """A component of the local federation failed: the message names it and the cause."""

@@ -1,0 +1,352 @@
+"""`LocalFederation`: a SuperLink and one SuperNode per site as processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from simulations.deploy.certificates import Certificates, probe_tls, write_certificates
+from simulations.deploy.diagnosis import ANSI, diagnose
+from simulations.deploy.errors import ENV, REPO_ROOT, DeployError
+from simulations.deploy.processes import (
+    Component,
+    alive,
+    descendants,
+    free_port,
+    port_in_use,
+    start_time,
+    stop_processes,
+)
+
+
+class LocalFederation:
+    """SuperLink + N SuperNodes as plain processes on 127.0.0.1; a context manager.
+
+    Every process is stopped on leaving the `with` block, whatever happened,
+    and also by atexit and on SIGTERM/SIGHUP while it runs.
+    """
+
+    def __init__(
+        self,
+        sites: int,
+        *,
+        tls: bool = False,
+        port: int = 0,
+        certs: str | Path | None = None,
+        work: str | Path | None = None,
+        log_dir: str | Path | None = None,
+        data_home: str | Path | None = None,
+        echo: Callable[[str], None] = print,
+        start_timeout: float = 120.0,
+    ) -> None:
+        if sites < 1:
+            raise ValueError(f"--sites = {sites}: need at least 1 site")
+        self.sites, self.tls, self.echo, self.start_timeout = sites, tls, echo, start_timeout
+        self._tmp = tempfile.mkdtemp(prefix="medfed-deploy-")
+        self.work = Path(work) if work else Path(self._tmp)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.log_dir = Path(log_dir) if log_dir else self.work / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.data_home = Path(data_home).absolute() if data_home else None
+        if port:
+            if not 0 < port <= 65535 - sites:
+                raise ValueError(
+                    f"--port {port}: must be 1..{65535 - sites} (SuperNodes use "
+                    f"the next {sites} ports)"
+                )
+            self.port = port
+            self.node_ports = [port + 1 + i for i in range(sites)]
+        else:
+            ports: list[int] = []
+            while len(ports) < sites + 1:  # distinct, free now
+                if (p := free_port()) not in ports:
+                    ports.append(p)
+            self.port, self.node_ports = ports[0], ports[1:]
+        self.address = f"127.0.0.1:{self.port}"
+        self.certs: Certificates | None = None
+        if tls:
+            self.certs = Certificates(Path(certs)) if certs else Certificates(self.work / "certs")
+        self.components: list[Component] = []
+        self.flwr_home = self.work / "flwr-home"
+        self.connection = "medfed-local"
+        self._old_handlers: dict[int, object] = {}
+        self._stopped = False
+        self._seen: dict[int, int | None] = {}  # every descendant seen: pid -> start time
+
+    # -- environment --------------------------------------------------------------
+    def env(self, home: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(ENV)
+        env["FLWR_HOME"] = str(home)
+        bindir = str(Path(sys.executable).parent)
+        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+        if self.data_home:
+            env["MEDFED_DATA_HOME"] = str(self.data_home)
+        # the app processes import the project from the bundle; keep the checkout importable too
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        return env
+
+    def tool(self, name: str) -> str:
+        exe = Path(sys.executable).parent / name
+        if exe.exists():
+            return str(exe)
+        found = shutil.which(name)
+        if not found:
+            raise DeployError(
+                f"{name}: not found next to {sys.executable} nor on PATH (install flwr)"
+            )
+        return found
+
+    def _start(self, name: str, argv: list[str], home: Path) -> Component:
+        home.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / f"{name.lower().replace(' ', '-')}.log"
+        fh = open(log, "wb")  # noqa: SIM115 - the child writes to it; closed by the OS on exit
+        proc = subprocess.Popen(
+            argv,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env(home),
+            cwd=str(home),
+            start_new_session=True,
+        )
+        fh.close()
+        comp = Component(name, proc, log)
+        self.components.append(comp)
+        self._seen.setdefault(proc.pid, start_time(proc.pid))
+        self._write_pids()
+        return comp
+
+    def _write_pids(self) -> None:
+        """<log dir>/pids.json: every process started or seen (pid -> start time), for checks."""
+        doc = {str(p): t for p, t in self._seen.items()}
+        with contextlib.suppress(OSError):
+            (self.log_dir / "pids.json").write_text(json.dumps(doc))
+
+    # -- lifecycle ------------------------------------------------------------------
+    def __enter__(self) -> LocalFederation:
+        atexit.register(self.stop)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(ValueError, OSError):  # not the main thread
+                self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _on_signal(self, signum, frame) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def check_ports(self) -> None:
+        """DeployError naming the component whose port another program holds."""
+        for name, port in [("SuperLink", self.port)] + [
+            (f"SuperNode site-{i}", p) for i, p in enumerate(self.node_ports)
+        ]:
+            if port_in_use(port):
+                raise DeployError(
+                    f"{name}: port 127.0.0.1:{port} is already in use by another program; "
+                    "stop it or choose other ports with --port"
+                )
+
+    def start(self) -> None:
+        """Check ports, make certificates, start the SuperLink, register and start SuperNodes."""
+        self.check_ports()
+        if self.certs is not None:
+            if self.certs.folder == self.work / "certs":
+                write_certificates(self.certs.folder, sites=self.sites)
+            self.certs.check(self.sites)
+        self.write_connection()
+        self.start_superlink()
+        if self.certs is not None:
+            try:
+                probe_tls(self.address, self.certs.ca)
+            except DeployError as exc:
+                raise DeployError(f"SuperNodes and flwr CLI -> SuperLink: {exc}") from None
+            self.register_nodes()
+        for i in range(self.sites):
+            self.start_supernode(i)
+        self.wait_nodes_online()
+
+    def write_connection(self) -> Path:
+        """$FLWR_HOME/config.toml for the `flwr` CLI: one connection to this SuperLink."""
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        lines = [
+            "[superlink]",
+            f'default = "{self.connection}"',
+            "",
+            f"[superlink.{self.connection}]",
+            f'address = "{self.address}"',
+        ]
+        if self.certs is not None:
+            lines.append(f"root-certificates = {json.dumps(str(self.certs.ca.absolute()))}")
+        else:
+            lines.append("insecure = true")
+        path = self.flwr_home / "config.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def start_superlink(self) -> Component:
+        argv = [
+            self.tool("flower-superlink"),
+            "--port",
+            str(self.port),
+            "--host",
+            "127.0.0.1",
+            "--database",
+            str(self.work / "superlink-state.db"),
+            "--disable-runtime-dependency-installation",
+        ]
+        if self.certs is not None:
+            c = self.certs
+            argv += [
+                "--ssl-certfile",
+                str(c.server_cert.absolute()),
+                "--ssl-keyfile",
+                str(c.server_key.absolute()),
+                "--ssl-ca-certfile",
+                str(c.ca.absolute()),
+                "--enable-supernode-auth",
+            ]
+        else:
+            argv.append("--insecure")
+        comp = self._start("SuperLink", argv, self.work / "superlink-home")
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if comp.exited():
+                raise DeployError(
+                    f"SuperLink did not start: {diagnose(comp.log_text())} (full log: {comp.log})"
+                )
+            if "Uvicorn running on" in comp.log_text():
+                self.echo(
+                    f"SuperLink listening on {self.address}"
+                    f"{' (TLS, SuperNode authentication)' if self.certs else ' (insecure)'}"
+                )
+                return comp
+            time.sleep(0.2)
+        raise DeployError(
+            f"SuperLink: not listening on {self.address} after "
+            f"{self.start_timeout:.0f} s (log: {comp.log})"
+        )
+
+    def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [self.tool("flwr"), *args],
+            capture_output=True,
+            text=True,
+            env=self.env(self.flwr_home),
+            timeout=timeout,
+            cwd=str(self.flwr_home),
+            start_new_session=True,
+        )
+
+    def register_nodes(self) -> None:
+        assert self.certs is not None
+        for i in range(self.sites):
+            res = self.flwr(
+                "supernode", "register", str(self.certs.node_pub(i).absolute()), self.connection
+            )
+            out = ANSI.sub("", res.stdout + res.stderr)
+            if res.returncode != 0 and "already in use" not in out:
+                self.check_alive()  # a SuperLink that died says more than the CLI
+                raise DeployError(
+                    f"flwr supernode register: registering SuperNode site-{i}'s key with the "
+                    f"SuperLink at {self.address} failed: {diagnose(out)}"
+                )
+
+    def start_supernode(
+        self, i: int, *, root_certificates: Path | None = None, private_key: Path | None = None
+    ) -> Component:
+        """SuperNode of site i; `root_certificates` / `private_key` replace the federation's."""
+        argv = [
+            self.tool("flower-supernode"),
+            "--superlink",
+            self.address,
+            "--port",
+            str(self.node_ports[i]),
+            "--node-config",
+            f"partition-id={i} num-partitions={self.sites}",
+            "--max-retries",
+            "5",
+            "--max-wait-time",
+            "60",
+        ]
+        if self.certs is not None:
+            argv += [
+                "--root-certificates",
+                str(Path(root_certificates or self.certs.ca).absolute()),
+                "--auth-supernode-private-key",
+                str(Path(private_key or self.certs.node_key(i)).absolute()),
+            ]
+        else:
+            argv.append("--insecure")
+        return self._start(f"SuperNode site-{i}", argv, self.work / f"site-{i}-home")
+
+    def supernodes(self) -> list[Component]:
+        return [c for c in self.components if c.name.startswith("SuperNode")]
+
+    def check_alive(self) -> None:
+        """Raise DeployError naming the first component that stopped, and why."""
+        before = len(self._seen)
+        for comp in self.components:
+            for pid in descendants(comp.proc.pid):
+                self._seen.setdefault(pid, start_time(pid))
+        if len(self._seen) != before:
+            self._write_pids()
+        for comp in self.components:
+            if comp.exited():
+                code = comp.proc.returncode
+                if code < 0:
+                    how = f"was killed by signal {signal.Signals(-code).name} from outside medfed"
+                else:
+                    how = f"stopped (exit {code})"
+                raise DeployError(
+                    f"{comp.name} {how}: {diagnose(comp.log_text())} (full log: {comp.log})"
+                )
+
+    def wait_nodes_online(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        pending = set(range(self.sites))
+        while pending and time.monotonic() < deadline:
+            self.check_alive()
+            for i in sorted(pending):
+                if "SuperNode ID:" in self.supernodes()[i].log_text():
+                    pending.discard(i)
+            time.sleep(0.2)
+        if pending:
+            names = ", ".join(f"site-{i}" for i in sorted(pending))
+            raise DeployError(
+                f"SuperNode {names}: not connected to the SuperLink after "
+                f"{self.start_timeout:.0f} s (logs in {self.log_dir})"
+            )
+        self.echo(
+            f"{self.sites} SuperNodes connected (ports {', '.join(map(str, self.node_ports))})"
+        )
+
+    def stop(self) -> None:
+        """Stop every process started here (and their children); idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for sig, old in self._old_handlers.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(sig, old)
+        stop_processes([c.proc for c in self.components], self._seen)
+        shutil.rmtree(self._tmp, ignore_errors=True)  # temporary FLWR_HOME, generated keys
+        atexit.unregister(self.stop)
+
+    def pids(self) -> list[int]:
+        """Every process this federation started that is still running (for checks)."""
+        out = []
+        for comp in self.components:
+            out += [comp.proc.pid, *descendants(comp.proc.pid)]
+        return [p for p in out if alive(p)]
