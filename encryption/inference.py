@@ -12,15 +12,22 @@ Measured on 2 cores at 128 px, batch 32:
 - ConvTranspose2d(32 -> 1, 5x5, stride 2): 18-21 ms as is, 4-6 ms through
   torch's GEMM-based `slow_conv_transpose2d`.
 - ConvTranspose2d(16 -> 8, 3x3, stride 2): 15-36 ms as is, 4-7 ms in
-  channels-last; but Conv2d(1 -> 32, 5x5, stride 2) is 2x SLOWER there.
+  channels-last.
+- Conv2d(1 -> 8, 7x7), a full-resolution input layer: 21 ms as is, 5-11
+  ms in channels-last; but Conv2d(1 -> 32, 5x5, stride 2) is 2x slower
+  there, and the inner 16- and 32-channel layers are fastest as they are.
 
-So, as cuDNN's benchmark mode does on GPUs, `inference_view(module)` times
-the equivalent forms of each convolution on the first input of each shape
-and keeps the fastest (`TunedConv`); between layers tensors stay in the
-ordinary layout, so norms and activations run as before. Every form
-computes the same function (tests compare with the module to float
-rounding); which one wins may differ between processes, so two processes
-may differ in the last float bit, never more.
+So `inference_view(module)` runs each convolution in one of its equivalent
+forms (`FastConv`), picked by fixed rules on the layer's configuration that
+follow these measurements (`choose_form`). Not by timing each form on the
+first input, as cuDNN's benchmark mode does: the forms round differently in
+the last float bit, and a choice that varied with machine load would let two
+instances of one key disagree (a reloaded deepedn decrypting differently,
+learned-codec-aes's decoder recomputing another prediction than its
+encoder). With fixed rules every instance on a machine computes the same
+bits. Between layers tensors stay in the ordinary layout, so norms and
+activations run as before. Every form computes the same function (tests
+compare each with the layer to float rounding).
 
 The view is a copy (weights copied): rebuild it when the weights change.
 On other devices the module is returned as is: these are CPU facts.
@@ -30,7 +37,6 @@ Training keeps the plain module.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
 
 import torch
@@ -38,20 +44,36 @@ import torch.nn.functional as F
 from torch import nn
 
 _CL = torch.channels_last
-_FEW = 4  # output channels up to which a depthwise conv + channel sum is tried
+_FEW = 4  # up to this many channels a layer counts as a few-channel end layer
 Form = Callable[[torch.Tensor], torch.Tensor]
 
 
-class TunedConv(nn.Module):
-    """One Conv2d or ConvTranspose2d, run in its fastest equivalent form per input shape."""
+def choose_form(conv: nn.Conv2d | nn.ConvTranspose2d) -> str:
+    """The form `FastConv` runs `conv` in (see the module docstring)."""
+    transposed = isinstance(conv, nn.ConvTranspose2d)
+    if conv.groups != 1:
+        return "plain"
+    if transposed:
+        return "gemm" if conv.out_channels <= _FEW else "channels-last"
+    if conv.out_channels == 1:
+        return "channel-sum"
+    if conv.in_channels <= _FEW and tuple(conv.stride) == (1, 1):
+        return "channels-last"  # a full-resolution input layer (7x7, 1 -> 8: 2x faster)
+    return "plain"
+
+
+class FastConv(nn.Module):
+    """One Conv2d or ConvTranspose2d, run in the equivalent form `choose_form` picks."""
 
     def __init__(self, conv: nn.Conv2d | nn.ConvTranspose2d) -> None:
         super().__init__()
         self.conv = conv
         self.register_buffer("weight_cl", conv.weight.detach().contiguous(memory_format=_CL))
-        self.choice: dict[tuple[int, ...], str] = {}
+        self.form = choose_form(conv)
+        self._run = self.forms()[self.form]
 
     def forms(self) -> dict[str, Form]:
+        """Every equivalent form offered for this layer, by name."""
         c = self.conv
         transposed = isinstance(c, nn.ConvTranspose2d)
         forms: dict[str, Form] = {"plain": c}
@@ -92,30 +114,12 @@ class TunedConv(nn.Module):
         return forms
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        forms = self.forms()
-        key = tuple(x.shape[1:])
-        if key not in self.choice:
-            self.choice[key] = _fastest(forms, x)
-        return forms[self.choice[key]](x)
-
-
-def _fastest(forms: dict[str, Form], x: torch.Tensor, runs: int = 3) -> str:
-    """The form with the shortest best-of-`runs` time (the minimum resists load spikes)."""
-    best, best_t = "plain", float("inf")
-    for name, form in forms.items():
-        form(x)  # warm-up: oneDNN builds its kernel on the first call
-        for _ in range(runs):
-            start = time.perf_counter()
-            form(x)
-            elapsed = time.perf_counter() - start
-            if elapsed < best_t:
-                best, best_t = name, elapsed
-    return best
+        return self._run(x)
 
 
 def _swap(module: nn.Module) -> nn.Module:
     if isinstance(module, nn.Conv2d | nn.ConvTranspose2d) and module.padding_mode == "zeros":
-        return TunedConv(module)
+        return FastConv(module)
     for name, child in module.named_children():
         setattr(module, name, _swap(child))
     return module
@@ -133,10 +137,9 @@ def inference_view(module: nn.Module) -> nn.Module:
 
 
 def chosen_forms(view: nn.Module) -> dict[str, int]:
-    """How many (layer, input shape) pairs chose each form, for reports."""
+    """How many convolutions of `view` run in each form, for reports."""
     counts: dict[str, int] = {}
     for m in view.modules():
-        if isinstance(m, TunedConv):
-            for form in m.choice.values():
-                counts[form] = counts.get(form, 0) + 1
+        if isinstance(m, FastConv):
+            counts[m.form] = counts.get(m.form, 0) + 1
     return counts
