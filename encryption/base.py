@@ -32,6 +32,7 @@ from encryption.container import (
     seal_container,
 )
 from encryption.keys import KEY_BYTES, derive_key, generate_key
+from encryption.options import reject_fit_options
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,7 @@ class Encryptor(ABC):
     def fit(self, images: np.ndarray, bits: int | None = None, **options: Any) -> FitReport:
         """Train on a site's own images (`bits`: their meaningful bit depth, as in
         `encrypt`). Non-learned methods have nothing to fit."""
-        if options:
-            raise TypeError(f"{self.name}.fit: unknown option(s) {', '.join(sorted(options))}")
+        reject_fit_options(self.name, options)
         check_images(images, bits)
         return FitReport(images=len(images))
 

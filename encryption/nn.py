@@ -21,6 +21,7 @@ from torch import nn
 from encryption.base import Encryptor, FitReport, check_images
 from encryption.inference import inference_view
 from encryption.keys import derive_seed
+from encryption.options import reject_fit_options
 
 __all__ = [
     "ResBlock",
@@ -323,8 +324,7 @@ class TorchEncryptor(Encryptor):
         self, images: np.ndarray, bits: int | None, options: dict[str, Any]
     ) -> tuple[torch.Tensor, int, nn.ModuleDict]:
         """Checks and scales the fit images and builds fresh key-seeded networks."""
-        if options:
-            raise TypeError(f"{self.name}.fit: unknown option(s) {', '.join(sorted(options))}")
+        reject_fit_options(self.name, options)
         x_all, bits = self._fit_images(images, bits)
         return x_all, bits, self._fresh_nets(x_all.shape[1])
 
