@@ -7,8 +7,10 @@ writes every pid it started or saw (with its start time) to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,6 +31,7 @@ from simulations.deploy import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+MEDFED = str(Path(sys.executable).parent / "medfed")
 TINY = [
     "--set",
     "num-rounds=2",
@@ -56,7 +59,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 def _medfed(args: list[str], tmp_path: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(Path(sys.executable).parent / "medfed"), *args],
+        [MEDFED, *args],
         cwd=tmp_path,
         env=_env(tmp_path),
         capture_output=True,
@@ -224,46 +227,87 @@ def test_superlink_accepts_the_generated_chain(tmp_path):
     _assert_all_stopped(fed)
 
 
-# Slow: twice in a fresh clone the run finished before SIGINT took effect (rc 0, every
-# process stopped all the same); passes reliably in a warm tree. See the closing note.
-@pytest.mark.slow
-def test_ctrl_c_stops_everything(tmp_path):
-    out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "medfed"),
-            "deploy",
-            "local",
-            "--sites",
-            "1",
-            "--out",
-            str(out),
-            *TINY,
-        ],
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    node_log = out / "deploy-logs" / "supernode-site-0.log"
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            if node_log.is_file() and "SuperNode ID:" in node_log.read_text(errors="replace"):
-                break  # connected: the study is about to be submitted
-            time.sleep(0.5)
-        time.sleep(3)  # the study is being submitted / running
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
+def _default_sigint() -> None:
+    """In the child, before exec: SIGINT back to its default action.
+
+    A process started in the background by a non-interactive shell (`cmd &`,
+    `( ... &)`, most CI runners and job launchers) inherits SIGINT *ignored*,
+    and so does every process it starts, through exec. Python then installs
+    no KeyboardInterrupt handler, a SIGINT is a no-op and the study runs to
+    its end with exit code 0: how this test failed when pytest itself was
+    started that way. Ctrl-C in a terminal reaches a foreground process whose
+    SIGINT is not ignored; this recreates that.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _signal_mask(pid: int, field: str) -> int:
+    """SigIgn / SigCgt of a process from /proc: bit n-1 set for signal n."""
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(rf"^{field}:\s*([0-9a-f]+)$", text, flags=re.M).group(1), 16)
+
+
+def _stop_leftovers(proc: subprocess.Popen, pids_file: Path) -> None:
+    """After a failure: stop medfed (it cleans up on SIGTERM), then what it started, by pid."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+    for pid in _running(pids_file):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_ctrl_c_stops_everything(tmp_path):
+    """SIGINT while the study runs: exit code 130, every process the deployment started stops.
+
+    The signal is sent at a state the deployment reports (round 1 is in
+    rounds.jsonl: SuperLink, SuperNode, ServerApp and ClientApp processes are
+    all up), and the study has 1000 rounds, so it cannot finish first.
+    """
+    out = tmp_path / "out"
+    rounds, pids = out / "rounds.jsonl", out / "deploy-logs" / "pids.json"
+    long_study = [x if x != "num-rounds=2" else "num-rounds=1000" for x in TINY]
+    stderr = tmp_path / "medfed.err"
+    with open(stderr, "wb") as err_fh:
+        proc = subprocess.Popen(
+            [MEDFED, "deploy", "local", "--sites", "1", "--out", str(out), *long_study],
+            cwd=tmp_path,
+            env=_env(tmp_path),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err_fh,
+            start_new_session=True,  # like a terminal's foreground job: its own process group
+            preexec_fn=_default_sigint,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if rounds.is_file() and rounds.read_text().strip():
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, stderr.read_text()[-2000:]
+        assert rounds.read_text().strip(), "no round done in 300 s: " + stderr.read_text()[-2000:]
+        sigint_bit = 1 << (signal.SIGINT - 1)
+        assert not _signal_mask(proc.pid, "SigIgn") & sigint_bit  # not ignored ...
+        assert _signal_mask(proc.pid, "SigCgt") & sigint_bit  # ... Python's handler is set
+        seen = json.loads(pids.read_text())
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        stop_s = time.monotonic() - t0
+    finally:
+        _stop_leftovers(proc, pids)
+    err = stderr.read_text()
     assert proc.returncode == 130, err[-2000:]
-    assert "interrupted" in err
-    pids = out / "deploy-logs" / "pids.json"
-    assert len(json.loads(pids.read_text())) >= 2  # SuperLink and a SuperNode were running
+    assert "medfed: interrupted" in err
+    assert "all processes stopped" not in " ".join(err.split())  # it did not end on its own
+    # SuperLink, SuperNode and the processes they started for the run (SuperExec, apps)
+    assert len(seen) > 2, seen
+    assert stop_s < 30
     time.sleep(1)
     assert _running(pids) == []
 
