@@ -150,7 +150,8 @@ def _scaling(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -> Non
         )
     for key, t in r.get("linear_trend", {}).items():
         add(
-            f"- linear trend of {key}: {t['per_site']:.4g} per site + {t['intercept']:.3g}; at 512 sites: {t['at_512']:.3g}.\n"
+            f"- linear trend of {key}: {t['per_site']:.4g} per site + {t['intercept']:.3g}; "
+            f"at 512 sites: {t['at_512']:.3g}.\n"
         )
     if plot_scaling(r, plot_dir / "scaling.png"):
         add(f"![wall time and memory against sites]({rel / 'scaling.png'})\n")
@@ -222,9 +223,9 @@ def gpu_section(docs, add: Callable[[str], None]) -> None:
     r = doc["results"]
     if not r.get("available"):
         add(
-            f"Skipped on this machine: {r.get('reason')}. On a machine with CUDA the same command runs "
-            "encryption speed on the GPU and the overhead study with sites sharing one GPU "
-            "(fractional num-gpus = 0.25).\n"
+            f"Skipped on this machine: {r.get('reason')}. On a machine with CUDA the same "
+            "command runs encryption speed on the GPU and the overhead study with sites "
+            "sharing one GPU (fractional num-gpus = 0.25).\n"
         )
         add(reproduce_line(doc, "gpu") + "\n")
         return

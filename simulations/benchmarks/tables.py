@@ -25,6 +25,13 @@ def fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def med(stats: Any) -> float:
+    """Median of a summarize() dict (or the number itself)."""
+    if isinstance(stats, Mapping):
+        return float(stats.get("median", math.nan))
+    return math.nan if stats is None else float(stats)
+
+
 def fmt_ratio(value: Any) -> str:
     """A speed ratio: 2 decimals from 0.01 up, '1/N' below (AES is N times faster)."""
     if value is None or not isinstance(value, (int, float)) or math.isnan(value):
@@ -42,13 +49,6 @@ def ratio_spread(stats: Any) -> str:
         f"{fmt_ratio(stats['median'])} ({fmt_ratio(stats['min'])}..{fmt_ratio(stats['max'])},"
         f" n={stats['n']})"
     )
-
-
-def med(stats: Any) -> float:
-    """Median of a summarize() dict (or the number itself)."""
-    if isinstance(stats, Mapping):
-        return float(stats.get("median", math.nan))
-    return math.nan if stats is None else float(stats)
 
 
 def spread(stats: Any, digits: int = 2) -> str:

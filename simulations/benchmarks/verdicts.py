@@ -110,7 +110,8 @@ def headline(docs) -> str:
             rows,
         )
         + f"\n\nkB and PSNR: {SECURITY_SOURCE}, {size} x {size} px "
-        f"(`{rd['command'] if rd else 'medfed bench rate-distortion'}`); speed: {ssize} x {ssize} px, "
+        f"(`{rd['command'] if rd else 'medfed bench rate-distortion'}`); "
+        f"speed: {ssize} x {ssize} px, "
         f"median of the repeats, ratio to aes-gcm measured in the same run "
         f"(`{speed['command'] if speed else 'medfed bench speed'}`). "
         f"Secure by the metrics = NPCR, UACI (one-pixel change) and key NPCR (one-bit key "
@@ -135,7 +136,8 @@ def targets(docs) -> str:
             rows.append(
                 [
                     f"`{name}` >= {TARGET_IMAGES_S:g} images/s at {speed['results']['size']} px",
-                    f"{ips:.1f} images/s (conv ceiling {m.get('conv_ceiling_images_s', math.nan):.0f})",
+                    f"{ips:.1f} images/s "
+                    f"(conv ceiling {m.get('conv_ceiling_images_s', math.nan):.0f})",
                     "yes"
                     if ips >= TARGET_IMAGES_S
                     else f"no, {ips / TARGET_IMAGES_S:.2f}x of target",
@@ -205,8 +207,10 @@ def targets(docs) -> str:
                 ok = c["bpp"] < ref["bpp"] and c["psnr"] >= TARGET_CODEC_PSNR
                 rows.append(
                     [
-                        f"learned-codec-aes < lossless-aes at PSNR >= {TARGET_CODEC_PSNR:g} dB ({source})",
-                        f"{c['kb_per_image']:.2f} vs {ref['kb_per_image']:.2f} kB/image at {c['psnr']:.1f} dB",
+                        f"learned-codec-aes < lossless-aes at PSNR >= {TARGET_CODEC_PSNR:g} dB "
+                        f"({source})",
+                        f"{c['kb_per_image']:.2f} vs {ref['kb_per_image']:.2f} kB/image "
+                        f"at {c['psnr']:.1f} dB",
                         "yes" if ok else f"no, {c['bpp'] / ref['bpp']:.2f}x the lossless size",
                     ]
                 )
