@@ -95,7 +95,7 @@ def headline(docs) -> str:
                 fmt_ratio(med(s.get("encrypt_ratio_to_aes"))),
             ]
         )
-    size = rd["results"]["size"] if rd else "?"
+    size = rd["results"].get("size", "?") if rd else "?"  # a failed run has no size
     ssize = speed["results"].get("size", "?") if speed else "?"
     return (
         table(
