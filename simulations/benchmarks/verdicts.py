@@ -123,6 +123,27 @@ def headline(docs) -> str:
     )
 
 
+_SHARE_NAMES = {
+    "normalization": "normalisation layers",
+    "other_torch": "other tensor ops",
+    "outside_torch": "work outside torch",
+}
+
+
+def _time_reason(breakdown: dict | None) -> str:
+    """': convolutions are only 47 % of the time, instance norms 25 %' from the
+    speed benchmark's profile of one call; empty without one."""
+    if not breakdown:
+        return ""
+    rest = sorted(
+        ((v, k) for k, v in breakdown.items() if k in _SHARE_NAMES and v >= 0.1), reverse=True
+    )
+    parts = [f"{_SHARE_NAMES[k]} {v:.0%}" for v, k in rest]
+    return f": convolutions take {breakdown.get('convolution', 0.0):.0%} of its time" + (
+        ", " + ", ".join(parts) if parts else ""
+    )
+
+
 def targets(docs) -> str:
     """Targets table: each project target, what was measured, and whether it is met."""
     rows = []
@@ -153,6 +174,7 @@ def targets(docs) -> str:
                         "yes"
                         if frac >= TARGET_CONV_FRACTION
                         else f"no, {frac / TARGET_CONV_FRACTION:.2f}x of target"
+                        + _time_reason(m.get("time_breakdown"))
                     ),
                 ]
             )
@@ -221,14 +243,17 @@ def targets(docs) -> str:
 TARGET_NOTES = """Why targets are missed where they are (read with the sections below):
 the learned encryptors run here as small-batch PyTorch inference on shared CPU
 cores, so their images/s is bounded by the machine's measured convolution
-FLOP/s (section "Learned encryptors") times the fraction they reach; networks
-with few channels, strided/transposed convolutions and per-call Python work
-(padding, quantization, container, AES) reach a smaller fraction than the
-64-channel reference convolution; the column "images/s at 100 % of conv"
-says whether the images/s target is reachable here at all. Where the federation
-is slower than the plain loop, the difference is Ray actor dispatch and message
-(de)serialization, a fixed cost per site and round that weighs more the smaller
-the shard; where it is faster, Ray ran sites concurrently on the cores. The learned codec's size depends on how
+FLOP/s (section "Learned encryptors") times the fraction they reach. Only
+convolutions do the FLOPs counted; the share of an encrypt call's time they
+take (profiled, in the "no" cells above and the table "Where one encrypt call's
+time goes") bounds the fraction: instance norms, padding and activations move
+memory without counted FLOPs, and bp-chaos spends its time in chaos maps by
+design (a 1.2 MFLOP network: the FLOP fraction says nothing about it). The
+column "images/s at 100 % of conv" says whether the images/s target is
+reachable here at all. Where the federation is slower than the plain loop, the
+difference is Ray actor dispatch and message (de)serialization, a fixed cost per
+site and round that weighs more the smaller the shard; where it is faster, Ray
+ran sites concurrently on the cores. The learned codec's size depends on how
 long it was trained (`epochs` in the rate-distortion settings): the quick suite
 trains for a few epochs only.
 """
