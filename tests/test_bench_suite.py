@@ -233,6 +233,8 @@ def test_render_report_only_from_json(results_dir, tmp_path):
     assert text.startswith("# medfed benchmarks")
     assert "| `aes-gcm` |" in text and "| `bp-chaos` |" in text
     assert "| `lossless-aes (png)` |" in text
+    # bp-chaos misses the conv-fraction target; the cell says where its time went
+    assert "of target: convolutions take 0% of its time, " in text
     assert "`medfed bench speed --quick`" in text
     assert "512 sites not run in this suite" in text
     assert "Skipped on this machine" in text
