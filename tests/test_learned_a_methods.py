@@ -287,3 +287,41 @@ def test_codec_trained_longer_is_smaller_than_lossless_at_40_db():
 
     assert _psnr(images, codec.decrypt(blob), 8) >= 40.0
     assert len(blob) < 0.85 * len(lossless.encrypt(images))
+
+
+def test_learned_codec_reads_first_version_containers():
+    """Containers written before the geometric residual model (a quantised
+    Laplace per channel, `residual_scales` in the header) still decode to the
+    same images; new ones use the table model and decode alike."""
+    import io
+    import pickle
+    from pathlib import Path
+
+    import torch
+
+    cases = pickle.loads((Path(__file__).parent / "data" / "learned_codec_aes_v1.pkl").read_bytes())
+    for name, case in cases.items():
+        enc = get_encryptor("learned-codec-aes", key=bytes(range(32)))
+        enc.load_state_dict(torch.load(io.BytesIO(case["state"]), weights_only=False))
+        assert "residual_scales" in read_body(case["blob"])[0].extra, name
+        np.testing.assert_array_equal(enc.decrypt(case["blob"]), case["dec"], err_msg=name)
+        blob = enc.encrypt(case["x"], case["bits"])
+        assert "residual_ratios" in read_body(blob)[0].extra, name
+        np.testing.assert_array_equal(enc.decrypt(blob), case["dec"], err_msg=name)
+
+
+def test_geometric_model_table_is_exact_and_leaky():
+    from encryption.methods.learned_codec_aes import geometric_model, geometric_ratio
+
+    q = np.array([0, 1, -1, 2, 0, 0, -3, 1])
+    r = geometric_ratio(q)
+    m = np.mean(np.abs(q))
+    assert abs(2 * r / (1 - r * r) - m) < 1e-5  # E|k| of the fitted law matches the data
+    model = geometric_model(r, 40)
+    import constriction
+
+    coder = constriction.stream.stack.AnsCoder()
+    extreme = np.array([0, 80, 40, 1, 79], dtype=np.int32)  # even +-40 must be codable
+    coder.encode_reverse(extreme, model)
+    back = constriction.stream.stack.AnsCoder(coder.get_compressed()).decode(model, 5)
+    np.testing.assert_array_equal(back, extreme)

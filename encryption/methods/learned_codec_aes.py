@@ -14,13 +14,14 @@ factorized-prior model, made small):
   scale) per latent channel, convolved with the unit box; the training
   loss is bits per pixel + `lam` * MSE on [0, 1] (rate-distortion).
 - entropy coder: the `constriction` package's ANS coder with its
-  QuantizedGaussian / QuantizedLaplace models (a maintained Rust library
+  QuantizedGaussian and Categorical models (a maintained Rust library
   with numpy bindings, exact and fast, vectorised: no per-image loop).
 - a residual layer for a fidelity guarantee: with `target_psnr_db` > 0
   the integer residual x - round(g_s(y)) is quantised with the largest
   step whose worst-case uniform error meets the target PSNR, and coded
-  with a per-container, per-channel Laplace model (its scale travels in
-  the header). With `target_psnr_db = 0` it is the pure learned codec.
+  with a per-container, per-channel two-sided geometric (discrete Laplace)
+  model whose ratio travels in the header (`geometric_model`: a lookup
+  table every machine builds alike). With `target_psnr_db = 0` it is the pure learned codec.
   (The decoder recomputes the same prediction; a float difference across
   machines can move a pixel by one level, not more.)
 Payload = latent ANS words + residual ANS words; self-described by the
@@ -127,6 +128,29 @@ def residual_step(bits: int, target_psnr_db: float) -> int:
     while step > 1 and mse(step) > target_mse:
         step -= 1
     return step
+
+
+def geometric_ratio(q: np.ndarray) -> float:
+    """Ratio r of the two-sided geometric law P(k) ~ r^|k| fitted to residuals
+    `q` (maximum likelihood by the mean |k|), rounded to 6 decimals."""
+    m = max(float(np.mean(np.abs(q))), 1e-3)
+    r = (math.sqrt(1.0 + m * m) - 1.0) / m  # solves E|k| = 2r / (1 - r^2)
+    return round(min(max(r, 1e-6), 0.999999), 6)
+
+
+def geometric_model(ratio: float, qmax: int) -> Any:
+    """Categorical model of the symbols 0..2*qmax (residual k + qmax), P ~ ratio^|k|.
+
+    Built from products and an exactly rounded sum only (no exp or log, which
+    differ between C libraries in the last bit): every machine builds the same
+    table, so a container coded on one decodes on another. A table lookup per
+    symbol, 7x faster to code than a parametric Laplace model."""
+    weights = [1.0]
+    for _ in range(qmax):
+        weights.append(weights[-1] * ratio)
+    total = 2.0 * math.fsum(weights) - 1.0
+    probs = np.array([w / total for w in (*weights[:0:-1], *weights)])
+    return _constriction().stream.model.Categorical(probs, perfect=False)
 
 
 @register_encryptor
@@ -260,17 +284,14 @@ class LearnedCodecAes(TorchEncryptor):
         coder = _constriction().stream.stack.AnsCoder()
         extra: dict[str, Any] = {"latent_shape": list(latent.shape[1:]), "residual_step": step}
         if q is not None:
-            # Laplace scale per image channel; rounded so both sides use the same value.
-            scales = [
-                round(max(float(np.mean(np.abs(q[:, ch]))), 0.02), 4) for ch in range(q.shape[1])
-            ]
+            # A two-sided geometric (discrete Laplace) model per image channel; its
+            # ratio travels in the header, rounded so both sides use the same value.
+            ratios = [geometric_ratio(q[:, ch]) for ch in range(q.shape[1])]
             qmax = int(np.ceil((2**bits - 1) / step)) + 1
             for ch in reversed(range(q.shape[1])):  # a stack coder: encode in reverse
-                sym = np.ascontiguousarray(q[:, ch]).ravel()
-                coder.encode_reverse(
-                    sym, _constriction().stream.model.QuantizedLaplace(-qmax, qmax, 0.0, scales[ch])
-                )
-            extra["residual_scales"] = scales
+                sym = np.ascontiguousarray(q[:, ch]).ravel() + qmax
+                coder.encode_reverse(sym, geometric_model(ratios[ch], qmax))
+            extra["residual_ratios"] = ratios
         residual_words = coder.get_compressed()
         coder = _constriction().stream.stack.AnsCoder()
         lat = np.ascontiguousarray(latent.transpose(1, 0, 2, 3)).reshape(latent.shape[1], -1)
@@ -303,8 +324,12 @@ class LearnedCodecAes(TorchEncryptor):
             coder = _constriction().stream.stack.AnsCoder(words[nlat:].copy())
             qmax = int(np.ceil((2**header.bits - 1) / step)) + 1
             per_ch = n * header.shape[2] * header.shape[3]
-            chans = [coder.decode(_constriction().stream.model.QuantizedLaplace(-qmax, qmax, 0.0, s), per_ch)
-                     for s in header.extra["residual_scales"]]  # fmt: skip
+            if "residual_ratios" in header.extra:
+                chans = [coder.decode(geometric_model(float(r), qmax), per_ch) - qmax
+                         for r in header.extra["residual_ratios"]]  # fmt: skip
+            else:  # containers of the first version: a quantised Laplace per channel
+                chans = [coder.decode(_constriction().stream.model.QuantizedLaplace(-qmax, qmax, 0.0, s), per_ch)
+                         for s in header.extra["residual_scales"]]  # fmt: skip
             q = np.stack([c.reshape(n, *header.shape[2:]) for c in chans], axis=1)
         meta = {"shape": header.shape, "bits": header.bits, "dtype": header.dtype}
         return self._decode(np.ascontiguousarray(latent), q, step, meta)
