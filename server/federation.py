@@ -29,7 +29,7 @@ from flwr.serverapp import Grid
 from client.study import Study
 from client.task import build_model, evaluate
 from server.archive import Archive
-from server.results import ResultWriter
+from server.results import BYTE_KINDS, ResultWriter
 from server.strategies import build_strategy
 
 POLL_S = 0.1
@@ -59,19 +59,7 @@ class SiteRound:
     site: str
     ok: bool = True
     error: str | None = None
-    bytes: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(
-            (
-                "ciphertext_up",
-                "ciphertext_down",
-                "model_up",
-                "model_down",
-                "message_up",
-                "message_down",
-            ),
-            0,
-        )
-    )
+    bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BYTE_KINDS, 0))
     recon: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(("mse", "psnr", "ssim"), math.nan)
     )

@@ -20,6 +20,16 @@ import torch
 from client.study import Study
 from server.report import write_report
 
+# What rounds.jsonl counts per site and round, in bytes.
+BYTE_KINDS = (
+    "ciphertext_up",
+    "ciphertext_down",
+    "model_up",
+    "model_down",
+    "message_up",
+    "message_down",
+)
+
 SCHEMA = 1
 
 
@@ -142,22 +152,14 @@ class ResultWriter:
 
     def summary(self) -> dict:
         rounds = self.rounds()
-        kinds = (
-            "ciphertext_up",
-            "ciphertext_down",
-            "model_up",
-            "model_down",
-            "message_up",
-            "message_down",
-        )
-        totals = {k: sum(s["bytes"][k] for r in rounds for s in r["sites"]) for k in kinds}
+        totals = {k: sum(s["bytes"][k] for r in rounds for s in r["sites"]) for k in BYTE_KINDS}
         per_site: dict[str, dict] = {}
         for r in rounds:
             for s in r["sites"]:
                 entry = per_site.setdefault(
-                    s["site"], {**dict.fromkeys(kinds, 0), "rounds_ok": 0, "rounds_failed": 0}
+                    s["site"], {**dict.fromkeys(BYTE_KINDS, 0), "rounds_ok": 0, "rounds_failed": 0}
                 )
-                for k in kinds:
+                for k in BYTE_KINDS:
                     entry[k] += s["bytes"][k]
                 entry["rounds_ok" if s["ok"] else "rounds_failed"] += 1
         speeds = self.study.link_speeds_mbps

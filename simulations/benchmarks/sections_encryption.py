@@ -19,9 +19,9 @@ from simulations.benchmarks.tables import (
     med,
     ratio_spread,
     reproduce_line,
+    shows_results,
     spread,
     table,
-    unavailable,
 )
 from simulations.benchmarks.verdicts import kpa_informative, secure_verdict
 
@@ -38,9 +38,7 @@ def speed_section(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -
     """Encryption speed against aes-gcm, and the learned encryptors' FLOPs and time breakdown."""
     doc = docs.get("speed")
     add("## Encryption speed\n")
-    missing = unavailable(doc, "speed")
-    if missing:
-        add(missing)
+    if not shows_results(doc, "speed", add):
         return
     r = doc["results"]
     add(
@@ -126,8 +124,8 @@ def speed_section(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -
             "activations, quantisation) move memory without counted FLOPs; outside torch are "
             "entropy coding, chaos maps, the container and AES. A method whose convolution "
             "share is small cannot reach half the convolution throughput whatever its "
-            "convolutions do. Convolutions run in the fastest of their equivalent forms, "
-            "chosen per layer and input shape (`encryption/inference.py`).\n"
+            "convolutions do. Convolutions run in an equivalent faster form "
+            "picked per layer by fixed rules (`encryption/inference.py`).\n"
         )
     add(reproduce_line(doc, "speed") + "\n")
 
@@ -136,9 +134,7 @@ def rate_distortion_section(docs, add: Callable[[str], None], plot_dir: Path, re
     """Bits per pixel, PSNR and SSIM of every method per source, with the codec references."""
     doc = docs.get("rate-distortion")
     add("## Rate-distortion\n")
-    missing = unavailable(doc, "rate-distortion")
-    if missing:
-        add(missing)
+    if not shows_results(doc, "rate-distortion", add):
         return
     r = doc["results"]
     trained = (

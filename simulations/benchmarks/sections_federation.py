@@ -17,9 +17,9 @@ from simulations.benchmarks.tables import (
     med,
     ratio_spread,
     reproduce_line,
+    shows_results,
     spread,
     table,
-    unavailable,
 )
 
 
@@ -27,9 +27,7 @@ def data_section(docs, add: Callable[[str], None]) -> None:
     """Decode speed and counts of the site data pipeline."""
     doc = docs.get("data")
     add("## Data decode\n")
-    missing = unavailable(doc, "data")
-    if missing:
-        add(missing)
+    if not shows_results(doc, "data", add):
         return
     r = doc["results"]
     rows = [[f"`{k}`", spread(v, 2)] for k, v in r["metrics"].items()]
@@ -50,9 +48,7 @@ def federation_section(docs, add: Callable[[str], None], plot_dir: Path, rel: Pa
 def _overhead(docs, add: Callable[[str], None]) -> None:
     add("### Flower/Ray overhead against a plain PyTorch loop\n")
     doc = docs.get("federation-overhead")
-    missing = unavailable(doc, "federation-overhead")
-    if missing:
-        add(missing)
+    if not shows_results(doc, "federation-overhead", add):
         return
     r = doc["results"]
     s = r["settings"]
@@ -106,9 +102,7 @@ def _overhead(docs, add: Callable[[str], None]) -> None:
 def _scaling(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -> None:
     add("### Scaling with the number of sites\n")
     doc = docs.get("federation-scaling")
-    missing = unavailable(doc, "federation-scaling")
-    if missing:
-        add(missing)
+    if not shows_results(doc, "federation-scaling", add):
         return
     r = doc["results"]
     st = r["settings"]
@@ -161,9 +155,7 @@ def _scaling(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -> Non
 def _bandwidth(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -> None:
     add("### Bandwidth per round\n")
     doc = docs.get("bandwidth")
-    missing = unavailable(doc, "bandwidth")
-    if missing:
-        add(missing)
+    if not shows_results(doc, "bandwidth", add):
         return
     r = doc["results"]
     st = r["settings"]
@@ -216,9 +208,7 @@ def gpu_section(docs, add: Callable[[str], None]) -> None:
     """Encryption speed and the overhead study on a GPU, or why they were skipped."""
     doc = docs.get("gpu")
     add("## GPU\n")
-    missing = unavailable(doc, "gpu")
-    if missing:
-        add(missing)
+    if not shows_results(doc, "gpu", add):
         return
     r = doc["results"]
     if not r.get("available"):

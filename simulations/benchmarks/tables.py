@@ -4,7 +4,7 @@ cells, markdown tables and the per-section "reproduce" line."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -90,9 +90,10 @@ def failure_line(doc: Mapping[str, Any] | None) -> str | None:
     return None
 
 
-def unavailable(doc: Mapping[str, Any] | None, name: str) -> str | None:
-    """A section's whole body when its result file is missing or records a failure
-    (the failure, then the reproduce line); None when there are results to show."""
+def shows_results(doc: Mapping[str, Any] | None, name: str, add: Callable[[str], None]) -> bool:
+    """True when `doc` has results to show; otherwise adds the section's whole body
+    (the failure, if one is recorded, then the reproduce line) and returns False."""
     if doc is None or failure_line(doc):
-        return (failure_line(doc) or "") + "\n" + reproduce_line(doc, name) + "\n"
-    return None
+        add((failure_line(doc) or "") + "\n" + reproduce_line(doc, name) + "\n")
+        return False
+    return True

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from simulations.benchmarks.tables import fmt
 
 
 def load_images(source: str, n: int, size: int, seed: int):
@@ -26,18 +27,6 @@ def load_images(source: str, n: int, size: int, seed: int):
             f"cannot load images from {source!r}: client.data.sample_images is not available ({exc})"
         ) from None
     return sample_images(source, n, size, seed)
-
-
-def _fmt(value: Any, digits: int = 2) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "n/a"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return f"{value:.{digits}f}"
-    return str(value)
 
 
 # (column header, getter, digits)
@@ -73,7 +62,7 @@ def markdown_table(doc: dict) -> str:
     rule = "| --- | " + " | ".join("---" for _ in COLUMNS) + " |"
     rows = [header, rule]
     for name, entry in doc["methods"].items():
-        cells = [_fmt(get(entry), digits) for _, get, digits in COLUMNS]
+        cells = [fmt(get(entry), digits) for _, get, digits in COLUMNS]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
