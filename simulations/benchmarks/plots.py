@@ -51,7 +51,12 @@ def plot_rate_distortion(rd: Mapping[str, Any], path: Path) -> bool:
             ax.set_xlabel("bits per pixel")
             ax.set_ylabel(label)
             ax.set_ylim(0, top * 1.05)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    # one legend for every panel: variants and the codec curve may appear in one source only
+    legend: dict[str, Any] = {}
+    for ax in axes[0]:
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(name, handle)
+    axes[0][-1].legend(legend.values(), legend.keys(), fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
