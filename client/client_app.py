@@ -16,8 +16,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.site import Site
-from client.study import Study
-from client.task import build_model, evaluate, train
+from study.config import Study
+from study.task import build_model, evaluate, train
 
 
 def _site(context: Context, study: Study | None) -> Site:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from client.study import Study
+from study.config import Study
 from encryption import Encryptor, get_encryptor
 from encryption.keys import generate_key, load_key_bundle, save_key_bundle
 

@@ -26,8 +26,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 
-from client.study import Study
-from client.task import build_model, evaluate
+from study.config import Study
+from study.task import build_model, evaluate
 from server.archive import Archive
 from server.results import BYTE_KINDS, ResultWriter
 from server.strategies import build_strategy

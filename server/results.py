@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from client.study import Study
+from study.config import Study
 from server.report import write_report
 
 # What rounds.jsonl counts per site and round, in bytes.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from client.study import Study
+from study.config import Study
 from server.federation import Federation, Progress
 
 

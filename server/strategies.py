@@ -6,7 +6,7 @@ import inspect
 
 from flwr.serverapp import strategy as flwr_strategies
 
-from client.study import STRATEGIES, Study
+from study.config import STRATEGIES, Study
 
 
 def build_strategy(study: Study, initial_arrays=None):

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from client.study import Study
+from study.config import Study
 from server.federation import Progress
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client.study import Study, StudyError
+from study.config import Study, StudyError
 
 SWEEP_KEYS = {"name", "study", "out-dir", "set", "grid"}
 

@@ -326,7 +326,7 @@ def test_deploy_local_tls_runs_a_study(tmp_path):
     import torch
     from flwr.app import ArrayRecord
 
-    from client.task import build_model
+    from study.task import build_model
     from server.federation import array_bytes
 
     out = tmp_path / "out"

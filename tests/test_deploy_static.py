@@ -323,7 +323,7 @@ def test_staged_app_builds_a_fab(tmp_path):
 
 
 def test_run_config_file_round_trips_the_study():
-    from client.study import Study
+    from study.config import Study
 
     study = Study(name="x y", num_sites=2, out_dir="/abs/out", resume=False, num_gpus=0.5)
     doc = tomllib.loads(run_config_toml(study))

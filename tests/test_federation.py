@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flwr.common.serde import message_to_proto
 
-from client.study import Study
+from study.config import Study
 from encryption.keys import load_key_bundle
 from server import federation as federation_module
 from server.archive import Archive
@@ -142,7 +142,7 @@ def test_ciphertext_bytes_equal_what_the_archive_received(archive_run):
 
 
 def test_model_bytes_match_the_model_size(archive_run):
-    from client.task import build_model
+    from study.task import build_model
 
     study, _, _ = archive_run
     tensors = list(build_model("xray").state_dict().values())

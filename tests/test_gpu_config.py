@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from client.site import Site
-from client.study import Study
+from study.config import Study
 from simulations.runner import backend_config
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from client.study import Study
+from study.config import Study
 from simulations.runner import run_simulated_study
 
 

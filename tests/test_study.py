@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from client.study import Study, StudyError, parse_overrides
+from study.config import Study, StudyError, parse_overrides
 from simulations.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

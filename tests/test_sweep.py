@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from client.study import StudyError
+from study.config import StudyError
 from simulations.cli import main
 from simulations.sweep import Sweep
 

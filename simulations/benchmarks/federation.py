@@ -25,7 +25,7 @@ def _quiet(_: str) -> None:
 
 
 def _study(out_dir: Path, **settings: Any):
-    from client.study import Study
+    from study.config import Study
 
     values = {k.replace("_", "-"): v for k, v in settings.items()}
     values["out-dir"] = str(out_dir)
@@ -67,7 +67,7 @@ def plain_loop(study) -> dict[str, Any]:
     """The study's work with no Flower and no Ray: for each round, every site
     shares (encrypts/decrypts) its images and trains locally, FedAvg in numpy,
     every site evaluates, the server evaluates its holdout. Uses the same client
-    code (client.site.Site, client.task) the ClientApp calls."""
+    code (client.site.Site, study.task) the ClientApp calls."""
     import torch
 
     from client.data import ensure_dataset
@@ -98,7 +98,7 @@ def _plain_rounds(s, root) -> dict[str, Any]:
 
     from client.data import load_holdout
     from client.site import Site
-    from client.task import build_model, evaluate, train
+    from study.task import build_model, evaluate, train
 
     start = time.perf_counter()
     sites = [Site(s, i, s.num_sites) for i in range(s.num_sites)]

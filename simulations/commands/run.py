@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from client.study import Study, parse_overrides
+from study.config import Study, parse_overrides
 
 DEFAULT_STUDY = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"
 

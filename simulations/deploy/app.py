@@ -9,7 +9,7 @@ from pathlib import Path
 
 from simulations.deploy.errors import REPO_ROOT
 
-APP_PACKAGES = ("encryption", "client", "server", "simulations")
+APP_PACKAGES = ("encryption", "study", "client", "server", "simulations")
 
 
 def default_app_dir() -> Path:

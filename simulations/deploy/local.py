@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from client.study import Study
+from study.config import Study
 from simulations.deploy.errors import ENV
 from simulations.deploy.federation import LocalFederation
 from simulations.deploy.submission import submit_study

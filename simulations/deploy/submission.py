@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.study import Study
+from study.config import Study
 from simulations.deploy.app import default_app_dir, stage_app
 from simulations.deploy.diagnosis import ANSI
 from simulations.deploy.errors import ENV, DeployError

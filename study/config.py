@@ -55,6 +55,9 @@ class Study:
     partition: str = "iid"
     dirichlet_alpha: float = 0.5
     max_slices_per_subject: int = 8
+    # largest image (pixels of a plane, voxels of a volume) a reader decodes;
+    # checked against each file's header before anything is allocated
+    max_image_pixels: int = 2**27
     # federation
     num_sites: int = 4
     num_rounds: int = 3
@@ -157,6 +160,7 @@ class Study:
             "num-cpus",
             "max-slices-per-subject",
             "holdout-images",
+            "max-image-pixels",
         )
         for key in positive:
             if getattr(self, key.replace("-", "_")) < 1:
