@@ -20,6 +20,10 @@ MODALITIES = ("xray", "mri")
 PARTITIONS = ("iid", "label-skew", "quantity-skew", "natural")
 EXCHANGES = ("none", "archive", "consortium")
 TRAIN_ON = ("plaintext", "decrypted")
+# differential privacy: Flower's client- or server-side clipping wrappers, or
+# sample-level DP-SGD inside each site's training
+DP_MODES = ("none", "client-fixed", "client-adaptive", "server-fixed", "local-dpsgd")
+SECURE_AGGREGATION = ("none", "secagg+")
 STRATEGIES = (
     "FedAvg",
     "FedProx",
@@ -71,6 +75,15 @@ class Study:
     exchange: str = "archive"
     share_per_round: int = 8
     train_on: str = "plaintext"
+    # privacy of the model updates
+    dp: str = "none"
+    dp_noise_multiplier: float = 1.0
+    dp_clipping_norm: float = 1.0
+    dp_delta: float = 1e-5
+    secure_aggregation: str = "none"
+    secagg_threshold: float = 0.5  # share of a site's SecAgg+ neighbours needed to unmask
+    secagg_clipping_range: float = 8.0
+    secagg_quantization_range: int = 4194304
     # local training
     local_epochs: int = 1
     batch_size: int = 16
@@ -83,6 +96,7 @@ class Study:
     fault_sites: str = ""  # e.g. "2" or "1:round=2": sites that raise (fault injection)
     link_mbps: str = "10,100,1000"
     holdout_images: int = 256
+    round_timeout: float = 3600.0  # seconds a round waits for replies; a silent site is failed
     resume: bool = False  # set by `medfed run --resume`: continue from the last checkpoint
 
     # -- construction -----------------------------------------------------
@@ -145,6 +159,8 @@ class Study:
             "exchange": EXCHANGES,
             "train-on": TRAIN_ON,
             "strategy": STRATEGIES,
+            "dp": DP_MODES,
+            "secure-aggregation": SECURE_AGGREGATION,
         }
         for key, allowed in choices.items():
             if getattr(self, key.replace("-", "_")) not in allowed:
@@ -180,6 +196,20 @@ class Study:
             raise bad("dirichlet-alpha", "must be > 0")
         if self.num_gpus < 0:
             raise bad("num-gpus", "0 or more (fractions share a GPU)")
+        if self.dp_noise_multiplier < 0:
+            raise bad("dp-noise-multiplier", "must be 0 or more")
+        if self.dp_clipping_norm <= 0:
+            raise bad("dp-clipping-norm", "must be > 0")
+        if not 0 < self.dp_delta < 1:
+            raise bad("dp-delta", "in (0, 1), e.g. 1e-5")
+        if not 0 < self.secagg_threshold <= 1:
+            raise bad("secagg-threshold", "a share of the neighbours in (0, 1]")
+        if self.secagg_clipping_range <= 0:
+            raise bad("secagg-clipping-range", "must be > 0")
+        if self.secagg_quantization_range < 2:
+            raise bad("secagg-quantization-range", "at least 2")
+        if self.round_timeout <= 0:
+            raise bad("round-timeout", "seconds, > 0")
         if self.proximal_mu < 0:
             raise bad("proximal-mu", "must be 0 or more")
         if not self.name or "/" in self.name:
