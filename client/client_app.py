@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 
 from client.site import Site
 from study.config import Study
-from study.task import build_model, evaluate, train
+from study.task import build_model, evaluate
 
 
 def _site(context: Context, study: Study | None) -> Site:
@@ -35,9 +35,6 @@ def build_client_app(study: Study | None = None) -> ClientApp:
         site = _site(context, study)
         rnd = int(msg.content["config"]["server-round"])
         try:
-            site.check_fault(rnd)
-            model = build_model(site.study.modality)
-            model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
             received = {}
             if "peers" in msg.content:
                 peers = msg.content["peers"]
@@ -46,33 +43,25 @@ def build_client_app(study: Study | None = None) -> ClientApp:
                     for k in peers
                     if k.endswith("-images")
                 }
-            images, targets, decrypt_s = site.training_set(received)
-            shared = site.share(rnd)
-            result = train(
-                model,
-                site.study.modality,
-                images,
-                targets,
-                site.shard.train.bits,
-                epochs=site.study.local_epochs,
-                batch_size=site.study.batch_size,
-                learning_rate=site.study.learning_rate,
-                seed=site.study.seed * 100_003 + rnd * 1009 + site.site_id,
+            update = site.train_round(
+                msg.content["arrays"].to_torch_state_dict(),
+                rnd,
+                received,
                 device=_device(site.study),
-                proximal_mu=site.study.proximal_mu if site.study.strategy == "FedProx" else 0.0,
             )
         except Exception as exc:  # noqa: BLE001 - reported per site in rounds.jsonl
             status = ConfigRecord({"site": site.site_id, "error": _describe(exc)})
             return Message(content=RecordDict({"status": status}), reply_to=msg)
+        result, shared = update.train, update.shared
         metrics = {
             "num-examples": result.examples,
             "train-loss": result.loss,
             "train-s": result.seconds,
             "encrypt-s": shared.encrypt_s if shared else 0.0,
-            "decrypt-s": decrypt_s + (shared.decrypt_s if shared else 0.0),
+            "decrypt-s": update.decrypt_s + (shared.decrypt_s if shared else 0.0),
         }
         content = {
-            "arrays": ArrayRecord(model.state_dict()),
+            "arrays": ArrayRecord(update.model.state_dict()),
             "status": ConfigRecord({"site": site.site_id}),
         }
         if shared is not None:

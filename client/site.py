@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from study.config import Study
 from encryption import Encryptor, get_encryptor
 from encryption.keys import generate_key, load_key_bundle, save_key_bundle
+from study.config import Study
 
 BUNDLE_NAME = "key.bundle"
 
@@ -68,6 +68,17 @@ class Shared:
     psnr: float
     ssim: float
     encrypt_s: float
+    decrypt_s: float
+
+
+@dataclass
+class LocalUpdate:
+    """What one round of local work produced: the trained model, how it
+    trained, what the site shares, and the time spent decrypting."""
+
+    model: object  # the trained torch module
+    train: object  # study.task.TrainResult
+    shared: Shared | None
     decrypt_s: float
 
 
@@ -221,6 +232,43 @@ class Site:
             extra_x.append(peer_images.astype(images.dtype))
             extra_y.append(peer_targets)
         return np.concatenate(extra_x), np.concatenate(extra_y), seconds
+
+    def train_round(
+        self,
+        global_state: dict,
+        server_round: int,
+        received: dict[int, tuple[bytes, bytes]] | None = None,
+        *,
+        device: str = "cpu",
+    ) -> LocalUpdate:
+        """One round at this site, as the study runs it: load the global model,
+        train on the site's images (and peers' under a grant), encrypt what the
+        site shares. The ClientApp and the update-leakage attack both call this."""
+        from study.task import build_model, train
+
+        self.check_fault(server_round)
+        s = self.study
+        model = build_model(s.modality)
+        model.load_state_dict(global_state)
+        images, targets, decrypt_s = self.training_set(received or {})
+        shared = self.share(server_round)
+        result = train(
+            model,
+            s.modality,
+            images,
+            targets,
+            self.shard.train.bits,
+            epochs=s.local_epochs,
+            batch_size=s.batch_size,
+            learning_rate=s.learning_rate,
+            seed=self.train_seed(server_round),
+            device=device,
+            proximal_mu=s.proximal_mu if s.strategy == "FedProx" else 0.0,
+        )
+        return LocalUpdate(model=model, train=result, shared=shared, decrypt_s=decrypt_s)
+
+    def train_seed(self, server_round: int) -> int:
+        return self.study.seed * 100_003 + server_round * 1009 + self.site_id
 
     def check_fault(self, server_round: int) -> None:
         plan = self.study.fault_plan
