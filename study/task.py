@@ -3,7 +3,13 @@
 - chest X-ray: a small CNN, multi-label over the 14 NIH findings, scored by
   macro AUROC over the findings present in the evaluation set;
 - brain MRI: a small 2D U-Net over the four modalities, three sigmoid
-  outputs (ET, TC, WT), scored by Dice per region.
+  outputs (ET, TC, WT), scored by Dice per region;
+- `mlp`: a reference model for the update-leakage attacks (server/leakage.py):
+  its first layer is fully connected with a bias, the case in which a single
+  image can be read back from the update exactly (Phong et al. 2017).
+
+`train` runs sample-level DP-SGD with Opacus when given a `DpSgd` (the study's
+`dp = local-dpsgd`); without it the code path is the plain one, unchanged.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from torch.nn import functional as F
 
 NUM_FINDINGS = 14
 MRI_REGIONS = ("ET", "TC", "WT")
+MODEL_ARCHS = ("study", "mlp")  # "study": XrayNet / MriUNet; "mlp": ReferenceMlp
+OPTIMIZERS = ("adam", "sgd")
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -75,12 +83,57 @@ class MriUNet(nn.Module):
         return self.out(d1)
 
 
-def build_model(modality: str, in_channels: int | None = None) -> nn.Module:
+class ReferenceMlp(nn.Module):
+    """Flatten, a fully connected layer with bias, ReLU, a linear head.
+
+    The reference model of the update-leakage attacks: for one image, the
+    gradient of the first layer's row i is (dL/db_i) * x, so the image is the
+    ratio of a weight row's update to its bias' update (Phong et al. 2017).
+    X-ray: 14 logits; MRI: one logit per region and pixel, shaped like the
+    U-Net's output.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int,
+        out_shape: tuple[int, ...],
+        hidden: int = 256,
+    ):
+        super().__init__()
+        self.out_shape = tuple(out_shape)
+        self.first = nn.Linear(in_channels * image_size * image_size, hidden)
+        self.head = nn.Linear(hidden, int(np.prod(self.out_shape)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.first(x.flatten(1)))
+        return self.head(h).view(len(x), *self.out_shape)
+
+
+def build_model(
+    modality: str,
+    in_channels: int | None = None,
+    *,
+    arch: str = "study",
+    image_size: int | None = None,
+) -> nn.Module:
+    """The task model: arch "study" (XrayNet / MriUNet) or "mlp" (ReferenceMlp,
+    which needs `image_size`)."""
+    if modality not in ("xray", "mri"):
+        raise ValueError(f"unknown modality {modality!r}; valid: xray, mri")
+    if arch == "mlp":
+        if not image_size:
+            raise ValueError("the mlp reference model needs image_size")
+        if modality == "xray":
+            return ReferenceMlp(in_channels or 1, image_size, (NUM_FINDINGS,))
+        return ReferenceMlp(
+            in_channels or 4, image_size, (len(MRI_REGIONS), image_size, image_size)
+        )
+    if arch != "study":
+        raise ValueError(f"unknown model {arch!r}; valid: {', '.join(MODEL_ARCHS)}")
     if modality == "xray":
         return XrayNet(in_channels or 1)
-    if modality == "mri":
-        return MriUNet(in_channels or 4)
-    raise ValueError(f"unknown modality {modality!r}; valid: xray, mri")
+    return MriUNet(in_channels or 4)
 
 
 def to_float(images: np.ndarray, bits: int) -> torch.Tensor:
@@ -88,14 +141,37 @@ def to_float(images: np.ndarray, bits: int) -> torch.Tensor:
     return torch.from_numpy(images.astype(np.float32) / float(2**bits - 1))
 
 
-def _loss(modality: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _loss(
+    modality: str, logits: torch.Tensor, target: torch.Tensor, *, per_sample_dice: bool = False
+) -> torch.Tensor:
+    """BCE; for MRI plus soft Dice over the batch, or per image and then averaged
+    (`per_sample_dice`: DP-SGD needs a loss that is a mean of per-image losses)."""
     loss = F.binary_cross_entropy_with_logits(logits, target)
     if modality == "mri":  # BCE + soft Dice: tumour regions are small
         prob = torch.sigmoid(logits)
-        inter = (prob * target).sum(dim=(0, 2, 3))
-        denom = prob.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3))
+        dims = (2, 3) if per_sample_dice else (0, 2, 3)
+        inter = (prob * target).sum(dim=dims)
+        denom = prob.sum(dim=dims) + target.sum(dim=dims)
         loss = loss + (1 - (2 * inter + 1) / (denom + 1)).mean()
     return loss
+
+
+@dataclass(frozen=True)
+class DpSgd:
+    """Sample-level DP-SGD (Abadi et al. 2016) with Opacus: each image's
+    gradient clipped to `clipping_norm`, Gaussian noise of standard deviation
+    noise_multiplier * clipping_norm added to the batch sum, batches drawn by
+    Poisson sampling at rate 1 / ceil(n / batch_size)."""
+
+    noise_multiplier: float
+    clipping_norm: float
+
+    @classmethod
+    def from_study(cls, study) -> DpSgd | None:
+        """The study's DP-SGD setting, or None when its dp is not local-dpsgd."""
+        if study.dp != "local-dpsgd":
+            return None
+        return cls(study.dp_noise_multiplier, study.dp_clipping_norm)
 
 
 @dataclass(frozen=True)
@@ -118,14 +194,35 @@ def train(
     seed: int = 0,
     device: str = "cpu",
     proximal_mu: float = 0.0,
+    optimizer: str = "adam",
+    dp_sgd: DpSgd | None = None,
 ) -> TrainResult:
-    """Local training with Adam; FedProx's proximal term when proximal_mu > 0."""
+    """Local training with Adam (or plain SGD); FedProx's proximal term when
+    proximal_mu > 0; sample-level DP-SGD with Opacus when `dp_sgd` is given."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    if dp_sgd is not None:
+        return _train_dp_sgd(
+            model,
+            modality,
+            images,
+            targets,
+            bits,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+            device=device,
+            proximal_mu=proximal_mu,
+            optimizer=optimizer,
+            dp_sgd=dp_sgd,
+        )
     start = time.perf_counter()
     model.to(device).train()
     x_all = to_float(images, bits)
     y_all = torch.from_numpy(targets.astype(np.float32))
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
-    opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    opt = _optimizer(optimizer, model, learning_rate)
     gen = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0
     for _ in range(epochs):
@@ -144,6 +241,96 @@ def train(
             opt.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)
+    return TrainResult(
+        loss=total / max(count, 1), examples=len(x_all), seconds=time.perf_counter() - start
+    )
+
+
+def _optimizer(name: str, model: nn.Module, learning_rate: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=learning_rate)
+    return torch.optim.Adam(model.parameters(), lr=learning_rate)
+
+
+def _train_dp_sgd(
+    model: nn.Module,
+    modality: str,
+    images: np.ndarray,
+    targets: np.ndarray,
+    bits: int,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    device: str,
+    proximal_mu: float,
+    optimizer: str,
+    dp_sgd: DpSgd,
+) -> TrainResult:
+    """DP-SGD through Opacus' PrivacyEngine: per-sample gradients (GradSampleModule
+    hooks), flat clipping, Gaussian noise, Poisson-sampled batches. The data
+    order and the noise are seeded from `seed` (Opacus' non-secure RNG: fine for a
+    simulation, not for a deployment that must resist an attacker who can
+    predict torch's generator). The trained weights end up in `model` itself."""
+    import warnings
+
+    from opacus import PrivacyEngine
+    from opacus.validators import ModuleValidator
+    from torch.utils.data import DataLoader, TensorDataset
+
+    if proximal_mu > 0:
+        raise ValueError(
+            "dp = local-dpsgd cannot be combined with FedProx's proximal term "
+            "(Opacus clips per-sample gradients of the data loss only)"
+        )
+    for module in model.modules():  # Opacus' backward hooks forbid in-place ReLU on their views
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise ValueError(f"dp = local-dpsgd: Opacus cannot train this model: {errors[0]}")
+    start = time.perf_counter()
+    model.to(device).train()
+    x_all = to_float(images, bits)
+    y_all = torch.from_numpy(targets.astype(np.float32))
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(TensorDataset(x_all, y_all), batch_size=batch_size, generator=gen)
+    noise = torch.Generator(device=device).manual_seed(seed + 1)
+    with warnings.catch_warnings():  # the non-secure RNG is chosen on purpose (docstring)
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant="rdp")
+    private_model, opt, private_loader = engine.make_private(
+        module=model,
+        optimizer=_optimizer(optimizer, model, learning_rate),
+        data_loader=loader,
+        noise_multiplier=dp_sgd.noise_multiplier,
+        max_grad_norm=dp_sgd.clipping_norm,
+        poisson_sampling=True,
+        noise_generator=noise,
+    )
+    total, count = 0.0, 0
+    try:
+        with warnings.catch_warnings():
+            # Opacus' hooks fire on the first layer, whose input needs no gradient: expected
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            for _ in range(epochs):
+                for x, y in private_loader:
+                    x, y = x.to(device), y.to(device)
+                    opt.zero_grad(set_to_none=True)
+                    if len(x) == 0:
+                        # An empty Poisson batch still takes a step (noise only): the
+                        # accountant counts it. A zero loss gives empty per-sample grads.
+                        private_model(x).sum().backward()
+                        opt.step()
+                        continue
+                    loss = _loss(modality, private_model(x), y, per_sample_dice=True)
+                    loss.backward()
+                    opt.step()
+                    total += float(loss.detach()) * len(x)
+                    count += len(x)
+    finally:
+        private_model._close()  # removes Opacus' hooks and grad_sample attributes
     return TrainResult(
         loss=total / max(count, 1), examples=len(x_all), seconds=time.perf_counter() - start
     )
