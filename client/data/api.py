@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from client.data import cache
-from client.data.base import DatasetReader, LoadOptions, walk_files
+from client.data.base import DatasetReader, LoadOptions
 from client.data.partition import partition_patients
 from client.data.preprocess import rescale_bits
-from client.data.readers import detect_reader
+from client.data.safety import DEFAULT_MAX_IMAGE_PIXELS
+from client.data.scan import open_dataset
 from client.data.types import (
     FINDINGS,
     MRI_REGIONS,
@@ -111,23 +112,6 @@ def ensure_dataset(
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return final
-
-
-def open_dataset(
-    root: PathLike, *, cache_dir: PathLike | None = None, deep: bool = False
-) -> tuple[DatasetReader, Scan]:
-    """Detect the layout and scan it; the scan is cached on disk keyed on every file's stamp."""
-    root = Path(root)
-    reader = detect_reader(root)
-    if cache_dir is None:
-        return reader, reader.scan(root, deep=deep)
-    files = walk_files(root)
-    key = cache.fingerprint(files, "scan", reader.format, str(root.resolve()), deep)
-    scan = cache.load_object(cache_dir, f"scan-{reader.format}", key)
-    if scan is None:
-        scan = reader.scan(root, deep=deep)
-        cache.store_object(cache_dir, f"scan-{reader.format}", key, scan)
-    return reader, scan
 
 
 # ------------------------------------------------------------------ holdout
@@ -269,18 +253,22 @@ def load_site(
     cache_dir: PathLike | None = None,
     max_slices_per_subject: int | None = 8,
     tumour_only: bool = False,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> SiteShard:
     """This site's shard: its patients' images split by patient into train and test.
 
     The server holdout (official test list, or a seeded 10% of patients) is never
-    given to any site.
+    given to any site. max_image_pixels is the study key `max-image-pixels`
+    (default 2**27): a file whose header claims a larger image is skipped by the
+    scan, the same scan `medfed data inspect` reports.
     """
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition_id {partition_id} is outside 0..{num_partitions - 1}")
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     root = Path(root)
-    reader, scan = open_dataset(root, cache_dir=cache_dir)
+    options = LoadOptions(max_slices_per_subject, tumour_only, max_image_pixels)
+    reader, scan = open_dataset(root, cache_dir=cache_dir, options=options)
     _check_modality(reader, modality, root)
     records = _usable(scan.records)
     if not records:
@@ -306,7 +294,6 @@ def load_site(
     if test_fraction > 0 and n_test == 0 and len(order) >= 2:
         n_test = 1
     test_patients, train_patients = set(order[:n_test]), set(order[n_test:])
-    options = LoadOptions(max_slices_per_subject, tumour_only)
     site_cache = None
     if cache_dir is not None:
         site_cache = Path(cache_dir) / f"site-{partition_id}-of-{num_partitions}-{scheme}"
@@ -330,10 +317,15 @@ def load_holdout(
     seed: int = 0,
     cache_dir: PathLike | None = None,
     max_slices_per_subject: int | None = 8,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> ImageSet:
-    """The server's held-out set (patients load_site never hands to a site)."""
+    """The server's held-out set (patients load_site never hands to a site).
+
+    max_image_pixels: as for load_site (the study key `max-image-pixels`, default 2**27).
+    """
     root = Path(root)
-    reader, scan = open_dataset(root, cache_dir=cache_dir)
+    options = LoadOptions(max_slices_per_subject, max_image_pixels=max_image_pixels)
+    reader, scan = open_dataset(root, cache_dir=cache_dir, options=options)
     _check_modality(reader, modality, root)
     held = holdout_patients(scan, seed)
     records = [r for r in _usable(scan.records) if r.patient_id in held]
@@ -345,7 +337,7 @@ def load_holdout(
         reader,
         records,
         image_size=image_size,
-        options=LoadOptions(max_slices_per_subject),
+        options=options,
         cache_dir=hold_cache,
         cache_name=f"holdout-{max_images}",
     )

@@ -7,7 +7,6 @@ Skips (never stopping at the first bad file, never dropping one silently) and
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,15 +14,28 @@ from typing import ClassVar
 
 import numpy as np
 
+from client.data.safety import DEFAULT_MAX_IMAGE_PIXELS, check_limit, file_problem, open_text
 from client.data.types import Record, Scan
 
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How records become task samples (MRI slice selection; ignored for x-rays)."""
+    """How files become task samples.
+
+    max_slices_per_subject, tumour_only: MRI slice selection (ignored for x-rays).
+    max_image_pixels: the study key `max-image-pixels`, default 2**27 = 134217728:
+    the largest image a reader decodes, in pixels of an x-ray plane (rows x
+    columns x frames x samples for DICOM) or voxels of an MRI volume. Every
+    file's header is checked against it before anything is allocated; a file
+    claiming more is skipped with a reason naming both numbers.
+    """
 
     max_slices_per_subject: int | None = 8
     tumour_only: bool = False
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+    def __post_init__(self) -> None:
+        check_limit(self.max_image_pixels)
 
 
 class DatasetReader(ABC):
@@ -39,8 +51,12 @@ class DatasetReader(ABC):
         """True when root looks like this reader's layout (cheap: names and headers only)."""
 
     @abstractmethod
-    def scan(self, root: Path, *, deep: bool = False) -> Scan:
-        """Find every record under root; deep=True also decodes all pixel data."""
+    def scan(self, root: Path, *, deep: bool = False, options: LoadOptions | None = None) -> Scan:
+        """Find every record under root; deep=True also decodes all pixel data.
+
+        Only files that pass safety.file_problem are opened, and every header is
+        checked against options.max_image_pixels before any pixel is decoded.
+        """
 
     @abstractmethod
     def load(
@@ -58,17 +74,6 @@ def record_meta(record: Record, **extra) -> dict:
         **record.meta,
         **extra,
     }
-
-
-def walk_files(root: Path) -> list[Path]:
-    """Every regular file under root, any depth, sorted; hidden names are skipped."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                found.append(Path(dirpath) / name)
-    return found
 
 
 def rel(path: Path | str, root: Path) -> str:
@@ -93,7 +98,10 @@ def read_partition_csv(path: Path, known_subjects: set[str], root: Path):
 
     mapping: dict[str, str] = {}
     skipped: list[Skip] = []
-    with open(path, newline="") as fh:
+    problem = file_problem(path, root)
+    if problem:
+        return None, [Skip(rel(path, root), problem)]
+    with open_text(path) as fh:
         reader = csv.DictReader(fh)
         fields = [f.strip() for f in (reader.fieldnames or [])]
         missing = [c for c in ("Partition_ID", "Subject_ID") if c not in fields]

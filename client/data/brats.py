@@ -9,6 +9,7 @@ brain voxels) at its original bit depth (8 for uint8 data, else 16).
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -17,6 +18,13 @@ import numpy as np
 
 from client.data.base import DatasetReader, LoadOptions, read_partition_csv, record_meta, rel
 from client.data.preprocess import brats_regions, normalise_volume, resize_stack
+from client.data.safety import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    MAX_HEADER_BYTES,
+    file_problem,
+    open_regular,
+    too_large,
+)
 from client.data.types import MRI_MODALITIES, MRI_REGIONS, Record, Scan, Skip
 
 PARTITION_CSVS = ("partitioning.csv", "partitioning_1.csv", "partitioning_2.csv")
@@ -58,7 +66,60 @@ def _bits_for(dtype: np.dtype) -> int:
     return 8 if np.dtype(dtype) in (np.uint8, np.int8) else 16
 
 
-def load_volume(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+class NiftiRefused(ValueError):
+    """A NIfTI file refused from its header alone, with the reason."""
+
+
+def nifti_header(path: Path, max_voxels: int):
+    """nibabel's header parsed from the file's first bytes, after the size checks.
+
+    Only the fixed header (348 bytes NIfTI-1, 540 NIfTI-2) is read, and
+    decompressed for .nii.gz, so a header claiming 2000^3 voxels costs 540
+    bytes, not 16 GB. Raises NiftiRefused when the volume (product of all
+    dimensions) is over max_voxels, or when the voxel data would start more than
+    MAX_HEADER_BYTES after the header (nibabel reads every extension before it).
+    """
+    with open_regular(path) as fh:
+        if path.name.lower().endswith(".gz"):
+            with gzip.GzipFile(fileobj=fh, mode="rb") as stream:
+                raw = stream.read(540)
+        else:
+            raw = fh.read(540)
+    header = None
+    for klass, size in ((nib.Nifti1Header, 348), (nib.Nifti2Header, 540)):
+        for order, byteorder in (("<", "little"), (">", "big")):
+            if len(raw) >= size and int.from_bytes(raw[:4], byteorder, signed=True) == size:
+                header = klass(raw[:size], endianness=order, check=True)
+                break
+        if header is not None:
+            break
+    if header is None:
+        raise NiftiRefused(
+            f"not a NIfTI-1 or NIfTI-2 header ({len(raw)} header bytes, sizeof_hdr "
+            f"{int.from_bytes(raw[:4], 'little', signed=True) if len(raw) >= 4 else '?'})"
+        )
+    shape = tuple(int(d) for d in header.get_data_shape())
+    problem = too_large(shape, max_voxels, unit="voxels", detail=f" {header.get_data_dtype()}")
+    if problem:
+        raise NiftiRefused(problem)
+    offset = int(header.get_data_offset())
+    if offset > size + 4 + MAX_HEADER_BYTES:
+        raise NiftiRefused(
+            f"NIfTI header puts the voxels at byte {offset}: extensions over "
+            f"{MAX_HEADER_BYTES} bytes are not read"
+        )
+    return header
+
+
+def load_volume(
+    path: Path, *, max_voxels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> tuple[np.ndarray, nib.Nifti1Image]:
+    try:
+        nifti_header(path, max_voxels)
+    except NiftiRefused as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    except Exception as exc:  # gzip, nibabel and the OS raise many types for damaged files
+        raise ValueError(f"{path}: cannot read NIfTI: {type(exc).__name__}: {exc}") from exc
     try:
         image = nib.load(path)
         data = np.asanyarray(image.dataobj)
@@ -71,8 +132,16 @@ def load_volume(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     return data, image
 
 
-def _header_problem(path: Path) -> tuple[tuple[int, ...] | None, str | None, object]:
-    """(shape, problem, header) from the header alone; catches truncated .nii files."""
+def _header_problem(
+    path: Path, max_voxels: int
+) -> tuple[tuple[int, ...] | None, str | None, object]:
+    """(shape, problem, header) from the header alone; catches bombs and truncated .nii files."""
+    try:
+        nifti_header(path, max_voxels)
+    except NiftiRefused as exc:
+        return None, str(exc), None
+    except Exception as exc:  # noqa: BLE001
+        return None, f"cannot read NIfTI header: {type(exc).__name__}: {exc}", None
     try:
         image = nib.load(path)
     except Exception as exc:  # noqa: BLE001
@@ -108,21 +177,22 @@ class BratsReader(DatasetReader):
         except OSError:
             return False
 
-    def scan(self, root: Path, *, deep: bool = False) -> Scan:
+    def scan(self, root: Path, *, deep: bool = False, options: LoadOptions | None = None) -> Scan:
         root = Path(root)
+        max_voxels = (options or LoadOptions()).max_image_pixels
         cases = find_cases(root)
         any_seg = any("seg" in _case_files(c) for c in cases)
         records: list[Record] = []
         skipped: list[Skip] = []
         for case in cases:
-            result = self._scan_case(case, root, any_seg, deep)
+            result = self._scan_case(case, root, any_seg, deep, max_voxels)
             if isinstance(result, Skip):
                 skipped.append(result)
             else:
                 records.append(result)
         partitions = None
         for name in PARTITION_CSVS:
-            if (root / name).is_file():
+            if os.path.lexists(root / name):
                 partitions, more = read_partition_csv(root / name, {c.name for c in cases}, root)
                 skipped.extend(more)
                 break
@@ -133,7 +203,9 @@ class BratsReader(DatasetReader):
             ]
         return Scan(self.format, self.modality, root, records, skipped, partitions, None)
 
-    def _scan_case(self, case: Path, root: Path, any_seg: bool, deep: bool) -> Record | Skip:
+    def _scan_case(
+        self, case: Path, root: Path, any_seg: bool, deep: bool, max_voxels: int
+    ) -> Record | Skip:
         files = _case_files(case)
         where = rel(case, root)
         missing = [m for m in MRI_MODALITIES if m not in files]
@@ -146,8 +218,13 @@ class BratsReader(DatasetReader):
             )
         wanted = [*MRI_MODALITIES, *(["seg"] if "seg" in files else [])]
         shapes = {}
+        headers = {}
         for mod in wanted:
-            shape, problem, _ = _header_problem(files[mod])
+            problem = file_problem(files[mod], root)
+            if problem:
+                return Skip(rel(files[mod], root), problem)
+        for mod in wanted:
+            shape, problem, headers[mod] = _header_problem(files[mod], max_voxels)
             if problem:
                 return Skip(rel(files[mod], root), problem)
             shapes[mod] = shape
@@ -157,7 +234,7 @@ class BratsReader(DatasetReader):
         labels: tuple[str, ...] = ()
         if "seg" in files:
             try:
-                seg, _ = load_volume(files["seg"])
+                seg, _ = load_volume(files["seg"], max_voxels=max_voxels)
             except ValueError as exc:
                 return Skip(rel(files["seg"], root), str(exc).replace(f"{files['seg']}: ", ""))
             values = set(np.unique(seg).tolist())
@@ -171,10 +248,10 @@ class BratsReader(DatasetReader):
         if deep:
             for mod in MRI_MODALITIES:
                 try:
-                    load_volume(files[mod])
+                    load_volume(files[mod], max_voxels=max_voxels)
                 except ValueError as exc:
                     return Skip(rel(files[mod], root), str(exc).replace(f"{files[mod]}: ", ""))
-        header = nib.load(files["flair"]).header
+        header = headers["flair"]
         meta = {
             "shape": list(shapes["flair"]),
             "spacing": [float(z) for z in header.get_zooms()[:3]],
@@ -191,17 +268,18 @@ class BratsReader(DatasetReader):
         return np.stack(volumes), record_meta(record, seg=seg, modalities=list(MRI_MODALITIES))
 
     def load(self, record: Record, *, image_size: int, options: LoadOptions):
+        max_voxels = options.max_image_pixels
         volumes = []
         bits = 8
         for path in record.paths[:4]:
-            data, _ = load_volume(Path(path))
+            data, _ = load_volume(Path(path), max_voxels=max_voxels)
             bits = max(bits, _bits_for(data.dtype))
             volumes.append(data)
         if len({v.shape for v in volumes}) != 1:
             raise ValueError(f"{record.key}: modality shapes differ: {[v.shape for v in volumes]}")
         stack = np.stack([normalise_volume(v, bits) for v in volumes])  # (4, X, Y, Z)
         if len(record.paths) > 4:
-            seg, _ = load_volume(Path(record.paths[4]))
+            seg, _ = load_volume(Path(record.paths[4]), max_voxels=max_voxels)
             regions = brats_regions(seg)  # (3, X, Y, Z)
         else:
             regions = np.zeros((3, *stack.shape[1:]), np.uint8)

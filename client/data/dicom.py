@@ -18,14 +18,16 @@ import csv
 import math
 import os
 import warnings
+import zlib
 from datetime import date
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
 from client.data.base import (
     DatasetReader,
@@ -36,6 +38,16 @@ from client.data.base import (
     rel,
 )
 from client.data.preprocess import multi_hot, parse_findings, resize_plane
+from client.data.safety import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    MAX_HEADER_BYTES,
+    file_problem,
+    inventory,
+    open_regular,
+    open_text,
+    read_head,
+    too_large,
+)
 from client.data.types import Record, Scan, Skip, dtype_for_bits
 
 LABELS_CSV = "labels.csv"
@@ -46,12 +58,94 @@ DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage, For P
 
 
 def has_preamble(path: Path) -> bool:
+    """True for a regular file with the 128-byte preamble and 'DICM' (FIFOs are never opened)."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
+        head = read_head(path, 132)
     except OSError:
         return False
     return len(head) == 132 and head[128:132] == b"DICM"
+
+
+class DicomRefused(ValueError):
+    """A DICOM file refused before its pixel data are read or decoded, with the reason."""
+
+
+def _deflate_problem(fh: BinaryIO, max_pixels: int) -> str | None:
+    """For Deflated Explicit VR Little Endian: None if the dataset inflates within bounds.
+
+    pydicom inflates a deflated dataset whole, before any header can be
+    checked, so a small file could inflate to gigabytes: count the inflated
+    bytes here (streaming, nothing kept) against what an image within
+    max_pixels needs (2 bytes a sample) plus MAX_HEADER_BYTES of other elements.
+    """
+    start = fh.tell()
+    try:
+        pydicom.filereader.read_preamble(fh, False)
+        meta = pydicom.filereader._read_file_meta_info(fh)  # stable since pydicom 1.x
+    except Exception:  # noqa: BLE001 - not our concern here: dcmread words the error
+        fh.seek(start)
+        return None
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        fh.seek(start)
+        return None
+    bound = 2 * max_pixels + MAX_HEADER_BYTES
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    try:
+        while total <= bound and not inflater.eof:
+            chunk = inflater.unconsumed_tail or fh.read(1 << 16)
+            if not chunk:
+                break
+            total += len(inflater.decompress(chunk, bound + 1 - total))
+    except zlib.error as exc:
+        return f"corrupt deflated dataset: {exc}"
+    fh.seek(start)
+    if total > bound:
+        return (
+            f"image too large: deflated dataset inflates to more than {bound} bytes "
+            f"(2 bytes x max-image-pixels {max_pixels} + {MAX_HEADER_BYTES} header bytes); "
+            "skipped before inflating it"
+        )
+    return None
+
+
+def pixel_limit_problem(ds: Dataset, max_pixels: int) -> str | None:
+    """Rows x Columns x NumberOfFrames x SamplesPerPixel from the header against max_pixels."""
+    if "Rows" not in ds and "Columns" not in ds:
+        return None  # no image claimed (reports, plans): the pixel-data check decides
+    try:
+        dims = (
+            int(ds.get("Rows") or 0),
+            int(ds.get("Columns") or 0),
+            int(ds.get("NumberOfFrames") or 1),
+            int(ds.get("SamplesPerPixel") or 1),
+        )
+    except (TypeError, ValueError) as exc:
+        return f"unreadable image size in the header: {exc}"
+    if min(dims) < 1:
+        return (
+            f"header claims an empty or negative image size {dims} (rows, columns, frames, samples)"
+        )
+    return too_large(dims, max_pixels, detail=" (rows x columns x frames x samples per pixel)")
+
+
+def read_dicom_header(fh: BinaryIO, max_pixels: int) -> Dataset:
+    """The dataset up to its pixel data (stop_before_pixels), after the size checks.
+
+    Raises DicomRefused (a deflated dataset too large to inflate, or an image
+    larger than max_pixels), whatever the transfer syntax; pydicom's own
+    errors for a damaged file pass through. fh is left at its start.
+    """
+    start = fh.tell()
+    problem = _deflate_problem(fh, max_pixels)
+    if problem:
+        raise DicomRefused(problem)
+    ds = pydicom.dcmread(fh, stop_before_pixels=True)
+    fh.seek(start)
+    problem = pixel_limit_problem(ds, max_pixels)
+    if problem:
+        raise DicomRefused(problem)
+    return ds
 
 
 def missing_plugin_message(transfer_syntax) -> str | None:
@@ -104,12 +198,29 @@ def pixels_to_unsigned(ds: Dataset, arr: np.ndarray) -> tuple[np.ndarray, int]:
     return out.astype(dtype_for_bits(bits)), bits
 
 
-def read_dicom_plane(path: Path) -> tuple[np.ndarray, int, Dataset]:
-    """Decode one single-frame greyscale DICOM image -> (plane, bits, dataset)."""
+def read_dicom_plane(
+    path: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> tuple[np.ndarray, int, Dataset]:
+    """Decode one single-frame greyscale DICOM image -> (plane, bits, dataset).
+
+    The header is checked against max_pixels (and the frame count against one)
+    before pixel data are read, for native and every compressed transfer syntax.
+    """
     try:
-        ds = pydicom.dcmread(path)
+        with open_regular(path) as fh:
+            header = read_dicom_header(fh, max_pixels)
+            frames = int(header.get("NumberOfFrames") or 1)
+            samples = int(header.get("SamplesPerPixel") or 1)
+            if frames != 1 or samples != 1:
+                raise DicomRefused(
+                    f"expected one greyscale frame, header claims {frames} frame(s) of "
+                    f"{samples} sample(s) per pixel"
+                )
+            ds = pydicom.dcmread(fh)
     except InvalidDicomError as exc:
         raise ValueError(f"{path}: not a DICOM file (no 'DICM' preamble): {exc}") from exc
+    except DicomRefused as exc:
+        raise ValueError(f"{path}: {exc}") from exc
     if "PixelData" not in ds:
         raise ValueError(f"{path}: no pixel data ({_sop_name(ds)})")
     tsyntax = ds.file_meta.get("TransferSyntaxUID")
@@ -145,23 +256,26 @@ class DicomReader(DatasetReader):
 
     @classmethod
     def detect(cls, root: Path) -> bool:
+        root_real = os.path.realpath(root)
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for name in filenames:
                 path = Path(dirpath) / name
-                if name.lower().endswith(".dcm") or name == "DICOMDIR" or has_preamble(path):
+                if name.lower().endswith(".dcm") or name == "DICOMDIR":
+                    return True
+                if file_problem(path, root, root_real=root_real) is None and has_preamble(path):
                     return True
         return False
 
-    def scan(self, root: Path, *, deep: bool = False) -> Scan:
-        from client.data.base import walk_files
-
+    def scan(self, root: Path, *, deep: bool = False, options: LoadOptions | None = None) -> Scan:
         root = Path(root)
-        skipped: list[Skip] = []
+        max_pixels = (options or LoadOptions()).max_image_pixels
+        found = inventory(root)
+        skipped: list[Skip] = list(found.skipped)
         csv_labels = self._read_labels_csv(root, skipped)
         records: list[Record] = []
         used_rows: set[str] = set()
-        for path in walk_files(root):
+        for path in found.files:
             where = rel(path, root)
             if path.parent == root and path.name in SIDECARS:
                 continue
@@ -170,7 +284,9 @@ class DicomReader(DatasetReader):
                     warnings.simplefilter(
                         "ignore"
                     )  # pydicom warns on every odd value; we report per file
-                    record_or_reason = self._scan_file(path, root, csv_labels, used_rows, deep)
+                    record_or_reason = self._scan_file(
+                        path, root, csv_labels, used_rows, deep, max_pixels
+                    )
             except Exception as exc:  # noqa: BLE001 - one bad file must not stop the scan
                 record_or_reason = f"unreadable DICOM: {type(exc).__name__}: {exc}"
             if isinstance(record_or_reason, str):
@@ -195,10 +311,14 @@ class DicomReader(DatasetReader):
         self, root: Path, skipped: list[Skip]
     ) -> dict[str, tuple[str, ...]] | None:
         path = root / LABELS_CSV
-        if not path.is_file():
+        if not os.path.lexists(path):
+            return None
+        problem = file_problem(path, root)
+        if problem:
+            skipped.append(Skip(LABELS_CSV, problem))
             return None
         out: dict[str, tuple[str, ...]] = {}
-        with open(path, newline="") as fh:
+        with open_text(path) as fh:
             reader = csv.DictReader(fh)
             fields = [f.strip() for f in reader.fieldnames or []]
             key_col = next(
@@ -220,15 +340,23 @@ class DicomReader(DatasetReader):
                 out[f"uid:{key}" if key_col == "SOPInstanceUID" else key] = labels
         return out
 
-    def _scan_file(self, path: Path, root: Path, csv_labels, used_rows: set[str], deep: bool):
+    def _scan_file(
+        self, path: Path, root: Path, csv_labels, used_rows: set[str], deep: bool, max_pixels: int
+    ):
         where = rel(path, root)
         if not has_preamble(path):
             return "not a DICOM Part 10 file (no 128-byte preamble with 'DICM')"
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as exc:  # corrupt headers raise many exception types
+            with open_regular(path) as fh:
+                ds = read_dicom_header(fh, max_pixels)
+                full = self._deferred(fh)
+        except DicomRefused as exc:
+            return str(exc)
+        except Exception as exc:  # noqa: BLE001 - corrupt headers raise many exception types
             return f"corrupt DICOM header: {type(exc).__name__}: {exc}"
-        if "PixelData" not in ds and not self._has_pixel_tag(path, ds):
+        if full is None or "PixelData" not in full:
+            if full is None and "Rows" in ds:
+                return "truncated or damaged pixel data (the file ends inside its elements)"
             return f"no pixel data ({_sop_name(ds)})"
         photometric = str(ds.get("PhotometricInterpretation", "")).upper()
         if photometric not in ("MONOCHROME1", "MONOCHROME2"):
@@ -244,11 +372,11 @@ class DicomReader(DatasetReader):
             problem = missing_plugin_message(tsyntax)
             if problem:
                 return problem
-        elif not self._native_length_ok(path, ds):
+        elif not self._native_length_ok(path, ds, full):
             return "truncated pixel data (file shorter than Rows x Columns x BitsAllocated)"
         if deep:
             try:
-                read_dicom_plane(path)
+                read_dicom_plane(path, max_pixels=max_pixels)
             except Exception as exc:  # noqa: BLE001 - every decode failure becomes a skip
                 return str(exc).replace(f"{path}: ", "")
         labels, labelled = (), False
@@ -278,21 +406,22 @@ class DicomReader(DatasetReader):
         return Record(where, (str(path),), patient, labels, institution, meta)
 
     @staticmethod
-    def _has_pixel_tag(path: Path, ds: Dataset) -> bool:
-        # stop_before_pixels drops the element itself; look for its tag in the raw bytes
-        # of a deferred read instead (cheap: values over 1 KB are not loaded).
+    def _deferred(fh: BinaryIO) -> Dataset | None:
+        """The whole dataset with values over 1 KB left unread (their length and offset kept).
+
+        stop_before_pixels drops the PixelData element itself; this read finds it
+        and its length without loading native pixel data. None when it fails.
+        """
         try:
-            full = pydicom.dcmread(path, defer_size=1024)
+            return pydicom.dcmread(fh, defer_size=1024)
         except Exception:  # noqa: BLE001
-            return False
-        return "PixelData" in full
+            return None
 
     @staticmethod
-    def _native_length_ok(path: Path, ds: Dataset) -> bool:
+    def _native_length_ok(path: Path, ds: Dataset, full: Dataset) -> bool:
         """Uncompressed pixel data must hold Rows x Columns x BitsAllocated and fit in the file."""
         try:
-            full = pydicom.dcmread(path, defer_size=1024)
-            elem = full.get_item("PixelData")
+            elem = full.get_item("PixelData", keep_deferred=True)
             expected = (
                 int(ds.Rows)
                 * int(ds.Columns)
@@ -315,7 +444,9 @@ class DicomReader(DatasetReader):
         return plane, record_meta(record, bits=bits)
 
     def load(self, record: Record, *, image_size: int, options: LoadOptions):
-        plane, bits, _ = read_dicom_plane(Path(record.paths[0]))
+        plane, bits, _ = read_dicom_plane(
+            Path(record.paths[0]), max_pixels=options.max_image_pixels
+        )
         image = resize_plane(plane, image_size, bits=bits)[None, None]
         return image, multi_hot(record.labels)[None], bits
 

@@ -1,9 +1,16 @@
-"""`inspect_dataset`: what a dataset folder holds, as the fixed JSON object of `medfed data inspect`."""
+"""What a dataset folder holds, as the fixed JSON object of `medfed data inspect`.
+
+`inspect_dataset` is the command's function; `data_report` is the same object
+for a study's run folder (data-report.json), so a study records which input
+files it skipped and why.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 
+from client.data.base import LoadOptions
+from client.data.safety import DEFAULT_MAX_IMAGE_PIXELS
 from client.data.types import FINDINGS, MRI_REGIONS, NO_FINDING, PathLike, Scan
 
 
@@ -42,15 +49,28 @@ def summarise(scan: Scan) -> dict:
     }
 
 
-def inspect_dataset(root: PathLike, *, strict: bool = False) -> dict:
+def inspect_dataset(
+    root: PathLike,
+    *,
+    strict: bool = False,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    deep: bool = True,
+) -> dict:
     """Detect the layout of root, decode every file, and report what was found.
 
-    Nothing is dropped silently: every unusable file is in "skipped" with its
-    reason. strict=True turns any skip into a ValueError.
+    The scan is the one a study's sites run (client.data.scan.open_dataset),
+    with the same rules: only regular files inside root are opened, and a file
+    whose header claims more than max_image_pixels (the study key
+    `max-image-pixels`, default 2**27) is skipped before decoding. deep=True
+    also decodes every image, as a study does when it loads them, so the images
+    counted here are the ones a study trains on. Nothing is dropped silently:
+    every unusable file is in "skipped" with its reason. strict=True turns any
+    skip into a ValueError.
     """
-    from client.data.api import open_dataset
+    from client.data.scan import open_dataset
 
-    _, scan = open_dataset(root, deep=True)
+    options = LoadOptions(max_image_pixels=max_image_pixels)
+    _, scan = open_dataset(root, deep=deep, options=options)
     report = summarise(scan)
     if strict and report["skipped"]:
         first = report["skipped"][0]
@@ -59,3 +79,29 @@ def inspect_dataset(root: PathLike, *, strict: bool = False) -> dict:
             f"first: {first['path']}: {first['reason']}"
         )
     return report
+
+
+def data_report(
+    root: PathLike,
+    modality: str,
+    options: LoadOptions | None = None,
+    *,
+    deep: bool = True,
+    cache_dir: PathLike | None = None,
+) -> dict:
+    """The `medfed data inspect --json` object for a study's data folder (its data-report.json).
+
+    Same scan, same rules and same shape as `medfed data inspect`: options
+    carries the study's max-image-pixels. deep=True decodes every image (what
+    inspect does; what a study's sites do to their own images); deep=False
+    stops at headers, which is exactly the scan each site runs before
+    decoding. A folder that holds another modality's layout is a ValueError.
+    """
+    from client.data.scan import open_dataset
+
+    reader, scan = open_dataset(
+        root, deep=deep, options=options or LoadOptions(), cache_dir=cache_dir
+    )
+    if reader.modality != modality:
+        raise ValueError(f"{root} holds {reader.format} data ({reader.modality}), not {modality}")
+    return summarise(scan)

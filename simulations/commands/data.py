@@ -1,4 +1,4 @@
-"""`medfed data synth xray|mri ...` and `medfed data inspect DIR [--json] [--strict]`."""
+"""`medfed data synth xray|mri ...` and `medfed data inspect DIR [--json] [--strict] ...`."""
 
 from __future__ import annotations
 
@@ -50,7 +50,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     insp.add_argument("dir", help="dataset root folder")
     insp.add_argument("--json", action="store_true", help="print the report as one JSON object")
     insp.add_argument("--strict", action="store_true", help="any skipped file is an error (exit 2)")
+    insp.add_argument(
+        "--max-image-pixels",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        # the default is client.data.safety.DEFAULT_MAX_IMAGE_PIXELS (not imported here:
+        # building the parser must not load the data stack); a test checks they agree
+        help="largest image decoded, pixels of an x-ray or voxels of an MRI volume, checked "
+        "against each file's header before decoding (the study key max-image-pixels; "
+        "default 134217728 = 2^27)",
+    )
     insp.set_defaults(func=inspect_command)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _check_out(out: str) -> Path:
@@ -115,7 +136,8 @@ def synth_mri(args: argparse.Namespace) -> int:
 def inspect_command(args: argparse.Namespace) -> int:
     from client.data.inspect import inspect_dataset
 
-    report = inspect_dataset(args.dir)
+    limit = {} if args.max_image_pixels is None else {"max_image_pixels": args.max_image_pixels}
+    report = inspect_dataset(args.dir, **limit)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
