@@ -20,6 +20,9 @@ $(VENV)/.medfed-installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || { echo "installing $(TORCH_SPEC)"; $(PY) -m pip install -q $(TORCH_SPEC); }
 	$(PY) -m pip install -q -e ".[dev]"
+	@# NIH ChestX-ray14's real metadata (the CSV torchxrayvision ships) for the phantoms;
+	@# --no-deps: medfed only reads that file, and torchvision would bring its own torch
+	$(PY) -m pip install -q --no-deps "torchxrayvision>=1.2"
 	@touch $@
 
 run: setup

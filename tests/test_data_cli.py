@@ -10,7 +10,7 @@ from client.data import sample_images
 from client.data.bench import run_data_bench
 from simulations.cli import main
 
-REPORT_KEYS = ["format", "images", "subjects", "labels", "partitions", "skipped"]
+REPORT_KEYS = ["format", "images", "subjects", "labels", "partitions", "skipped", "archives"]
 
 
 def _inspect_json(capsys, path, *extra) -> dict:

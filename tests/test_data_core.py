@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from client.data import FINDINGS, ImageSet, SiteShard, ensure_dataset, load_holdout, load_site
-from client.data.nih import NihReader
+from client.data.nih import NihReader, find_csv
 from client.data.partition import SCHEMES, partition_patients
 
 
@@ -38,7 +38,7 @@ def test_phantoms_are_deterministic_for_a_seed(tmp_path):
     assert files_a == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     for rel in files_a:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
-    assert (a / "Data_Entry_2017.csv").read_bytes() != (c / "Data_Entry_2017.csv").read_bytes()
+    assert find_csv(a).read_bytes() != find_csv(c).read_bytes()  # v2020 name for NIH metadata
 
 
 def _ensure_worker(cache_root: str, queue) -> None:

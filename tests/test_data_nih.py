@@ -1,9 +1,12 @@
-"""NIH ChestX-ray14 layout: CSV header and labels, official test list, bad input."""
+"""NIH ChestX-ray14 layout: CSV header and labels, official test list, bad input, bad CSVs,
+NIH's archive parts and a partial download."""
 
 from __future__ import annotations
 
 import csv
+import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ from PIL import Image
 
 from client.data import FINDINGS, inspect_dataset, load_holdout, load_site, open_dataset
 from client.data.nih import CSV_HEADER, read_png
+from client.data.nih_metadata import NIH_IMAGES, archive_parts
 from client.data.phantom_xray import write_xray_phantoms
 from client.data.preprocess import multi_hot, parse_findings
 
@@ -183,10 +187,127 @@ def test_empty_and_missing_folders_are_clear_errors(tmp_path):
 
 def test_inspect_json_object_has_exactly_the_documented_fields(nih):
     report = inspect_dataset(nih)
-    assert list(report) == ["format", "images", "subjects", "labels", "partitions", "skipped"]
+    assert list(report) == [
+        "format",
+        "images",
+        "subjects",
+        "labels",
+        "partitions",
+        "skipped",
+        "archives",
+    ]
+    assert report["archives"] is None  # a CSV of a few images says nothing of NIH's archives
     assert report["format"] == "nih-cxr14"
     assert set(report["labels"]) == {*FINDINGS, "No Finding"}
     assert sum(report["partitions"].values()) == report["images"]
     rows = _rows(nih)[1:]
     assert report["labels"]["No Finding"] == sum(r[1] == "No Finding" for r in rows)
     assert report["subjects"] == len({r[3] for r in rows})
+
+
+# ------------------------------------------------------------------ CSV robustness
+def _write_bytes_rows(root: Path, rows: list[list[str]], *, prefix: bytes = b"", encoding="utf-8"):
+    text = "".join(",".join(r) + "\n" for r in rows)
+    (root / "Data_Entry_2017.csv").write_bytes(prefix + text.encode(encoding))
+
+
+def test_csv_with_a_utf8_byte_order_mark_is_read(nih):
+    rows = _rows(nih)
+    _write_bytes_rows(nih, rows, prefix=b"\xef\xbb\xbf")
+    _, scan = open_dataset(nih)
+    assert len(scan.records) == len(rows) - 1 and not scan.skipped
+
+
+def test_csv_with_a_latin1_byte_is_read_as_latin1(nih):
+    rows = _rows(nih)
+    rows[1][6] = "P\u00c5"  # a View Position with a Latin-1 letter (byte 0xC5)
+    _write_bytes_rows(nih, rows, encoding="latin-1")
+    _, scan = open_dataset(nih)
+    assert len(scan.records) == len(rows) - 1 and not scan.skipped
+    assert next(r for r in scan.records if r.key == rows[1][0]).meta["view"] == "P\u00c5"
+
+
+def test_oversized_field_and_open_quote_are_skipped_with_file_and_line(nih, capsys):
+    from simulations.cli import main
+
+    rows = _rows(nih)
+    big, quoted = rows[2], rows[4]
+    big[1] = "Mass" + "x" * 200_000  # over the csv module's 128 KB field limit
+    lines = [",".join(r) for r in rows]
+    lines[4] = '"' + lines[4]  # a quote opened on line 5 and never closed
+    lines.insert(5, "00000000_000.png,No Finding")  # swallowed into line 5's field
+    (nih / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n")
+    _, scan = open_dataset(nih)
+    reasons = {s.path: s.reason for s in scan.skipped}
+    assert "field larger than field limit" in reasons["Data_Entry_2017.csv:3"]
+    assert "quote opened on line 5" in reasons["Data_Entry_2017.csv:5"]
+    # the line the open quote swallowed is read again on its own
+    assert "file is missing" in reasons["images/00000000_000.png"]
+    assert len(scan.records) == len(rows) - 1 - 2
+    # the CLI reports the same, as JSON, without a traceback
+    capsys.readouterr()
+    assert main(["data", "inspect", str(nih), "--json"]) == 0
+    report_paths = {s["path"] for s in json.loads(capsys.readouterr().out)["skipped"]}
+    assert {"Data_Entry_2017.csv:3", "Data_Entry_2017.csv:5"} <= report_paths
+    assert f"images/{big[0]}" in report_paths and f"images/{quoted[0]}" in report_paths
+
+
+def test_unreadable_csv_header_is_an_error_naming_the_file(nih):
+    (nih / "Data_Entry_2017.csv").write_text("Image Index," + "y" * 140_000 + "\n")
+    with pytest.raises(ValueError, match=r"Data_Entry_2017.csv.*line 1.*field limit"):
+        open_dataset(nih)
+
+
+# ------------------------------------------------------------------ NIH's archive parts
+def _fake_nih_names() -> list[str]:
+    """112,120 NIH-style names, 4 images a patient (not NIH's own; for the rule itself)."""
+    return [f"{i // 4 + 1:08d}_{i % 4:03d}.png" for i in range(NIH_IMAGES)]
+
+
+def test_archive_rule_splits_sorted_names_4999_then_10000_then_7121():
+    names = _fake_nih_names()
+    parts = archive_parts(list(reversed(names)))  # CSV order does not matter, name order does
+    sizes = Counter(parts.values())
+    assert [sizes[f"images_{k:03d}"] for k in range(1, 13)] == [4999, *[10000] * 10, 7121]
+    assert parts[names[4998]] == "images_001" and parts[names[4999]] == "images_002"
+    assert parts[names[-1]] == "images_012"
+    assert archive_parts(names[:-1]) is None  # not NIH's full list: no parts
+
+
+def test_partial_download_is_summarised_by_archive_and_lists_every_absent_image(tmp_path, capsys):
+    from simulations.cli import main
+
+    root = tmp_path / "nih"
+    names = _fake_nih_names()
+    with open(root.mkdir() or root / "Data_Entry_2017.csv", "w") as fh:
+        fh.write(CSV_HEADER + "\n")
+        fh.writelines(
+            f"{n},No Finding,{i % 4},{i // 4 + 1},40,F,PA,64,64,0.1,0.1,\n"
+            for i, n in enumerate(names)
+        )
+    png = tmp_path / "one.png"
+    Image.fromarray(np.full((16, 16), 90, np.uint8)).save(png)
+    present = {"images_001": names[:6], "images_012": names[-3:]}  # Kaggle layout
+    for part, part_names in present.items():
+        (root / part / "images").mkdir(parents=True)
+        for n in part_names:
+            shutil.copy(png, root / part / "images" / n)
+    (root / "images").mkdir()  # NIH's flat layout next to it
+    shutil.copy(png, root / "images" / names[20_000])
+    capsys.readouterr()
+    assert main(["data", "inspect", str(root), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 10 and report["labels"]["No Finding"] == 10
+    archives = report["archives"]
+    assert archives["images_001"] == {"images": 4999, "found": 6, "missing": 4993}
+    assert archives["images_003"] == {"images": 10000, "found": 1, "missing": 9999}
+    assert archives["images_012"] == {"images": 7121, "found": 3, "missing": 7118}
+    assert sum(a["missing"] for a in archives.values()) == NIH_IMAGES - 10
+    missing = [s for s in report["skipped"] if "file is missing" in s["reason"]]
+    assert len(missing) == len(report["skipped"]) == NIH_IMAGES - 10
+    assert "images_002" in next(s["reason"] for s in missing if s["path"].endswith(names[5000]))
+    # the text report: the archive table and a bounded list, not 112,110 lines
+    assert main(["data", "inspect", str(root)]) == 0
+    text = capsys.readouterr().out
+    assert "images_002.tar.gz" in text and "--json lists every one" in text
+    assert len(text.splitlines()) < 100

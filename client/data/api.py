@@ -15,7 +15,7 @@ import numpy as np
 
 from client.data import cache
 from client.data.base import DatasetReader, LoadOptions
-from client.data.partition import partition_patients
+from client.data.partition import partition_patients, stable_institution
 from client.data.preprocess import rescale_bits
 from client.data.safety import DEFAULT_MAX_IMAGE_PIXELS
 from client.data.scan import open_dataset
@@ -37,9 +37,18 @@ HOLDOUT_FRACTION = 0.1
 
 # ------------------------------------------------------------------ datasets
 def phantom_name(
-    modality: str, *, patients: int, institutions: int, seed: int, size: int, image_format: str
+    modality: str,
+    *,
+    patients: int,
+    institutions: int,
+    seed: int,
+    size: int,
+    image_format: str,
+    metadata: str = "synthetic",
 ) -> str:
     layout = "brats2021-nifti" if modality == "mri" else f"nih-{image_format}"
+    if modality == "xray" and metadata == "nih":
+        layout += "-nihcsv"  # real NIH rows (client.data.nih_metadata)
     return f"{modality}-{layout}-p{patients}-i{institutions}-s{size}-seed{seed}"
 
 
@@ -53,11 +62,15 @@ def ensure_dataset(
     seed: int = 0,
     size: int = 256,
     image_format: str = "png",
+    metadata: str = "auto",
 ) -> Path:
     """data_dir given: check it exists and return it. Empty/None: generate phantoms once.
 
     Phantoms go to cache_root/phantoms/<modality-layout-pN-iK-sS-seedX>; a file
     lock plus generate-into-temp-then-rename make concurrent callers safe.
+    metadata (x-ray): "nih" draws the patients from NIH ChestX-ray14's real CSV,
+    "synthetic" invents them, "auto" is nih when torchxrayvision is installed
+    (a RuntimeWarning says when it is not); the folder name says which.
     """
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; valid: {', '.join(MODALITIES)}")
@@ -68,6 +81,16 @@ def ensure_dataset(
         return path
     if image_format not in ("png", "dicom"):
         raise ValueError(f"image format {image_format!r} is not one of: png, dicom")
+    if modality == "xray":
+        from client.data.nih_metadata import INSTALL_HINT, resolve_metadata
+
+        wanted, metadata = metadata, resolve_metadata(metadata)
+        if wanted == "auto" and metadata == "synthetic":
+            warnings.warn(
+                f"x-ray phantoms carry invented labels: NIH's metadata needs {INSTALL_HINT}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     name = phantom_name(
         modality,
         patients=patients,
@@ -75,6 +98,7 @@ def ensure_dataset(
         seed=seed,
         size=size,
         image_format=image_format,
+        metadata=metadata,
     )
     parent = Path(cache_root).expanduser() / "phantoms"
     parent.mkdir(parents=True, exist_ok=True)
@@ -98,6 +122,7 @@ def ensure_dataset(
                         size=size,
                         institutions=institutions,
                         seed=seed,
+                        metadata=metadata,
                     )
                 else:
                     from client.data.phantom_mri import write_mri_phantoms
@@ -278,6 +303,9 @@ def load_site(
     site_of = {r.patient_id: r.institution for r in records}
     if scheme == "natural" and scan.partitions:
         site_of = {p: scan.partitions.get(p) for p in pool}
+    elif scheme == "natural" and reader.format == "nih-cxr14" and not any(site_of.values()):
+        # NIH names no institution: each patient's is a hash of its id (as in the phantoms)
+        site_of = {p: str(stable_institution(p, num_partitions) + 1) for p in pool}
     parts = partition_patients(
         pool,
         num_partitions,

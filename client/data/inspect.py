@@ -15,7 +15,7 @@ from client.data.types import FINDINGS, MRI_REGIONS, NO_FINDING, PathLike, Scan
 
 
 def summarise(scan: Scan) -> dict:
-    """{"format", "images", "subjects", "labels", "partitions", "skipped"} for a scan."""
+    """{"format", "images", "subjects", "labels", "partitions", "skipped", "archives"}."""
     records = scan.records
     labels: dict[str, int]
     if scan.modality == "xray":
@@ -46,6 +46,8 @@ def summarise(scan: Scan) -> dict:
         "labels": labels,
         "partitions": partitions,
         "skipped": [{"path": s.path, "reason": s.reason} for s in scan.skipped],
+        # NIH ChestX-ray14 with its full CSV: images listed/found/missing per archive part
+        "archives": scan.archives,
     }
 
 

@@ -1,11 +1,16 @@
 """Patient-level partitions into sites: iid, label-skew, quantity-skew, natural.
 
 Every scheme works on patients, never on images, so no patient is in two
-sites; every scheme is a pure function of its inputs and the seed.
+sites; every scheme is a pure function of its inputs and the seed. `natural`
+follows the institutions the data name (partition CSV, DICOM InstitutionName);
+for NIH ChestX-ray14, which names none, `stable_institution` assigns each
+patient to one by a hash of its id (the phantoms' partitioning.csv uses the
+same rule, so phantom and real NIH studies split alike).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -113,3 +118,13 @@ def _natural(patients, k, patient_site):
 
 def _natural_key(name: str):
     return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+def stable_institution(patient: str, institutions: int) -> int:
+    """The 0-based institution of a patient whose dataset names none (NIH ChestX-ray14
+    comes from one hospital): a hash of the patient id alone, so the same patient is at
+    the same institution in every study, for every seed and on every machine."""
+    if institutions < 1:
+        raise ValueError(f"institutions must be >= 1, got {institutions}")
+    digest = hashlib.sha256(f"medfed-institution:{patient}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % institutions

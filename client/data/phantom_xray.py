@@ -5,7 +5,17 @@ with vessel texture, ribs, spine, heart, diaphragm) plus planted findings that
 look the way they do on a radiograph, so a small CNN can learn them at 64 x 64:
 Nodule (small round opacity), Mass (large one), Effusion (basal opacity with
 a meniscus), Cardiomegaly (heart wider than half the chest), Pneumothorax
-(dark rim without lung markings, visible pleural line).
+(dark rim without lung markings, visible pleural line), and, for the NIH
+metadata, the other nine of NIH's 14 (see _other_findings).
+
+Who is scanned, with which findings (`metadata`):
+- "nih": patients drawn from NIH ChestX-ray14's real CSV (client.data.nih_metadata);
+  each image is one real row (its name, findings, follow-up, patient id, age,
+  sex, view), written verbatim into Data_Entry_2017_v2020.csv, so the phantom
+  set has NIH's label imbalance, co-occurrence and patient structure. An AP
+  view magnifies the heart as on a real radiograph.
+- "synthetic": invented patients with the five planted findings above at
+  fixed prevalences (what every earlier phantom set holds, bit for bit).
 
 Every institution has its own scanner: gain, gamma, offset, noise, blur
 (resolution), bit depth (DICOM) and finding prevalence, so sites are not
@@ -168,6 +178,8 @@ def render_chest(
                 ) * a["lung_rx"]
                 cy = a["lung_cy"] + rng.uniform(-0.55, 0.35) * a["lung_ry"]
                 img += 0.4 * _blob(yy, xx, cy, cx, rng.uniform(*radius_range))
+    if OTHER_FINDINGS.intersection(findings):
+        img = _other_findings(img, rng, yy, xx, a, lungs, findings)
     # Scanner: resolution, response curve, noise.
     if scanner.blur > 1.0:
         low = max(8, int(size / scanner.blur))
@@ -180,6 +192,88 @@ def render_chest(
     img = np.clip(img, 0, 1) ** scanner.gamma * scanner.gain + scanner.offset
     img = img + rng.normal(0, scanner.noise, img.shape).astype(np.float32)
     return np.clip(img, 0, 1).astype(np.float32)
+
+
+OTHER_FINDINGS = frozenset(
+    (
+        "Atelectasis",
+        "Infiltration",
+        "Pneumonia",
+        "Consolidation",
+        "Edema",
+        "Emphysema",
+        "Fibrosis",
+        "Pleural_Thickening",
+        "Hernia",
+    )
+)
+
+
+def _other_findings(img, rng, yy, xx, a, lungs, findings):
+    """NIH's nine other findings, each as a radiologist would point at it.
+
+    Random draws happen only for findings present, so images without them
+    (every synthetic phantom) are unchanged.
+    """
+    size = img.shape[0]
+    lung = np.maximum(lungs[0], lungs[1])
+    side = lambda k: 0.5 - a["lung_dx"] if k == 0 else 0.5 + a["lung_dx"]  # noqa: E731
+    if "Emphysema" in findings:  # more air: hyperlucent lungs
+        img = img - 0.07 * lung
+    if "Infiltration" in findings:  # patchy, ill-defined opacities
+        patches = np.clip(_smooth_noise(rng, size, 8), 0, 1.5)
+        img = img + 0.26 * patches * lung
+    if "Pneumonia" in findings:  # a lobar, mottled opacity in one lung
+        k = int(rng.integers(2))
+        cy = a["lung_cy"] + rng.uniform(0.0, 0.45) * a["lung_ry"]
+        mottle = 0.7 + 0.3 * _smooth_noise(rng, size, 16)
+        img = img + 0.42 * _blob(yy, xx, cy, side(k), 0.1) * lungs[k] * mottle
+    if "Consolidation" in findings:  # dense, homogeneous, with air bronchograms
+        k = int(rng.integers(2))
+        cy = a["lung_cy"] + rng.uniform(0.1, 0.5) * a["lung_ry"]
+        dense = _ellipse(yy, xx, cy, side(k), 0.09, 0.75 * a["lung_rx"], edge=0.5) * lungs[k]
+        bronchi = np.clip(1 - np.abs(_smooth_noise(rng, size, 10)) / 0.15, 0, 1)
+        img = img + dense * (0.4 - 0.18 * bronchi)
+    if "Edema" in findings:  # bilateral perihilar haze and Kerley B lines at the bases
+        for k in (0, 1):
+            hilum = 0.5 + (-1 if k == 0 else 1) * a["lung_dx"] * 0.6
+            img = img + 0.3 * _blob(yy, xx, a["lung_cy"] + 0.02, hilum, 0.11) * lungs[k]
+        lateral = np.clip((np.abs(xx - 0.5) - a["lung_dx"]) / a["lung_rx"], 0, 1)
+        base = np.clip((yy - a["lung_cy"]) / a["lung_ry"], 0, 1)
+        kerley = (np.cos(2 * np.pi * yy / 0.016) > 0.6).astype(np.float32)
+        img = img + 0.18 * kerley * np.sqrt(lateral * base) * lung
+    if "Fibrosis" in findings:  # a reticular net, worst at the periphery and bases
+        net = np.clip(1 - np.abs(_smooth_noise(rng, size, 40)) / 0.35, 0, 1)
+        weight = np.clip((yy - a["lung_cy"]) / a["lung_ry"] + 0.6, 0, 1)
+        img = img + 0.15 * net * weight * lung
+    if "Pleural_Thickening" in findings:  # a smooth band along the chest wall, apex first
+        sides = [0, 1] if rng.random() < 0.4 else [int(rng.integers(2))]
+        for k in sides:
+            inner = _ellipse(
+                yy,
+                xx,
+                a["lung_cy"] + 0.012,
+                side(k),
+                a["lung_ry"] - 0.035,
+                a["lung_rx"] - 0.028,
+                edge=0.08,
+            )
+            rim = np.clip(lungs[k] - inner, 0, 1)
+            apex = np.clip(1.2 - (yy - a["lung_cy"] + a["lung_ry"]) / a["lung_ry"], 0.3, 1)
+            img = img + 0.35 * rim * apex
+    if "Atelectasis" in findings:  # a plate-like band and some volume loss at a base
+        k = int(rng.integers(2))
+        y0 = a["lung_cy"] + rng.uniform(0.15, 0.5) * a["lung_ry"]
+        slope = rng.uniform(-0.3, 0.3)
+        band = np.exp(-(((yy - y0) - slope * (xx - side(k))) ** 2) / (2 * 0.012**2))
+        img = img + (0.4 * band + 0.08 * _blob(yy, xx, y0 + 0.04, side(k), 0.06)) * lungs[k]
+    if "Hernia" in findings:  # hiatal hernia: a round retrocardiac opacity with an air-fluid level
+        cy, cx = a["heart_cy"] + 0.02, 0.5 + rng.uniform(-0.02, 0.04)
+        radius = rng.uniform(0.05, 0.07)
+        sac = _ellipse(yy, xx, cy, cx, radius, radius * 1.2, edge=0.15)
+        air = sac * (yy < cy - 0.3 * radius)
+        img = img + 0.22 * sac - 0.3 * air
+    return img
 
 
 def _anatomy(rng: np.random.Generator) -> dict:
@@ -212,6 +306,7 @@ class PhantomImage:
     age: int
     sex: str
     view: str
+    row: tuple[str, ...] | None = None  # the real NIH CSV row it stands for (metadata "nih")
 
 
 def plan_cohort(patients: int, institutions: int, seed: int) -> list[PhantomImage]:
@@ -247,8 +342,53 @@ def plan_cohort(patients: int, institutions: int, seed: int) -> list[PhantomImag
     return plan
 
 
+def plan_nih_cohort(patients: int, institutions: int, seed: int, table=None) -> list[PhantomImage]:
+    """Real patients drawn from NIH's CSV, every image of each one real row.
+
+    A patient's institution is partition.stable_institution (a hash of its id),
+    the rule `partition = natural` applies to real NIH data as well.
+    """
+    from client.data.nih_metadata import draw_patients, load_table
+    from client.data.partition import stable_institution
+
+    if institutions < 1:
+        raise ValueError(f"need at least one institution, got {institutions}")
+    table = table if table is not None else load_table()
+    return [
+        PhantomImage(
+            row.image,
+            int(row.patient),
+            row.follow_up,
+            stable_institution(row.patient, institutions),
+            row.findings,
+            row.age,
+            row.sex,
+            row.view,
+            row.cells,
+        )
+        for row in draw_patients(table, patients, seed)
+    ]
+
+
+def _nih_anatomy(anatomy: dict, item: PhantomImage) -> dict:
+    """What a real row's metadata changes in the body: view, sex, hyperinflation."""
+    a = dict(anatomy)
+    if item.view == "AP":  # beam from the front: the heart is magnified, inspiration shallower
+        a["heart_rx"] *= 1.12
+        a["lung_ry"] *= 0.95
+    if item.sex == "F":
+        a["body_rx"] *= 0.96
+    if "Emphysema" in item.findings:  # hyperinflated: low flat diaphragm, narrow heart
+        a["lung_ry"] *= 1.1
+        a["lung_cy"] += 0.015
+        a["heart_rx"] *= 0.9
+    return a
+
+
 def _render(item: PhantomImage, size: int, seed: int, scanner: Scanner) -> np.ndarray:
     anatomy = _anatomy(np.random.default_rng([seed, 3, item.patient]))
+    if item.row is not None:
+        anatomy = _nih_anatomy(anatomy, item)
     rng = np.random.default_rng([seed, 4, item.patient, item.follow_up])
     return render_chest(rng, size, anatomy, item.findings, scanner)
 
@@ -262,27 +402,40 @@ def write_xray_phantoms(
     institutions: int = 4,
     seed: int = 0,
     test_fraction: float = 0.1,
+    metadata: str = "synthetic",
     progress=None,
 ) -> Path:
     """Write a chest X-ray phantom dataset; returns the folder.
 
-    png: NIH layout (images/*.png, Data_Entry_2017.csv with the real header,
+    png: NIH layout (images/*.png, the CSV with NIH's header: Data_Entry_2017.csv,
+    or Data_Entry_2017_v2020.csv holding the real rows for metadata "nih";
     train_val_list.txt / test_list.txt, partitioning.csv mapping patients to
     institutions). dicom: <institution>/<patient>/<study>/*.dcm CR/DX objects
     with InstitutionName, plus labels.csv (File,Finding Labels).
+    metadata: "synthetic", "nih" or "auto" (nih when torchxrayvision is installed).
     """
+    from client.data.nih_metadata import load_table, resolve_metadata
+
     if image_format not in ("png", "dicom"):
         raise ValueError(f"image format {image_format!r} is not one of: png, dicom")
     if size < 16:
         raise ValueError(f"image size {size} is too small (minimum 16)")
+    metadata = resolve_metadata(metadata)
+    header, table = None, None
+    if metadata == "nih":
+        table = load_table()
+        plan = plan_nih_cohort(patients, institutions, seed, table)
+        header = table.header
+    else:
+        plan = plan_cohort(patients, institutions, seed)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    plan = plan_cohort(patients, institutions, seed)
     scanners = make_scanners(institutions, seed)
     rng = np.random.default_rng([seed, 5])
-    test_ids = {p for p in range(1, patients + 1) if rng.random() < test_fraction}
+    ids = sorted({p.patient for p in plan})  # 1..patients for synthetic cohorts
+    test_ids = {p for p in ids if rng.random() < test_fraction}
     if image_format == "png":
-        _write_nih(root, plan, scanners, size, seed, test_ids, progress)
+        _write_nih(root, plan, scanners, size, seed, test_ids, progress, header)
     else:
         _write_dicom(root, plan, scanners, size, seed, progress)
     return root
@@ -292,7 +445,8 @@ def _labels_text(findings: tuple[str, ...]) -> str:
     return "|".join(findings) if findings else "No Finding"
 
 
-def _write_nih(root: Path, plan, scanners, size, seed, test_ids, progress) -> None:
+def _write_nih(root: Path, plan, scanners, size, seed, test_ids, progress, header=None) -> None:
+    """header None: invented rows under NIH's 2017 header; else the real rows (v2020 CSV)."""
     images = root / "images"
     images.mkdir(exist_ok=True)
     rows = []
@@ -300,6 +454,11 @@ def _write_nih(root: Path, plan, scanners, size, seed, test_ids, progress) -> No
         scanner = scanners[item.institution]
         pixels = np.rint(_render(item, size, seed, scanner) * 255).astype(np.uint8)
         Image.fromarray(pixels).save(images / item.name, compress_level=1)
+        if progress:
+            progress(i + 1, len(plan))
+        if item.row is not None:
+            rows.append(list(item.row))
+            continue
         spacing = round(FIELD_OF_VIEW_MM / size * scanner.blur**0.25, 3)
         rows.append(
             [
@@ -317,10 +476,9 @@ def _write_nih(root: Path, plan, scanners, size, seed, test_ids, progress) -> No
                 "",
             ]
         )
-        if progress:
-            progress(i + 1, len(plan))
-    with open(root / "Data_Entry_2017.csv", "w", newline="") as fh:
-        fh.write(CSV_HEADER + "\n")
+    name = "Data_Entry_2017.csv" if header is None else "Data_Entry_2017_v2020.csv"
+    with open(root / name, "w", newline="") as fh:
+        fh.write((CSV_HEADER if header is None else ",".join(header)) + "\n")
         csv.writer(fh, lineterminator="\n").writerows(rows)
     (root / "test_list.txt").write_text(
         "".join(f"{p.name}\n" for p in plan if p.patient in test_ids)

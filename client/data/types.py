@@ -90,6 +90,8 @@ class Scan:
     skipped: list[Skip]
     partitions: dict[str, str] | None = None  # patient id -> partition id (natural split)
     test_patients: frozenset[str] | None = None  # official test list (server holdout)
+    # NIH ChestX-ray14 with the full CSV: {archive part: {images, found, missing}}
+    archives: dict[str, dict[str, int]] | None = None
 
     @property
     def patients(self) -> list[str]:

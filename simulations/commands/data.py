@@ -35,6 +35,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--institutions", type=int, default=4, help="number of institutions (default 4)"
     )
     xray.add_argument("--seed", type=int, default=0)
+    xray.add_argument(
+        "--metadata",
+        choices=("nih", "synthetic"),
+        default=None,
+        help="nih: patients and images drawn from NIH ChestX-ray14's real CSV (findings, "
+        "patient, age, sex, view, follow-up; needs medfed[nih]); synthetic: invented "
+        "patients with five findings (default: nih when torchxrayvision is installed)",
+    )
     xray.set_defaults(func=synth_xray)
     mri = kinds.add_parser("mri", help="brain MRI phantoms (BraTS-2021 NIfTI + partitioning.csv)")
     mri.add_argument("--out", required=True, help="output folder (new or empty)")
@@ -95,10 +103,19 @@ def _progress(console: Console, label: str):
 
 
 def synth_xray(args: argparse.Namespace) -> int:
+    from client.data.nih_metadata import INSTALL_HINT, resolve_metadata
     from client.data.phantom_xray import write_xray_phantoms
 
-    out = _check_out(args.out)
     console = Console(stderr=True)
+    metadata = resolve_metadata(args.metadata or "auto")
+    if args.metadata is None and metadata == "synthetic":
+        console.print(
+            "NIH ChestX-ray14 metadata not installed: writing invented labels "
+            f"(--metadata synthetic). For the real metadata: {INSTALL_HINT}",
+            markup=False,
+            soft_wrap=True,
+        )
+    out = _check_out(args.out)
     progress, update = _progress(console, "x-ray phantoms")
     with progress:
         write_xray_phantoms(
@@ -108,9 +125,15 @@ def synth_xray(args: argparse.Namespace) -> int:
             size=args.size,
             institutions=args.institutions,
             seed=args.seed,
+            metadata=metadata,
             progress=update,
         )
-    console.print(f"wrote {args.patients} patients ({args.image_format}, {args.size} px) to {out}")
+    images = sum(1 for p in out.rglob("*") if p.suffix in (".png", ".dcm"))
+    console.print(
+        f"wrote {args.patients} patients, {images} images ({args.image_format}, {args.size} px, "
+        f"{metadata} metadata) to {out}",
+        soft_wrap=True,
+    )
     return 0
 
 
@@ -150,6 +173,9 @@ def inspect_command(args: argparse.Namespace) -> int:
     return 0
 
 
+SKIPPED_SHOWN = 20  # the text report lists this many skipped entries; --json lists all
+
+
 def _print_report(report: dict) -> None:
     console = Console()
     console.print(
@@ -165,8 +191,23 @@ def _print_report(report: dict) -> None:
         for name, count in report["partitions"].items():
             parts.add_row(name, str(count))
         console.print(parts)
+    if report.get("archives"):
+        archives = Table("NIH archive", "images", "found", "missing")
+        for name, entry in report["archives"].items():
+            archives.add_row(
+                f"{name}.tar.gz", str(entry["images"]), str(entry["found"]), str(entry["missing"])
+            )
+        console.print(archives)
     if report["skipped"]:
+        from client.data.nih import MISSING_REASON
+
+        # problems first; absent images (summed up by archive above) after them
+        items = sorted(report["skipped"], key=lambda item: MISSING_REASON in item["reason"])
         skipped = Table("skipped", "reason")
-        for item in report["skipped"]:
+        for item in items[:SKIPPED_SHOWN]:
             skipped.add_row(item["path"], item["reason"])
         console.print(skipped)
+        if len(items) > SKIPPED_SHOWN:
+            console.print(
+                f"... and {len(items) - SKIPPED_SHOWN} more skipped; --json lists every one"
+            )
