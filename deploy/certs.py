@@ -7,7 +7,10 @@
 Writes ca.crt (the root every SuperNode trusts), server.pem + server.key (the
 SuperLink; SANs: superlink, localhost, 127.0.0.1 and every --name) and
 site-N.key / site-N.pub (EC P-384 authentication key pair per SuperNode,
-OpenSSH format). Existing files are kept unless --overwrite. Private keys get
+OpenSSH format), ca.key (the CA's key, kept to certify sites added later:
+mount it into no container) and the key-grant identities site-N/ and
+auditor/ (identity.key, identity.crt, ca.crt each; --study names the study
+they are certified for). Existing files are kept unless --overwrite. Private keys get
 mode 0600; deploy/certs/ is in .gitignore: never commit it.
 Needs only the `cryptography` package (no openssl binary); the same code is
 `medfed deploy certs` and the compose file's `certs` service.
@@ -36,13 +39,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="HOST",
         help="extra SuperLink host name or IP for the certificate (repeatable)",
     )
+    p.add_argument("--study", default="demo", help="study of the identity certificates (demo)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     args = p.parse_args(argv)
     names = list(dict.fromkeys([*SERVER_NAMES, *args.name]))
-    certs = write_certificates(args.out, sites=args.sites, names=names, overwrite=args.overwrite)
+    certs = write_certificates(
+        args.out, sites=args.sites, names=names, overwrite=args.overwrite, study=args.study
+    )
     print(
-        f"wrote {certs.folder}: ca.crt server.pem server.key "
-        f"site-0..{args.sites - 1}.key/.pub (SANs: {', '.join(names)})"
+        f"wrote {certs.folder}: ca.crt ca.key server.pem server.key "
+        f"site-0..{args.sites - 1}.key/.pub (SANs: {', '.join(names)}), "
+        f"identities site-0..{args.sites - 1}/ auditor/ (study {args.study!r})"
     )
     return 0
 

@@ -6,6 +6,18 @@ key pair per SuperNode (OpenSSH format, what `flower-supernode
 --auth-supernode-private-key` and `flwr supernode register` read). It uses
 the `cryptography` package rather than openssl so that it runs the same way
 on every platform and in the image. Private keys are written with mode 0600.
+
+It also makes the study's key-grant identities (encryption/identity.py):
+per site and for the `auditor`, an X25519 key pair and a certificate from the
+same CA naming the identity and the study, in one folder per identity, so
+that each hospital container can mount its own folder only:
+
+    ca.crt  ca.key (mode 0600: the operator's; mount it into no container)
+    server.pem  server.key  site-N.key  site-N.pub       (TLS, SuperNode auth)
+    site-N/{identity.key, identity.crt, ca.crt}          (one per hospital)
+    auditor/{identity.key, identity.crt, ca.crt}         (the reading centre)
+
+The CA key is kept so that identities for sites added later can be issued.
 """
 
 from __future__ import annotations
@@ -43,16 +55,39 @@ class Certificates:
     def node_pub(self, site: int) -> Path:
         return self.folder / f"site-{site}.pub"
 
-    def check(self, sites: int, *, auth: bool = True) -> None:
+    @property
+    def ca_key(self) -> Path:
+        return self.folder / "ca.key"
+
+    def identity_dir(self, identity: str) -> Path:
+        """Folder of a grant identity (`site-N` or `auditor`): identity.key/.crt, ca.crt."""
+        return self.folder / identity
+
+    def check(self, sites: int, *, auth: bool = True, identities: bool = False) -> None:
+        from encryption.identity import CA_CERT, IDENTITY_CERT, IDENTITY_KEY
+
         need = [self.ca, self.server_cert, self.server_key]
         if auth:
             need += [p for i in range(sites) for p in (self.node_key(i), self.node_pub(i))]
+        if identities:
+            need += [
+                self.identity_dir(name) / f
+                for name in identity_names(sites)
+                for f in (IDENTITY_KEY, IDENTITY_CERT, CA_CERT)
+            ]
         missing = [str(p) for p in need if not p.is_file()]
         if missing:
             raise FileNotFoundError(
                 f"certificate folder {self.folder}: missing {', '.join(missing)} "
                 "(make them with `python deploy/certs.py --out DIR --sites N`)"
             )
+
+
+def identity_names(sites: int) -> list[str]:
+    """The grant identities of a federation of `sites` hospitals: site-0.., auditor."""
+    from encryption.identity import AUDITOR
+
+    return [f"site-{i}" for i in range(sites)] + [AUDITOR]
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -70,10 +105,14 @@ def write_certificates(
     names: Iterable[str] = SERVER_NAMES,
     days: int = 365,
     overwrite: bool = False,
+    study: str = "demo",
 ) -> Certificates:
-    """CA + SuperLink certificate (SANs `names`) + one auth key pair per site, under `folder`.
+    """CA + SuperLink certificate (SANs `names`) + one auth key pair per site, under `folder`,
+    and a grant identity per site and for the auditor, certified for `study`.
 
-    Existing files are kept unless `overwrite` (node keys for new sites are added).
+    Existing files are kept unless `overwrite` (node keys and identities for
+    new sites are added; an identity whose certificate is not for this CA and
+    study gets a new certificate for its existing key).
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -133,11 +172,57 @@ def write_certificates(
             certs.server_key,
             key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
         )
-        # the CA key is not kept: nothing needs to sign again; rerun to rotate everything
+        # kept (0600) to certify identities of sites added later; never mount it in a container
+        _write_private(
+            certs.ca_key,
+            ca_key.private_bytes(
+                pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ),
+        )
     for i in range(sites):
         if overwrite or not certs.node_key(i).is_file() or not certs.node_pub(i).is_file():
             write_node_key(certs.node_key(i), certs.node_pub(i))
+    write_identities(certs, identity_names(sites), study=study, days=days, overwrite=overwrite)
     return certs
+
+
+def write_identities(
+    certs: Certificates, identities: Iterable[str], *, study: str, days: int, overwrite: bool
+) -> None:
+    """Each identity's folder: its own X25519 key (made there, as a hospital would) and a
+    certificate for it from the CA in `certs`; kept when it already verifies for `study`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from encryption.identity import IDENTITY_KEY, Identity, install_certificate, request_identity
+    from encryption.pki import CertificateError, issue_identity_certificate
+    from encryption.private_files import load_private_key_file
+
+    ca_cert = x509.load_pem_x509_certificate(certs.ca.read_bytes())
+    ca_key = None
+    for name in identities:
+        folder = certs.identity_dir(name)
+        if overwrite:
+            (folder / IDENTITY_KEY).unlink(missing_ok=True)
+        else:
+            try:
+                Identity.load(folder, identity=name, study=study, ca_cert=ca_cert)
+                continue
+            except (FileNotFoundError, CertificateError):
+                pass  # no identity yet, or certified by another CA or for another study
+        if ca_key is None:
+            if not certs.ca_key.is_file():
+                raise DeployError(
+                    f"certificate folder {certs.folder}: the identity {name!r} needs a "
+                    f"certificate but the CA key {certs.ca_key.name} is not there (a folder "
+                    "made by an older medfed); rerun with --overwrite to make a new CA"
+                )
+            ca_key = load_private_key_file(certs.ca_key, ec.EllipticCurvePrivateKey, "CA key")
+        request = request_identity(folder)  # the private key never leaves `folder`
+        cert = issue_identity_certificate(
+            ca_key, ca_cert, request, identity=name, study=study, days=days
+        )
+        install_certificate(folder, cert, ca_cert, identity=name, study=study)
 
 
 def write_node_key(private_path: Path, public_path: Path) -> None:
