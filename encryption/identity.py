@@ -27,6 +27,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.x509.oid import NameOID
 
 from encryption.pki import (
     CertificateIdentityError,
@@ -117,19 +118,21 @@ class Identity:
         cls,
         path: str | os.PathLike,
         *,
-        identity: str,
-        study: str,
+        identity: str | None = None,
+        study: str | None = None,
         ca_cert: PemLike | None = None,
         now: dt.datetime | None = None,
     ) -> Identity:
         """The identity in folder `path` (or `path` = its identity.key, certificate beside).
 
+        `identity`, `study`: what the certificate must name; None takes them
+        from the certificate itself (e.g. `medfed archive open --identity
+        KEYFILE`), which must still verify against the CA.
         `ca_cert`: the CA to trust (default: the folder's ca.crt). Raises
         KeyFilePermissionError for a key file others can read, FileNotFoundError
         naming a missing file, CertificateError for a certificate that does not
         certify this key as `identity` in `study`.
         """
-        check_identity_name(identity)
         path = Path(path)
         folder = path.parent if path.is_file() else path
         key_path = path if path.is_file() else folder / IDENTITY_KEY
@@ -144,6 +147,9 @@ class Identity:
         ca = load_certificate(
             (folder / CA_CERT).read_bytes() if ca_cert is None else ca_cert, "study CA certificate"
         )
+        identity = identity if identity is not None else _subject(cert, NameOID.COMMON_NAME)
+        study = study if study is not None else _subject(cert, NameOID.ORGANIZATIONAL_UNIT_NAME)
+        check_identity_name(identity)
         certified = verify_identity_certificate(
             cert, ca_cert=ca, identity=identity, study=study, now=now
         )
@@ -152,3 +158,12 @@ class Identity:
                 f"{folder / IDENTITY_CERT} certifies another public key than {key_path}"
             )
         return cls(identity, study, key, cert, ca)
+
+
+def _subject(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> str:
+    values = cert.subject.get_attributes_for_oid(oid)
+    if len(values) != 1:
+        raise CertificateIdentityError(
+            f"certificate {cert.subject.rfc4514_string()!r} is not an identity certificate"
+        )
+    return str(values[0].value)

@@ -130,6 +130,18 @@ def test_grant_of_a_learned_encryptor_decrypts_the_grantors_containers(world):
     assert np.abs(decrypted.astype(int) - images.astype(int)).mean() < 8
 
 
+def test_grant_of_bp_chaos_material(world):
+    """A learned method with its own state layout (flat keys, tensors, ints, bools)."""
+    _, ids, _ = world
+    images = smooth_images(4, 1, 16, 8)
+    enc = get_encryptor("bp-chaos", epochs=1)
+    enc.fit(images)
+    container = enc.encrypt(images)
+    blob = _grant(ids, material=DecryptionMaterial.from_encryptor(enc).to_bytes())
+    got = DecryptionMaterial.from_bytes(_open(ids, blob)).encryptor().decrypt(container)
+    np.testing.assert_array_equal(got, images)  # lossless method
+
+
 def test_grant_of_aes_gcm_material(world):
     _, ids, _ = world
     enc = get_encryptor("aes-gcm")
@@ -360,6 +372,12 @@ def test_readable_private_key_is_refused(tmp_path, world):
         Identity.load(tmp_path / "me" / IDENTITY_KEY, identity="site-5", study=STUDY).name
         == me.name
     )
+    # name and study taken from the certificate (`--identity KEYFILE`), still verified
+    found = Identity.load(tmp_path / "me" / IDENTITY_KEY)
+    assert (found.name, found.study) == ("site-5", STUDY)
+    (tmp_path / "me" / "ca.crt").write_bytes(StudyCA.create(tmp_path / "x", STUDY).certificate_pem)
+    with pytest.raises(UntrustedCertificateError):
+        Identity.load(tmp_path / "me" / IDENTITY_KEY)
 
 
 def test_certificate_for_another_key_in_the_folder(tmp_path, world):
