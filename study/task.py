@@ -161,10 +161,18 @@ class DpSgd:
     """Sample-level DP-SGD (Abadi et al. 2016) with Opacus: each image's
     gradient clipped to `clipping_norm`, Gaussian noise of standard deviation
     noise_multiplier * clipping_norm added to the batch sum, batches drawn by
-    Poisson sampling at rate 1 / ceil(n / batch_size)."""
+    Poisson sampling at rate 1 / ceil(n / batch_size).
+
+    `noise_seed` seeds the batch sampling and the noise. None (the default, what
+    a study uses) draws it from the operating system: the noise must be unknown
+    to the server, and a seed derived from the study's public `seed` would let
+    it regenerate and subtract the noise. Tests and benchmarks pass a number to
+    be reproducible.
+    """
 
     noise_multiplier: float
     clipping_norm: float
+    noise_seed: int | None = None
 
     @classmethod
     def from_study(cls, study) -> DpSgd | None:
@@ -269,10 +277,12 @@ def _train_dp_sgd(
     dp_sgd: DpSgd,
 ) -> TrainResult:
     """DP-SGD through Opacus' PrivacyEngine: per-sample gradients (GradSampleModule
-    hooks), flat clipping, Gaussian noise, Poisson-sampled batches. The data
-    order and the noise are seeded from `seed` (Opacus' non-secure RNG: fine for a
-    simulation, not for a deployment that must resist an attacker who can
-    predict torch's generator). The trained weights end up in `model` itself."""
+    hooks), flat clipping, Gaussian noise, Poisson-sampled batches, both drawn
+    from torch generators seeded with `dp_sgd.noise_seed` or a secret seed
+    (`seed` is public and not used here). Opacus' secure_mode (a CSPRNG) needs
+    torchcsprng, which has no build for this torch. The trained weights end up
+    in `model` itself (ReLUs are switched to out-of-place for Opacus' hooks)."""
+    import secrets
     import warnings
 
     from opacus import PrivacyEngine
@@ -294,9 +304,10 @@ def _train_dp_sgd(
     model.to(device).train()
     x_all = to_float(images, bits)
     y_all = torch.from_numpy(targets.astype(np.float32))
-    gen = torch.Generator().manual_seed(seed)
+    secret = dp_sgd.noise_seed if dp_sgd.noise_seed is not None else secrets.randbits(63)
+    gen = torch.Generator().manual_seed(secret)
     loader = DataLoader(TensorDataset(x_all, y_all), batch_size=batch_size, generator=gen)
-    noise = torch.Generator(device=device).manual_seed(seed + 1)
+    noise = torch.Generator(device=device).manual_seed(secret + 1)
     with warnings.catch_warnings():  # the non-secure RNG is chosen on purpose (docstring)
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant="rdp")
