@@ -5,6 +5,11 @@ it has a seg file unless the folder has none at all (validation data). The
 four modalities become the channels of axial 2D slices; labels 0/1/2/4 become
 ET/TC/WT masks; each volume is normalised on its own (robust percentiles of
 brain voxels) at its original bit depth (8 for uint8 data, else 16).
+
+Hostile files: every modality file must be a regular file inside the data
+folder (safety.py), and its fixed header (read alone, decompressing only its
+first bytes for .nii.gz) must claim at most max-image-pixels voxels and no
+more than MAX_HEADER_BYTES of extensions, before nibabel reads anything else.
 """
 
 from __future__ import annotations

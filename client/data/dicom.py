@@ -9,6 +9,13 @@ keep their depth (12-bit lives in uint16 with bits=12).
 Labels come from labels.csv at the root (File or SOPInstanceUID, and Finding
 Labels) or, failing that, from a tag holding NIH-style label text
 (ImageComments by default). Images with neither are scanned as unlabelled.
+
+Hostile files: only regular files inside the folder are opened (safety.py).
+Rows x Columns x NumberOfFrames x SamplesPerPixel is read from the header
+(stop_before_pixels) and checked against max-image-pixels before pixel data
+are read or decoded, for native and every compressed transfer syntax alike; a
+deflated dataset is first inflated in a counting stream with a bound, because
+pydicom inflates it whole before any header can be seen.
 """
 
 from __future__ import annotations

@@ -67,7 +67,25 @@ def _kind(mode: int) -> str:
 
 
 def _inside(real: str, root_real: str) -> bool:
-    return real == root_real or os.path.commonpath([real, root_real]) == root_real
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def _plain_descendant(path: Path, root: PathLike) -> bool:
+    """True when path is root/a/b/... with no '..' and no symlinked folder below root.
+
+    Then it lies inside root whatever root itself resolves to, and realpath (an
+    lstat of every component from /) is not needed: one lstat per folder below root.
+    """
+    abs_root = os.path.abspath(root)
+    abs_path = os.path.abspath(path)
+    if not abs_path.startswith(abs_root.rstrip(os.sep) + os.sep) or ".." in Path(path).parts:
+        return False
+    folder = abs_root
+    for part in abs_path[len(abs_root.rstrip(os.sep)) + 1 :].split(os.sep)[:-1]:
+        folder = os.path.join(folder, part)
+        if os.path.islink(folder):
+            return False
+    return True
 
 
 def file_problem(path: PathLike, root: PathLike, *, root_real: str | None = None) -> str | None:
@@ -99,6 +117,8 @@ def file_problem(path: PathLike, root: PathLike, *, root_real: str | None = None
     if kind != "regular file":
         what = f"symlink to {kind}" if link else kind
         return f"{what}, not a regular file: never opened"
+    if not link and _plain_descendant(path, root):
+        return None
     real = os.path.realpath(path)
     root_real = root_real or os.path.realpath(root)
     if not _inside(real, root_real):
