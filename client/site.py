@@ -113,6 +113,7 @@ class Site:
                 seed=s.seed,
                 cache_dir=self.folder / "cache",
                 max_slices_per_subject=s.max_slices_per_subject,
+                max_image_pixels=s.max_image_pixels,
             )
             if len(self._shard.train) == 0:
                 raise ValueError(f"site {self.site_id}: its partition holds no training images")
