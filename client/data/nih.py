@@ -18,6 +18,7 @@ import csv
 import gzip
 import io
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,16 +172,17 @@ SIZE_COLUMNS = ("OriginalImage[Width", "Height]")
 SPACING_COLUMNS = ("OriginalImagePixelSpacing[x", "y]")
 
 
-def _archive_counts(parts: dict[str, str], listed, absent) -> dict[str, dict[str, int]]:
-    """{archive part: {"images": listed, "found": on disk, "missing": absent}}, parts in order."""
-    counts: dict[str, dict[str, int]] = {}
-    for name in listed:
-        counts.setdefault(parts[name], {"images": 0, "found": 0, "missing": 0})["images"] += 1
-    for _, name in absent:
-        counts[parts[name]]["missing"] += 1
-    for entry in counts.values():
-        entry["found"] = entry["images"] - entry["missing"]
-    return dict(sorted(counts.items()))
+def _archive_counts(parts: dict[str, str], absent) -> dict[str, dict[str, int]]:
+    """{archive part: {"images": listed, "found": on disk, "missing": absent}}, parts in order.
+
+    parts holds every image the CSV lists (archive_parts of them).
+    """
+    listed = Counter(parts.values())
+    missing = Counter(parts[name] for _, name in absent)
+    return {
+        part: {"images": n, "found": n - missing[part], "missing": missing[part]}
+        for part, n in sorted(listed.items())
+    }
 
 
 class NihReader(DatasetReader):
@@ -282,7 +284,7 @@ class NihReader(DatasetReader):
         for name, path in files.items():
             if name not in seen:
                 skipped.append(Skip(rel(path, root), f"no row in {csv_name}"))
-        archives = _archive_counts(parts, seen, absent) if parts else None
+        archives = _archive_counts(parts, absent) if parts else None
         csv_patients = {normalise_patient_id(p) for p in raw_patients} - {""}
         partitions = None
         if (root / PARTITION_CSV).is_file():
