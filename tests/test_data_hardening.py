@@ -380,6 +380,24 @@ def test_dicom_header_bomb_is_refused_for_every_transfer_syntax(tmp_path):
         assert "65535 x 65535" in reasons[f"{name}.dcm"] and LIMIT in reasons[f"{name}.dcm"]
 
 
+def test_a_legitimate_deflated_dicom_still_reads_and_its_header_is_checked():
+    # Prepare: pydicom's own deflated sample (512 x 512, 8-bit)
+    from pydicom.data import get_testdata_file
+
+    from client.data.dicom import read_dicom_plane
+
+    path = get_testdata_file("image_dfl.dcm")
+
+    # Execute
+    plane, bits, ds = read_dicom_plane(path)
+    with pytest.raises(ValueError, match=r"512 x 512 x 1 x 1 .* over max-image-pixels 100 "):
+        read_dicom_plane(path, max_pixels=100)
+
+    # Assert
+    assert ds.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    assert plane.shape == (512, 512) and bits == 8 and plane.max() > plane.min()
+
+
 def test_the_limit_is_an_option_of_inspect_and_of_load_site(tmp_path):
     # Prepare: an NIH folder of 24 x 24 images and one 40 x 40 image
     root, good, _ = build_nih(tmp_path / "nih", tmp_path / "outside")

@@ -82,7 +82,7 @@ def _deflate_problem(fh: BinaryIO, max_pixels: int) -> str | None:
 
     pydicom inflates a deflated dataset whole, before any header can be
     checked, so a small file could inflate to gigabytes: count the inflated
-    bytes here (streaming, nothing kept) against what an image within
+    bytes here (1 MiB at a time, nothing kept) against what an image within
     max_pixels needs (2 bytes a sample) plus MAX_HEADER_BYTES of other elements.
     """
     start = fh.tell()
@@ -103,7 +103,7 @@ def _deflate_problem(fh: BinaryIO, max_pixels: int) -> str | None:
             chunk = inflater.unconsumed_tail or fh.read(1 << 16)
             if not chunk:
                 break
-            total += len(inflater.decompress(chunk, bound + 1 - total))
+            total += len(inflater.decompress(chunk, min(1 << 20, bound + 1 - total)))
     except zlib.error as exc:
         return f"corrupt deflated dataset: {exc}"
     fh.seek(start)
