@@ -1,0 +1,415 @@
+"""What a curious server can read from one site's model update.
+
+Every round a site sends `local - global` weights computed from its images.
+Two attacks reconstruct those images from the update alone, knowing what a
+Flower server knows: the global model it sent and the training settings it
+configured (optimizer, learning rate, local epochs, batch size, the site's
+public training seed):
+
+- `analytic_recovery` (Phong et al. 2017): for a fully connected first layer
+  with bias, row i of the weight gradient is (dL/db_i) * x, so one image is
+  the weight row's update divided by its bias' update. With several images a
+  row mixes those whose ReLU unit fired; rows that only one image activated
+  repeat that image exactly, so identical row-images are grouped and the
+  largest groups are returned. Works on the `mlp` reference model.
+- `invert_update` (Geiping et al. 2020, "Inverting Gradients"): optimise
+  candidate images so that the update they would produce, simulated step by
+  step through the site's own training (its batches, loss, optimizer, the
+  multi-step variant of FedAvg), points the same way as the observed update:
+  cosine distance plus a total-variation prior, Adam on the signed gradient
+  with a step-decay schedule, several restarts and the restart with the lowest
+  objective kept (the attacker cannot see the truth). For one X-ray the labels
+  come from the update itself (iDLG, Zhao et al. 2020): with BCE, the head
+  bias' gradient (sigmoid(z) - y) is negative exactly for the findings
+  present, so the bias' update is positive for them under SGD and Adam alike.
+  Otherwise the labels (MRI: the masks) are taken as known: a stronger
+  attacker, so the leak measured is an upper bound for that point.
+
+medfed's sites train with Adam, whose first step from a fresh state moves
+each weight by about -lr * sign(g): the magnitudes of the gradient are all
+but lost (only where |g| is near Adam's eps of 1e-8 do they survive float32
+rounding). Both attacks model this honestly: the analytic one inverts Adam's
+first step element by element, the optimisation one simulates Adam with a
+smoothed sign (`adam_eps` of the attacker, much larger than the site's) so
+that the objective has a gradient. `optimizer = "sgd"` gives the setting of
+the papers (FedSGD / FedAvg with SGD), in which the update is a scaled sum of
+gradients.
+
+Scores: PSNR and SSIM (encryption.metrics.fidelity's SSIM) on [0, 1], each
+reconstruction matched one to one to a real image of the batch by the
+Hungarian assignment (scipy's linear_sum_assignment) on PSNR; beside them the
+PSNR of guessing the site's mean training image.
+
+Written here rather than taken from `breaching` (Geiping's library): its one
+release (0.1.2, 2022) pulls torchvision and hydra, and its multi-step
+objective simulates SGD only, while medfed's sites run Adam.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from encryption.metrics.fidelity import ssim_torch
+from study.task import _loss
+
+# The per-image PSNR is capped here (an exact reconstruction has MSE 0).
+PSNR_CAP_DB = 200.0
+RECOVERED_DB = 20.0  # `recovered_share`: images reconstructed above this PSNR
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8  # torch.optim.Adam's default, what the sites use
+
+
+# --------------------------------------------------------------------- setup
+@dataclass(frozen=True)
+class LocalTraining:
+    """What the server knows about a site's local training (it configured it)."""
+
+    modality: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int  # the site's training seed this round (derived from the study's)
+    optimizer: str = "adam"
+    proximal_mu: float = 0.0
+
+    def steps(self, num_images: int) -> int:
+        """Optimizer steps for `num_images`: epochs x ceil(num_images / batch size)."""
+        return self.epochs * math.ceil(num_images / self.batch_size)
+
+    def batches(self, num_images: int) -> list[torch.Tensor]:
+        """The index batches study.task.train takes, in order (same generator)."""
+        gen = torch.Generator().manual_seed(self.seed)
+        out = []
+        for _ in range(self.epochs):
+            order = torch.randperm(num_images, generator=gen)
+            out += [order[i : i + self.batch_size] for i in range(0, num_images, self.batch_size)]
+        return out
+
+
+def parameter_update(global_state: Mapping, local_model: nn.Module) -> dict[str, torch.Tensor]:
+    """local - global for every trainable parameter (what FedAvg averages)."""
+    return {
+        name: (p.detach().cpu() - torch.as_tensor(global_state[name]).cpu()).float()
+        for name, p in local_model.named_parameters()
+    }
+
+
+def update_norm(update: Mapping[str, torch.Tensor]) -> float:
+    return float(torch.sqrt(sum((u.double() ** 2).sum() for u in update.values())))
+
+
+# ------------------------------------------------------------------ analytic
+def adam_first_step_gradient(
+    delta: torch.Tensor, learning_rate: float, eps: float = ADAM_EPS
+) -> torch.Tensor:
+    """The gradient behind one Adam step from a fresh state.
+
+    That step is delta = -lr * g / (|g| + eps) (bias corrections cancel), so
+    |g| = eps * r / (1 - r) with r = |delta| / lr. Only gradients near eps
+    survive float32 rounding; larger ones come back as noise (r rounds to 1).
+    """
+    r = (-delta.double() / learning_rate).clamp(-1 + 1e-12, 1 - 1e-12)
+    return (eps * r / (1 - r.abs())).float()
+
+
+def gradient_estimate(update: torch.Tensor, training: LocalTraining) -> torch.Tensor:
+    """A tensor proportional to the summed gradient behind `update` (SGD: exact
+    up to -lr; Adam: inverted first step, see adam_first_step_gradient)."""
+    if training.optimizer == "sgd":
+        return -update / training.learning_rate
+    return adam_first_step_gradient(update, training.learning_rate)
+
+
+def first_linear_layer(model: nn.Module) -> tuple[str, str] | None:
+    """Names of (weight, bias) of the model's first layer when it is fully
+    connected with a bias (the analytic attack's condition), else None."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            if module.bias is None:
+                return None
+            prefix = f"{name}." if name else ""
+            return f"{prefix}weight", f"{prefix}bias"
+        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+            return None
+    return None
+
+
+def analytic_recovery(
+    update: Mapping[str, torch.Tensor],
+    training: LocalTraining,
+    layer: tuple[str, str],
+    num_images: int,
+    image_shape: tuple[int, ...],
+    *,
+    group_tolerance: float = 1e-3,
+) -> np.ndarray:
+    """Images read back from a fully connected first layer's update.
+
+    Each row i with a non-zero bias update gives the candidate image
+    dW_i / db_i. Candidates equal within `group_tolerance` (RMS on [0, 1]) are
+    grouped; the `num_images` largest groups (then the largest bias updates)
+    are returned, each the mean of its group. For one image and no group of
+    two (Adam's inverted step is noisy), the median over all rows is returned.
+    Returns float64 (num_images, *image_shape), clipped to [0, 1].
+    """
+    gw = gradient_estimate(update[layer[0]], training).double()
+    gb = gradient_estimate(update[layer[1]], training).double()
+    active = gb.abs() > gb.abs().max() * 1e-9
+    if not bool(active.any()):
+        raise ValueError("analytic attack: the first layer's bias did not change (no active row)")
+    strength = gb[active].abs()
+    rows = gw[active] / gb[active, None]
+    order = torch.argsort(strength, descending=True)
+    rows, strength = rows[order], strength[order]
+    dist = torch.cdist(rows, rows) / math.sqrt(rows.shape[1])
+    group = torch.full((len(rows),), -1, dtype=torch.long)
+    leaders: list[int] = []
+    for i in range(len(rows)):
+        for g, lead in enumerate(leaders):
+            if dist[i, lead] < group_tolerance:
+                group[i] = g
+                break
+        else:
+            group[i] = len(leaders)
+            leaders.append(i)
+    sizes = torch.bincount(group, minlength=len(leaders))
+    weight = torch.zeros(len(leaders), dtype=torch.float64).index_add_(0, group, strength)
+    ranked = sorted(range(len(leaders)), key=lambda g: (-int(sizes[g]), -float(weight[g])))
+    if num_images == 1 and int(sizes[ranked[0]]) == 1:
+        images = rows.median(dim=0).values[None]
+    else:
+        picks = ranked[:num_images]
+        while len(picks) < num_images:  # fewer rows than images: repeat the strongest
+            picks.append(ranked[len(picks) % len(ranked)])
+        images = torch.stack([rows[group == g].mean(dim=0) for g in picks])
+    return images.clamp(0, 1).reshape(num_images, *image_shape).numpy()
+
+
+# -------------------------------------------------------------- optimisation
+@dataclass(frozen=True)
+class InversionConfig:
+    """Settings of the optimisation attack (Inverting Gradients, with restarts).
+
+    `adam_scale`: the attacker's Adam simulates the site's first steps with
+    eps = adam_scale x the RMS of each simulated gradient tensor instead of
+    1e-8, a smoothed sign with a usable gradient (only used for Adam sites).
+    """
+
+    iterations: int = 400
+    restarts: int = 2
+    step_size: float = 0.1
+    tv_weight: float = 1e-2
+    adam_scale: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Inversion:
+    """An optimisation attack's result: images on [0, 1], the labels used, the
+    final objective of the chosen restart, and the time it took."""
+
+    images: np.ndarray  # float32 (N, C, H, W) on [0, 1]
+    labels: np.ndarray
+    labels_source: str  # "recovered" (from the update) or "known"
+    objective: float
+    seconds: float
+
+
+def recover_labels(
+    model: nn.Module, update: Mapping[str, torch.Tensor], num_outputs: int
+) -> np.ndarray | None:
+    """iDLG for one multi-label image with BCE: the findings whose head bias
+    grew. None when the model has no linear head with `num_outputs` outputs."""
+    head = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module.out_features == num_outputs:
+            head = f"{name}.bias" if name else "bias"
+    if head is None or head not in update:
+        return None
+    return (update[head] > 0).float().numpy()[None]
+
+
+def simulate_update(
+    model: nn.Module,
+    start: Mapping[str, torch.Tensor],
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    training: LocalTraining,
+    *,
+    adam_scale: float | None = None,
+) -> dict[str, torch.Tensor]:
+    """The update the site's training would send for `images`, differentiable
+    in the images: the same batches, loss and optimizer steps as
+    study.task.train, on a functional copy of `model` starting at `start`.
+    `adam_scale`: None simulates Adam exactly; a number smooths its eps (see
+    InversionConfig)."""
+    params = {k: v.detach().requires_grad_(True) for k, v in start.items()}
+    names = list(params)
+    anchor = dict(params)
+    first_moment = {k: torch.zeros_like(v) for k, v in params.items()}
+    second_moment = {k: torch.zeros_like(v) for k, v in params.items()}
+    b1, b2 = ADAM_BETAS
+    for step, idx in enumerate(training.batches(len(images)), 1):
+        out = functional_call(model, params, (images[idx],))
+        loss = _loss(training.modality, out, targets[idx])
+        if training.proximal_mu > 0:
+            prox = sum(((params[k] - anchor[k]) ** 2).sum() for k in names)
+            loss = loss + training.proximal_mu / 2 * prox
+        grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=True)
+        new = {}
+        for k, g in zip(names, grads, strict=True):
+            if training.optimizer == "sgd":
+                new[k] = params[k] - training.learning_rate * g
+                continue
+            first_moment[k] = b1 * first_moment[k] + (1 - b1) * g
+            second_moment[k] = b2 * second_moment[k] + (1 - b2) * g * g
+            m_hat = first_moment[k] / (1 - b1**step)
+            v_hat = second_moment[k] / (1 - b2**step)
+            if adam_scale is None:
+                eps = ADAM_EPS
+            else:
+                eps = adam_scale * float(g.detach().pow(2).mean().sqrt()) + ADAM_EPS
+            new[k] = params[k] - training.learning_rate * m_hat / ((v_hat + 1e-30).sqrt() + eps)
+        params = new
+    return {k: params[k] - anchor[k] for k in names}
+
+
+def cosine_distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """1 - cos(a, b) over all tensors together."""
+    dot = sum((a[k] * b[k]).sum() for k in b)
+    na = torch.sqrt(sum((a[k] ** 2).sum() for k in b))
+    nb = torch.sqrt(sum((b[k] ** 2).sum() for k in b))
+    return 1 - dot / (na * nb + 1e-20)
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of neighbouring pixels (anisotropic TV)."""
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+    return dx + dy
+
+
+def invert_update(
+    model: nn.Module,
+    global_state: Mapping[str, torch.Tensor],
+    observed: Mapping[str, torch.Tensor],
+    training: LocalTraining,
+    num_images: int,
+    image_shape: tuple[int, ...],
+    *,
+    targets: np.ndarray | None = None,
+    config: InversionConfig = InversionConfig(),
+    progress: Callable[[int, int], None] | None = None,
+) -> Inversion:
+    """Reconstruct `num_images` images from an observed update.
+
+    `targets`: the labels (or masks) if the attacker is given them; None
+    recovers X-ray labels from the update (one image only).
+    `progress(done, total)` is called every few iterations.
+    """
+    t0 = time.perf_counter()
+    model = model.cpu().train()
+    start = {k: torch.as_tensor(global_state[k]).float() for k, _ in model.named_parameters()}
+    observed = {k: torch.as_tensor(v).float() for k, v in observed.items() if k in start}
+    if targets is None:
+        if training.modality != "xray" or num_images != 1:
+            raise ValueError("labels can be recovered for one X-ray image only; pass targets")
+        labels = recover_labels(model, observed, num_outputs=14)
+        if labels is None:
+            raise ValueError("label recovery needs a linear head with 14 outputs")
+        source = "recovered"
+    else:
+        labels, source = np.asarray(targets, dtype=np.float32), "known"
+    y = torch.from_numpy(labels.astype(np.float32))
+    adam_scale = config.adam_scale if training.optimizer == "adam" else None
+    total = config.restarts * config.iterations
+    best: tuple[float, torch.Tensor] | None = None
+    for restart in range(config.restarts):
+        gen = torch.Generator().manual_seed(config.seed * 1000 + restart)
+        x = torch.rand((num_images, *image_shape), generator=gen).requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=config.step_size)
+        milestones = [int(config.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+        schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+        for it in range(config.iterations):
+            opt.zero_grad(set_to_none=True)
+            sim = simulate_update(model, start, x, y, training, adam_scale=adam_scale)
+            objective = cosine_distance(sim, observed) + config.tv_weight * total_variation(x)
+            (grad,) = torch.autograd.grad(objective, [x])
+            x.grad = grad.sign()  # signed gradients, as in Inverting Gradients
+            opt.step()
+            schedule.step()
+            with torch.no_grad():
+                x.clamp_(0, 1)
+            if progress is not None and (it % 10 == 9 or it == config.iterations - 1):
+                progress(restart * config.iterations + it + 1, total)
+        sim = simulate_update(model, start, x.detach(), y, training, adam_scale=adam_scale)
+        final = float(
+            (cosine_distance(sim, observed) + config.tv_weight * total_variation(x)).detach()
+        )
+        if best is None or final < best[0]:
+            best = (final, x.detach().clone())
+    assert best is not None
+    return Inversion(
+        images=best[1].numpy().astype(np.float32),
+        labels=labels,
+        labels_source=source,
+        objective=best[0],
+        seconds=time.perf_counter() - t0,
+    )
+
+
+# ------------------------------------------------------------------- scoring
+@dataclass(frozen=True)
+class Score:
+    """Per real image (in batch order): PSNR and SSIM of its matched reconstruction."""
+
+    psnr: list[float]
+    ssim: list[float]
+    matched: list[int]  # reconstruction index matched to each real image
+
+
+def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR on [0, 1] (MAX = 1), capped at PSNR_CAP_DB for an exact match."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return PSNR_CAP_DB if mse <= 10 ** (-PSNR_CAP_DB / 10) else 10 * math.log10(1 / mse)
+
+
+def score(reconstructions: np.ndarray, originals: np.ndarray) -> Score:
+    """Match reconstructions to originals one to one (Hungarian assignment,
+    maximal total PSNR), then PSNR and SSIM per original. Both on [0, 1]."""
+    from scipy.optimize import linear_sum_assignment
+
+    if reconstructions.shape != originals.shape:
+        raise ValueError(
+            f"score: reconstructions {reconstructions.shape} and originals {originals.shape} differ"
+        )
+    n = len(originals)
+    table = np.array([[psnr_db(r, o) for r in reconstructions] for o in originals])
+    rows, cols = linear_sum_assignment(-table)
+    matched = [int(c) for _, c in sorted(zip(rows, cols, strict=True))]
+    rec = torch.from_numpy(reconstructions[matched].astype(np.float64))
+    with torch.no_grad():
+        ssim = ssim_torch(rec, torch.from_numpy(originals.astype(np.float64)), 1.0)
+    return Score(
+        psnr=[float(table[i, matched[i]]) for i in range(n)],
+        ssim=[float(v) for v in ssim],
+        matched=matched,
+    )
+
+
+def mean_guess_psnr(mean_image: np.ndarray, originals: np.ndarray) -> float:
+    """Mean over the batch of the PSNR of guessing `mean_image` (the site's
+    mean training image) for each real image."""
+    return float(np.mean([psnr_db(mean_image, o) for o in originals]))
+
+
+def recovered_share(psnr: list[float], threshold_db: float = RECOVERED_DB) -> float:
+    return float(np.mean([p > threshold_db for p in psnr])) if psnr else 0.0

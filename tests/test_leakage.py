@@ -1,0 +1,191 @@
+"""server.leakage: the attacks on a site's model update, on small in-memory data.
+
+The site's update is always made by study.task.train, the study's own
+training; the attacks see only the global weights, the update and the
+training settings a server configures.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import smooth_images
+
+from server import leakage
+from study.task import DpSgd, build_model, to_float, train
+
+SIZE = 16
+
+
+def xray_batch(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    images = smooth_images(n, 1, SIZE, 8, seed=seed)
+    targets = (np.random.default_rng(seed).random((n, 14)) < 0.3).astype(np.float32)
+    return images, targets
+
+
+def site_update(arch, images, targets, training, *, dp_sgd=None, modality="xray"):
+    """What the server receives: global weights and local - global."""
+    torch.manual_seed(0)
+    model = build_model(modality, arch=arch, image_size=SIZE)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    train(
+        model,
+        modality,
+        images,
+        targets,
+        8,
+        epochs=training.epochs,
+        batch_size=training.batch_size,
+        learning_rate=training.learning_rate,
+        seed=training.seed,
+        optimizer=training.optimizer,
+        dp_sgd=dp_sgd,
+    )
+    return start, leakage.parameter_update(start, model)
+
+
+def sgd(epochs=1, batch_size=16, seed=3):
+    return leakage.LocalTraining("xray", epochs, batch_size, 1e-3, seed, optimizer="sgd")
+
+
+def test_analytic_attack_reads_one_image_back_from_the_mlp_update():
+    # Prepare: one image, plain SGD, two local epochs (two steps)
+    images, targets = xray_batch(1)
+    training = sgd(epochs=2)
+    start, update = site_update("mlp", images, targets, training)
+    model = build_model("xray", arch="mlp", image_size=SIZE)
+    # Execute
+    layer = leakage.first_linear_layer(model)
+    recon = leakage.analytic_recovery(update, training, layer, 1, (1, SIZE, SIZE))
+    # Assert
+    assert layer == ("first.weight", "first.bias")
+    assert leakage.score(recon, to_float(images, 8).numpy()).psnr[0] >= 60.0
+
+
+def test_analytic_attack_separates_images_that_alone_fire_a_unit():
+    # Prepare: four images in one step: rows fired by one image repeat it exactly
+    images, targets = xray_batch(4, seed=1)
+    training = sgd()
+    _, update = site_update("mlp", images, targets, training)
+    # Execute
+    recon = leakage.analytic_recovery(
+        update, training, ("first.weight", "first.bias"), 4, (1, SIZE, SIZE)
+    )
+    score = leakage.score(recon, to_float(images, 8).numpy())
+    # Assert: every image comes back (ReLU units fired by one image only exist for each)
+    assert sorted(score.matched) == [0, 1, 2, 3]
+    assert min(score.psnr) >= 60.0
+
+
+def test_adam_does_not_hide_the_image_from_the_analytic_attack():
+    # Prepare: the same kind of update with the study's optimizer: Adam's first
+    # step moves every weight by about lr * sign(g)
+    images, targets = xray_batch(1)
+    training = leakage.LocalTraining("xray", 1, 16, 1e-3, 3, optimizer="adam")
+    _, update = site_update("mlp", images, targets, training)
+    # Execute: invert lr * g / (|g| + eps) element by element, then read the rows back
+    recon = leakage.analytic_recovery(
+        update, training, ("first.weight", "first.bias"), 1, (1, SIZE, SIZE)
+    )
+    # Assert: the step is sign-like, yet the magnitudes near eps survive float32
+    # rounding well enough (31 to 73 dB over 12 seeds and 16 to 64 px)
+    assert torch.allclose(update["first.bias"].abs().max(), torch.tensor(1e-3), rtol=1e-3)
+    assert leakage.score(recon, to_float(images, 8).numpy()).psnr[0] >= 30.0
+
+
+def test_study_cnn_has_no_fully_connected_first_layer():
+    assert leakage.first_linear_layer(build_model("xray")) is None
+    assert leakage.first_linear_layer(build_model("mri")) is None
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_simulated_training_reproduces_the_sites_update(optimizer):
+    # Prepare: 3 images, batch 2, 2 epochs: 4 local steps, as FedAvg takes them
+    images, targets = xray_batch(3, seed=2)
+    training = leakage.LocalTraining("xray", 2, 2, 1e-3, 11, optimizer=optimizer)
+    start, update = site_update("study", images, targets, training)
+    # Execute
+    simulated = leakage.simulate_update(
+        build_model("xray"), start, to_float(images, 8), torch.from_numpy(targets), training
+    )
+    # Assert
+    assert training.steps(3) == 4 and len(training.batches(3)) == 4
+    assert float(leakage.cosine_distance(simulated, update).detach()) < 1e-5
+    other = leakage.simulate_update(
+        build_model("xray"),
+        start,
+        torch.rand(3, 1, SIZE, SIZE),
+        torch.from_numpy(targets),
+        training,
+    )
+    assert float(leakage.cosine_distance(other, update).detach()) > 0.01
+
+
+def test_labels_come_back_from_the_head_bias_update():
+    images, targets = xray_batch(1, seed=4)
+    for optimizer in ("sgd", "adam"):
+        training = leakage.LocalTraining("xray", 1, 16, 1e-3, 5, optimizer=optimizer)
+        _, update = site_update("study", images, targets, training)
+        labels = leakage.recover_labels(build_model("xray"), update, 14)
+        np.testing.assert_array_equal(labels, targets)
+
+
+def test_score_matches_reconstructions_one_to_one():
+    # Prepare: the originals in another order, one of them slightly off
+    originals = to_float(smooth_images(3, 1, SIZE, 8, seed=5), 8).numpy()
+    recon = originals[[2, 0, 1]].copy()
+    recon[0] += 0.01
+    # Execute
+    score = leakage.score(recon, originals)
+    # Assert
+    assert score.matched == [1, 2, 0]
+    assert score.psnr[1] == leakage.PSNR_CAP_DB and score.psnr[2] == pytest.approx(40.0, abs=0.01)
+    assert score.ssim[0] == pytest.approx(1.0)
+    assert leakage.recovered_share([25.0, 19.0, 40.0, 10.0]) == 0.5
+    assert leakage.mean_guess_psnr(originals.mean(0), originals) < 40.0
+
+
+def test_optimisation_attack_runs_and_improves_its_objective():
+    # Prepare: one image, the study CNN, a few iterations (speed, not quality)
+    images, targets = xray_batch(1, seed=6)
+    training = sgd()
+    start, update = site_update("study", images, targets, training)
+    config = leakage.InversionConfig(iterations=6, restarts=2, seed=1)
+    calls = []
+    # Execute
+    inv = leakage.invert_update(
+        build_model("xray"),
+        start,
+        update,
+        training,
+        1,
+        (1, SIZE, SIZE),
+        config=config,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    # Assert
+    assert inv.images.shape == (1, 1, SIZE, SIZE) and 0 <= inv.images.min() <= inv.images.max() <= 1
+    assert inv.labels_source == "recovered"
+    np.testing.assert_array_equal(inv.labels, targets)
+    assert calls[-1] == (12, 12)
+    assert inv.objective < 1.0
+
+
+def test_dp_sgd_update_carries_the_noise_of_its_multiplier():
+    # Prepare: one image; DP-SGD clips its gradient to 1 and adds N(0, z^2) per coordinate
+    images, targets = xray_batch(1, seed=7)
+    training = sgd()
+    _, plain = site_update("mlp", images, targets, training)
+    _, noised = site_update("mlp", images, targets, training, dp_sgd=DpSgd(1.0, 1.0, noise_seed=3))
+    _, again = site_update("mlp", images, targets, training, dp_sgd=DpSgd(1.0, 1.0, noise_seed=3))
+    # Execute
+    recon = leakage.analytic_recovery(
+        noised, training, ("first.weight", "first.bias"), 1, (1, SIZE, SIZE)
+    )
+    psnr = leakage.score(recon, to_float(images, 8).numpy()).psnr[0]
+    # Assert: lr * (clipped gradient + noise): the noise dominates the clipped signal
+    per_coordinate = noised["first.weight"].std() / 1e-3
+    assert 0.9 < float(per_coordinate) < 1.1
+    assert leakage.update_norm(plain) > 0 and psnr < 20.0
+    assert all(torch.equal(noised[k], again[k]) for k in noised)  # a given noise_seed repeats
