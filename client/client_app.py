@@ -1,10 +1,16 @@
 """The hospital as a Flower ClientApp: a thin adapter over client.site.Site.
 
-Replies carry: `arrays` (the model update), `metrics` (numbers only),
-`shared` (the ciphertext containers, when the study exchanges images) and
-`status` (site id; an error text instead of a crash, so the server can
-report which site failed and why). Keys and encryptor weights stay in the
-site's state folder.
+Messages it answers:
+- `query.hello`: which site this SuperNode is (its `partition-id`) and of how
+  many (`num-partitions`): the server enrols sites by it;
+- `train`: one round of local work (`Site.train_round`); the reply carries
+  `arrays` (the model update), `metrics` (numbers only), `shared` (the
+  ciphertext containers, when the study exchanges images);
+- `evaluate`: the global model on the site's own test patients.
+Every reply passes through `site_reply_mod`, which adds `status` (the site
+id, and the error text instead of a crash, so the server can report which
+site failed and why). Keys and encryptor weights stay in the site's state
+folder.
 """
 
 from __future__ import annotations
@@ -26,32 +32,48 @@ def _site(context: Context, study: Study | None) -> Site:
     return Site(study, int(node["partition-id"]), int(node.get("num-partitions", study.num_sites)))
 
 
+def site_reply_mod(msg: Message, context: Context, call_next) -> Message:
+    """A Flower mod: a handler's exception becomes an error status (which
+    site, what failed, where) instead of a crashed app, and every train reply
+    names its site."""
+    site = int(context.node_config["partition-id"])
+    try:
+        reply = call_next(msg, context)
+    except Exception as exc:  # noqa: BLE001 - reported per site in rounds.jsonl
+        status = ConfigRecord({"site": site, "error": _describe(exc)})
+        return Message(content=RecordDict({"status": status}), reply_to=msg)
+    if msg.metadata.message_type.split(".")[0] == "train" and "status" not in reply.content:
+        reply.content["status"] = ConfigRecord({"site": site})
+    return reply
+
+
 def build_client_app(study: Study | None = None) -> ClientApp:
     """A ClientApp; `study` None reads the study from Flower's run config."""
-    app = ClientApp()
+    app = ClientApp(mods=[site_reply_mod])
+
+    @app.query("hello")
+    def handle_hello(msg: Message, context: Context) -> Message:
+        node = context.node_config
+        identity = ConfigRecord(
+            {"site": int(node["partition-id"]), "sites": int(node.get("num-partitions", 0))}
+        )
+        return Message(content=RecordDict({"identity": identity}), reply_to=msg)
 
     @app.train()
     def handle_train(msg: Message, context: Context) -> Message:
         site = _site(context, study)
         rnd = int(msg.content["config"]["server-round"])
-        try:
-            received = {}
-            if "peers" in msg.content:
-                peers = msg.content["peers"]
-                received = {
-                    int(k.split("-")[1]): (peers[k], peers[k.replace("-images", "-labels")])
-                    for k in peers
-                    if k.endswith("-images")
-                }
-            update = site.train_round(
-                msg.content["arrays"].to_torch_state_dict(),
-                rnd,
-                received,
-                device=_device(site.study),
-            )
-        except Exception as exc:  # noqa: BLE001 - reported per site in rounds.jsonl
-            status = ConfigRecord({"site": site.site_id, "error": _describe(exc)})
-            return Message(content=RecordDict({"status": status}), reply_to=msg)
+        received = {}
+        if "peers" in msg.content:
+            peers = msg.content["peers"]
+            received = {
+                int(k.split("-")[1]): (peers[k], peers[k.replace("-images", "-labels")])
+                for k in peers
+                if k.endswith("-images")
+            }
+        update = site.train_round(
+            msg.content["arrays"].to_torch_state_dict(), rnd, received, device=_device(site.study)
+        )
         result, shared = update.train, update.shared
         metrics = {
             "num-examples": result.examples,

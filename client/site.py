@@ -272,12 +272,16 @@ class Site:
         return self.study.seed * 100_003 + server_round * 1009 + self.site_id
 
     def check_fault(self, server_round: int) -> None:
-        plan = self.study.fault_plan
-        if self.site_id in plan and plan[self.site_id] in (None, server_round):
-            raise InjectedFault(
-                f"site {self.site_id}: injected fault in round {server_round} "
-                f"(fault-sites = {self.study.fault_sites!r})"
-            )
+        fault = self.study.fault_plan.get(self.site_id)
+        if fault is None or fault.round not in (None, server_round):
+            return
+        if fault.stall_s > 0:
+            time.sleep(fault.stall_s)  # a slow or vanished site: the server's round-timeout
+            return
+        raise InjectedFault(
+            f"site {self.site_id}: injected fault in round {server_round} "
+            f"(fault-sites = {self.study.fault_sites!r})"
+        )
 
 
 def _labels_as_pixels(targets: np.ndarray) -> np.ndarray:

@@ -10,11 +10,11 @@ The server never holds a site key; it reads only the unauthenticated header
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 from encryption.container import ContainerError, read_header
+from study.schema import append_jsonl, iter_jsonl
 
 
 class Archive:
@@ -22,14 +22,13 @@ class Archive:
         self.root = Path(root)
         self.objects = self.root / "objects"
         self.index_path = self.root / "index.jsonl"
-        self.objects.mkdir(parents=True, exist_ok=True)
 
     def put(self, blob: bytes, *, site: str, server_round: int, kind: str) -> str:
         """Store a container (idempotent); return its sha256."""
         digest = hashlib.sha256(blob).hexdigest()
         path = self.objects / digest[:2] / digest
         if not path.exists():
-            path.parent.mkdir(exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(blob)
             os.replace(tmp, path)
@@ -47,8 +46,7 @@ class Archive:
             "method": method,
             "shape": shape,
         }
-        with self.index_path.open("a") as fh:
-            fh.write(json.dumps(entry) + "\n")
+        append_jsonl(self.index_path, entry)
         return digest
 
     def get(self, digest: str) -> bytes:
@@ -58,11 +56,18 @@ class Archive:
         return path.read_bytes()
 
     def index(self) -> list[dict]:
+        """Every index line; a damaged line is a SchemaError naming the file and line."""
         if not self.index_path.exists():
             return []
-        return [json.loads(line) for line in self.index_path.read_text().splitlines() if line]
+        return [doc for _, doc in iter_jsonl(self.index_path)]
 
-    def truncate_rounds(self, last_round: int) -> None:
-        """Drop index lines after `last_round` (used by --resume)."""
-        kept = [e for e in self.index() if e["round"] <= last_round]
-        self.index_path.write_text("".join(json.dumps(e) + "\n" for e in kept))
+    def keep_rounds(self, last_round: int, index: list[dict]) -> None:
+        """Keep the index lines of rounds <= last_round (--resume redoes the rest);
+        `index` is what `index()` read and checked before anything changed."""
+        tmp = self.index_path.with_name(f".{self.index_path.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        for entry in index:
+            if entry["round"] <= last_round:
+                append_jsonl(tmp, entry)
+        tmp.touch()
+        os.replace(tmp, self.index_path)

@@ -1,11 +1,13 @@
-"""report.md with plots, written from rounds.jsonl and summary.json (never
-from in-memory state, so the report shows exactly what is on disk)."""
+"""report.md with plots, written from the run folder's files through the
+results schema's reader (never from in-memory state, so the report shows
+exactly what is on disk)."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
+
+from study.schema import RoundRecord, read_run
 
 KINDS = ("ciphertext_up", "ciphertext_down", "model_up", "model_down")
 
@@ -19,13 +21,13 @@ def _plt():
     return plt
 
 
-def plot_bandwidth(rounds: list[dict], path: Path) -> None:
+def plot_bandwidth(rounds: list[RoundRecord], path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    x = [r["round"] for r in rounds]
+    x = [r.round for r in rounds]
     bottom = [0.0] * len(rounds)
     for kind in KINDS:
-        vals = [r["totals"][kind] / 1e6 for r in rounds]
+        vals = [r.totals[kind] / 1e6 for r in rounds]
         ax.bar(x, vals, bottom=bottom, label=kind.replace("_", " "))
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
     ax.set(xlabel="round", ylabel="MB (all sites)", title="Bandwidth per round, by kind")
@@ -36,13 +38,13 @@ def plot_bandwidth(rounds: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_recon(rounds: list[dict], path: Path) -> bool:
+def plot_recon(rounds: list[RoundRecord], path: Path) -> bool:
     plt = _plt()
     series: dict[str, list[tuple[int, float]]] = {}
     for r in rounds:
-        for s in r["sites"]:
-            if s["ok"] and not math.isnan(s["recon"]["psnr"]):
-                series.setdefault(s["site"], []).append((r["round"], s["recon"]["psnr"]))
+        for s in r.sites:
+            if s.ok and not math.isnan(s.recon["psnr"]):
+                series.setdefault(s.site, []).append((r.round, s.recon["psnr"]))
     if not series:
         return False
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -62,15 +64,15 @@ def plot_recon(rounds: list[dict], path: Path) -> bool:
     return True
 
 
-def plot_task(rounds: list[dict], metric: str, path: Path) -> None:
+def plot_task(rounds: list[RoundRecord], metric: str, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    x = [r["round"] for r in rounds]
+    x = [r.round for r in rounds]
     for key, label in (
         (metric, "server held-out"),
         (f"fed_{metric}", "federated (site test sets)"),
     ):
-        vals = [r["global"].get(key, math.nan) for r in rounds]
+        vals = [r.global_.get(key, math.nan) for r in rounds]
         ax.plot(x, vals, marker="o", label=label)
     ax.set(xlabel="round", ylabel=metric, title=f"Task metric per round ({metric})")
     ax.set_xticks(x)
@@ -91,17 +93,17 @@ def _fmt(v) -> str:
 
 
 def write_report(out: Path) -> Path:
-    out = Path(out)
-    rounds = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines() if x.strip()]
-    summary = json.loads((out / "summary.json").read_text())
-    config = json.loads((out / "config.json").read_text())["study"]
+    run = read_run(out)
+    out, rounds, summary, config = run.folder, run.rounds, run.summary, run.study
+    if summary is None:
+        raise FileNotFoundError(f"{out}/summary.json: the study has not ended; no report yet")
     metric = "auroc" if config["modality"] == "xray" else "dice_mean"
     lines = [
         f"# Study `{config['name']}`",
         "",
-        f"{config['num-sites']} sites, {summary['rounds']} of {config['num-rounds']} rounds, "
+        f"{config['num-sites']} sites, {summary.rounds} of {config['num-rounds']} rounds, "
         f"modality {config['modality']}, method `{config['method']}`, exchange "
-        f"`{config['exchange']}`, strategy {config['strategy']}. Status: **{summary['status']}**.",
+        f"`{config['exchange']}`, strategy {config['strategy']}. Status: **{summary.status}**.",
         "",
     ]
     if rounds:
@@ -116,13 +118,12 @@ def write_report(out: Path) -> Path:
             "| " + " | ".join(["---"] * 10) + " |",
         ]
         for r in rounds:
-            g, t = r["global"], r["totals"]
-            ok = sum(s["ok"] for s in r["sites"])
+            g, t = r.global_, r.totals
             lines.append(
-                f"| {r['round']} | {ok}/{len(r['sites'])} | {t['ciphertext_up']} | "
+                f"| {r.round} | {len(r.ok_sites)}/{len(r.sites)} | {t['ciphertext_up']} | "
                 f"{t['ciphertext_down']} | {t['model_up']} | {t['model_down']} | "
                 f"{_fmt(g.get(metric, math.nan))} | {_fmt(g.get('fed_' + metric, math.nan))} | "
-                f"{_fmt(g.get('recon_psnr_worst', math.nan))} | {r['seconds']:.1f} |"
+                f"{_fmt(g.get('recon_psnr_worst', math.nan))} | {r.seconds:.1f} |"
             )
         lines += [
             "",
@@ -133,21 +134,19 @@ def write_report(out: Path) -> Path:
         ]
         if has_recon:
             lines += ["![reconstruction PSNR per site](recon_psnr.png)", ""]
-        failed = [
-            (r["round"], s["site"], s["error"]) for r in rounds for s in r["sites"] if not s["ok"]
-        ]
+        failed = [(r.round, s.site, s.error) for r in rounds for s in r.sites if not s.ok]
         if failed:
             lines += (
                 ["## Failed sites", ""] + [f"- round {r}, {s}: {e}" for r, s, e in failed] + [""]
             )
     lines += ["## Totals", "", "| kind | bytes | per round |", "| --- | --- | --- |"]
-    for k, v in summary["bytes"].items():
-        lines.append(f"| {k} | {v} | {summary['bytes_per_round'][k]:.0f} |")
+    for k, v in summary.bytes.items():
+        lines.append(f"| {k} | {v} | {summary.bytes_per_round[k]:.0f} |")
     lines += ["", "Upload time of the busiest site in the busiest round (serialized messages):", ""]
-    for link, s in summary["upload_seconds_per_round"].items():
+    for link, s in summary.upload_seconds_per_round.items():
         lines.append(f"- {link}: {s:.3f} s")
-    if summary.get("reason"):
-        lines += ["", f"Stopped: {summary['reason']}"]
+    if summary.reason:
+        lines += ["", f"Stopped: {summary.reason}"]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

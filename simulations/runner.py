@@ -5,10 +5,20 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from server.federation import StudyOutcome
+from server.progress import Listener
 from study.config import Study
-from server.federation import Progress
+
+
+@dataclass
+class StudyResult(StudyOutcome):
+    """A finished (or stopped) study, in memory: summary, rounds, final model."""
+
+    out_dir: Path = Path()
+    wall_seconds: float = 0.0
 
 
 def prepare_data(study: Study) -> Path:
@@ -42,11 +52,10 @@ def backend_config(study: Study) -> dict:
 
 
 def run_simulated_study(
-    study: Study, progress: Progress | None = None, *, quiet: bool = True
-) -> dict:
-    """Run `study` with one virtual SuperNode per site; return summary.json's content."""
-    import json
-
+    study: Study, listener: Listener | None = None, *, quiet: bool = True
+) -> StudyResult:
+    """Run `study` with one virtual SuperNode per site; progress events go to
+    `listener` (and to events.jsonl). Returns the outcome in memory."""
     from flwr.simulation import run_simulation
 
     from client.client_app import build_client_app
@@ -56,19 +65,19 @@ def run_simulated_study(
         logging.getLogger("flwr").setLevel(logging.ERROR)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    backend = backend_config(study)  # a bad GPU setting fails before any work
     prepare_data(study)
+    outcomes: list[StudyOutcome] = []
     t0 = time.perf_counter()
     run_simulation(
-        server_app=build_server_app(study, progress),
+        server_app=build_server_app(study, listener=listener, on_outcome=outcomes.append),
         client_app=build_client_app(study),
         num_supernodes=study.num_sites,
-        backend_config=backend_config(study),
+        backend_config=backend,
     )
-    summary_path = Path(study.out_dir) / "summary.json"
-    if not summary_path.exists():
+    if not outcomes:
         raise RuntimeError(
-            f"the simulation ended without writing {summary_path}; see the log above"
+            f"the simulation ended without a result in {study.out_dir}; see the log above"
         )
-    summary = json.loads(summary_path.read_text())
-    summary["wall_seconds"] = time.perf_counter() - t0
-    return summary
+    o = outcomes[0]
+    return StudyResult(o.summary, o.rounds, o.arrays, Path(study.out_dir), time.perf_counter() - t0)

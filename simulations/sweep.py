@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from study.config import Study, StudyError
+from study.schema import Summary
 
 SWEEP_KEYS = {"name", "study", "out-dir", "set", "grid"}
 
@@ -89,23 +90,23 @@ class Sweep:
         return Study.from_toml(self.base, values)
 
 
-def comparison_row(point: dict[str, Any], study: Study, summary: dict) -> dict[str, Any]:
+def comparison_row(point: dict[str, Any], study: Study, summary: Summary) -> dict[str, Any]:
     metric = "auroc" if study.modality == "xray" else "dice_mean"
-    final = summary.get("final", {})
-    per_round = summary["bytes_per_round"]
+    final = summary.final
+    per_round = summary.bytes_per_round
     return {
         **point,
-        "status": summary["status"],
-        "rounds": summary["rounds"],
+        "status": summary.status,
+        "rounds": summary.rounds,
         "ciphertext_up_per_round": per_round["ciphertext_up"],
         "ciphertext_down_per_round": per_round["ciphertext_down"],
         "model_per_round": per_round["model_up"] + per_round["model_down"],
         "message_up_per_round": per_round["message_up"],
         "message_down_per_round": per_round["message_down"],
-        **{f"upload_s_{k}": v for k, v in summary["upload_seconds_per_round"].items()},
+        **{f"upload_s_{k}": v for k, v in summary.upload_seconds_per_round.items()},
         metric: final.get(metric, math.nan),
         "recon_psnr_worst": final.get("recon_psnr_worst", math.nan),
-        "seconds": summary["seconds"],
+        "seconds": summary.seconds,
     }
 
 

@@ -10,6 +10,7 @@ value raises StudyError naming the key, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -38,6 +39,42 @@ STRATEGIES = (
     "Bulyan",
     "QFedAvg",
 )
+
+
+# Largest accepted values of the keys that memory or time grows with.
+UPPER_BOUNDS: dict[str, float] = {
+    "num-sites": 1024,
+    "num-rounds": 100_000,
+    "image-size": 1024,
+    "phantom-patients": 100_000,
+    "phantom-size": 4096,
+    "max-slices-per-subject": 1000,
+    "max-image-pixels": 2**31,
+    "share-per-round": 10_000,
+    "method-epochs": 10_000,
+    "local-epochs": 1000,
+    "batch-size": 65_536,
+    "learning-rate": 10.0,
+    "dirichlet-alpha": 1e6,
+    "proximal-mu": 1e6,
+    "num-cpus": 1024,
+    "num-gpus": 64,
+    "holdout-images": 100_000,
+    "round-timeout": 7 * 24 * 3600.0,
+    "dp-noise-multiplier": 1e4,
+    "dp-clipping-norm": 1e6,
+    "secagg-clipping-range": 1e6,
+    "secagg-quantization-range": 2**31,
+}
+BOOLEAN_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Fault injection for one site (`fault-sites`)."""
+
+    round: int | None  # None: every round
+    stall_s: float = 0.0  # 0: raise; > 0: answer that many seconds late
 
 
 class StudyError(ValueError):
@@ -93,7 +130,7 @@ class Study:
     num_gpus: float = 0.0
     ray_address: str = ""
     out_dir: str = "runs/study"
-    fault_sites: str = ""  # e.g. "2" or "1:round=2": sites that raise (fault injection)
+    fault_sites: str = ""  # fault injection, e.g. "2", "1:round=2", "1:round=2:stall=30"
     link_mbps: str = "10,100,1000"
     holdout_images: int = 256
     round_timeout: float = 3600.0  # seconds a round waits for replies; a silent site is failed
@@ -184,6 +221,14 @@ class Study:
         for key in ("share-per-round", "method-epochs", "seed"):
             if getattr(self, key.replace("-", "_")) < 0:
                 raise bad(key, "must be 0 or more")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise bad(f.name.replace("_", "-"), "a finite number (not NaN or infinity)")
+        # memory and time grow with these: a typo must not take the machine
+        for key, top in UPPER_BOUNDS.items():
+            if getattr(self, key.replace("-", "_")) > top:
+                raise bad(key, f"at most {top:g}")
         if self.image_size < 16 or self.image_size > 1024:
             raise bad("image-size", "16 to 1024 pixels")
         if not 1 <= self.min_sites <= self.num_sites:
@@ -236,32 +281,48 @@ class Study:
         return speeds
 
     @property
-    def fault_plan(self) -> dict[int, int | None]:
-        """Fault injection: site -> round at which it fails (None: every round)."""
-        plan: dict[int, int | None] = {}
+    def fault_plan(self) -> dict[int, Fault]:
+        """Fault injection, e.g. "2" (site 2 fails every round), "1:round=2" (site 1
+        fails in round 2), "1:round=2:stall=30" (site 1 answers round 2 30 s late)."""
+        plan: dict[int, Fault] = {}
+        example = "e.g. '2', '1:round=2' or '1:round=2:stall=30' (comma-separated)"
         for item in filter(None, (s.strip() for s in self.fault_sites.split(","))):
-            site_text, _, rest = item.partition(":")
+            site_text, *options = item.split(":")
             try:
                 site = int(site_text)
-                rnd = int(rest.removeprefix("round=")) if rest else None
+                opts = dict(o.split("=", 1) for o in options)
+                if set(opts) - {"round", "stall"}:
+                    raise ValueError
+                rnd = int(opts["round"]) if "round" in opts else None
+                stall = float(opts.get("stall", 0.0))
             except ValueError:
                 raise StudyError(
-                    f"fault-sites = {self.fault_sites!r} is not allowed: e.g. '2' or '1:round=2,3'"
+                    f"fault-sites = {self.fault_sites!r} is not allowed: {example}"
                 ) from None
             if not 0 <= site < self.num_sites:
                 raise StudyError(f"fault-sites: site {site} is outside 0..{self.num_sites - 1}")
-            plan[site] = rnd
+            if not 0 <= stall <= 3600:
+                raise StudyError(f"fault-sites: stall={stall:g} must be 0 to 3600 seconds")
+            plan[site] = Fault(rnd, stall)
         return plan
 
 
 def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
     """Type-check one value; accept ints for floats and strings from --set."""
     kind = {"str": str, "int": int, "float": float, "bool": bool}[str(annotation)]
-    if isinstance(value, str) and kind is not str:
+    if isinstance(value, str) and kind is bool:
+        if value.strip().lower() not in BOOLEAN_WORDS:
+            raise StudyError(
+                f"{source}: {key} = {value!r} is not a boolean: one of " + ", ".join(BOOLEAN_WORDS)
+            )
+        value = BOOLEAN_WORDS[value.strip().lower()]
+    elif isinstance(value, str) and kind is not str:
         try:
-            value = kind(value) if kind is not bool else value.lower() in ("1", "true", "yes")
+            value = kind(value)
         except ValueError:
             raise StudyError(f"{source}: {key} = {value!r} is not a {kind.__name__}") from None
+    if kind is float and not math.isfinite(value):
+        raise StudyError(f"{source}: {key} = {value!r} is not allowed: a finite number")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if kind is int and isinstance(value, float) and value.is_integer():

@@ -327,7 +327,7 @@ def test_deploy_local_tls_runs_a_study(tmp_path):
     from flwr.app import ArrayRecord
 
     from study.task import build_model
-    from server.federation import array_bytes
+    from server.strategy import array_bytes
 
     out = tmp_path / "out"
     res = _medfed(

@@ -14,10 +14,11 @@ from flwr.common.serde import message_to_proto
 
 from study.config import Study
 from encryption.keys import load_key_bundle
-from server import federation as federation_module
+from server import strategy as strategy_module
 from server.archive import Archive
-from server.federation import StudyStopped
+from server.strategy import StudyStopped
 from simulations.runner import run_simulated_study
+from study.schema import read_rounds as read_records
 
 SITE_KEYS = {"site", "ok", "error", "bytes", "recon", "examples", "seconds"}
 BYTE_KEYS = {
@@ -51,7 +52,8 @@ def small_study(out: Path, **changes) -> Study:
 
 
 def read_rounds(out: Path) -> list[dict]:
-    return [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines() if x.strip()]
+    """rounds.jsonl through the schema's reader (exact PSNRs back to infinity)."""
+    return [r.to_json() for r in read_records(out)]
 
 
 def strip_seconds(doc):
@@ -68,17 +70,16 @@ def archive_run(tmp_path_factory, monkeypatch_module):
     root = tmp_path_factory.mktemp("fed")
     monkeypatch_module.setenv("MEDFED_DATA_HOME", str(root / "data"))
     captured: list[bytes] = []
-    original = federation_module.Federation._account_train_replies
+    original = strategy_module.MedfedStrategy._account_train_replies
 
-    def spy(self, rnd, replies, sites):
-        replies = list(replies)
+    def spy(self, replies):
         captured.extend(message_to_proto(r).SerializeToString() for r in replies)
-        return original(self, rnd, replies, sites)
+        return original(self, replies)
 
-    monkeypatch_module.setattr(federation_module.Federation, "_account_train_replies", spy)
+    monkeypatch_module.setattr(strategy_module.MedfedStrategy, "_account_train_replies", spy)
     study = small_study(root / "run", num_rounds=3)
-    summary = run_simulated_study(study)
-    return study, summary, captured
+    result = run_simulated_study(study)
+    return study, result.summary.to_json(), captured
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_rounds_jsonl_has_exact_schema(archive_run):
         assert [s["site"] for s in r["sites"]] == ["site-0", "site-1"]
         for s in r["sites"]:
             assert set(s) == SITE_KEYS and set(s["bytes"]) == BYTE_KEYS
-            assert set(s["recon"]) == {"mse", "psnr", "ssim"}
+            assert set(s["recon"]) == {"mse", "psnr", "ssim", "exact"}
             assert set(s["seconds"]) == {"encrypt", "train", "decrypt"}
             assert s["ok"] is True and s["error"] is None and s["examples"] > 0
             # AES-GCM is exact
@@ -122,9 +123,9 @@ def test_rounds_jsonl_has_exact_schema(archive_run):
         "recon_psnr.png",
     ):
         assert (out / name).is_file(), name
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
-        f"round-{i}.pt" for i in (1, 2, 3)
-    ]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == sorted(
+        f"round-{i}.{ext}" for i in (1, 2, 3) for ext in ("json", "npz")
+    )
 
 
 def test_ciphertext_bytes_equal_what_the_archive_received(archive_run):
@@ -210,7 +211,8 @@ def test_resume_gives_the_same_rounds(archive_run, tmp_path):
     # as if killed during round 3: its line, checkpoint and summary never written
     lines = (killed / "rounds.jsonl").read_text().splitlines()
     (killed / "rounds.jsonl").write_text("\n".join(lines[:2]) + "\n")
-    (killed / "checkpoints" / "round-3.pt").unlink()
+    (killed / "checkpoints" / "round-3.npz").unlink()
+    (killed / "checkpoints" / "round-3.json").unlink()
     (killed / "summary.json").unlink()
     resumed = study.replace(out_dir=str(killed), resume=True)
     run_simulated_study(resumed)

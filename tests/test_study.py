@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from study.config import Study, StudyError, parse_overrides
+from study.config import Fault, Study, StudyError, parse_overrides
 from simulations.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,4 +96,38 @@ def test_cli_help_lists_commands(capsys):
 
 def test_fault_plan_parsing():
     study = Study(num_sites=4, fault_sites="1:round=2, 3")
-    assert study.fault_plan == {1: 2, 3: None}
+    assert study.fault_plan == {1: Fault(2), 3: Fault(None)}
+    slow = Study(num_sites=4, fault_sites="1:round=2:stall=30")
+    assert slow.fault_plan == {1: Fault(2, 30.0)}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragments"),
+    [
+        ("resume", "ture", ["resume", "ture", "not a boolean", "true", "false"]),
+        ("resume", "nope", ["resume", "nope", "not a boolean"]),
+        ("learning-rate", "nan", ["learning-rate", "finite"]),
+        ("learning-rate", "inf", ["learning-rate", "finite"]),
+        ("learning-rate", "1e30", ["learning-rate", "at most 10"]),
+        ("dirichlet-alpha", "-inf", ["dirichlet-alpha", "finite"]),
+        ("num-gpus", "nan", ["num-gpus", "finite"]),
+        ("phantom-size", "25000", ["phantom-size", "25000", "at most 4096"]),
+        ("phantom-patients", "10000000", ["phantom-patients", "at most 100000"]),
+        ("num-rounds", "1000000", ["num-rounds", "at most"]),
+        ("strategy", "FedAvgg", ["strategy", "FedAvgg", "FedAvg", "FedProx"]),
+        ("dp", "client", ["dp", "client-fixed", "local-dpsgd"]),
+        ("fault-sites", "1:stall=x", ["fault-sites", "stall"]),
+    ],
+)
+def test_typos_nan_and_huge_values_are_refused(tmp_path, key, value, fragments):
+    path = write(tmp_path, "num-sites = 3\n")
+    with pytest.raises(StudyError) as info:
+        Study.from_toml(path, parse_overrides([f"{key}={value}"]))
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_booleans_accept_the_usual_spellings(tmp_path):
+    path = write(tmp_path, "num-sites = 3\n")
+    for text, expected in (("TRUE", True), ("yes", True), ("0", False), ("False", False)):
+        assert Study.from_toml(path, {"resume": text}).resume is expected

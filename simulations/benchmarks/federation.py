@@ -4,7 +4,6 @@ tree), and bandwidth per round for each exchange policy and image size."""
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
@@ -32,11 +31,6 @@ def _study(out_dir: Path, **settings: Any):
     return Study.from_mapping(values, source="benchmark")
 
 
-def _rounds(out_dir: Path) -> list[dict]:
-    path = Path(out_dir) / "rounds.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def run_study(study, progress: Progress = _quiet) -> dict[str, Any]:
     """Run `study` on Flower's simulation engine; wall time, peak RSS, rounds."""
     from simulations.runner import prepare_data, run_simulated_study
@@ -46,20 +40,20 @@ def run_study(study, progress: Progress = _quiet) -> dict[str, Any]:
     data_s = time.perf_counter() - start
     with PeakRss() as rss:
         start = time.perf_counter()
-        summary = run_simulated_study(study)
+        result = run_simulated_study(study)
         wall = time.perf_counter() - start
-    rounds = _rounds(Path(study.out_dir))
-    failed = sum(1 for r in rounds for s in r["sites"] if not s["ok"])
+    rounds = result.rounds
+    failed = sum(1 for r in rounds for s in r.sites if not s.ok)
     return {
         "data_prepare_s": data_s,
         "wall_s": wall,
-        "round_s": [r["seconds"] for r in rounds],
+        "round_s": [r.seconds for r in rounds],
         "peak_rss_bytes": rss.peak_bytes,
         "rss_method": rss.method,
         "rss_samples": rss.samples,
         "sites_failed": failed,
-        "summary": summary,
-        "rounds": rounds,
+        "summary": result.summary.to_json(),
+        "rounds": [r.to_json() for r in rounds],
     }
 
 

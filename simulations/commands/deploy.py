@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from simulations.commands.run import add_study_args, load_study, result_table
+from simulations.commands.run import ProgressDisplay, add_study_args, load_study, result_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -114,15 +114,9 @@ def _load(args: argparse.Namespace):
     return load_study(args.study, args.overrides, args.out)
 
 
-def _round_printer(console: Console):
-    def progress(event: dict) -> None:
-        line = event["line"]
-        ok = sum(s["ok"] for s in line["sites"])
-        failed = [f"{s['site']} ({s['error']})" for s in line["sites"] if not s["ok"]]
-        msg = f"round {line['round']} done: {ok} sites ok, {line['seconds']:.1f} s"
-        console.print(msg + ("; failed: " + "; ".join(failed) if failed else ""))
-
-    return progress
+def _round_printer(study, console: Console):
+    """Progress of a deployed study: the same events and display as `medfed run`."""
+    return ProgressDisplay(study, console, enabled=False).update
 
 
 def main_local(args: argparse.Namespace) -> int:
@@ -150,7 +144,7 @@ def main_local(args: argparse.Namespace) -> int:
             certs=args.certs,
             app_dir=args.app or default_app_dir(),
             echo=console.print,
-            progress=_round_printer(console),
+            progress=_round_printer(study, console),
             timeout=args.timeout,
         )
     except DeployError as exc:
@@ -212,7 +206,7 @@ def main_submit(args: argparse.Namespace) -> int:
                 connection="federation",
                 app_dir=args.app or default_app_dir(),
                 work=work,
-                progress=_round_printer(console),
+                progress=_round_printer(study, console),
                 timeout=args.timeout,
             )
         except DeployError as exc:

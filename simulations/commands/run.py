@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from study.config import Study, parse_overrides
+from study.schema import RoundRecord, read_rounds
 
 DEFAULT_STUDY = Path(__file__).resolve().parent.parent / "studies" / "demo.toml"
 
@@ -73,9 +74,9 @@ def main(args: argparse.Namespace) -> int:
     )
     display = ProgressDisplay(study, console, enabled=not args.quiet)
     with display:
-        summary = run_simulated_study(study, display.update)
-    Console().print(result_table(study))
-    console.print(f"results: {study.out_dir}/summary.json  ({summary['wall_seconds']:.1f} s)")
+        result = run_simulated_study(study, display.update)
+    Console().print(result_table(study, result.rounds))
+    console.print(f"results: {study.out_dir}/summary.json  ({result.wall_seconds:.1f} s)")
     return 0
 
 
@@ -93,13 +94,9 @@ def _fmt(v, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def result_table(study: Study) -> Table:
-    """Per-round table from rounds.jsonl (read back from disk: what you see is what was written)."""
-    import json
-
-    lines = [
-        json.loads(x) for x in (Path(study.out_dir) / "rounds.jsonl").read_text().splitlines() if x
-    ]
+def result_table(study: Study, rounds: list[RoundRecord] | None = None) -> Table:
+    """Per-round table of the study's rounds (read from its rounds.jsonl when not given)."""
+    lines = read_rounds(study.out_dir) if rounds is None else rounds
     metric = "auroc" if study.modality == "xray" else "dice_mean"
     short = "auroc" if study.modality == "xray" else "dice"
     table = Table(
@@ -120,17 +117,16 @@ def result_table(study: Study) -> Table:
     ):
         table.add_column(col, justify="right")
     for line in lines:
-        g, t = line["global"], line["totals"]
-        ok = sum(s["ok"] for s in line["sites"])
+        g, t = line.global_, line.totals
         table.add_row(
-            str(line["round"]),
-            f"{ok}/{len(line['sites'])}",
+            str(line.round),
+            f"{len(line.ok_sites)}/{len(line.sites)}",
             f"{_mb(t['ciphertext_up'])} / {_mb(t['ciphertext_down'])}",
             f"{_mb(t['model_up'])} / {_mb(t['model_down'])}",
             _fmt(g.get(metric)),
             _fmt(g.get(f"fed_{metric}")),
             _fmt(g.get("recon_psnr_worst"), 1),
-            f"{line['seconds']:.1f}",
+            f"{line.seconds:.1f}",
         )
     return table
 
@@ -192,5 +188,7 @@ class ProgressDisplay:
                 msg += "; failed: " + "; ".join(failed)
             self.console.print(msg)
             self.round, self.phase, self.done = line["round"] + 1, "train", 0
+        elif kind == "stopped":
+            self.console.print(f"round {event['round']}: study stopped: {event['reason']}")
         if self.live:
             self.live.update(self._render())

@@ -31,8 +31,8 @@ def main(args: argparse.Namespace) -> int:
     for i, point in enumerate(points, 1):
         study = sweep.study(point)
         console.print(f"[bold]{sweep.name}[/] {i}/{len(points)}: {Sweep.label(point)}")
-        summary = run_simulated_study(study)
-        rows.append(comparison_row(point, study, summary))
+        result = run_simulated_study(study)
+        rows.append(comparison_row(point, study, result.summary))
         write_comparison(sweep, rows)  # partial results survive an interrupted sweep
     path = write_comparison(sweep, rows)
     table = Table(title=f"{sweep.name}")

@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from study.config import Study
 from simulations.deploy.errors import ENV
 from simulations.deploy.federation import LocalFederation
 from simulations.deploy.submission import submit_study
+from study.config import Study
 
 
 def run_local_deployment(

@@ -13,10 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from study.config import Study
+from server.progress import EventFollower
 from simulations.deploy.app import default_app_dir, stage_app
 from simulations.deploy.diagnosis import ANSI
 from simulations.deploy.errors import ENV, DeployError
+from study.config import Study
+from study.schema import read_summary
 
 
 def run_config_toml(study: Study) -> str:
@@ -67,7 +69,8 @@ def submit_study(
     """`flwr run <staged app> <connection> --run-config <study> --stream`; wait for summary.json.
 
     `watch` is called about every 0.2 s and may raise (a component died);
-    `progress` gets {"event": "round", "line": ...} for every new line of rounds.jsonl.
+    `progress` gets every progress event the ServerApp writes to events.jsonl
+    (server.progress: the same events a simulated study gives its listener).
     """
     out = Path(study.out_dir)
     if not out.is_absolute():
@@ -75,9 +78,7 @@ def submit_study(
     app = stage_app(app_dir or default_app_dir(), work / "app")
     cfg = work / "run-config.toml"
     cfg.write_text(run_config_toml(study))
-    for stale in ("summary.json", "rounds.jsonl"):
-        if not study.resume:
-            (out / stale).unlink(missing_ok=True)
+    events = EventFollower(out / "events.jsonl")
     env = dict(env or os.environ)
     env.update(ENV)
     env["FLWR_HOME"] = str(flwr_home)
@@ -92,20 +93,15 @@ def submit_study(
             cwd=str(work),
             start_new_session=True,
         )
-    seen = 0
     deadline = time.monotonic() + timeout
+    finished = False  # this submission's study ended ("done" event), not an earlier one
     try:
         while True:
             done = proc.poll() is not None
-            rounds = out / "rounds.jsonl"
-            if progress and rounds.is_file():
-                lines = [x for x in rounds.read_text().splitlines() if x.strip()]
-                for line in lines[seen:]:
-                    try:
-                        progress({"event": "round", "line": json.loads(line)})
-                    except json.JSONDecodeError:
-                        break
-                    seen += 1
+            for event in events.poll():
+                finished = finished or event.get("event") == "done"
+                if progress:
+                    progress(event)
             if done:
                 break
             if watch:
@@ -123,10 +119,10 @@ def submit_study(
     output = ANSI.sub("", log.read_text(errors="replace"))
     match = re.search(r"started run (\d+)", output)
     sub = Submission(int(match.group(1)) if match else None, proc.returncode, output)
-    summary_path = out / "summary.json"
-    if summary_path.is_file():
-        sub.summary = json.loads(summary_path.read_text())
-    if sub.summary.get("status") != "complete":
+    summary = read_summary(out) if (out / "summary.json").is_file() else None
+    if summary is not None:
+        sub.summary = summary.to_json()
+    if not finished or sub.summary.get("status") != "complete":
         tail = [ln for ln in output.splitlines() if ln.strip()][-12:]
         why = "the run was not accepted" if sub.run_id is None else f"run {sub.run_id} ended"
         status = sub.summary.get("status", "no summary.json")

@@ -1,0 +1,81 @@
+"""Flower's Grid, reporting each reply as it arrives.
+
+Why a wrapper around Flower's Grid: `Strategy.start` sends each phase with
+`grid.send_and_receive`, which returns only when every reply is in (no
+per-reply progress), and on the deployment runtime flwr 1.42's Grid polls the
+SuperLink every 3 s, adding up to 3 s to every phase of every round. This one
+pushes the same messages, pulls every `poll_s` seconds, emits a `reply`
+progress event per reply and records how long each phase took. Everything
+else is the wrapped Grid's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+from server.progress import Events
+
+
+class ReportingGrid(Grid):
+    def __init__(self, grid: Grid, events: Events, *, poll_s: float = 0.1) -> None:
+        self.inner, self.events, self.poll_s = grid, events, poll_s
+        self.phase_seconds: dict[tuple[int, str], float] = {}  # (round, phase) -> seconds
+
+    # -- the wrapped Grid ---------------------------------------------------------------
+    def set_run(self, run) -> None:
+        self.inner.set_run(run)
+
+    @property
+    def run(self):
+        return self.inner.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.inner.pull_messages(message_ids)
+
+    # -- send and receive, with progress ----------------------------------------------------
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        messages = list(messages)
+        if not messages:
+            return []
+        phase = messages[0].metadata.message_type.split(".")[0]
+        config = messages[0].content.get("config")
+        rnd = int(config["server-round"]) if config and "server-round" in config else 0
+        start = time.perf_counter()
+        waiting = set(self.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while waiting and (deadline is None or time.monotonic() < deadline):
+            got = list(self.pull_messages(waiting))
+            for reply in got:
+                waiting.discard(reply.metadata.reply_to_message_id)
+                replies.append(reply)
+                if phase in ("train", "evaluate"):
+                    self.events.emit(
+                        "reply", round=rnd, phase=phase, done=len(replies), of=len(messages)
+                    )
+            if waiting and not got:
+                time.sleep(self.poll_s)
+        self.phase_seconds[(rnd, phase)] = time.perf_counter() - start
+        return replies

@@ -1,0 +1,345 @@
+"""medfed's strategy: any of Flower's, with the study's exchange and accounting around it.
+
+`MedfedStrategy` holds a `flwr.serverapp.strategy` strategy chosen by name
+(`build_strategy`) and runs on Flower's own round loop (`Strategy.start`).
+Around the wrapped strategy it
+- attaches to each train message the peers' ciphertext of the last round
+  under the `consortium` exchange;
+- measures every message (serialized bytes, model bytes, ciphertext bytes)
+  per site, round and direction;
+- stores the sites' ciphertext in the encrypted archive, unread, and takes
+  it out of the replies, so the wrapped strategy sees only model and metrics;
+- records a site that fails, sends an error or does not reply within
+  `round-timeout` as failed, with the reason, and stops the study when fewer
+  than `min-sites` sites replied;
+- ends each round in `end_round` (Flower's `evaluate_fn`): held-out metrics,
+  the rounds.jsonl line, a checkpoint and a progress event.
+Sites are known by the node they enrolled from (`SiteDirectory`); a reply
+that claims another site is refused.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.serde import recorddict_to_proto
+from flwr.serverapp import Grid
+from flwr.serverapp import strategy as flwr_strategies
+from flwr.serverapp.strategy import Strategy
+
+from server.archive import Archive
+from server.enrolment import SiteDirectory
+from study.config import STRATEGIES, Study
+from study.schema import RoundRecord, SiteRecord
+
+
+class StudyStopped(RuntimeError):
+    """Fewer than `min-sites` sites replied: the study cannot go on."""
+
+    def __init__(self, message: str, *, round: int, reason: str, failed: list[dict]) -> None:
+        super().__init__(message)
+        self.round, self.reason, self.failed = round, reason, failed
+
+
+def build_strategy(study: Study) -> Strategy:
+    """The Flower strategy the study names, configured from the study."""
+    if study.strategy not in STRATEGIES:
+        raise ValueError(
+            f"strategy {study.strategy!r} is not supported; valid: {', '.join(STRATEGIES)}"
+        )
+    cls = getattr(flwr_strategies, study.strategy)
+    params = inspect.signature(cls.__init__).parameters
+    options = {
+        "fraction_train": study.fraction_train,
+        "fraction_evaluate": 1.0,
+        "min_train_nodes": study.min_sites,
+        "min_evaluate_nodes": study.min_sites,
+        # sample from the sites that are connected now: a site that went away
+        # is recorded failed, and the round goes on with min-sites
+        "min_available_nodes": study.min_sites,
+    }
+    if "proximal_mu" in params:
+        options["proximal_mu"] = study.proximal_mu
+    return cls(**{k: v for k, v in options.items() if k in params})
+
+
+def message_bytes(msg: Message) -> int:
+    """Serialized (protobuf) size of a message's content: every record it carries,
+    keys and framing included. The envelope (random node and message ids,
+    timestamps: about 100 bytes) is left out so that a study's byte counts are
+    reproducible to the byte."""
+    return recorddict_to_proto(msg.content).ByteSize()
+
+
+def array_bytes(record: ArrayRecord) -> int:
+    return sum(len(a.data) for a in record.values())
+
+
+@dataclass
+class RoundState:
+    """What one round has seen so far."""
+
+    round: int
+    started: float = field(default_factory=time.perf_counter)
+    sites: dict[int | str, SiteRecord] = field(default_factory=dict)
+    sent_train: set[int] = field(default_factory=set)
+    shared_counts: dict[int | str, float] = field(default_factory=dict)
+    train_loss: dict[int | str, float] = field(default_factory=dict)
+    fed_metrics: dict[str, float] = field(default_factory=dict)
+    aggregate_s: float = 0.0
+
+    def site(self, key: int | str) -> SiteRecord:
+        if key not in self.sites:
+            self.sites[key] = SiteRecord(site=f"site-{key}" if isinstance(key, int) else key)
+        return self.sites[key]
+
+
+# the end of a round: (round state, global arrays) -> None (results, checkpoint, progress)
+RoundEnd = Callable[[RoundState, ArrayRecord], None]
+
+
+class MedfedStrategy(Strategy):
+    def __init__(
+        self,
+        inner: Strategy,
+        study: Study,
+        *,
+        directory: SiteDirectory,
+        archive: Archive,
+        end_round: RoundEnd,
+        round_offset: int = 0,
+        pending_share: dict[int, tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self.inner, self.study = inner, study
+        self.directory, self.archive, self._end_round = directory, archive, end_round
+        self.offset = round_offset  # rounds done before a resume
+        self.pending_share = dict(pending_share or {})  # site -> containers of last round
+        self.state: RoundState | None = None
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    # -- train -------------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        rnd = server_round + self.offset
+        self.directory.refresh(grid)
+        self.state = state = RoundState(rnd)
+        out = []
+        for msg in self.inner.configure_train(rnd, arrays, config, grid):
+            msg = self._attach_peers(msg)
+            state.sent_train.add(msg.metadata.dst_node_id)
+            out.append(msg)
+        return out
+
+    def _attach_peers(self, msg: Message) -> Message:
+        """Consortium: give each site its peers' ciphertext of the last round."""
+        node = msg.metadata.dst_node_id
+        site = self.directory.site_of(node)
+        peers = {j: blobs for j, blobs in self.pending_share.items() if j != site}
+        if self.study.exchange == "consortium" and peers:
+            record = ConfigRecord()
+            for j, (images_ct, labels_ct) in sorted(peers.items()):
+                record[f"site-{j}-images"] = images_ct
+                record[f"site-{j}-labels"] = labels_ct
+            # strategies share one RecordDict among all messages: copy before adding
+            content = RecordDict({**dict(msg.content.items()), "peers": record})
+            msg = Message(content=content, message_type=msg.metadata.message_type, dst_node_id=node)
+        self._account_down(msg)
+        return msg
+
+    def _account_down(self, msg: Message) -> None:
+        entry = self.state.site(self.directory.site_of(msg.metadata.dst_node_id))
+        entry.bytes["model_down"] += array_bytes(msg.content["arrays"])
+        entry.bytes["message_down"] += message_bytes(msg)
+        if "peers" in msg.content:
+            entry.bytes["ciphertext_down"] += sum(len(b) for b in msg.content["peers"].values())
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        state = self.state
+        good = self._account_train_replies(list(replies))
+        if len(good) < self.study.min_sites:
+            failed = [s.to_json() for s in state.sites.values() if not s.ok]
+            reason = (
+                f"only {len(good)} site(s) replied in round {state.round}; "
+                f"min-sites is {self.study.min_sites}"
+            )
+            raise StudyStopped(
+                f"round {state.round}: only {len(good)} of {len(state.sent_train)} sites "
+                f"replied (min-sites = {self.study.min_sites}). Failures: "
+                + "; ".join(f"{f['site']}: {f['error']}" for f in failed),
+                round=state.round,
+                reason=reason,
+                failed=failed,
+            )
+        t0 = time.perf_counter()
+        result = self.inner.aggregate_train(state.round, good)
+        state.aggregate_s = time.perf_counter() - t0
+        return result
+
+    def _account_train_replies(self, replies: list[Message]) -> list[Message]:
+        state = self.state
+        good: list[tuple[int, Message]] = []
+        shares: dict[int, tuple[bytes, bytes]] = {}
+        answered = set()
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            answered.add(node)
+            site = self.directory.site_of(node)
+            entry = state.site(site)
+            if reply.has_error():
+                entry.error = f"flower error {reply.error.code}: {reply.error.reason}"
+                continue
+            content = reply.content
+            entry.bytes["message_up"] += message_bytes(reply)
+            status = content.get("status")
+            claimed = status.get("site") if status is not None else None
+            if claimed is None or int(claimed) != site:
+                entry.error = (
+                    f"the reply claims site {claimed!r} but came from the node enrolled as "
+                    f"site {site}; refused"
+                )
+                continue
+            if status.get("error"):
+                entry.error = str(status["error"])
+                continue
+            metrics = content["metrics"]
+            entry.bytes["model_up"] += array_bytes(content["arrays"])
+            entry.examples = int(metrics["num-examples"])
+            entry.seconds = {
+                "encrypt": float(metrics["encrypt-s"]),
+                "train": float(metrics["train-s"]),
+                "decrypt": float(metrics["decrypt-s"]),
+            }
+            state.train_loss[site] = float(metrics["train-loss"])
+            if "shared" in content:
+                images_ct, labels_ct = content["shared"]["images"], content["shared"]["labels"]
+                entry.bytes["ciphertext_up"] += len(images_ct) + len(labels_ct)
+                entry.recon = {
+                    "mse": float(metrics["recon-mse"]),
+                    "psnr": float(metrics["recon-psnr"]),
+                    "ssim": float(metrics["recon-ssim"]),
+                }
+                state.shared_counts[site] = float(metrics["shared-images"])
+                self.archive.put(
+                    images_ct, site=entry.site, server_round=state.round, kind="images"
+                )
+                self.archive.put(
+                    labels_ct, site=entry.site, server_round=state.round, kind="labels"
+                )
+                shares[site] = (images_ct, labels_ct)
+                del content["shared"]  # strategies see only the model and metrics
+            del content["status"]
+            entry.ok = True
+            good.append((site, reply))
+        for node in state.sent_train - answered:
+            entry = state.site(self.directory.site_of(node))
+            entry.error = (
+                f"no reply within round-timeout = {self.study.round_timeout:g} s "
+                "(the site stopped or is too slow)"
+            )
+        if self.study.exchange == "consortium":
+            self.pending_share = shares
+        good.sort(key=lambda item: item[0])  # fixed order: reproducible float sums
+        return [m for _, m in good]
+
+    # -- evaluate ----------------------------------------------------------------------
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(self.inner.configure_evaluate(self.state.round, arrays, config, grid))
+        for msg in messages:
+            self._account_down(msg)
+        return messages
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord:
+        """Federated evaluation: the example-weighted mean of the sites' test
+        metrics. Computed here, not by the wrapped strategy, because a site
+        with no test images replies with num-examples = 0 and no metrics,
+        which Flower's consistency check refuses."""
+        rows = {}
+        for reply in replies:
+            if reply.has_error():
+                continue
+            site = self.directory.site_of(reply.metadata.src_node_id)
+            self.state.site(site).bytes["message_up"] += message_bytes(reply)
+            if "metrics" in reply.content:
+                rows[site] = dict(reply.content["metrics"])
+        self.state.fed_metrics = weighted_mean([rows[k] for k in _by_site(rows)])
+        return MetricRecord({k: v for k, v in self.state.fed_metrics.items() if math.isfinite(v)})
+
+    # -- the end of a round --------------------------------------------------------------
+    def end_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Flower's evaluate_fn: called with round 0 before the first round
+        (nothing to do) and after each round."""
+        if server_round == 0 or self.state is None:
+            return None
+        self._end_round(self.state, arrays)
+        return None
+
+    def round_record(self, global_metrics: dict) -> RoundRecord:
+        state = self.state
+        glob = {
+            **global_metrics,
+            **{f"fed_{k}": v for k, v in state.fed_metrics.items()},
+            **recon_summary(state),
+            **train_summary(state),
+        }
+        return RoundRecord.build(
+            state.round, state.sites.values(), glob, time.perf_counter() - state.started
+        )
+
+
+def _by_site(keys: Iterable[int | str]) -> list[int | str]:
+    """Sites in a fixed order, so that float sums do not depend on reply order."""
+    return sorted(keys, key=lambda k: (0, k, "") if isinstance(k, int) else (1, 0, k))
+
+
+def recon_summary(state: RoundState) -> dict[str, float]:
+    keys = [k for k in _by_site(state.sites) if state.sites[k].ok and state.shared_counts.get(k)]
+    if not keys:
+        return {}
+    w = np.array([state.shared_counts[k] for k in keys])
+    out = {}
+    for name in ("mse", "psnr", "ssim"):
+        vals = np.array([state.sites[k].recon[name] for k in keys])
+        out[f"recon_{name}_mean"] = (
+            float(np.sum(w * vals) / np.sum(w))
+            if np.all(np.isfinite(vals))
+            else float(np.mean(vals))
+        )
+        worst = np.max(vals) if name == "mse" else np.min(vals)
+        out[f"recon_{name}_worst"] = float(worst)
+    return out
+
+
+def train_summary(state: RoundState) -> dict[str, float]:
+    keys = [k for k in _by_site(state.sites) if state.sites[k].ok and k in state.train_loss]
+    if not keys:
+        return {}
+    w = np.array([state.sites[k].examples for k in keys], dtype=float)
+    losses = [state.train_loss[k] for k in keys]
+    return {"train_loss": float(np.sum(w * losses) / w.sum()), "sites_ok": len(keys)}
+
+
+def weighted_mean(rows: list[dict]) -> dict[str, float]:
+    rows = [r for r in rows if r.get("num-examples", 0) > 0]
+    if not rows:
+        return {}
+    w = np.array([r["num-examples"] for r in rows], dtype=float)
+    keys = sorted(set.intersection(*(set(r) for r in rows)) - {"num-examples"})
+    out = {}
+    for k in keys:
+        vals = np.array([r[k] for r in rows], dtype=float)
+        mask = np.isfinite(vals)
+        out[k] = float(np.sum(w[mask] * vals[mask]) / w[mask].sum()) if mask.any() else math.nan
+    return out
