@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from flwr.common.serde import message_to_proto
 
-from study.config import Study
 from encryption.keys import load_key_bundle
 from server import strategy as strategy_module
 from server.archive import Archive
 from server.strategy import StudyStopped
 from simulations.runner import run_simulated_study
+from study.config import Study
 from study.schema import read_rounds as read_records
 
 SITE_KEYS = {"site", "ok", "error", "bytes", "recon", "examples", "seconds"}
