@@ -9,7 +9,10 @@ container header so that metrics use the right MAX.
 encryption/container.py): a header, the payload and an AEAD tag over both,
 keyed by the site key. `decrypt(bytes) -> images` checks the tag before
 anything else, so a wrong key or a flipped bit raises IntegrityError and
-never yields a wrong image.
+never yields a wrong image. A container sealed by another key holder with
+forged fields fails as ContainerError too (never KeyError, TypeError or a
+native panic), after bounded work: the header's size is limited and each
+method checks its fields before using them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import struct
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -24,9 +28,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from encryption.container import (
+    MAX_CONTAINER_VALUES,
     NONCE_BYTES,
     ContainerError,
     Header,
+    is_native_panic,
     open_container,
     read_body,
     seal_container,
@@ -129,7 +135,9 @@ class Encryptor(ABC):
             images = self._decrypt_payload(header, payload)
         except ContainerError:
             raise
-        except ValueError as exc:
+        except (ValueError, TypeError, LookupError, ArithmeticError, struct.error) as exc:
+            # What malformed fields and payloads raise; methods check their own
+            # fields first (clearer messages), this catches what they missed.
             raise ContainerError(f"{self.name}: cannot decode the payload: {exc}") from exc
         expected = (header.shape, header.dtype)
         if (tuple(images.shape), str(images.dtype)) != expected:
@@ -140,6 +148,11 @@ class Encryptor(ABC):
 
     def state_dict(self) -> dict[str, Any]:
         return {}
+        if images.size > MAX_CONTAINER_VALUES:
+            raise ValueError(
+                f"{self.name}: {images.size} pixel values exceed one container's limit "
+                f"{MAX_CONTAINER_VALUES}; encrypt the batch in parts"
+            )
 
     def cipher_image(self, blob: bytes) -> np.ndarray:
         """What an eavesdropper sees, as uint8 images (N, C, H, W), for the
@@ -168,6 +181,10 @@ class Encryptor(ABC):
         Randomised methods get a fresh random nonce. Deterministic methods
         (same images -> same container) get a synthetic nonce, HMAC-SHA256 of
         header and payload under a sub-key (as in AES-SIV): equal messages
+        except BaseException as exc:
+            if not is_native_panic(exc):
+                raise  # KeyboardInterrupt, "fit first" RuntimeError, ...
+            raise ContainerError(f"{self.name}: the payload's decoder panicked: {exc}") from None
         share a nonce, different ones almost surely do not, so GCM's
         authentication key is never exposed by nonce reuse.
         """

@@ -19,6 +19,12 @@ confidentiality is the method's own, their integrity is not left to chance.
 
 `open_container` only ever returns a valid (Header, payload) or raises
 ContainerError (IntegrityError for a failed tag).
+
+Any key holder (a consortium peer) can seal a container, so an authentic tag
+does not make a header honest: a header declaring more than
+`MAX_CONTAINER_VALUES` pixel values is refused before anything is decoded,
+and each method checks its `extra` fields against what its own encryptor
+would have written (`require_extra`) before it allocates or loops on them.
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ TAG_BYTES = 16
 _FIXED = struct.Struct(">4sBH")
 _PLEN = struct.Struct(">Q")
 MAX_HEADER_BYTES = 4096
+# Largest N * C * H * W one container may declare (256 MiB of uint16 pixels):
+# bounds what decryption of any authentic container allocates. Encryptors
+# refuse larger batches (split them), so every container they write decodes.
+MAX_CONTAINER_VALUES = 2**27
 _DTYPES = ("uint8", "uint16")
 
 
@@ -88,6 +98,12 @@ class Header:
             or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
         ):
             raise ContainerError(f"container header: shape must be 4 positive ints, got {shape!r}")
+        values = shape[0] * shape[1] * shape[2] * shape[3]
+        if values > MAX_CONTAINER_VALUES:
+            raise ContainerError(
+                f"container header: shape {shape} declares {values} values, "
+                f"more than the limit {MAX_CONTAINER_VALUES}"
+            )
         if dtype not in _DTYPES:
             raise ContainerError(f"container header: dtype must be one of {_DTYPES}, got {dtype!r}")
         top = 8 if dtype == "uint8" else 16
@@ -98,6 +114,22 @@ class Header:
         if not isinstance(extra, dict):
             raise ContainerError("container header: extra must be an object")
         return cls(method=method, shape=tuple(shape), dtype=dtype, bits=bits, extra=extra)
+
+
+def require_extra(header: Header, method: str, key: str, expected: Any) -> Any:
+    """`expected` if the header's `extra[key]` equals it, else ContainerError
+    naming the method and the key. Callers go on with `expected` (their own
+    value), never with what the container says."""
+    got = header.extra.get(key, "<missing>")
+    if type(got) is bool and type(expected) is not bool or got != expected:
+        raise ContainerError(f"{method}: container field {key}={got!r}, expected {expected!r}")
+    return expected
+
+
+def is_native_panic(exc: BaseException) -> bool:
+    """True for a panic raised by a native (Rust, via pyo3) extension: pyo3's
+    PanicException derives from BaseException, so `except Exception` misses it."""
+    return type(exc).__module__ == "pyo3_runtime" and type(exc).__name__ == "PanicException"
 
 
 def seal_container(

@@ -1,5 +1,7 @@
 """One suite for every registered method: round trip, shapes and dtypes,
-8/16-bit and multi-channel, state reload, tamper, wrong key, truncation.
+8/16-bit and multi-channel, state reload, tamper, wrong key, truncation, and
+forged containers (sealed with the real key by another key holder, lying in
+their header or payload: ContainerError after bounded work and memory).
 
 Learned methods (`learned = True`) get `epochs=1` and are fitted once per
 batch kind at 32 x 32, so the suite stays fast.
@@ -11,6 +13,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from encryption import ContainerError, IntegrityError, get_encryptor, list_encryptors
 from encryption.keys import generate_key
@@ -154,3 +158,115 @@ def test_container_of_another_method_is_rejected(name, fitted):
 
     with pytest.raises(ContainerError):
         enc.decrypt(blob)
+
+
+# -- forged containers: authentic (any key holder can seal one), but lying -------
+FORGERY_TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="module")
+def forged_outcomes() -> dict:
+    """Every method's forgeries (tests/forged_containers.py) decrypted in one
+    fresh process whose address space may grow by BUDGET_BYTES only after
+    setup (RLIMIT_AS), under a timeout: method -> (labels, {label: outcome})."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(here / "forged_containers.py"), *METHODS],
+            capture_output=True,
+            text=True,
+            timeout=FORGERY_TIMEOUT_S,
+            env=env,
+            cwd=here,
+        )
+        stdout, ended = proc.stdout, f"exit code {proc.returncode}: {proc.stderr[-2000:]}"
+    except subprocess.TimeoutExpired as exc:
+        stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        ended = f"killed after {FORGERY_TIMEOUT_S} s (unbounded work?)"
+    results: dict = {}
+    for line in stdout.splitlines():
+        doc = json.loads(line)
+        if "forgeries" in doc:
+            results[doc["method"]] = (doc["forgeries"], {})
+        else:
+            results[doc["method"]][1][doc["forgery"]] = doc
+    return {"results": results, "ended": ended}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_forged_containers_fail_as_container_errors_within_bounds(name, forged_outcomes):
+    results = forged_outcomes["results"]
+    assert name in results, f"{name}: no forgeries run ({forged_outcomes['ended']})"
+    labels, outcomes = results[name]
+
+    missing = [label for label in labels if label not in outcomes]
+    bad = {
+        label: doc["outcome"]
+        for label, doc in outcomes.items()
+        if doc["outcome"] not in ("ContainerError", "IntegrityError")
+        and not (doc["outcome"] == "decoded" and doc["shape_ok"])
+    }
+
+    assert len(labels) >= 12
+    assert not missing, f"{name}: stopped at forgery {missing[0]!r} ({forged_outcomes['ended']})"
+    assert not bad, f"{name}: forgeries that did not fail as ContainerError: {bad}"
+    if name == "bp-chaos":
+        assert outcomes["rounds=1000000000"]["outcome"] == "ContainerError"
+    if name == "lossless-aes":
+        for family in ("jpegls", "png", "jpeg2k", "jpegxl"):
+            assert outcomes[f"{family} plane declaring a huge image"]["outcome"] == "ContainerError"
+
+
+_PROPERTY_FITTED: dict = {}
+
+
+def _property_encryptor(name: str):
+    """One fitted encryptor and container per method for the property test
+    (hypothesis runs many examples; function-scoped fixtures would refit)."""
+    if name not in _PROPERTY_FITTED:
+        from forged_containers import build
+
+        _PROPERTY_FITTED[name] = build(name)
+    return _PROPERTY_FITTED[name]
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@pytest.mark.parametrize("name", METHODS)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_forged_header_is_refused_or_decoded_to_its_shape(name, data):
+    from forged_containers import reseal
+
+    from encryption.container import read_header
+
+    enc, blob = _property_encryptor(name)
+    header = read_header(blob)
+    extra = dict(header.extra)
+    for key in data.draw(st.lists(st.sampled_from(sorted(extra) or ["none"]), max_size=3)):
+        extra[key] = data.draw(_JSON)
+    n, c, h, w = header.shape
+    shape = data.draw(
+        st.sampled_from([(n, c, h, w), (n + 1, c, h, w), (n, c, h + 1, w), (1, 1, 2**12, 2**12)])
+    )
+    forged = reseal(enc, blob, shape=shape, extra=extra, bits=data.draw(st.integers(1, 8)))
+
+    try:
+        out = enc.decrypt(forged)
+    except ContainerError:
+        return
+    assert out.shape == shape and out.dtype == np.uint8

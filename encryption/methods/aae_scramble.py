@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from torch import nn
 
 from encryption.base import FitReport
-from encryption.container import Header
+from encryption.container import Header, require_extra
 from encryption.keys import derive_key, derive_seed
 from encryption.nn import (
     TorchEncryptor,
@@ -203,8 +203,10 @@ class AaeScramble(TorchEncryptor):
     def _decrypt_payload(self, header: Header, payload: bytes) -> np.ndarray:
         self._require_fitted(header.shape[1])
         dec = self._infer("dec")
-        lshape = tuple(int(s) for s in header.extra["latent_shape"])
-        n = header.shape[0]
+        n, c, h, w = header.shape
+        expected = [self.config["latent_per_channel"] * c, -(-h // _DOWN), -(-w // _DOWN)]
+        lshape = tuple(require_extra(header, self.name, "latent_shape", expected))
+        require_extra(header, self.name, "latent_bits", 8)
         if len(payload) != n * int(np.prod(lshape)):
             raise ValueError(
                 f"{self.name}: payload is {len(payload)} bytes, latent {lshape} x {n} needs more"

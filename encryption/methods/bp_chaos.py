@@ -64,7 +64,7 @@ import torch
 
 from encryption import chaos, tagged_payload
 from encryption.base import Encryptor, FitReport, check_images
-from encryption.container import Header, IntegrityError, read_body
+from encryption.container import ContainerError, Header, IntegrityError, read_body
 from encryption.keys import derive_key, derive_seed
 from encryption.lifting import WEIGHT_CLIP, ExactLifting, Predictor, masks, neighbours
 from encryption.options import positive_ints, reject_fit_options, require_fitted
@@ -72,6 +72,7 @@ from encryption.registry import register_encryptor
 
 IV_BYTES = tagged_payload.MAC_BYTES
 CHUNK = 32  # images per vectorised chaos batch (bounds memory)
+MAX_ROUNDS = 16  # chaos rounds a model or a container may ask for (bounds decryption work)
 
 
 @register_encryptor
@@ -104,6 +105,8 @@ class BpChaos(Encryptor):
             batch_size=batch_size,
             samples=samples,
         )
+        if self.rounds > MAX_ROUNDS:
+            raise ValueError(f"{self.name}: rounds must be <= {MAX_ROUNDS}, got {rounds}")
         self.plaintext_iv, self.device = bool(plaintext_iv), device
         self._nets: list[Predictor] | None = None
         self._lifting: ExactLifting | None = None
@@ -185,10 +188,16 @@ class BpChaos(Encryptor):
         # Key-only (not per image): an argsort per image would cost more than
         # the rest of the cipher; the per-image IV already makes every key
         # stream unique.
-        if (rnd, n) not in self._perm_cache:
-            seed = derive_key(self.key, f"bp-chaos/perm/{rnd}")
-            self._perm_cache[(rnd, n)] = chaos.chaotic_permutations([seed], "perm", n)
-        return self._perm_cache[(rnd, n)]
+        if (rnd, n) in self._perm_cache:
+            return self._perm_cache[(rnd, n)]
+        seed = derive_key(self.key, f"bp-chaos/perm/{rnd}")
+        perm = chaos.chaotic_permutations([seed], "perm", n)
+        # Bounded: one image shape's rounds at a time (containers of any shape
+        # may arrive; a cache keyed by all of them would grow without end).
+        if len(self._perm_cache) >= MAX_ROUNDS:
+            self._perm_cache.clear()
+        self._perm_cache[(rnd, n)] = perm
+        return perm
 
     def _streams(self, ivs: list[bytes], rnd: int, n: int, modulus: int):
         sub = derive_key(self.key, "bp-chaos/chaos")
@@ -241,13 +250,24 @@ class BpChaos(Encryptor):
         require_fitted(self.name, self._nets is not None)
         n, c, h, w = header.shape
         bits, extra = header.bits, header.extra
-        if extra.get("v") != 1 or not isinstance(extra.get("rounds"), int) or extra["rounds"] < 1:
-            raise ValueError(f"bp-chaos: unsupported payload description {extra!r}")
+        rounds = extra.get("rounds")
+        if (
+            extra.get("v") != 1
+            or type(rounds) is not int
+            or not 1 <= rounds <= MAX_ROUNDS
+            or type(extra.get("plaintext_iv")) is not bool
+        ):
+            raise ContainerError(
+                f"bp-chaos: unsupported payload description {extra!r} "
+                f"(v 1, rounds 1..{MAX_ROUNDS}, plaintext_iv true/false)"
+            )
         ivs, cipher = tagged_payload.unpack(self.name, header, payload, (n, c * h * w))
+        if int(cipher.max()) >= 2**bits:
+            raise ContainerError(f"bp-chaos: cipher values exceed the header's {bits} bits")
         images = np.empty((n, c, h, w), dtype=header.dtype)
         for lo in range(0, n, CHUNK):
             vec = cipher[lo : lo + CHUNK].astype(np.int64)
-            vec = self._chaos(vec, ivs[lo : lo + CHUNK], bits, extra["rounds"], inverse=True)
+            vec = self._chaos(vec, ivs[lo : lo + CHUNK], bits, rounds, inverse=True)
             planes = self._lifting(vec.reshape(-1, h, w), 2**bits, inverse=True)
             images[lo : lo + CHUNK] = planes.reshape(-1, c, h, w)
         if extra.get("plaintext_iv") and self._ivs(images, bits) != ivs:
@@ -273,6 +293,8 @@ class BpChaos(Encryptor):
         if state.get("version") != 1:
             raise ValueError(f"bp-chaos: unsupported state version {state.get('version')!r}")
         self.hidden, self.rounds = int(state["hidden"]), int(state["rounds"])
+        if not 1 <= self.rounds <= MAX_ROUNDS:
+            raise ValueError(f"bp-chaos: state rounds must be 1..{MAX_ROUNDS}, got {self.rounds}")
         self.plaintext_iv = bool(state["plaintext_iv"])
         nets = []
         for i in range(2):

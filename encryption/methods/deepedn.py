@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encryption.base import FitReport
-from encryption.container import Header, read_body
+from encryption.container import Header, read_body, require_extra
 from encryption.keys import derive_seed
 from encryption.nn import (
     ResBlock,
@@ -243,10 +243,21 @@ class DeepEdn(TorchEncryptor):
         extra = {"cipher_dtype": cipher_dtype, "cipher_shape": list(cipher.shape)}
         return cipher.astype(np.dtype(cipher_dtype).newbyteorder("<")).tobytes(), extra
 
-    @staticmethod
-    def _cipher_array(header: Header, payload: bytes) -> np.ndarray:
-        cipher_dtype = np.dtype(header.extra["cipher_dtype"]).newbyteorder("<")
-        shape = tuple(header.extra["cipher_shape"])
+    def _cipher_array(
+        self, header: Header, payload: bytes, cipher_dtype: str | None = None
+    ) -> np.ndarray:
+        """The cipher image of a payload, shaped as `_encrypt_payload` pads the
+        header's shape; `cipher_dtype` None accepts either depth (the keyless
+        cipher view), else the depth the fitted networks write."""
+        n, c, h, w = header.shape
+        if cipher_dtype is None:
+            cipher_dtype = header.extra.get("cipher_dtype")
+            if cipher_dtype not in ("uint8", "uint16"):
+                cipher_dtype = "uint8"  # require_extra below names the bad field
+        require_extra(header, self.name, "cipher_dtype", cipher_dtype)
+        padded = [n, c, h + (-h) % _DOWN, w + (-w) % _DOWN]
+        shape = tuple(require_extra(header, self.name, "cipher_shape", padded))
+        cipher_dtype = np.dtype(cipher_dtype).newbyteorder("<")
         if len(payload) != int(np.prod(shape)) * cipher_dtype.itemsize:
             raise ValueError(
                 f"deepedn: payload is {len(payload)} bytes, cipher shape {shape} disagrees"
@@ -263,7 +274,7 @@ class DeepEdn(TorchEncryptor):
     def _decrypt_payload(self, header: Header, payload: bytes) -> np.ndarray:
         self._require_fitted(header.shape[1])
         dec = self._infer("dec")
-        cipher = self._cipher_array(header, payload)
+        cipher = self._cipher_array(header, payload, "uint8" if self.fit_bits <= 8 else "uint16")
         cipher_bits = 8 if cipher.dtype == np.uint8 else 16
         parts = []
         with torch.inference_mode():

@@ -65,7 +65,7 @@ from torch import nn
 
 from encryption import tagged_payload
 from encryption.base import Encryptor, FitReport, check_images
-from encryption.container import ContainerError, Header, IntegrityError, read_body
+from encryption.container import Header, IntegrityError, read_body, require_extra
 from encryption.coupling import circular_noise_loss, seeded_couplings, top_byte
 from encryption.keys import derive_key, derive_seed
 from encryption.options import positive_ints, reject_fit_options, require_fitted
@@ -239,16 +239,13 @@ class Invertible(Encryptor):
     ) -> tuple[list[bytes], np.ndarray]:
         """(tags, padded cipher pixels (N, C, Hp, Wp)) of a payload."""
         n, c, h, w = header.shape
-        extra = header.extra
-        padded = extra.get("padded")
-        if check_model and extra.get("layers") != self.layers:
-            raise ContainerError(
-                f"invertible: container has {extra.get('layers')} layers, model {self.layers}"
-            )
-        if extra.get("v") != 1 or not isinstance(padded, list) or len(padded) != 2:
-            raise ContainerError(
-                f"invertible: payload description {extra!r} does not match this model"
-            )
+        if check_model:
+            require_extra(header, self.name, "layers", self.layers)
+        require_extra(header, self.name, "v", 1)
+        # What `_pad` makes of (h, w), never what the container says.
+        padded = require_extra(
+            header, self.name, "padded", [h + (-h) % SQUEEZE, w + (-w) % SQUEEZE]
+        )
         return tagged_payload.unpack(self.name, header, payload, (n, c, *padded))
 
     @torch.inference_mode()

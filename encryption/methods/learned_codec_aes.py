@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from encryption.base import FitReport, check_images
-from encryption.container import Header
+from encryption.container import ContainerError, Header, require_extra
 from encryption.nn import (
     TorchEncryptor,
     count_flops,
@@ -304,13 +304,16 @@ class LearnedCodecAes(TorchEncryptor):
 
     def _decrypt_payload(self, header: Header, payload: bytes) -> np.ndarray:
         self._require_fitted(header.shape[1])
-        n = header.shape[0]
-        lshape = tuple(int(s) for s in header.extra["latent_shape"])
-        step = int(header.extra["residual_step"])
+        n, c, h, w = header.shape
+        lshape, step, residual = self._payload_fields(header)
+        if len(payload) < 4 or len(payload) % 4:
+            raise ContainerError(f"{self.name}: payload of {len(payload)} bytes is not whole words")
         (nlat,) = struct.unpack_from("<I", payload)
         words = np.frombuffer(payload, dtype="<u4", offset=4).astype(np.uint32)
         if len(words) < nlat:
-            raise ValueError(f"{self.name}: payload holds {len(words)} words, latent needs {nlat}")
+            raise ContainerError(
+                f"{self.name}: payload holds {len(words)} words, latent needs {nlat}"
+            )
         model, mean, scale = self._latent_model()
         per = n * lshape[1] * lshape[2]
         lat = (
@@ -324,12 +327,12 @@ class LearnedCodecAes(TorchEncryptor):
             coder = _constriction().stream.stack.AnsCoder(words[nlat:].copy())
             qmax = int(np.ceil((2**header.bits - 1) / step)) + 1
             per_ch = n * header.shape[2] * header.shape[3]
-            if "residual_ratios" in header.extra:
-                chans = [coder.decode(geometric_model(float(r), qmax), per_ch) - qmax
-                         for r in header.extra["residual_ratios"]]  # fmt: skip
+            kind, params = residual
+            if kind == "residual_ratios":
+                chans = [coder.decode(geometric_model(r, qmax), per_ch) - qmax for r in params]
             else:  # containers of the first version: a quantised Laplace per channel
                 chans = [coder.decode(_constriction().stream.model.QuantizedLaplace(-qmax, qmax, 0.0, s), per_ch)
-                         for s in header.extra["residual_scales"]]  # fmt: skip
+                         for s in params]  # fmt: skip
             q = np.stack([c.reshape(n, *header.shape[2:]) for c in chans], axis=1)
         meta = {"shape": header.shape, "bits": header.bits, "dtype": header.dtype}
         return self._decode(np.ascontiguousarray(latent), q, step, meta)
@@ -341,6 +344,41 @@ class LearnedCodecAes(TorchEncryptor):
         dev = next(nets.parameters()).device
         ph, pw = h + (-h) % _DOWN, w + (-w) % _DOWN
         x = torch.zeros(1, channels, ph, pw, device=dev)
+    def _payload_fields(
+        self, header: Header
+    ) -> tuple[tuple[int, int, int], int, tuple[str, list[float]] | None]:
+        """(latent shape, residual step, (model field, per-channel parameters) or
+        None) of a container, each checked against what `_pack` writes for the
+        header's shape and bits (the coder panics on a non-positive scale)."""
+        n, c, h, w = header.shape
+        expected = [self.config["latent_per_channel"] * c, -(-h // _DOWN), -(-w // _DOWN)]
+        lshape = tuple(require_extra(header, self.name, "latent_shape", expected))
+        step = header.extra.get("residual_step")
+        if type(step) is not int or not 0 <= step < 2**header.bits:
+            raise ContainerError(
+                f"{self.name}: container field residual_step={step!r}, "
+                f"expected an int in 0..{2**header.bits - 1}"
+            )
+        if not step:
+            return lshape, 0, None
+        for kind, low, high in (("residual_ratios", 0.0, 1.0), ("residual_scales", 0.0, math.inf)):
+            if kind in header.extra:
+                params = header.extra[kind]
+                if (
+                    not isinstance(params, list)
+                    or len(params) != c
+                    or not all(
+                        type(p) in (int, float) and low < p < high and math.isfinite(p)
+                        for p in params
+                    )
+                ):
+                    raise ContainerError(
+                        f"{self.name}: container field {kind}={params!r}, expected {c} "
+                        f"finite numbers in ({low:g}, {high:g})"
+                    )
+                return lshape, step, (kind, [float(p) for p in params])
+        raise ContainerError(f"{self.name}: container has a residual step but no residual model")
+
         flops = count_flops(nets["g_a"], x)
         if self.config["target_psnr_db"] > 0:
             flops += count_flops(nets["g_s"], nets["g_a"](x).detach())
