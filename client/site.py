@@ -14,7 +14,6 @@ ciphertext with the model update.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,33 +23,13 @@ import numpy as np
 from encryption import Encryptor, get_encryptor
 from encryption.keys import generate_key, load_key_bundle, save_key_bundle
 from study.config import Study
+from study.data.home import study_data_root
 
 BUNDLE_NAME = "key.bundle"
 
 
 class InjectedFault(RuntimeError):
     """Raised on purpose by `fault-sites` (fault-injection studies)."""
-
-
-def data_home() -> Path:
-    """Where generated phantoms are kept (shared by studies with equal settings)."""
-    return Path(os.environ.get("MEDFED_DATA_HOME", "data")).absolute()
-
-
-def study_data_root(study: Study) -> Path:
-    """The study's dataset folder: its `data-dir`, or phantoms generated once
-    (process-safe) under data_home() with the study's phantom settings."""
-    from client.data import ensure_dataset
-
-    return ensure_dataset(
-        study.modality,
-        study.data_dir or None,
-        cache_root=data_home(),
-        patients=study.phantom_patients,
-        institutions=study.num_sites,
-        seed=study.seed,
-        size=study.phantom_size,
-    )
 
 
 def site_dir(study: Study, site: int) -> Path:
@@ -98,7 +77,7 @@ class Site:
     @property
     def shard(self):
         if self._shard is None:
-            from client.data import load_site
+            from study.data import load_site
 
             s = self.study
             root = study_data_root(s)

@@ -33,8 +33,8 @@ HoldoutSource = Callable[[Study, Path], Holdout]
 
 def study_holdout(study: Study, cache_dir: Path) -> Holdout:
     """The held-out patients of the study's own dataset."""
-    from client.data import load_holdout  # (moving to study.data with the readers)
-    from client.site import study_data_root
+    from study.data import load_holdout
+    from study.data.home import study_data_root
 
     images = load_holdout(
         study_data_root(study),

@@ -23,7 +23,7 @@ class StudyResult(StudyOutcome):
 
 def prepare_data(study: Study) -> Path:
     """Generate phantoms once, before the sites start (they would wait on a lock)."""
-    from client.site import study_data_root
+    from study.data.home import study_data_root
 
     return study_data_root(study)
 

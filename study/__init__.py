@@ -1,5 +1,6 @@
-"""What every part of medfed agrees on: the study configuration, the task
-(models, local training, evaluation) and the results schema.
+"""What every part of medfed agrees on: the study configuration, its data
+(readers, phantoms, partitions), the task (models, local training,
+evaluation) and the results schema.
 
 Both the hospital (`client/`) and the coordinator (`server/`) import this
 package; it imports neither of them. Imports flow

@@ -1,6 +1,6 @@
 """Shared fixtures: small synthetic image batches made in memory.
 
-Real-layout phantoms written to disk live in client.data (see the data
+Real-layout phantoms written to disk live in study.data (see the data
 tests); these are for unit tests of the encryption library, which must not
 depend on the rest of the project.
 """

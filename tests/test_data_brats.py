@@ -10,14 +10,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from client.data import MRI_REGIONS, inspect_dataset, load_holdout, load_site, open_dataset
-from client.data.preprocess import brats_regions
-from client.data.types import MRI_MODALITIES
+from study.data import MRI_REGIONS, inspect_dataset, load_holdout, load_site, open_dataset
+from study.data.preprocess import brats_regions
+from study.data.types import MRI_MODALITIES
 
 
 @pytest.fixture(scope="module")
 def brats_template(tmp_path_factory) -> Path:
-    from client.data.phantom_mri import write_mri_phantoms
+    from study.data.phantom_mri import write_mri_phantoms
 
     return write_mri_phantoms(
         tmp_path_factory.mktemp("mri") / "ds", subjects=8, size=32, institutions=2, seed=1

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.data import FINDINGS, ImageSet, SiteShard, ensure_dataset, load_holdout, load_site
-from client.data.nih import NihReader, find_csv
-from client.data.partition import SCHEMES, partition_patients
+from study.data import FINDINGS, ImageSet, SiteShard, ensure_dataset, load_holdout, load_site
+from study.data.nih import NihReader, find_csv
+from study.data.partition import SCHEMES, partition_patients
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_bad_partition_arguments(xray_root):
 def test_phantom_generation_is_fast(tmp_path):
     import time
 
-    from client.data.phantom_xray import write_xray_phantoms
+    from study.data.phantom_xray import write_xray_phantoms
 
     start = time.perf_counter()
     write_xray_phantoms(tmp_path / "x", patients=240, size=256)
@@ -172,9 +172,9 @@ def test_phantom_generation_is_fast(tmp_path):
 
 
 def test_every_reader_returns_native_pixels_with_metadata(xray_root, tmp_path):
-    from client.data import open_dataset
-    from client.data.phantom_mri import write_mri_phantoms
-    from client.data.phantom_xray import write_xray_phantoms
+    from study.data import open_dataset
+    from study.data.phantom_mri import write_mri_phantoms
+    from study.data.phantom_xray import write_xray_phantoms
 
     dicom_root = write_xray_phantoms(tmp_path / "d", patients=2, size=40, image_format="dicom")
     mri_root = write_mri_phantoms(tmp_path / "m", subjects=1, size=24)

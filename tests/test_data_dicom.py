@@ -12,9 +12,9 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from client.data import inspect_dataset, load_site, open_dataset
-from client.data.dicom import read_dicom_plane, write_xray_dicom
-from client.data.phantom_xray import write_xray_phantoms
+from study.data import inspect_dataset, load_site, open_dataset
+from study.data.dicom import read_dicom_plane, write_xray_dicom
+from study.data.phantom_xray import write_xray_phantoms
 
 
 def _sample(name: str) -> Path:

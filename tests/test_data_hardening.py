@@ -42,13 +42,13 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from client.data import cache as data_cache
-from client.data import data_report, inspect_dataset, load_site, open_dataset
-from client.data.dicom import write_xray_dicom
-from client.data.nih import CSV_HEADER
-from client.data.phantom_mri import write_mri_phantoms
-from client.data.safety import DEFAULT_MAX_IMAGE_PIXELS, file_problem, inventory
-from client.data.scan import scan_to_json
+from study.data import cache as data_cache
+from study.data import data_report, inspect_dataset, load_site, open_dataset
+from study.data.dicom import write_xray_dicom
+from study.data.nih import CSV_HEADER
+from study.data.phantom_mri import write_mri_phantoms
+from study.data.safety import DEFAULT_MAX_IMAGE_PIXELS, file_problem, inventory
+from study.data.scan import scan_to_json
 
 REPO = Path(__file__).resolve().parents[1]
 MEMORY_LIMIT_BYTES = 2 * 1024**3
@@ -87,7 +87,7 @@ def _inspect_limited(root: Path, *extra: str) -> dict:
 LOAD_SCRIPT = """
 import json, sys, warnings
 warnings.simplefilter("error", RuntimeWarning)  # a record that fails to decode warns: fail
-from client.data import load_holdout, load_site
+from study.data import load_holdout, load_site
 root, modality, cache = sys.argv[1:4]
 out = {}
 for attempt in ("cold", "warm"):  # the second run reads the scan and tensor caches
@@ -384,7 +384,7 @@ def test_a_legitimate_deflated_dicom_still_reads_and_its_header_is_checked():
     # Prepare: pydicom's own deflated sample (512 x 512, 8-bit)
     from pydicom.data import get_testdata_file
 
-    from client.data.dicom import read_dicom_plane
+    from study.data.dicom import read_dicom_plane
 
     path = get_testdata_file("image_dfl.dcm")
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client.data import FINDINGS, inspect_dataset, load_holdout, load_site, open_dataset
-from client.data.nih import CSV_HEADER, read_png
-from client.data.nih_metadata import NIH_IMAGES, archive_parts
-from client.data.phantom_xray import write_xray_phantoms
-from client.data.preprocess import multi_hot, parse_findings
+from study.data import FINDINGS, inspect_dataset, load_holdout, load_site, open_dataset
+from study.data.nih import CSV_HEADER, read_png
+from study.data.nih_metadata import NIH_IMAGES, archive_parts
+from study.data.phantom_xray import write_xray_phantoms
+from study.data.preprocess import multi_hot, parse_findings
 
 
 @pytest.fixture(scope="module")

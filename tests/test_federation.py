@@ -157,8 +157,8 @@ def test_model_bytes_match_the_model_size(archive_run):
 
 
 def test_no_site_message_carries_key_weights_or_plaintext(archive_run):
-    from client.data import ensure_dataset, load_site
-    from client.site import data_home
+    from study.data import ensure_dataset, load_site
+    from study.data.home import data_home
 
     study, _, captured = archive_run
     assert len(captured) == 2 * 3

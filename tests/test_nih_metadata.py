@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client.data import (
+from simulations.cli import main
+from study.data import (
     ensure_dataset,
     inspect_dataset,
     load_holdout,
@@ -28,7 +29,7 @@ from client.data import (
     nih_metadata,
     open_dataset,
 )
-from client.data.nih_metadata import (
+from study.data.nih_metadata import (
     NIH_IMAGES,
     NIH_PATIENTS,
     archive_parts,
@@ -36,10 +37,9 @@ from client.data.nih_metadata import (
     load_table,
     packaged_csv,
 )
-from client.data.partition import SCHEMES, stable_institution
-from client.data.phantom_xray import plan_nih_cohort, write_xray_phantoms
-from client.data.types import FINDINGS, NO_FINDING
-from simulations.cli import main
+from study.data.partition import SCHEMES, stable_institution
+from study.data.phantom_xray import plan_nih_cohort, write_xray_phantoms
+from study.data.types import FINDINGS, NO_FINDING
 
 needs_nih = pytest.mark.skipif(
     packaged_csv() is None,
@@ -79,7 +79,7 @@ def _finding_counts(label_texts) -> Counter:
 @needs_nih
 def test_packaged_csv_is_found_without_importing_torchxrayvision():
     code = (
-        "import sys; from client.data.nih_metadata import packaged_csv; "
+        "import sys; from study.data.nih_metadata import packaged_csv; "
         "p = packaged_csv(); print(p.name, 'torchxrayvision' in sys.modules)"
     )
     out = subprocess.run(
@@ -166,7 +166,7 @@ def test_inspect_counts_equal_the_real_csv_for_those_images(nih_phantoms, real_r
 
 
 def test_findings_are_drawn_into_the_pixels(table):
-    from client.data.phantom_xray import _render, make_scanners
+    from study.data.phantom_xray import _render, make_scanners
 
     item = plan_nih_cohort(1, 1, 3, table)[0]
     scanner = replace(make_scanners(1, 3)[0], noise=0.0)  # differences are the finding's own

@@ -25,7 +25,7 @@ def _quiet(_: str) -> None:
 
 
 def _images(source: str, n: int, size: int, seed: int) -> tuple[np.ndarray, int]:
-    from client.data import sample_images
+    from study.data import sample_images
 
     return sample_images(source, n, size, seed)
 

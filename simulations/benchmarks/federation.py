@@ -64,8 +64,8 @@ def plain_loop(study) -> dict[str, Any]:
     code (client.site.Site, study.task) the ClientApp calls."""
     import torch
 
-    from client.data import ensure_dataset
-    from client.site import data_home
+    from study.data import ensure_dataset
+    from study.data.home import data_home
 
     s = study
     root = ensure_dataset(
@@ -90,8 +90,8 @@ def plain_loop(study) -> dict[str, Any]:
 def _plain_rounds(s, root) -> dict[str, Any]:
     import torch
 
-    from client.data import load_holdout
     from client.site import Site
+    from study.data import load_holdout
     from study.task import build_model, evaluate, train
 
     start = time.perf_counter()

@@ -36,7 +36,7 @@ def _rate_distortion(s: dict, progress: Progress) -> dict:
 
 
 def _data(s: dict, progress: Progress) -> dict:
-    from client.data.bench import run_data_bench
+    from study.data.bench import run_data_bench
 
     runs = []
     for i in range(s["repeats"]):

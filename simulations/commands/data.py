@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=_positive_int,
         default=None,
         metavar="N",
-        # the default is client.data.safety.DEFAULT_MAX_IMAGE_PIXELS (not imported here:
+        # the default is study.data.safety.DEFAULT_MAX_IMAGE_PIXELS (not imported here:
         # building the parser must not load the data stack); a test checks they agree
         help="largest image decoded, pixels of an x-ray or voxels of an MRI volume, checked "
         "against each file's header before decoding (the study key max-image-pixels; "
@@ -103,8 +103,8 @@ def _progress(console: Console, label: str):
 
 
 def synth_xray(args: argparse.Namespace) -> int:
-    from client.data.nih_metadata import INSTALL_HINT, resolve_metadata
-    from client.data.phantom_xray import write_xray_phantoms
+    from study.data.nih_metadata import INSTALL_HINT, resolve_metadata
+    from study.data.phantom_xray import write_xray_phantoms
 
     console = Console(stderr=True)
     metadata = resolve_metadata(args.metadata or "auto")
@@ -138,7 +138,7 @@ def synth_xray(args: argparse.Namespace) -> int:
 
 
 def synth_mri(args: argparse.Namespace) -> int:
-    from client.data.phantom_mri import write_mri_phantoms
+    from study.data.phantom_mri import write_mri_phantoms
 
     out = _check_out(args.out)
     console = Console(stderr=True)
@@ -157,7 +157,7 @@ def synth_mri(args: argparse.Namespace) -> int:
 
 
 def inspect_command(args: argparse.Namespace) -> int:
-    from client.data.inspect import inspect_dataset
+    from study.data.inspect import inspect_dataset
 
     limit = {} if args.max_image_pixels is None else {"max_image_pixels": args.max_image_pixels}
     report = inspect_dataset(args.dir, **limit)
@@ -199,7 +199,7 @@ def _print_report(report: dict) -> None:
             )
         console.print(archives)
     if report["skipped"]:
-        from client.data.nih import MISSING_REASON
+        from study.data.nih import MISSING_REASON
 
         # problems first; absent images (summed up by archive above) after them
         items = sorted(report["skipped"], key=lambda item: MISSING_REASON in item["reason"])

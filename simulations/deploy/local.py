@@ -31,8 +31,8 @@ def run_local_deployment(
     study's num-sites is set to it. Logs of every component go to
     `<out-dir>/deploy-logs/`. Every process is stopped before this returns.
     """
-    from client.site import data_home
     from simulations.runner import prepare_data
+    from study.data.home import data_home
 
     if sites is not None and sites != study.num_sites:
         study = study.replace(num_sites=sites, min_sites=min(study.min_sites, sites))

@@ -21,16 +21,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from client.data.base import DatasetReader, LoadOptions, read_partition_csv, record_meta, rel
-from client.data.preprocess import brats_regions, normalise_volume, resize_stack
-from client.data.safety import (
+from study.data.base import DatasetReader, LoadOptions, read_partition_csv, record_meta, rel
+from study.data.preprocess import brats_regions, normalise_volume, resize_stack
+from study.data.safety import (
     DEFAULT_MAX_IMAGE_PIXELS,
     MAX_HEADER_BYTES,
     file_problem,
     open_regular,
     too_large,
 )
-from client.data.types import MRI_MODALITIES, MRI_REGIONS, Record, Scan, Skip
+from study.data.types import MRI_MODALITIES, MRI_REGIONS, Record, Scan, Skip
 
 PARTITION_CSVS = ("partitioning.csv", "partitioning_1.csv", "partitioning_2.csv")
 SUFFIXES = (".nii.gz", ".nii")

@@ -7,7 +7,7 @@ naming the file and line. Only a CSV whose header cannot be read is an error.
 
 Real users often hold the full 112,120-row CSV but only some of NIH's 12 image
 archives; the scan then lists every absent image in `skipped` and sums them up
-by archive part in `Scan.archives` (see client.data.nih_metadata.archive_parts),
+by archive part in `Scan.archives` (see study.data.nih_metadata.archive_parts),
 without a stat per listed image: one directory listing per image folder.
 """
 
@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from client.data.base import (
+from study.data.base import (
     DatasetReader,
     LoadOptions,
     normalise_patient_id,
@@ -30,10 +30,10 @@ from client.data.base import (
     record_meta,
     rel,
 )
-from client.data.png import png_problem, read_png
-from client.data.preprocess import multi_hot, parse_findings, resize_plane
-from client.data.safety import file_problem, open_regular
-from client.data.types import Record, Scan, Skip
+from study.data.png import png_problem, read_png
+from study.data.preprocess import multi_hot, parse_findings, resize_plane
+from study.data.safety import file_problem, open_regular
+from study.data.types import Record, Scan, Skip
 
 __all__ = ["CSV_HEADER", "CSV_NAMES", "NihReader", "find_csv", "read_csv_rows", "read_png"]
 
@@ -195,7 +195,7 @@ class NihReader(DatasetReader):
         return find_csv(root) is not None
 
     def scan(self, root: Path, *, deep: bool = False, options: LoadOptions | None = None) -> Scan:
-        from client.data.nih_metadata import archive_parts
+        from study.data.nih_metadata import archive_parts
 
         max_pixels = (options or LoadOptions()).max_image_pixels
         root = Path(root)

@@ -20,8 +20,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from client.data.safety import DEFAULT_MAX_IMAGE_PIXELS, file_problem, open_regular, too_large
-from client.data.types import PathLike
+from study.data.safety import DEFAULT_MAX_IMAGE_PIXELS, file_problem, open_regular, too_large
+from study.data.types import PathLike
 
 
 class PngRefused(ValueError):

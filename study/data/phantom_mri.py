@@ -24,7 +24,7 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from client.data.types import MRI_MODALITIES
+from study.data.types import MRI_MODALITIES
 
 # tissue -> (t1, t1ce, t2, flair) relative intensities
 CONTRAST = {

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from client.data import cache
-from client.data.base import DatasetReader, LoadOptions
-from client.data.partition import partition_patients, stable_institution
-from client.data.preprocess import rescale_bits
-from client.data.safety import DEFAULT_MAX_IMAGE_PIXELS
-from client.data.scan import open_dataset
-from client.data.types import (
+from study.data import cache
+from study.data.base import DatasetReader, LoadOptions
+from study.data.partition import partition_patients, stable_institution
+from study.data.preprocess import rescale_bits
+from study.data.safety import DEFAULT_MAX_IMAGE_PIXELS
+from study.data.scan import open_dataset
+from study.data.types import (
     FINDINGS,
     MRI_REGIONS,
     NO_FINDING,
@@ -48,7 +48,7 @@ def phantom_name(
 ) -> str:
     layout = "brats2021-nifti" if modality == "mri" else f"nih-{image_format}"
     if modality == "xray" and metadata == "nih":
-        layout += "-nihcsv"  # real NIH rows (client.data.nih_metadata)
+        layout += "-nihcsv"  # real NIH rows (study.data.nih_metadata)
     return f"{modality}-{layout}-p{patients}-i{institutions}-s{size}-seed{seed}"
 
 
@@ -82,7 +82,7 @@ def ensure_dataset(
     if image_format not in ("png", "dicom"):
         raise ValueError(f"image format {image_format!r} is not one of: png, dicom")
     if modality == "xray":
-        from client.data.nih_metadata import INSTALL_HINT, resolve_metadata
+        from study.data.nih_metadata import INSTALL_HINT, resolve_metadata
 
         wanted, metadata = metadata, resolve_metadata(metadata)
         if wanted == "auto" and metadata == "synthetic":
@@ -113,7 +113,7 @@ def ensure_dataset(
             tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=parent))
             try:
                 if modality == "xray":
-                    from client.data.phantom_xray import write_xray_phantoms
+                    from study.data.phantom_xray import write_xray_phantoms
 
                     write_xray_phantoms(
                         tmp,
@@ -125,7 +125,7 @@ def ensure_dataset(
                         metadata=metadata,
                     )
                 else:
-                    from client.data.phantom_mri import write_mri_phantoms
+                    from study.data.phantom_mri import write_mri_phantoms
 
                     write_mri_phantoms(
                         tmp, subjects=patients, size=size, institutions=institutions, seed=seed

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from client.data.types import PathLike, Skip
+from study.data.types import PathLike, Skip
 
 DEFAULT_MAX_IMAGE_PIXELS = 2**27
 # Non-pixel bytes a header may carry besides the pixels (DICOM elements, NIfTI

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from client.data.types import FINDINGS, NO_FINDING, dtype_for_bits
+from study.data.types import FINDINGS, NO_FINDING, dtype_for_bits
 
 _FINDING_INDEX = {name: i for i, name in enumerate(FINDINGS)}
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from client.data.base import LoadOptions
-from client.data.preprocess import normalise_volume, rescale_bits, resize_stack
-from client.data.types import dtype_for_bits
+from study.data.base import LoadOptions
+from study.data.preprocess import normalise_volume, rescale_bits, resize_stack
+from study.data.types import dtype_for_bits
 
 SOURCES = (
     "phantom-xray",
@@ -50,7 +50,7 @@ def _common_bits(planes: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, int]
 
 
 def _from_pydicom(n: int, size: int) -> tuple[np.ndarray, int]:
-    from client.data.dicom import read_dicom_plane
+    from study.data.dicom import read_dicom_plane
 
     planes = []
     for path in pydicom_sample_files():
@@ -104,7 +104,7 @@ def _from_nibabel(n: int, size: int) -> tuple[np.ndarray, int]:
 
 
 def _from_folder(root: Path, n: int, size: int, seed: int) -> tuple[np.ndarray, int]:
-    from client.data.api import build_imageset, open_dataset
+    from study.data.api import build_imageset, open_dataset
 
     reader, scan = open_dataset(root)
     records = list(scan.records)
@@ -139,13 +139,13 @@ def sample_images(source: str, n: int, size: int, seed: int = 0) -> tuple[np.nda
     if source in ("phantom-xray", "phantom-xray-dicom", "phantom-mri"):
         with tempfile.TemporaryDirectory(prefix="medfed-sample-") as tmp:
             if source == "phantom-mri":
-                from client.data.phantom_mri import write_mri_phantoms
+                from study.data.phantom_mri import write_mri_phantoms
 
                 write_mri_phantoms(
                     tmp, subjects=max(1, math.ceil(n / 8)), size=size, institutions=1, seed=seed
                 )
             else:
-                from client.data.phantom_xray import write_xray_phantoms
+                from study.data.phantom_xray import write_xray_phantoms
 
                 fmt = "dicom" if source.endswith("dicom") else "png"
                 write_xray_phantoms(

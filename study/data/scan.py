@@ -23,11 +23,11 @@ import os
 import warnings
 from pathlib import Path
 
-from client.data import cache
-from client.data.base import DatasetReader, LoadOptions, rel
-from client.data.readers import detect_reader
-from client.data.safety import Inventory, file_problem, inventory
-from client.data.types import PathLike, Record, Scan, Skip
+from study.data import cache
+from study.data.base import DatasetReader, LoadOptions, rel
+from study.data.readers import detect_reader
+from study.data.safety import Inventory, file_problem, inventory
+from study.data.types import PathLike, Record, Scan, Skip
 
 _SCAN_FIELDS = {f.name for f in dataclasses.fields(Scan)}
 _RECORD_KEYS = {"key", "paths", "patient_id", "labels", "institution", "meta"}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from client.data.base import DatasetReader
-from client.data.brats import BratsReader
-from client.data.dicom import DicomReader
-from client.data.nih import NihReader
+from study.data.base import DatasetReader
+from study.data.brats import BratsReader
+from study.data.dicom import DicomReader
+from study.data.nih import NihReader
 
 # Order matters: the NIH and BraTS layouts are checked before the catch-all DICOM walk.
 READERS: tuple[type[DatasetReader], ...] = (NihReader, BratsReader, DicomReader)

@@ -14,8 +14,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from client.data.safety import DEFAULT_MAX_IMAGE_PIXELS, check_limit, file_problem, open_text
-from client.data.types import Record, Scan
+from study.data.safety import DEFAULT_MAX_IMAGE_PIXELS, check_limit, file_problem, open_text
+from study.data.types import Record, Scan
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def read_partition_csv(path: Path, known_subjects: set[str], root: Path):
     """FeTS-style Partition_ID,Subject_ID -> ({subject: partition}, [Skip...])."""
     import csv
 
-    from client.data.types import Skip
+    from study.data.types import Skip
 
     mapping: dict[str, str] = {}
     skipped: list[Skip] = []

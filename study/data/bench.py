@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from client.data.base import LoadOptions
+from study.data.base import LoadOptions
 
 
 def _timed(fn, repeat: int = 1) -> float:
@@ -27,7 +27,7 @@ def _timed(fn, repeat: int = 1) -> float:
 
 def _decode_rate(root: Path, image_size: int) -> tuple[float, int]:
     """Items per second through the reader's full load path (decode + resize), no cache."""
-    from client.data.api import open_dataset
+    from study.data.api import open_dataset
 
     reader, scan = open_dataset(root)
     options = LoadOptions(max_slices_per_subject=None)
@@ -45,7 +45,7 @@ def _decode_rate(root: Path, image_size: int) -> tuple[float, int]:
 
 def _cache_ratio(root: Path, modality: str, image_size: int, cache_dir: Path) -> dict[str, float]:
     """Seconds for load_site with a cold cache (scan + decode) and a warm one."""
-    from client.data.api import load_site
+    from study.data.api import load_site
 
     kwargs = dict(
         image_size=image_size,
@@ -65,9 +65,9 @@ def run_data_bench(
 ) -> dict:
     """Decode throughput (images/s) for PNG, DICOM and NIfTI slices; cached-path speedup
     (first decode time / cached time); 1024 x 1024 PNG decode time against Pillow's own."""
-    from client.data.nih import read_png
-    from client.data.phantom_mri import write_mri_phantoms
-    from client.data.phantom_xray import Scanner, _anatomy, render_chest, write_xray_phantoms
+    from study.data.nih import read_png
+    from study.data.phantom_mri import write_mri_phantoms
+    from study.data.phantom_xray import Scanner, _anatomy, render_chest, write_xray_phantoms
 
     out: dict[str, float | int] = {
         "items": items,

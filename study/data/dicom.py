@@ -36,7 +36,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
-from client.data.base import (
+from study.data.base import (
     DatasetReader,
     LoadOptions,
     normalise_patient_id,
@@ -44,8 +44,8 @@ from client.data.base import (
     record_meta,
     rel,
 )
-from client.data.preprocess import multi_hot, parse_findings, resize_plane
-from client.data.safety import (
+from study.data.preprocess import multi_hot, parse_findings, resize_plane
+from study.data.safety import (
     DEFAULT_MAX_IMAGE_PIXELS,
     MAX_HEADER_BYTES,
     file_problem,
@@ -55,7 +55,7 @@ from client.data.safety import (
     read_head,
     too_large,
 )
-from client.data.types import Record, Scan, Skip, dtype_for_bits
+from study.data.types import Record, Scan, Skip, dtype_for_bits
 
 LABELS_CSV = "labels.csv"
 PARTITION_CSV = "partitioning.csv"

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from client.data.base import LoadOptions
-from client.data.safety import DEFAULT_MAX_IMAGE_PIXELS
-from client.data.types import FINDINGS, MRI_REGIONS, NO_FINDING, PathLike, Scan
+from study.data.base import LoadOptions
+from study.data.safety import DEFAULT_MAX_IMAGE_PIXELS
+from study.data.types import FINDINGS, MRI_REGIONS, NO_FINDING, PathLike, Scan
 
 
 def summarise(scan: Scan) -> dict:
@@ -60,7 +60,7 @@ def inspect_dataset(
 ) -> dict:
     """Detect the layout of root, decode every file, and report what was found.
 
-    The scan is the one a study's sites run (client.data.scan.open_dataset),
+    The scan is the one a study's sites run (study.data.scan.open_dataset),
     with the same rules: only regular files inside root are opened, and a file
     whose header claims more than max_image_pixels (the study key
     `max-image-pixels`, default 2**27) is skipped before decoding. deep=True
@@ -69,7 +69,7 @@ def inspect_dataset(
     every unusable file is in "skipped" with its reason. strict=True turns any
     skip into a ValueError.
     """
-    from client.data.scan import open_dataset
+    from study.data.scan import open_dataset
 
     options = LoadOptions(max_image_pixels=max_image_pixels)
     _, scan = open_dataset(root, deep=deep, options=options)
@@ -99,7 +99,7 @@ def data_report(
     stops at headers, which is exactly the scan each site runs before
     decoding. A folder that holds another modality's layout is a ValueError.
     """
-    from client.data.scan import open_dataset
+    from study.data.scan import open_dataset
 
     reader, scan = open_dataset(
         root, deep=deep, options=options or LoadOptions(), cache_dir=cache_dir

@@ -9,7 +9,7 @@ a meniscus), Cardiomegaly (heart wider than half the chest), Pneumothorax
 metadata, the other nine of NIH's 14 (see _other_findings).
 
 Who is scanned, with which findings (`metadata`):
-- "nih": patients drawn from NIH ChestX-ray14's real CSV (client.data.nih_metadata);
+- "nih": patients drawn from NIH ChestX-ray14's real CSV (study.data.nih_metadata);
   each image is one real row (its name, findings, follow-up, patient id, age,
   sex, view), written verbatim into Data_Entry_2017_v2020.csv, so the phantom
   set has NIH's label imbalance, co-occurrence and patient structure. An AP
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from client.data.nih import CSV_HEADER, PARTITION_CSV
+from study.data.nih import CSV_HEADER, PARTITION_CSV
 
 PLANTED = ("Nodule", "Mass", "Effusion", "Cardiomegaly", "Pneumothorax")
 PREVALENCE = {
@@ -348,8 +348,8 @@ def plan_nih_cohort(patients: int, institutions: int, seed: int, table=None) -> 
     A patient's institution is partition.stable_institution (a hash of its id),
     the rule `partition = natural` applies to real NIH data as well.
     """
-    from client.data.nih_metadata import draw_patients, load_table
-    from client.data.partition import stable_institution
+    from study.data.nih_metadata import draw_patients, load_table
+    from study.data.partition import stable_institution
 
     if institutions < 1:
         raise ValueError(f"need at least one institution, got {institutions}")
@@ -414,7 +414,7 @@ def write_xray_phantoms(
     with InstitutionName, plus labels.csv (File,Finding Labels).
     metadata: "synthetic", "nih" or "auto" (nih when torchxrayvision is installed).
     """
-    from client.data.nih_metadata import load_table, resolve_metadata
+    from study.data.nih_metadata import load_table, resolve_metadata
 
     if image_format not in ("png", "dicom"):
         raise ValueError(f"image format {image_format!r} is not one of: png, dicom")
@@ -494,7 +494,7 @@ def _write_nih(root: Path, plan, scanners, size, seed, test_ids, progress, heade
 
 
 def _write_dicom(root: Path, plan, scanners, size, seed, progress) -> None:
-    from client.data.dicom import write_xray_dicom
+    from study.data.dicom import write_xray_dicom
 
     rows = []
     for i, item in enumerate(plan):

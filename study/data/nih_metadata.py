@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from client.data.base import normalise_patient_id
-from client.data.preprocess import parse_findings
-from client.data.types import Skip
+from study.data.base import normalise_patient_id
+from study.data.preprocess import parse_findings
+from study.data.types import Skip
 
 PACKAGE = "torchxrayvision"
 PACKAGED_CSV = ("data", "Data_Entry_2017_v2020.csv.gz")
@@ -124,7 +124,7 @@ def _patient_key(patient: str):
 
 def load_table(path: Path | None = None) -> NihTable:
     """Every usable row of an NIH CSV (default: the packaged one), in file order."""
-    from client.data.nih import read_csv_rows
+    from study.data.nih import read_csv_rows
 
     path = Path(path) if path is not None else require_packaged_csv()
     problems: list[Skip] = []
