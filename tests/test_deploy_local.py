@@ -326,8 +326,8 @@ def test_deploy_local_tls_runs_a_study(tmp_path):
     import torch
     from flwr.app import ArrayRecord
 
-    from study.task import build_model
     from server.strategy import array_bytes
+    from study.task import build_model
 
     out = tmp_path / "out"
     res = _medfed(

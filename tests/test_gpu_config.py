@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from client.site import Site
-from study.config import Study
 from simulations.runner import backend_config
+from study.config import Study
 
 
 def test_num_gpus_without_a_gpu_is_a_clear_error(monkeypatch):

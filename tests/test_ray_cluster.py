@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from study.config import Study
 from simulations.runner import run_simulated_study
+from study.config import Study
 
 
 def _free_port() -> int:

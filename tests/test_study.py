@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from study.config import Fault, Study, StudyError, parse_overrides
 from simulations.cli import main
+from study.config import Fault, Study, StudyError, parse_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "simulations" / "studies" / "demo.toml"

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from study.config import StudyError
 from simulations.cli import main
 from simulations.sweep import Sweep
+from study.config import StudyError
 
 BASE = """
 name = "tiny"
