@@ -1,10 +1,12 @@
 """The docker-compose demo and the image, checked without Docker.
 
-The compose file must parse, use only flags that the installed flwr CLIs
-accept, give every hospital a consistent partition, its own volumes and its
-own key, and pin the same flwr as pyproject.toml. Certificates from the
-repository's script must form a chain the SuperLink and SuperNodes accept
+The compose file must parse (and validate with docker-compose 1.29 and
+Compose v2 where they are installed), use only flags that the installed flwr
+CLIs accept, give every hospital a consistent partition, its own volumes and
+only its own keys, and pin the same flwr as pyproject.toml. Certificates from
+the repository's script must form a chain the SuperLink and SuperNodes accept
 (the process tests in test_deploy_local.py start real ones with them).
+tests/test_docker.py runs the federation itself (`make test-docker`).
 """
 
 from __future__ import annotations
@@ -76,15 +78,42 @@ def _hospitals(services: dict) -> dict[str, dict]:
     return {n: s for n, s in services.items() if s["command"][0] == "flower-supernode"}
 
 
+def _defaults(text: str) -> str:
+    """`text` with every ${VAR:-default} replaced by its default (what Compose runs unset)."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", text)
+
+
+def _binds(svc: dict) -> dict[str, tuple[str, bool]]:
+    """Container path -> (host path, read-only) of a service's bind mounts."""
+    out = {}
+    for vol in svc.get("volumes", []):
+        parts = vol.split(":")
+        if parts[0].startswith("./"):
+            out[parts[1]] = (parts[0], parts[2:] == ["ro"])
+    return out
+
+
 def test_compose_parses_and_has_the_topology(services):
     assert set(services) >= {"certs", "superlink", "register", "submit"}
     assert len(_hospitals(services)) == 3
     for name, svc in services.items():
         assert isinstance(svc["command"], list), f"{name}: command must be a list"
         assert svc["image"] == "medfed:latest"
-        assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
-        assert (ROOT / svc["build"]["dockerfile"]).is_file()
         assert svc["environment"]["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
+    # one service builds the image: Compose v2 builds once per service with a build section
+    builders = [n for n, s in services.items() if "build" in s]
+    assert builders == ["certs"], builders
+    build = services["certs"]["build"]
+    assert build["dockerfile"] == "deploy/Dockerfile" and (ROOT / build["dockerfile"]).is_file()
+
+
+def test_base_image_is_a_build_argument():
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=python:3.11-slim" in dockerfile
+    assert "FROM ${BASE_IMAGE}" in dockerfile
+    compose = yaml.safe_load(_defaults(COMPOSE.read_text()))
+    assert compose["services"]["certs"]["build"]["args"]["BASE_IMAGE"] == "python:3.11-slim"
+    assert "BASE_IMAGE: ${MEDFED_BASE_IMAGE:-python:3.11-slim}" in COMPOSE.read_text()
 
 
 def test_flower_commands_use_only_accepted_flags(services, help_flags):
@@ -106,12 +135,34 @@ def test_medfed_commands_parse(services):
     parser = build_parser()
     n = 0
     for name, svc in services.items():
-        cmd = svc["command"]
+        cmd = [_defaults(t) for t in svc["command"]]
         if cmd[0] == "medfed":
             args = parser.parse_args(cmd[1:])
             assert callable(args.func), name
             n += 1
     assert n == 3  # certs, register, submit
+
+
+@pytest.mark.parametrize("study", ["demo.toml", "consortium.toml"])
+def test_submit_study_is_chosen_by_STUDY_and_writes_under_runs(services, study):
+    from study.config import Study
+
+    cmd = services["submit"]["command"]
+    assert "${STUDY:-simulations/studies/demo.toml}" in cmd
+    assert "--out" not in cmd  # the study's own out-dir, relative to /app
+    path = ROOT / "simulations" / "studies" / study
+    out = Study.from_toml(path).out_dir
+    # /app/runs is ./runs in the superlink and submit containers: results land on the host
+    assert out.startswith("runs/") and ".." not in out, f"{study}: out-dir {out!r}"
+
+
+def test_consortium_study_is_a_learned_consortium():
+    from study.config import Study
+
+    s = Study.from_toml(ROOT / "simulations" / "studies" / "consortium.toml")
+    assert (s.method, s.exchange, s.num_sites) == ("learned-codec-aes", "consortium", 3)
+    assert s.min_sites == 2 and s.num_rounds >= 3  # a site may fail a round and rejoin
+    assert 0 < s.round_timeout <= 300
 
 
 def test_flwr_run_flags_used_by_submit(help_flags):
@@ -147,9 +198,10 @@ def test_node_config_matches_the_number_of_hospitals(services):
         pid = int(cfg["partition-id"])
         seen.append(pid)
         assert name == f"hospital-{pid}"
-        # its own key, the one registered for this partition
+        # its own key, the one registered for this partition; the CA from its own folder
         assert _opt(cmd, "--auth-supernode-private-key") == f"/certs/site-{pid}.key"
-        assert _opt(cmd, "--root-certificates") == "/certs/ca.crt"
+        assert _opt(cmd, "--root-certificates") == f"/certs/site-{pid}/ca.crt"
+        assert svc["environment"]["MEDFED_IDENTITY_DIR"] == f"/certs/site-{pid}"
     assert sorted(seen) == list(range(n))
     register = services["register"]["command"]
     assert [t for t in register if t.endswith(".pub")] == [f"/certs/site-{i}.pub" for i in range(n)]
@@ -176,12 +228,8 @@ def test_volumes_line_up(compose, services):
     used = set()
     for name, svc in services.items():
         for vol in svc.get("volumes", []):
-            src, dst = vol.split(":")[:2]
-            if src.startswith("./"):
-                assert src in ("./deploy/certs", "./runs"), f"{name}: unexpected bind {src}"
-                if src == "./deploy/certs" and name != "certs":
-                    assert vol.endswith(":ro"), f"{name}: certificates must be read-only"
-            else:
+            src = vol.split(":")[0]
+            if not src.startswith("./"):
                 assert src in declared, f"{name}: volume {src} is not declared"
                 used.add(src)
     assert used == declared, f"declared but unused: {declared - used}"
@@ -191,13 +239,39 @@ def test_volumes_line_up(compose, services):
         assert mounts["/app/runs"] == f"{name}-state"  # its own key bundle and cache
     env = next(iter(services.values()))["environment"]
     assert env["MEDFED_DATA_HOME"] == "/data"
-    submit = services["submit"]["command"]
-    assert _opt(submit, "--out").startswith("/app/runs/")
+
+
+def test_each_container_gets_only_the_keys_it_needs(services):
+    certs = "./deploy/certs"
+    expected = {
+        "certs": {"/certs": (certs, False)},  # writes them
+        "superlink": {
+            "/certs/ca.crt": (f"{certs}/ca.crt", True),
+            "/certs/server.pem": (f"{certs}/server.pem", True),
+            "/certs/server.key": (f"{certs}/server.key", True),
+            "/app/runs": ("./runs", False),
+        },
+        "register": {"/certs/ca.crt": (f"{certs}/ca.crt", True)}
+        | {f"/certs/site-{i}.pub": (f"{certs}/site-{i}.pub", True) for i in range(3)},
+        "submit": {"/certs/ca.crt": (f"{certs}/ca.crt", True), "/app/runs": ("./runs", False)},
+    }
+    for i in range(3):  # a hospital: its identity folder (with ca.crt) and its auth key
+        expected[f"hospital-{i}"] = {
+            f"/certs/site-{i}": (f"{certs}/site-{i}", True),
+            f"/certs/site-{i}.key": (f"{certs}/site-{i}.key", True),
+        }
+    assert {n: _binds(s) for n, s in services.items()} == expected
+    # paths used in commands are mounted
+    for name, svc in services.items():
+        for token in svc["command"]:
+            if token.startswith("/certs/") and name != "certs":
+                assert any(token.startswith(dst) for dst in _binds(svc)), (name, token)
 
 
 def test_startup_order(services):
     dep = {n: s.get("depends_on", {}) for n, s in services.items()}
     assert dep["superlink"]["certs"]["condition"] == "service_completed_successfully"
+    assert "depends_on" not in services["certs"]
     assert dep["register"]["superlink"]["condition"] == "service_healthy"
     for name in _hospitals(services):
         assert dep[name]["register"]["condition"] == "service_completed_successfully"
@@ -212,8 +286,7 @@ def test_flwr_version_pinned_everywhere(services):
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
     assert f"ARG FLWR_VERSION={version}" in dockerfile
     assert '"flwr[simulation]==${FLWR_VERSION}"' in dockerfile
-    for name, svc in services.items():
-        assert svc["build"]["args"]["FLWR_VERSION"] == version, name
+    assert services["certs"]["build"]["args"]["FLWR_VERSION"] == version
 
 
 def test_image_copies_the_app_and_ignores_secrets():
@@ -226,16 +299,64 @@ def test_image_copies_the_app_and_ignores_secrets():
     assert "deploy/certs/" in (ROOT / ".gitignore").read_text().split()
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
-def test_docker_compose_config_validates():
+def _compose_v2() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    res = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=60)
+    return res.returncode == 0
+
+
+COMPOSE_CLIS = [
+    pytest.param(
+        ["docker-compose"],
+        marks=pytest.mark.skipif(
+            shutil.which("docker-compose") is None, reason="docker-compose (v1.29) not installed"
+        ),
+        id="v1",
+    ),
+    pytest.param(
+        ["docker", "compose"],
+        marks=pytest.mark.skipif(not _compose_v2(), reason="Compose v2 plugin not installed"),
+        id="v2",
+    ),
+]
+
+
+@pytest.mark.parametrize("cli", COMPOSE_CLIS)
+@pytest.mark.parametrize("study", [None, "simulations/studies/consortium.toml"])
+def test_docker_compose_config_validates(cli, study):
+    """The file is in the subset both Compose versions read; STUDY reaches the submit command."""
+    env = {k: v for k, v in os.environ.items() if k not in ("STUDY", "MEDFED_BASE_IMAGE")}
+    if study:
+        env["STUDY"] = study
     res = subprocess.run(
-        ["docker-compose", "-f", str(COMPOSE), "config", "-q"],
+        [*cli, "-f", str(COMPOSE), "config"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
+        env=env,
     )
     assert res.returncode == 0, res.stderr
+    resolved = yaml.safe_load(res.stdout)["services"]
+    assert (study or "simulations/studies/demo.toml") in resolved["submit"]["command"]
+    assert resolved["certs"]["build"]["args"]["BASE_IMAGE"] == "python:3.11-slim"
+
+
+@pytest.mark.parametrize("script", ["engine.sh", "base-image.sh"])
+def test_deploy_scripts_parse_and_explain_themselves(script):
+    path = ROOT / "deploy" / script
+    assert subprocess.run(["bash", "-n", str(path)], timeout=30).returncode == 0
+    res = subprocess.run(["bash", str(path), "--help"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0 and "Debian" in res.stdout, res.stderr
+    bad = subprocess.run(["bash", str(path), "--nope"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--nope" in bad.stderr
+
+
+def test_base_image_script_trusts_the_hosts_ca_and_pip_settings():
+    text = (ROOT / "deploy" / "base-image.sh").read_text()
+    for needle in ("ca-certificates.crt", "SSL_CERT_FILE", "global.index-url", "find-links"):
+        assert needle in text, needle
 
 
 # --------------------------------------------------------------------------- certificates
