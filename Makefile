@@ -1,6 +1,8 @@
 # medfed: two commands from a fresh clone.
 #   make run    set up .venv, generate phantoms if no data is configured, run the demo study
 #   make test   set up .venv, run the fast test suite
+#   make test-docker   a Docker engine (deploy/engine.sh, as root), the base image without a
+#                      registry (deploy/base-image.sh), then the compose federation's tests
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,9 +12,11 @@ TORCH_SPEC ?= torch==2.13.0
 STUDY ?= simulations/studies/demo.toml
 OUT ?= runs/demo
 PYTEST_ARGS ?=
+# base image of deploy/Dockerfile made from Debian packages by deploy/base-image.sh
+DOCKER_BASE_IMAGE ?= medfed-base:bookworm
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup run test test-slow lint format bench clean
+.PHONY: setup run test test-slow test-docker docker-engine lint format bench clean
 
 setup: $(VENV)/.medfed-installed
 
@@ -33,6 +37,14 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+docker-engine:
+	bash deploy/engine.sh --compose-v2
+	bash deploy/base-image.sh --tag $(DOCKER_BASE_IMAGE)
+
+test-docker: setup docker-engine
+	MEDFED_REQUIRE_DOCKER=1 MEDFED_BASE_IMAGE=$(DOCKER_BASE_IMAGE) \
+	  $(PY) -m pytest -m docker tests/test_docker.py $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
