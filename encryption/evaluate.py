@@ -19,7 +19,10 @@ Security statistics use the method's cipher view (`Encryptor.cipher_image`):
   flipped; cipher-view image 0 of the two containers is compared;
 - npcr_key/uaci_key: the same images under the site key with one bit
   flipped (learned weights carried over by `load_state_dict`), all
-  cipher-view images compared;
+  cipher-view images compared; being means over all N images, they are
+  judged with the critical values of N x (values per image) values
+  (`details["key_critical_values"]`), those of the one-pixel change with the
+  values of one image (`details["critical_values"]`);
 - views of different shapes (compressed payloads) are compared on their
   common top-left crop.
 Speed is MB/s of raw pixel bytes (1 MB = 10^6 bytes), the median of at
@@ -187,7 +190,9 @@ def evaluate_method(
 
     verdicts = npcr_uaci_verdicts(npcr, uaci, pixels)
     if not math.isnan(npcr_key):
-        key_verdicts = npcr_uaci_verdicts(npcr_key, uaci_key, int(k0[0].size))
+        # npcr_key/uaci_key average every value of all N images: the critical
+        # values are those of that many values (variance / N), not of one image
+        key_verdicts = npcr_uaci_verdicts(npcr_key, uaci_key, int(k0.size))
         verdicts.update({f"key_{k}": v for k, v in key_verdicts.items()})
     details.update(verdicts)
     details.update(
@@ -201,6 +206,7 @@ def evaluate_method(
             "kb_per_image": size["kb_per_image"],
             "ratio_to_lossless": size.get("ratio_to_lossless", math.nan),
             "encrypt_images_s": len(images) / enc_s,
+        details["key_critical_values"] = critical_values(int(k0.size))
             "decrypt_images_s": len(images) / dec_s,
             "kpa": {
                 k: v

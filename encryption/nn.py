@@ -27,6 +27,7 @@ __all__ = [
     "ResBlock",
     "TorchEncryptor",
     "TrainClock",
+from encryption.metrics.fidelity import SSIM_WIN, ssim_torch
     "conv",
     "count_flops",
     "crop_to",
@@ -146,25 +147,12 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean SSIM, 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, range 1."""
-    x, y = x.float(), y.float()
-    n, c, h, w = x.shape
-    size = min(11, h, w)
-    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * 1.5**2))
-    g = g / g.sum()
-    win = (g[:, None] * g[None, :]).expand(c, 1, size, size).contiguous()
-
-    def filt(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, win, groups=c)
-
-    c1, c2 = 0.01**2, 0.03**2
-    mx, my = filt(x), filt(y)
-    sxx = filt(x * x) - mx * mx
-    syy = filt(y * y) - my * my
-    sxy = filt(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-    return float(s.mean().item())
+    """Mean SSIM of [0, 1] tensors: `encryption.metrics.fidelity.ssim_torch`, the
+    one SSIM of the project (checked against scikit-image), with data range 1
+    and in float64; NaN for images under its 11 x 11 window."""
+    if min(x.shape[-2:]) < SSIM_WIN:
+        return float("nan")
+    return float(ssim_torch(x.double(), y.double(), 1.0, reduction="mean"))
 
 
 # -- training helpers --------------------------------------------------------

@@ -172,3 +172,27 @@ def test_methods_command_json(capsys):
     assert names[:2] == ["aes-gcm", "lossless-aes"]
     assert all(r["description"] for r in rows)
     assert rows[0]["lossless"] is True and rows[0]["learned"] is False
+
+
+def test_key_change_is_judged_with_the_values_of_all_images(monkeypatch):
+    # npcr_key / uaci_key average all 8 images: their pass/fail uses the critical
+    # values of 8 x 32 x 32 values; the one-pixel change compares image 0 only.
+    from encryption.metrics.security import ALPHAS, critical_values, npcr_critical, uaci_interval
+
+    counter = iter(range(10**6))
+    monkeypatch.setattr(
+        os, "urandom", lambda n: hashlib.sha256(str(next(counter)).encode()).digest()[:n]
+    )
+    images = smooth_images(8, 1, 32, 8, seed=2)
+
+    entry = evaluate_method("aes-gcm", images, 8, key=bytes(range(32)), kpa_seconds=1, repeats=1)
+
+    details, sec = entry["details"], entry["security"]
+    assert details["key_critical_values"] == critical_values(8 * 32 * 32)
+    assert details["critical_values"] == critical_values(32 * 32)
+    for alpha in ALPHAS:
+        lo, hi = uaci_interval(8 * 32 * 32, alpha)
+        assert details[f"key_npcr_pass_{alpha}"] == (
+            sec["npcr_key"] >= npcr_critical(8 * 32 * 32, alpha)
+        )
+        assert details[f"key_uaci_pass_{alpha}"] == (lo <= sec["uaci_key"] <= hi)

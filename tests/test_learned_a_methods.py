@@ -6,6 +6,7 @@ with epochs=1 and 2 optimiser steps; `slow` tests train the default configs and 
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -210,11 +211,16 @@ def test_aae_one_latent_byte_changes_many_cipher_bytes(fitted8):
     ("bits", "target", "expected"), [(8, 40.0, 8), (8, 60.0, 1), (12, 40.0, 141)]
 )
 def test_residual_step_meets_target(bits, target, expected):
+    def psnr_of_step(s: int) -> float:
+        """PSNR of the uniform errors a step-s quantiser leaves: -(s//2) .. s - 1 - s//2."""
+        mse = np.mean((np.arange(s) - s // 2) ** 2.0)
+        return math.inf if mse == 0 else 10 * np.log10((2**bits - 1) ** 2 / mse)
+
     step = residual_step(bits, target)
-    errors = np.arange(step) - step // 2
 
     assert step == expected
-    assert 10 * np.log10((2**bits - 1) ** 2 / np.mean(errors**2.0)) >= target if step > 1 else True
+    assert psnr_of_step(step) >= target  # meets the target (step 1: exact, inf)
+    assert psnr_of_step(step + 1) < target  # and is the largest step that does
 
 
 def test_codec_meets_psnr_target_even_untrained(fitted8):

@@ -82,3 +82,26 @@ def test_ssim_rejects_tiny_and_mismatched_images():
         ssim_torch(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8), 1.0)
     with pytest.raises(ValueError, match="shapes differ"):
         mse(np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 4, 5)))
+
+
+def test_one_ssim_for_metric_fit_report_and_loss():
+    """The learned methods' fit-report SSIM (encryption.nn.ssim, [0, 1] tensors)
+    and a training loss (1 - ssim_torch) are the metric checked against
+    scikit-image above, not a second implementation."""
+    from encryption.nn import ssim as fit_ssim
+    from encryption.nn import to_unit
+
+    x = smooth_images(3, 1, 40, 12, seed=5)
+    y = _noisy(x, 12, 0.05, seed=6)
+    metric = ssim(x, y, 12)
+    xt = torch.from_numpy(x / 4095.0)
+    yt = torch.from_numpy(y / 4095.0).requires_grad_(True)
+
+    report = fit_ssim(to_unit(x, 12), to_unit(y, 12))
+    loss = 1 - ssim_torch(xt, yt, 1.0, reduction="mean")
+    loss.backward()
+
+    assert report == pytest.approx(metric, abs=1e-6)  # float32 pixels, float64 SSIM
+    assert 1 - loss.item() == pytest.approx(metric, abs=1e-12)
+    assert yt.grad is not None and torch.isfinite(yt.grad).all()
+    assert math.isnan(fit_ssim(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)))

@@ -109,3 +109,50 @@ def test_size_metrics():
     assert out["bpp"] == pytest.approx(8.0)
     assert out["ratio_to_raw"] == pytest.approx(0.5)
     assert out["ratio_to_lossless"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    ("alpha", "npcr", "lo", "hi"),
+    [
+        (0.05, 99.5693, 33.2824, 33.6447),
+        (0.01, 99.5527, 33.2255, 33.7016),
+        (0.001, 99.5341, 33.1594, 33.7677),
+    ],
+)
+def test_critical_values_of_a_mean_over_images(alpha, npcr, lo, hi):
+    # The mean NPCR of 4 independent 128 x 128 images has 1/4 the variance of
+    # one image's: Wu's published single-image values for 256 x 256 = 4 x 128 x 128.
+    values = 4 * 128 * 128
+
+    got_npcr, (got_lo, got_hi) = npcr_critical(values, alpha), uaci_interval(values, alpha)
+    one_image = npcr_critical(128 * 128, alpha)
+
+    assert got_npcr == pytest.approx(npcr, abs=5e-5)
+    assert (got_lo, got_hi) == pytest.approx((lo, hi), abs=5e-5)
+    assert one_image < got_npcr  # one image's value is the more lenient
+    # the distance to the ideal halves with 4x the values (sqrt(4))
+    assert NPCR_IDEAL - one_image == pytest.approx(2 * (NPCR_IDEAL - got_npcr), rel=1e-9)
+
+
+def test_mean_over_images_is_rejected_at_the_stated_rate():
+    """A perfect cipher (independent uniform bytes), NPCR/UACI averaged over 16
+    images of 32 x 32: judged with the critical values of all 16384 values the
+    test rejects about alpha of the trials, as it says; judged with one image's
+    values (the old key-change verdict) it would almost never reject."""
+    rng = np.random.default_rng(3)
+    trials, images, side, alpha = 1000, 16, 32, 0.05
+    values = images * side * side
+    npcr, uaci = np.empty(trials), np.empty(trials)
+    for t in range(trials):
+        a = rng.integers(0, 256, values, dtype=np.uint8)
+        b = rng.integers(0, 256, values, dtype=np.uint8)
+        npcr[t], uaci[t] = npcr_uaci(a, b)
+
+    lo, hi = uaci_interval(values, alpha)
+    lo1, hi1 = uaci_interval(side * side, alpha)
+    npcr_rate = np.mean(npcr < npcr_critical(values, alpha))
+    uaci_rate = np.mean((uaci < lo) | (uaci > hi))
+
+    assert 0.03 <= npcr_rate <= 0.075 and 0.03 <= uaci_rate <= 0.075
+    assert np.mean(npcr < npcr_critical(side * side, alpha)) < 0.005
+    assert np.mean((uaci < lo1) | (uaci > hi1)) < 0.005

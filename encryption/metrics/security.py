@@ -61,15 +61,24 @@ def npcr_uaci(c1: np.ndarray, c2: np.ndarray) -> tuple[float, float]:
 
 
 def npcr_critical(pixels: int, alpha: float, levels: int = 255) -> float:
-    """Wu et al. NPCR critical value N*_alpha (percent) for an image of `pixels`
-    = M x N values; an NPCR below it fails. F = `levels` (255 for 8-bit)."""
+    """Wu et al. NPCR critical value N*_alpha (percent) for an NPCR averaged over
+    `pixels` values; an NPCR below it fails. F = `levels` (255 for 8-bit).
+
+    Wu's NPCR of one M x N image has mean F / (F + 1) and variance
+    F / ((F + 1)^2 M N): each value differs independently with probability
+    F / (F + 1). The mean of the NPCRs of K such images has that variance
+    divided by K, which is the formula with M N K values: so `pixels` is
+    the number of values the statistic averages (M x N for one image, K x M x
+    N for a mean over K images; `critical_values` and the tests hold both)."""
     f = float(levels)
     z = stats.norm.isf(alpha)  # Wu's Phi^-1(alpha) is the upper-tail quantile
     return (f - z * math.sqrt(f / pixels)) / (f + 1) * 100
 
 
 def uaci_interval(pixels: int, alpha: float, levels: int = 255) -> tuple[float, float]:
-    """Wu et al. UACI acceptance interval (percent): mu_U -/+ z_{alpha/2} sigma_U."""
+    """Wu et al. UACI acceptance interval (percent): mu_U -/+ z_{alpha/2} sigma_U,
+    for a UACI averaged over `pixels` values (sigma_U^2 is inversely
+    proportional to them, as for `npcr_critical`)."""
     f = float(levels)
     mu = (f + 2) / (3 * f + 3)
     var = (f + 2) * (f * f + 2 * f + 3) / (18 * (f + 1) ** 2 * pixels * f)
@@ -89,7 +98,7 @@ def npcr_uaci_verdicts(npcr: float, uaci: float, pixels: int) -> dict[str, bool]
 
 
 def critical_values(pixels: int) -> dict[str, float | list[float]]:
-    """Wu's critical values for `pixels` per image, for the report."""
+    """Wu's critical values for a statistic averaged over `pixels` values, for the report."""
     out: dict[str, float | list[float]] = {}
     for alpha in ALPHAS:
         out[f"npcr_{alpha}"] = npcr_critical(pixels, alpha)
