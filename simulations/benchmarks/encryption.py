@@ -14,6 +14,7 @@ import numpy as np
 
 from simulations.benchmarks.common import ratio_stats, summarize, time_interleaved
 
+from simulations.benchmarks.lossless_codecs import candidate_bpp
 Progress = Callable[[str], None]
 
 SOURCES = ("phantom-xray", "phantom-mri", "pydicom-samples", "nibabel-samples")
@@ -365,3 +366,5 @@ def run_rate_distortion(
         "variants": variants or {},
         "sources": out,
     }
+            # lossless-aes's candidate codecs, each plane alone: its 3 % target
+            "lossless_candidates_bpp": candidate_bpp(x, bits),

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from simulations.benchmarks.common import RESULTS_DIR, load_results
+from simulations.benchmarks.lossless_codecs import lossless_codecs_section
 from simulations.benchmarks.sections_encryption import (
     rate_distortion_section,
     security_section,
@@ -79,6 +80,7 @@ def render_report(
     machine_section(docs, add)
     speed_section(docs, add, plot_dir, rel)
     rate_distortion_section(docs, add, plot_dir, rel)
+    lossless_codecs_section(docs, add, plot_dir, rel)
     security_section(docs, add)
     data_section(docs, add)
     federation_section(docs, add, plot_dir, rel)

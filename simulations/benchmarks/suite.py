@@ -35,6 +35,12 @@ def _rate_distortion(s: dict, progress: Progress) -> dict:
     return run_rate_distortion(_methods(), progress=progress, **s)
 
 
+def _lossless_codecs(s: dict, progress: Progress) -> dict:
+    from simulations.benchmarks.lossless_codecs import run_lossless_codecs
+
+    return run_lossless_codecs(progress=progress, **s)
+
+
 def _data(s: dict, progress: Progress) -> dict:
     from study.data.bench import run_data_bench
 
@@ -127,6 +133,11 @@ BENCHMARKS: dict[str, tuple[Callable[[dict, Progress], dict], dict, dict]] = {
                 }
             },
         },
+    ),
+    "lossless-codecs": (
+        _lossless_codecs,
+        {"sizes": (32, 64, 96, 128, 256), "images": 24, "repeats": 3},
+        {"sizes": (64, 128), "images": 12, "repeats": 1},
     ),
     "data": (
         _data,

@@ -19,6 +19,10 @@ TARGET_OVERHEAD = 1.5
 TARGET_MEMORY_GB = 16.0
 TARGET_SCALING_SITES = 512
 TARGET_CODEC_PSNR = 40.0
+# lossless-aes at codec speed (issue): MB/s at the speed benchmark's size, bytes
+# within a share of the smallest candidate codec on every rate-distortion corpus
+TARGET_LOSSLESS_MB_S = 25.0
+TARGET_LOSSLESS_WITHIN = 0.03
 # secure-by-the-metrics: the rule, stated once, applied to the evaluate() entry
 CORR_LIMIT = 0.05
 KPA_MARGIN_DB = 3.0
@@ -178,6 +182,21 @@ def targets(docs) -> str:
                     ),
                 ]
             )
+        lossless = speed["results"]["methods"].get("lossless-aes")
+        if lossless:
+            mb_s = med(lossless["encrypt_mb_s"])
+            res = speed["results"]
+            rows.append(
+                [
+                    f"`lossless-aes` >= {TARGET_LOSSLESS_MB_S:g} MB/s at {res['size']} px "
+                    f"{res['bits']}-bit",
+                    f"{mb_s:.2f} MB/s ({fmt_ratio(med(lossless['encrypt_ratio_to_aes']))} "
+                    "of aes-gcm in the same run)",
+                    "yes"
+                    if mb_s >= TARGET_LOSSLESS_MB_S
+                    else f"no, {mb_s / TARGET_LOSSLESS_MB_S:.2f}x of target",
+                ]
+            )
     over = docs.get("federation-overhead")
     if over and "ratio_of_medians" in over["results"]:
         res = over["results"]
@@ -236,6 +255,22 @@ def targets(docs) -> str:
                         "yes" if ok else f"no, {c['bpp'] / ref['bpp']:.2f}x the lossless size",
                     ]
                 )
+    if rd and "sources" in rd["results"]:
+        for source, entry in rd["results"]["sources"].items():
+            candidates = entry.get("lossless_candidates_bpp")
+            ll = entry.get("methods", {}).get("lossless-aes", {})
+            if not candidates or "bpp" not in ll:
+                continue
+            best = min(candidates, key=candidates.get)
+            ratio = ll["bpp"] / candidates[best]
+            rows.append(
+                [
+                    f"`lossless-aes` within {TARGET_LOSSLESS_WITHIN:.0%} of the smallest "
+                    f"candidate codec ({source})",
+                    f"{ratio:.3f}x `{best}` ({ll['bpp']:.3f} vs {candidates[best]:.3f} bpp)",
+                    "yes" if ratio <= 1 + TARGET_LOSSLESS_WITHIN else f"no, {ratio:.3f}x",
+                ]
+            )
     return table(["target", "measured", "met?"], rows) if rows else "_No results yet._"
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 HELP = {
     "speed": "encryption throughput vs aes-gcm; learned FLOPs vs a plain convolution",
     "rate-distortion": "bpp vs PSNR/SSIM on phantoms and package samples; security and KPA",
+    "lossless-codecs": "lossless-aes's codec rule: every candidate codec's bytes and speed per corpus",
     "data": "decode throughput of PNG, DICOM and NIfTI (study.data.bench)",
     "federation-overhead": "Flower/Ray study vs the same work in a plain PyTorch loop",
     "federation-scaling": "wall time and peak memory with 8..512 simulated sites",
