@@ -109,6 +109,11 @@ class Encryptor(ABC):
 
     def encrypt(self, images: np.ndarray, bits: int | None = None) -> bytes:
         images, bits = check_images(images, bits)
+        if images.size > MAX_CONTAINER_VALUES:
+            raise ValueError(
+                f"{self.name}: {images.size} pixel values exceed one container's limit "
+                f"{MAX_CONTAINER_VALUES}; encrypt the batch in parts"
+            )
         payload, extra = self._encrypt_payload(images, bits)
         header = Header(
             method=self.name,
@@ -139,6 +144,10 @@ class Encryptor(ABC):
             # What malformed fields and payloads raise; methods check their own
             # fields first (clearer messages), this catches what they missed.
             raise ContainerError(f"{self.name}: cannot decode the payload: {exc}") from exc
+        except BaseException as exc:
+            if not is_native_panic(exc):
+                raise  # KeyboardInterrupt, "fit first" RuntimeError, ...
+            raise ContainerError(f"{self.name}: the payload's decoder panicked: {exc}") from None
         expected = (header.shape, header.dtype)
         if (tuple(images.shape), str(images.dtype)) != expected:
             raise ContainerError(
@@ -148,11 +157,6 @@ class Encryptor(ABC):
 
     def state_dict(self) -> dict[str, Any]:
         return {}
-        if images.size > MAX_CONTAINER_VALUES:
-            raise ValueError(
-                f"{self.name}: {images.size} pixel values exceed one container's limit "
-                f"{MAX_CONTAINER_VALUES}; encrypt the batch in parts"
-            )
 
     def cipher_image(self, blob: bytes) -> np.ndarray:
         """What an eavesdropper sees, as uint8 images (N, C, H, W), for the
@@ -181,10 +185,6 @@ class Encryptor(ABC):
         Randomised methods get a fresh random nonce. Deterministic methods
         (same images -> same container) get a synthetic nonce, HMAC-SHA256 of
         header and payload under a sub-key (as in AES-SIV): equal messages
-        except BaseException as exc:
-            if not is_native_panic(exc):
-                raise  # KeyboardInterrupt, "fit first" RuntimeError, ...
-            raise ContainerError(f"{self.name}: the payload's decoder panicked: {exc}") from None
         share a nonce, different ones almost surely do not, so GCM's
         authentication key is never exposed by nonce reuse.
         """

@@ -194,6 +194,7 @@ def evaluate_method(
         # values are those of that many values (variance / N), not of one image
         key_verdicts = npcr_uaci_verdicts(npcr_key, uaci_key, int(k0.size))
         verdicts.update({f"key_{k}": v for k, v in key_verdicts.items()})
+        details["key_critical_values"] = critical_values(int(k0.size))
     details.update(verdicts)
     details.update(
         {
@@ -206,7 +207,6 @@ def evaluate_method(
             "kb_per_image": size["kb_per_image"],
             "ratio_to_lossless": size.get("ratio_to_lossless", math.nan),
             "encrypt_images_s": len(images) / enc_s,
-        details["key_critical_values"] = critical_values(int(k0.size))
             "decrypt_images_s": len(images) / dec_s,
             "kpa": {
                 k: v

@@ -21,13 +21,13 @@ from torch import nn
 from encryption.base import Encryptor, FitReport, check_images
 from encryption.inference import inference_view
 from encryption.keys import derive_seed
+from encryption.metrics.fidelity import SSIM_WIN, ssim_torch
 from encryption.options import reject_fit_options
 
 __all__ = [
     "ResBlock",
     "TorchEncryptor",
     "TrainClock",
-from encryption.metrics.fidelity import SSIM_WIN, ssim_torch
     "conv",
     "count_flops",
     "crop_to",

@@ -337,13 +337,6 @@ class LearnedCodecAes(TorchEncryptor):
         meta = {"shape": header.shape, "bits": header.bits, "dtype": header.dtype}
         return self._decode(np.ascontiguousarray(latent), q, step, meta)
 
-    def flops_per_image(self, h: int, w: int) -> int:
-        """FLOPs of encoding one (C, h, w) image: g_a, plus g_s for the residual layer."""
-        channels = self.channels or 1
-        nets = self.nets if self.nets is not None else self._build(channels)
-        dev = next(nets.parameters()).device
-        ph, pw = h + (-h) % _DOWN, w + (-w) % _DOWN
-        x = torch.zeros(1, channels, ph, pw, device=dev)
     def _payload_fields(
         self, header: Header
     ) -> tuple[tuple[int, int, int], int, tuple[str, list[float]] | None]:
@@ -379,6 +372,13 @@ class LearnedCodecAes(TorchEncryptor):
                 return lshape, step, (kind, [float(p) for p in params])
         raise ContainerError(f"{self.name}: container has a residual step but no residual model")
 
+    def flops_per_image(self, h: int, w: int) -> int:
+        """FLOPs of encoding one (C, h, w) image: g_a, plus g_s for the residual layer."""
+        channels = self.channels or 1
+        nets = self.nets if self.nets is not None else self._build(channels)
+        dev = next(nets.parameters()).device
+        ph, pw = h + (-h) % _DOWN, w + (-w) % _DOWN
+        x = torch.zeros(1, channels, ph, pw, device=dev)
         flops = count_flops(nets["g_a"], x)
         if self.config["target_psnr_db"] > 0:
             flops += count_flops(nets["g_s"], nets["g_a"](x).detach())

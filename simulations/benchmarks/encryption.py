@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from simulations.benchmarks.common import ratio_stats, summarize, time_interleaved
-
 from simulations.benchmarks.lossless_codecs import candidate_bpp
+
 Progress = Callable[[str], None]
 
 SOURCES = ("phantom-xray", "phantom-mri", "pydicom-samples", "nibabel-samples")
@@ -297,6 +297,8 @@ def run_rate_distortion(
             "shape": list(x.shape),
             "bits": bits,
             "references_bpp": codec_sizes(x, bits),
+            # lossless-aes's candidate codecs, each plane alone: its 3 % target
+            "lossless_candidates_bpp": candidate_bpp(x, bits),
             "methods": {},
         }
         if source in security_sources:
@@ -366,5 +368,3 @@ def run_rate_distortion(
         "variants": variants or {},
         "sources": out,
     }
-            # lossless-aes's candidate codecs, each plane alone: its 3 % target
-            "lossless_candidates_bpp": candidate_bpp(x, bits),
