@@ -201,13 +201,21 @@ class InversionConfig:
     `adam_scale`: the attacker's Adam simulates the site's first steps with
     eps = adam_scale x the RMS of each simulated gradient tensor instead of
     1e-8, a smoothed sign with a usable gradient (only used for Adam sites).
+    `smooth_beta`: the update of a ReLU network jumps wherever a unit or a
+    max-pool switches, so the attacker descends on a smooth surrogate of the
+    model (ReLU -> Softplus(beta), MaxPool2d -> a log-sum-exp pool at
+    temperature 1 / beta; 0 keeps the exact model); restarts are ranked on the
+    exact model. `signed`: step on the sign of the image gradient (as the
+    Inverting Gradients code does) instead of the gradient itself.
     """
 
     iterations: int = 400
     restarts: int = 2
-    step_size: float = 0.1
-    tv_weight: float = 1e-2
-    adam_scale: float = 1.0
+    step_size: float = 0.003
+    tv_weight: float = 0.01
+    adam_scale: float = 0.1
+    smooth_beta: float = 20.0
+    signed: bool = False
     seed: int = 0
 
 
@@ -282,6 +290,44 @@ def simulate_update(
     return {k: params[k] - anchor[k] for k in names}
 
 
+class SoftMaxPool2d(nn.Module):
+    """A 2x2 max-pool made smooth: temperature x log-mean-exp over the window
+    (plus log 4, so that equal inputs pool to themselves)."""
+
+    def __init__(self, temperature: float):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        peak = nn.functional.max_pool2d(x, 2).detach()
+        shifted = (x - nn.functional.interpolate(peak, scale_factor=2, mode="nearest")) / (
+            self.temperature
+        )
+        pooled = nn.functional.avg_pool2d(torch.exp(shifted), 2) * 4
+        return self.temperature * torch.log(pooled) + peak
+
+
+def smooth_surrogate(model: nn.Module, beta: float) -> nn.Module:
+    """A copy of `model` with ReLU -> Softplus(beta) and 2x2 MaxPool2d ->
+    SoftMaxPool2d(1 / beta); same parameters (functional pooling inside a
+    forward, as in the U-Net, stays exact)."""
+    import copy
+
+    surrogate = copy.deepcopy(model)
+
+    def swap(module: nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, nn.ReLU):
+                setattr(module, name, nn.Softplus(beta=beta))
+            elif isinstance(child, nn.MaxPool2d) and child.kernel_size in (2, (2, 2)):
+                setattr(module, name, SoftMaxPool2d(1.0 / beta))
+            else:
+                swap(child)
+
+    swap(surrogate)
+    return surrogate
+
+
 def cosine_distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """1 - cos(a, b) over all tensors together."""
     dot = sum((a[k] * b[k]).sum() for k in b)
@@ -306,13 +352,16 @@ def invert_update(
     image_shape: tuple[int, ...],
     *,
     targets: np.ndarray | None = None,
+    prior: np.ndarray | None = None,
     config: InversionConfig = InversionConfig(),
     progress: Callable[[int, int], None] | None = None,
 ) -> Inversion:
     """Reconstruct `num_images` images from an observed update.
 
     `targets`: the labels (or masks) if the attacker is given them; None
-    recovers X-ray labels from the update (one image only).
+    recovers X-ray labels from the update (one image only). `prior`: an image
+    the attacker expects (the population mean, what the mean guess uses); the
+    first restart starts there, the others from uniform noise.
     `progress(done, total)` is called every few iterations.
     """
     t0 = time.perf_counter()
@@ -330,20 +379,25 @@ def invert_update(
         labels, source = np.asarray(targets, dtype=np.float32), "known"
     y = torch.from_numpy(labels.astype(np.float32))
     adam_scale = config.adam_scale if training.optimizer == "adam" else None
+    surrogate = smooth_surrogate(model, config.smooth_beta) if config.smooth_beta > 0 else model
     total = config.restarts * config.iterations
     best: tuple[float, torch.Tensor] | None = None
     for restart in range(config.restarts):
         gen = torch.Generator().manual_seed(config.seed * 1000 + restart)
-        x = torch.rand((num_images, *image_shape), generator=gen).requires_grad_(True)
+        if restart == 0 and prior is not None:
+            x = torch.from_numpy(np.broadcast_to(prior, (num_images, *image_shape)).copy())
+            x = x.float().requires_grad_(True)
+        else:
+            x = torch.rand((num_images, *image_shape), generator=gen).requires_grad_(True)
         opt = torch.optim.Adam([x], lr=config.step_size)
         milestones = [int(config.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
         schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
         for it in range(config.iterations):
             opt.zero_grad(set_to_none=True)
-            sim = simulate_update(model, start, x, y, training, adam_scale=adam_scale)
+            sim = simulate_update(surrogate, start, x, y, training, adam_scale=adam_scale)
             objective = cosine_distance(sim, observed) + config.tv_weight * total_variation(x)
             (grad,) = torch.autograd.grad(objective, [x])
-            x.grad = grad.sign()  # signed gradients, as in Inverting Gradients
+            x.grad = grad.sign() if config.signed else grad
             opt.step()
             schedule.step()
             with torch.no_grad():
@@ -374,6 +428,7 @@ class Score:
     psnr: list[float]
     ssim: list[float]
     matched: list[int]  # reconstruction index matched to each real image
+    psnr_scale_aligned: list[float]  # after the best global intensity factor (see score)
 
 
 def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
@@ -384,7 +439,13 @@ def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
 
 def score(reconstructions: np.ndarray, originals: np.ndarray) -> Score:
     """Match reconstructions to originals one to one (Hungarian assignment,
-    maximal total PSNR), then PSNR and SSIM per original. Both on [0, 1]."""
+    maximal total PSNR), then PSNR and SSIM per original. Both on [0, 1].
+
+    `psnr_scale_aligned`: the PSNR after multiplying each reconstruction by the
+    least-squares factor to its original. The study CNN's first convolution has
+    no bias and is followed by GroupNorm, so the update of x and of a * x are
+    identical: no attacker can tell the image's global intensity scale, and
+    this score separates what the update reveals from that one factor."""
     from scipy.optimize import linear_sum_assignment
 
     if reconstructions.shape != originals.shape:
@@ -398,10 +459,16 @@ def score(reconstructions: np.ndarray, originals: np.ndarray) -> Score:
     rec = torch.from_numpy(reconstructions[matched].astype(np.float64))
     with torch.no_grad():
         ssim = ssim_torch(rec, torch.from_numpy(originals.astype(np.float64)), 1.0)
+    aligned = []
+    for i in range(n):
+        r = reconstructions[matched[i]].astype(np.float64)
+        factor = float((r * originals[i]).sum() / max(float((r * r).sum()), 1e-30))
+        aligned.append(psnr_db(factor * r, originals[i]))
     return Score(
         psnr=[float(table[i, matched[i]]) for i in range(n)],
         ssim=[float(v) for v in ssim],
         matched=matched,
+        psnr_scale_aligned=aligned,
     )
 
 

@@ -251,7 +251,16 @@ def run_attacks(plan: AttackPlan, say: Callable[[str], None] = print) -> dict:
                             "mean_guess_psnr": guess,
                         }
                         for entry, recon in _attack(
-                            plan, arch, global_state, seen, training, originals, targets, say, base
+                            plan,
+                            arch,
+                            global_state,
+                            seen,
+                            training,
+                            originals,
+                            targets,
+                            mean_image,
+                            say,
+                            base,
                         ):
                             doc["attacks"].append(entry)
                             pictures.append({**entry, "originals": originals, "recon": recon})
@@ -263,7 +272,7 @@ def run_attacks(plan: AttackPlan, say: Callable[[str], None] = print) -> dict:
     return doc
 
 
-def _attack(plan, arch, global_state, seen, training, originals, targets, say, base):
+def _attack(plan, arch, global_state, seen, training, originals, targets, prior, say, base):
     """Both attacks on one observed update: yields (JSON entry, reconstructions)."""
     s = plan.study
     b = len(originals)
@@ -296,6 +305,7 @@ def _attack(plan, arch, global_state, seen, training, originals, targets, say, b
         b,
         originals.shape[1:],
         targets=targets_given,
+        prior=prior,
         config=plan.inversion,
         progress=progress,
     )
@@ -323,11 +333,13 @@ def _entry(base, attack, recon, originals, seconds, labels, say, label):
         "labels": labels,
         "psnr": sc.psnr,
         "ssim": sc.ssim,
+        "psnr_scale_aligned": sc.psnr_scale_aligned,
         "recovered_share": leakage.recovered_share(sc.psnr),
         "seconds": seconds,
     }
     say(
-        f"{label} {attack}: PSNR {np.mean(sc.psnr):.1f} dB (mean guess "
+        f"{label} {attack}: PSNR {np.mean(sc.psnr):.1f} dB (scale-aligned "
+        f"{np.mean(sc.psnr_scale_aligned):.1f}, mean guess "
         f"{base['mean_guess_psnr']:.1f} dB), SSIM {np.mean(sc.ssim):.3f}, "
         f"recovered {entry['recovered_share']:.0%}, {seconds:.1f} s"
     )
@@ -386,14 +398,16 @@ def write_markdown(path: Path, doc: dict, plan: AttackPlan) -> None:
         "one to one; recovered: share above 20 dB.",
         "",
         "| model | defence | observer | site | b | local steps | attack | labels | PSNR dB "
-        "| mean guess dB | SSIM | recovered | s |",
-        "| --- | --- | --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| scale-aligned dB | mean guess dB | SSIM | recovered | s |",
+        "| --- | --- | --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
     ]
     for a in doc["attacks"]:
         lines.append(
             f"| {a['model']} | {a['defense']} | {a['observer']} | {a['site']} | "
             f"{a['batch_size']} | {a['local_steps']} | {a['attack']} | {a['labels']} | "
-            f"{np.mean(a['psnr']):.1f} | {a['mean_guess_psnr']:.1f} | {np.mean(a['ssim']):.3f} | "
+            f"{np.mean(a['psnr']):.1f} | {np.mean(a['psnr_scale_aligned']):.1f} | "
+            f"{a['mean_guess_psnr']:.1f} | {np.mean(a['ssim']):.3f} | "
             f"{a['recovered_share']:.0%} | {a['seconds']:.1f} |"
         )
     lines += ["", "![originals beside reconstructions](leakage.png)", ""]

@@ -94,6 +94,27 @@ def test_adam_does_not_hide_the_image_from_the_analytic_attack():
     assert leakage.score(recon, to_float(images, 8).numpy()).psnr[0] >= 30.0
 
 
+def test_study_cnn_cannot_tell_an_image_from_a_scaled_copy():
+    # Prepare: bias-free first convolution + GroupNorm
+    images, targets = xray_batch(1, seed=8)
+    training = sgd()
+    start, update = site_update("study", images, targets, training)
+    x = to_float(images, 8)
+    # Execute
+    same = [
+        leakage.simulate_update(
+            build_model("xray"), start, a * x, torch.from_numpy(targets), training
+        )
+        for a in (1.0, 0.7)
+    ]
+    shifted = leakage.simulate_update(
+        build_model("xray"), start, x + 0.1, torch.from_numpy(targets), training
+    )
+    # Assert: a global factor leaves the update unchanged, an offset does not
+    assert float(leakage.cosine_distance(same[1], same[0]).detach()) < 1e-3  # GroupNorm eps
+    assert float(leakage.cosine_distance(shifted, update).detach()) > 0.01
+
+
 def test_study_cnn_has_no_fully_connected_first_layer():
     assert leakage.first_linear_layer(build_model("xray")) is None
     assert leakage.first_linear_layer(build_model("mri")) is None
@@ -143,6 +164,9 @@ def test_score_matches_reconstructions_one_to_one():
     assert score.psnr[1] == leakage.PSNR_CAP_DB and score.psnr[2] == pytest.approx(40.0, abs=0.01)
     assert score.ssim[0] == pytest.approx(1.0)
     assert leakage.recovered_share([25.0, 19.0, 40.0, 10.0]) == 0.5
+    # a reconstruction off by a global intensity factor only (invisible to the CNN)
+    dim = leakage.score(originals * 0.8, originals)
+    assert dim.psnr[0] < 30.0 and dim.psnr_scale_aligned[0] == leakage.PSNR_CAP_DB
     assert leakage.mean_guess_psnr(originals.mean(0), originals) < 40.0
 
 
