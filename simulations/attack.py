@@ -60,6 +60,7 @@ class AttackPlan:
     models: tuple[str, ...] = ("study",)
     defenses: tuple[str, ...] = ("none",)
     local_optimizer: str = "adam"
+    attacks: tuple[str, ...] = ("analytic", "optimisation")
     inversion: leakage.InversionConfig = field(default_factory=leakage.InversionConfig)
     seed: int = 0  # seeds the choice of images and the simulated DP noise
 
@@ -79,6 +80,9 @@ class AttackPlan:
         for d in self.defenses:
             if d not in DP_MODES:
                 raise ValueError(f"--defenses {d!r}: one of {', '.join(DP_MODES)}")
+        for a in self.attacks:
+            if a not in ("analytic", "optimisation"):
+                raise ValueError(f"--attacks {a!r}: analytic or optimisation")
         if self.local_optimizer not in OPTIMIZERS:
             raise ValueError(f"--local-optimizer: one of {', '.join(OPTIMIZERS)}")
         if "mlp" in self.models and self.attacked_round > 1:
@@ -283,12 +287,14 @@ def _attack(plan, arch, global_state, seen, training, originals, targets, prior,
         f"({base['local_steps']} local steps)"
     )
     layer = leakage.first_linear_layer(model)
-    if layer is not None:
+    if layer is not None and "analytic" in plan.attacks:
         t0 = time.perf_counter()
         recon = leakage.analytic_recovery(seen, training, layer, b, originals.shape[1:])
         yield _entry(
             base, "analytic", recon, originals, time.perf_counter() - t0, "none", say, label
         )
+    if "optimisation" not in plan.attacks:
+        return
     targets_given = None if (s.modality == "xray" and b == 1) else targets
     last = [0.0]
 
@@ -449,6 +455,7 @@ def plan_from_args(study: Study, args) -> AttackPlan:
         models=names(args.model),
         defenses=defenses,
         local_optimizer=args.local_optimizer,
+        attacks=names(args.attacks),
         inversion=inversion,
         seed=args.seed or 0,
     )

@@ -53,6 +53,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the sites' optimizer: adam is what medfed's sites run; sgd is the setting of "
         "the attacks' papers (default adam)",
     )
+    u.add_argument(
+        "--attacks",
+        default="analytic,optimisation",
+        help="which attacks: analytic (models with a fully connected first layer), "
+        "optimisation, or both (default both)",
+    )
     u.add_argument("--iterations", type=int, help="optimisation iterations per restart")
     u.add_argument("--restarts", type=int, help="optimisation restarts (best objective kept)")
     u.add_argument("--tv-weight", type=float, help="total-variation prior weight")
