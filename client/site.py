@@ -14,6 +14,7 @@ ciphertext with the model update.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,7 +227,7 @@ class Site:
         site shares. The ClientApp and the update-leakage attack both call this."""
         from study.task import build_model, train
 
-        self.check_fault(server_round)
+        fault = self.check_fault(server_round)
         s = self.study
         model = build_model(s.modality)
         model.load_state_dict(global_state)
@@ -245,18 +246,30 @@ class Site:
             device=device,
             proximal_mu=s.proximal_mu if s.strategy == "FedProx" else 0.0,
         )
+        if fault == "nan":
+            import torch
+
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("nan"))
         return LocalUpdate(model=model, train=result, shared=shared, decrypt_s=decrypt_s)
 
     def train_seed(self, server_round: int) -> int:
         return self.study.seed * 100_003 + server_round * 1009 + self.site_id
 
-    def check_fault(self, server_round: int) -> None:
+    def check_fault(self, server_round: int) -> str | None:
+        """Fault injection (`fault-sites`): raise, stall, die, or return "nan"
+        for train_round to send a NaN update."""
         fault = self.study.fault_plan.get(self.site_id)
         if fault is None or fault.round not in (None, server_round):
-            return
-        if fault.stall_s > 0:
+            return None
+        if fault.kind == "stall":
             time.sleep(fault.stall_s)  # a slow or vanished site: the server's round-timeout
-            return
+            return None
+        if fault.kind == "crash":
+            os._exit(70)  # a worker killed mid-round (Ray restarts it for the next round)
+        if fault.kind == "nan":
+            return "nan"
         raise InjectedFault(
             f"site {self.site_id}: injected fault in round {server_round} "
             f"(fault-sites = {self.study.fault_sites!r})"

@@ -41,9 +41,17 @@ from flwr.app import Array, ArrayRecord
 from study.config import Study
 from study.schema import SCHEMA, SchemaError, dumps, loads
 
-# Keys that decide where and how fast a study runs, not what it computes:
-# a study may resume with other values of these.
-RUNTIME_KEYS = ("out-dir", "resume", "num-cpus", "num-gpus", "ray-address", "round-timeout")
+# Keys that decide where and how fast a study runs, not what it computes, and
+# the fault-injection harness: a study may resume with other values of these.
+RUNTIME_KEYS = (
+    "out-dir",
+    "resume",
+    "num-cpus",
+    "num-gpus",
+    "ray-address",
+    "round-timeout",
+    "fault-sites",
+)
 _NAME = re.compile(r"round-(\d+)\.json")
 
 
@@ -203,8 +211,8 @@ class CheckpointStore:
         if manifest.get("study_hash") != study_hash(self.study):
             raise CheckpointError(
                 f"{js}: written for another study configuration; resume with the same "
-                "study settings (only out-dir, num-cpus, num-gpus, ray-address and "
-                "round-timeout may differ) or start a new --out folder"
+                f"study settings (only {', '.join(RUNTIME_KEYS)} may differ) or start a "
+                "new --out folder"
             )
         try:
             blob = npz.read_bytes()

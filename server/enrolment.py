@@ -49,12 +49,12 @@ class SiteDirectory:
                     f'--federation-config "num-supernodes={n}")'
                 )
             time.sleep(1.0)
-        found = self._hello(grid, nodes)
+        found = self._hello(grid, nodes, timeout_s=max(0.0, deadline - time.monotonic()) + 60)
         missing = [node for node in nodes if node not in found]
         if missing:
             raise EnrolmentError(
-                f"{len(missing)} of {n} SuperNodes did not say which site they are within "
-                f"{self.study.round_timeout:g} s (round-timeout)"
+                f"{len(missing)} of {n} SuperNodes did not say which site they are "
+                "(no answer to the enrolment message): see their logs"
             )
         sites = sorted(found.values())
         if sites != list(range(n)):
@@ -69,18 +69,18 @@ class SiteDirectory:
         new = [node for node in grid.get_node_ids() if node not in self.node_site]
         if not new:
             return
-        for node, site in self._hello(grid, new).items():
+        for node, site in self._hello(grid, new, timeout_s=self.study.round_timeout).items():
             for old in [o for o, s in self.node_site.items() if s == site]:
                 del self.node_site[old]  # the site came back on a new node
             self.node_site[node] = site
 
-    def _hello(self, grid: Grid, nodes: Iterable[int]) -> dict[int, int]:
+    def _hello(self, grid: Grid, nodes: Iterable[int], *, timeout_s: float) -> dict[int, int]:
         messages = [
             Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type=HELLO)
             for node in nodes
         ]
         found: dict[int, int] = {}
-        for reply in grid.send_and_receive(messages, timeout=self.study.round_timeout):
+        for reply in grid.send_and_receive(messages, timeout=timeout_s):
             node = reply.metadata.src_node_id
             if reply.has_error() or "identity" not in reply.content:
                 continue

@@ -23,12 +23,12 @@ from server.archive import Archive
 from server.checkpoint import restore_strategy
 from server.enrolment import SiteDirectory
 from server.grid import ReportingGrid
-from server.holdout import HoldoutSource, study_holdout
+from server.holdout import HoldoutSource, study_data_report, study_holdout
 from server.progress import Events
 from server.results import ResultWriter
 from server.strategy import MedfedStrategy, RoundState, StudyStopped, build_strategy
 from study.config import Study
-from study.schema import RoundRecord, Summary
+from study.schema import RoundRecord, Summary, write_json
 from study.task import build_model, evaluate
 
 
@@ -53,6 +53,7 @@ def run_study(
     ckpt = results.resume(template, archive) if study.resume else None
     if not study.resume:
         results.start()
+    write_json(out / "data-report.json", study_data_report(study))
     reporting = ReportingGrid(grid, events)
     directory = SiteDirectory(study)
     directory.enrol_all(reporting)

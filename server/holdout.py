@@ -47,3 +47,17 @@ def study_holdout(study: Study, cache_dir: Path) -> Holdout:
         max_image_pixels=study.max_image_pixels,
     )
     return Holdout(images.images, images.targets, images.bits)
+
+
+def study_data_report(study: Study) -> dict:
+    """What the study's data folder holds, in `medfed data inspect --json`'s
+    shape: usable images, findings, and every skipped file with its reason.
+    The header-level scan, the one every site runs before decoding."""
+    from study.data import data_report, study_data_root
+    from study.data.base import LoadOptions
+
+    options = LoadOptions(
+        max_slices_per_subject=study.max_slices_per_subject,
+        max_image_pixels=study.max_image_pixels,
+    )
+    return data_report(study_data_root(study), study.modality, options, deep=False)

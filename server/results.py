@@ -42,6 +42,7 @@ SERVER_ENTRIES = (
     "phases.jsonl",
     "summary.json",
     "events.jsonl",
+    "data-report.json",
     "report.md",
     "bandwidth.png",
     "task.png",

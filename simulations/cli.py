@@ -59,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medfed: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        # a study that failed or stopped (simulations.supervise.StudyFailed): one line
+        if os.environ.get("MEDFED_DEBUG") or type(exc).__name__ != "StudyFailed":
+            raise
+        print(f"medfed: study failed: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from server.federation import StudyOutcome
 from server.progress import Listener
+from simulations.preflight import check_out_dir
 from study.config import Study
 
 
@@ -26,6 +27,25 @@ def prepare_data(study: Study) -> Path:
     from study.data.home import study_data_root
 
     return study_data_root(study)
+
+
+def check_resumable(study: Study) -> None:
+    """A resumed study's last checkpoint must verify before Ray starts
+    (CheckpointError says why it cannot)."""
+    import torch
+
+    from server.checkpoint import CheckpointStore
+    from study.schema import read_rounds
+    from study.task import build_model
+
+    out = Path(study.out_dir)
+    store = CheckpointStore(out, study)
+    done = {r.round for r in read_rounds(out)}
+    rounds = [r for r in store.rounds() if r in done]
+    if rounds:
+        torch.manual_seed(study.seed)
+        template = {k: v.numpy() for k, v in build_model(study.modality).state_dict().items()}
+        store.load(rounds[-1], template)
 
 
 def backend_config(study: Study) -> dict:
@@ -46,7 +66,14 @@ def backend_config(study: Study) -> dict:
                 )
             init_args["num_gpus"] = gpus
     return {
-        "client_resources": {"num_cpus": study.num_cpus, "num_gpus": study.num_gpus},
+        # max_restarts: Ray starts a new process for a site whose worker died
+        # (killed, out of memory); that round fails for it, the next one runs
+        # (Flower passes client_resources to the actors' options)
+        "client_resources": {
+            "num_cpus": study.num_cpus,
+            "num_gpus": study.num_gpus,
+            "max_restarts": -1,
+        },
         "init_args": init_args,
     }
 
@@ -65,7 +92,10 @@ def run_simulated_study(
         logging.getLogger("flwr").setLevel(logging.ERROR)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    check_out_dir(study.out_dir)  # before anything starts: one clear line
     backend = backend_config(study)  # a bad GPU setting fails before any work
+    if study.resume:
+        check_resumable(study)
     prepare_data(study)
     outcomes: list[StudyOutcome] = []
     t0 = time.perf_counter()

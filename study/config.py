@@ -74,7 +74,8 @@ class Fault:
     """Fault injection for one site (`fault-sites`)."""
 
     round: int | None  # None: every round
-    stall_s: float = 0.0  # 0: raise; > 0: answer that many seconds late
+    stall_s: float = 0.0  # > 0: answer that many seconds late
+    kind: str = "raise"  # raise | stall | nan (send a NaN update) | crash (the process dies)
 
 
 class StudyError(ValueError):
@@ -283,18 +284,25 @@ class Study:
     @property
     def fault_plan(self) -> dict[int, Fault]:
         """Fault injection, e.g. "2" (site 2 fails every round), "1:round=2" (site 1
-        fails in round 2), "1:round=2:stall=30" (site 1 answers round 2 30 s late)."""
+        fails in round 2), "1:round=2:stall=30" (answers round 2 30 s late),
+        "1:round=2:nan" (sends a NaN model update), "1:round=2:crash" (its
+        process dies, as when a worker is killed)."""
         plan: dict[int, Fault] = {}
-        example = "e.g. '2', '1:round=2' or '1:round=2:stall=30' (comma-separated)"
+        example = (
+            "e.g. '2', '1:round=2', '1:round=2:stall=30', '1:round=2:nan' or "
+            "'1:round=2:crash' (comma-separated)"
+        )
         for item in filter(None, (s.strip() for s in self.fault_sites.split(","))):
             site_text, *options = item.split(":")
             try:
                 site = int(site_text)
-                opts = dict(o.split("=", 1) for o in options)
-                if set(opts) - {"round", "stall"}:
+                flags = {o for o in options if "=" not in o}
+                opts = dict(o.split("=", 1) for o in options if "=" in o)
+                if set(opts) - {"round", "stall"} or flags - {"nan", "crash"} or len(flags) > 1:
                     raise ValueError
                 rnd = int(opts["round"]) if "round" in opts else None
                 stall = float(opts.get("stall", 0.0))
+                kind = flags.pop() if flags else ("stall" if stall > 0 else "raise")
             except ValueError:
                 raise StudyError(
                     f"fault-sites = {self.fault_sites!r} is not allowed: {example}"
@@ -303,7 +311,7 @@ class Study:
                 raise StudyError(f"fault-sites: site {site} is outside 0..{self.num_sites - 1}")
             if not 0 <= stall <= 3600:
                 raise StudyError(f"fault-sites: stall={stall:g} must be 0 to 3600 seconds")
-            plan[site] = Fault(rnd, stall)
+            plan[site] = Fault(rnd, stall, kind)
         return plan
 
 

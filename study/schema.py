@@ -131,10 +131,14 @@ def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
-    """(line number, document) of each non-empty line; a damaged line is a
-    SchemaError naming the file and line."""
+    """(line number, document) of each complete line; a damaged line is a
+    SchemaError naming the file and line. A last line without its newline
+    is a write that was cut short (a killed process, a full disk): medfed
+    writes each line with its newline in one call, so it is left out."""
     with open(path) as fh:
         for number, line in enumerate(fh, 1):
+            if not line.endswith("\n"):
+                return
             if line.strip():
                 yield number, loads(line, source=f"{path}, line {number}")
 

@@ -98,7 +98,9 @@ def test_fault_plan_parsing():
     study = Study(num_sites=4, fault_sites="1:round=2, 3")
     assert study.fault_plan == {1: Fault(2), 3: Fault(None)}
     slow = Study(num_sites=4, fault_sites="1:round=2:stall=30")
-    assert slow.fault_plan == {1: Fault(2, 30.0)}
+    assert slow.fault_plan == {1: Fault(2, 30.0, "stall")}
+    assert Study(num_sites=4, fault_sites="2:nan").fault_plan == {2: Fault(None, 0.0, "nan")}
+    assert Study(num_sites=4, fault_sites="0:round=3:crash").fault_plan[0].kind == "crash"
 
 
 @pytest.mark.parametrize(

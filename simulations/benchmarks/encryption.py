@@ -8,6 +8,7 @@ import inspect
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,73 @@ def _images(source: str, n: int, size: int, seed: int) -> tuple[np.ndarray, int]
     from study.data import sample_images
 
     return sample_images(source, n, size, seed)
+
+
+def site_images(
+    source: str, n_fit: int, n_test: int, size: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(fit images, unseen images, bits) of ONE site, disjoint by patient.
+
+    Phantom sources are generated as one institution (one scanner) with enough
+    patients; a dataset folder is read as it is. Patients are shuffled with
+    `seed`; whole patients go to the unseen set until it holds `n_test` images,
+    the rest to the fit set (at most `n_fit` of each). Two `sample_images`
+    calls with different seeds would not do: they draw phantoms of two
+    scanners, i.e. two sites, and from a folder they may share images. The
+    package samples have no patients: their images are split in order.
+    """
+    import tempfile
+
+    from study.data.api import build_imageset, open_dataset
+    from study.data.base import LoadOptions
+
+    if n_fit < 1 or n_test < 1:
+        raise ValueError(f"need at least one fit and one unseen image, got {n_fit} and {n_test}")
+    if source in ("pydicom-samples", "nibabel-samples"):
+        images, bits = _images(source, n_fit + n_test, size, seed)
+        if len(images) < 2:
+            raise ValueError(f"{source}: {len(images)} image(s), too few to split")
+        cut = min(n_test, len(images) // 2)
+        return images[cut : cut + n_fit], images[:cut], bits
+
+    def split(root: Path) -> tuple[np.ndarray, np.ndarray, int]:
+        reader, scan = open_dataset(root)
+        imageset = build_imageset(
+            reader, list(scan.records), image_size=size, options=LoadOptions(8)
+        )
+        patients = np.asarray(imageset.patient_ids)
+        order = np.random.default_rng([seed, 17]).permutation(np.unique(patients))
+        test: list[int] = []
+        fit: list[int] = []
+        for patient in order:
+            (test if len(test) < n_test else fit).extend(np.flatnonzero(patients == patient))
+        if not fit:
+            raise ValueError(
+                f"{source}: {len(imageset)} images, too few for a fit and an unseen set"
+            )
+        images = imageset.images
+        return images[np.sort(fit)[:n_fit]], images[np.sort(test)[:n_test]], imageset.bits
+
+    if source in ("phantom-xray", "phantom-xray-dicom", "phantom-mri"):
+        with tempfile.TemporaryDirectory(prefix="medfed-site-") as tmp:
+            if source == "phantom-mri":  # up to 8 slices per subject
+                from study.data.phantom_mri import write_mri_phantoms
+
+                subjects = math.ceil((n_fit + n_test) / 8) + 2
+                write_mri_phantoms(tmp, subjects=subjects, size=size, institutions=1, seed=seed)
+            else:  # 1 to 3 images per patient, 1.75 on average
+                from study.data.phantom_xray import write_xray_phantoms
+
+                fmt = "dicom" if source.endswith("dicom") else "png"
+                patients = math.ceil((n_fit + n_test) / 1.5) + 8
+                write_xray_phantoms(
+                    tmp, patients=patients, size=size, institutions=1, seed=seed, image_format=fmt
+                )
+            return split(Path(tmp))
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return split(path)
+    raise ValueError(f"unknown image source {source!r}; valid: {', '.join(SOURCES)} or a folder")
 
 
 def _accepts(cls: type, key: str) -> bool:
@@ -267,27 +335,35 @@ def run_rate_distortion(
     curve_sources: tuple[str, ...] = ("phantom-xray",),
     fit_time_limit_s: float | None = None,
     variants: dict[str, dict[str, Any]] | None = None,
+    fit_images: int | None = None,
+    variant_sources: tuple[str, ...] | None = None,
+    pictures_dir: Path | None = None,
     progress: Progress = _quiet,
 ) -> dict[str, Any]:
     """Bits per pixel, PSNR and SSIM of every method on every image source, with the
     lossless codecs and raw size as references; on `security_sources` the full
-    encryption.evaluate document (security statistics, known-plaintext attack).
+    encryption.evaluate document (security statistics, known-plaintext attack)
+    and, with `pictures_dir`, the method pictures there
+    (`rate-distortion-<source>.png`, see simulations.benchmarks.pictures).
+    `fit_images`: learned methods fit on this many images of the same site,
+    other patients than the `images` evaluated (default: as many); the attacker
+    leaks as many pairs as there are evaluated images.
     `epochs`: of every learned fit; None keeps each method's default.
     `codec_targets`: extra target_psnr_db settings of learned-codec-aes (a curve on
     `curve_sources`).
     `fit_time_limit_s`: training time cap of each learned fit (methods that have one).
     `variants`: label -> {"method": name, "config": {...}}, other configurations of
-    a method (e.g. deepedn's faithful "paper" preset), evaluated on `security_sources`
-    next to the methods, under their label."""
+    a method (e.g. deepedn's faithful "paper" preset), evaluated next to the
+    methods, under their label, on `variant_sources` (default: `security_sources`)."""
     from encryption.evaluate import evaluate, evaluate_method
     from encryption.registry import encryptor_class
 
     training = {"time_limit_s": fit_time_limit_s} if fit_time_limit_s else {}
     out: dict[str, Any] = {}
+    variant_sources = security_sources if variant_sources is None else variant_sources
     for source in sources:
         try:
-            x, bits = _images(source, images, size, 0)
-            fit_x, _ = _images(source, images, size, 1)
+            fit_x, x, bits = site_images(source, fit_images or images, images, size, 0)
         except Exception as exc:  # noqa: BLE001 - a source missing here is recorded
             out[source] = {"error": f"{type(exc).__name__}: {exc}"}
             progress(f"rate-distortion: {source} unavailable: {exc}")
@@ -308,18 +384,21 @@ def run_rate_distortion(
                 if cls.learned:
                     configs[n] = {"epochs": epochs} if epochs is not None else {}
                     configs[n].update({k: v for k, v in training.items() if _accepts(cls, k)})
+            pictures: dict[str, Any] = {}
             doc = evaluate(
                 methods,
                 x,
                 bits,
                 data=source,
                 fit_images=fit_x,
+                kpa_pairs=len(x),
                 kpa_seconds=kpa_seconds,
                 repeats=3,
                 configs=configs,
                 progress=lambda m, s=source: progress(f"  {s}: {m}"),
+                pictures=pictures,
             )
-            for label, variant in (variants or {}).items():
+            for label, variant in (variants or {}).items() if source in variant_sources else ():
                 progress(f"  {source}: {label}")
                 configs[label] = dict(variant["config"])
                 doc["methods"][label] = evaluate_method(
@@ -327,12 +406,24 @@ def run_rate_distortion(
                     x,
                     bits,
                     fit_images=fit_x,
+                    kpa_pairs=len(x),
                     kpa_seconds=kpa_seconds,
                     repeats=3,
                     config=configs[label],
                     progress=lambda m, s=source: progress(f"  {s}: {m}"),
+                    pictures=pictures,
                 )
             entry["evaluate"] = doc
+            if pictures_dir is not None:
+                from simulations.benchmarks.pictures import method_pictures
+
+                png = method_pictures(
+                    pictures,
+                    bits,
+                    Path(pictures_dir) / f"rate-distortion-{source}.png",
+                    f"{source}, {size} px, {bits}-bit",
+                )
+                entry["pictures"] = png.name
             for name, m in doc["methods"].items():
                 entry["methods"][name] = {
                     "bpp": m["size"]["bpp"],
@@ -363,6 +454,7 @@ def run_rate_distortion(
     return {
         "size": size,
         "images": images,
+        "fit_images": fit_images or images,
         "epochs": epochs,
         "fit_time_limit_s": fit_time_limit_s,
         "variants": variants or {},

@@ -25,6 +25,7 @@ from simulations.benchmarks.sections_federation import (
     federation_section,
     gpu_section,
 )
+from simulations.benchmarks.sections_learning import learning_curves_section
 from simulations.benchmarks.tables import fmt, fmt_ratio, table
 from simulations.benchmarks.verdicts import TARGET_NOTES, headline, secure_verdict, targets
 
@@ -81,7 +82,8 @@ def render_report(
     speed_section(docs, add, plot_dir, rel)
     rate_distortion_section(docs, add, plot_dir, rel)
     lossless_codecs_section(docs, add, plot_dir, rel)
-    security_section(docs, add)
+    security_section(docs, add, plot_dir, rel, results_dir)
+    learning_curves_section(docs, add, plot_dir, rel)
     data_section(docs, add)
     federation_section(docs, add, plot_dir, rel)
     gpu_section(docs, add)

@@ -9,6 +9,7 @@ relative to the page."""
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -189,8 +190,16 @@ def rate_distortion_section(docs, add: Callable[[str], None], plot_dir: Path, re
     add(reproduce_line(doc, "rate-distortion") + "\n")
 
 
-def security_section(docs, add: Callable[[str], None]) -> None:
-    """Security statistics, known-plaintext attack and verdict of every method per source."""
+def security_section(
+    docs,
+    add: Callable[[str], None],
+    plot_dir: Path | None = None,
+    rel: Path | None = None,
+    results_dir: Path | None = None,
+) -> None:
+    """Security statistics, known-plaintext attack and verdict of every method per
+    source, and the method pictures the benchmark wrote beside its result file
+    (copied from `results_dir` into `plot_dir`)."""
     doc = docs.get("rate-distortion")
     add("## Security statistics and known-plaintext attack\n")
     if doc is None or failure_line(doc):
@@ -246,4 +255,15 @@ def security_section(docs, add: Callable[[str], None]) -> None:
             )
             + "\n"
         )
+        picture = Path(results_dir or ".") / entry.get("pictures", "")
+        if entry.get("pictures") and plot_dir is not None and picture.is_file():
+            plot_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(picture, plot_dir / picture.name)
+            add(
+                "What each method does to one unseen image: original, cipher view (what the "
+                "statistics above and the attacker see), decrypted image (its PSNR), the "
+                "absolute difference (scaled to its maximum), and the known-plaintext "
+                "attacker's reconstruction (its PSNR); channel 0 of multi-channel images.\n"
+            )
+            add(f"![method pictures on {source}]({(rel or plot_dir) / picture.name})\n")
     add(reproduce_line(doc, "rate-distortion") + "\n")

@@ -3,6 +3,7 @@ running them (each writes benchmarks/results/<name>.json)."""
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,10 +30,17 @@ def _speed(s: dict, progress: Progress) -> dict:
     return run_speed(_methods(), progress=progress, **s)
 
 
-def _rate_distortion(s: dict, progress: Progress) -> dict:
+def _rate_distortion(s: dict, progress: Progress, results_dir: Path = RESULTS_DIR) -> dict:
     from simulations.benchmarks.encryption import run_rate_distortion
 
-    return run_rate_distortion(_methods(), progress=progress, **s)
+    # the method pictures go beside the result file (the report copies them)
+    return run_rate_distortion(_methods(), progress=progress, pictures_dir=results_dir, **s)
+
+
+def _learning_curves(s: dict, progress: Progress) -> dict:
+    from simulations.benchmarks.learning_curves import run_learning_curves
+
+    return run_learning_curves(progress=progress, **s)
 
 
 def _lossless_codecs(s: dict, progress: Progress) -> dict:
@@ -107,8 +115,10 @@ BENCHMARKS: dict[str, tuple[Callable[[dict, Progress], dict], dict, dict]] = {
             "size": 64,
             "images": 24,
             "epochs": None,
+            "fit_images": 384,
             "kpa_seconds": 60.0,
-            "security_sources": ("phantom-xray",),
+            "security_sources": ("phantom-xray", "phantom-mri"),
+            "variant_sources": ("phantom-xray",),
             "codec_targets": (30.0, 35.0, 45.0),
             "fit_time_limit_s": 45.0,
             "variants": {
@@ -123,7 +133,8 @@ BENCHMARKS: dict[str, tuple[Callable[[dict, Progress], dict], dict, dict]] = {
             "images": 12,
             "epochs": 5,
             "kpa_seconds": 5.0,
-            "security_sources": ("phantom-xray",),
+            "security_sources": ("phantom-xray", "phantom-mri"),
+            "variant_sources": ("phantom-xray",),
             "codec_targets": (),
             "fit_time_limit_s": 10.0,
             "variants": {
@@ -132,6 +143,29 @@ BENCHMARKS: dict[str, tuple[Callable[[dict, Progress], dict], dict, dict]] = {
                     "config": {"preset": "paper", "time_limit_s": 10.0},
                 }
             },
+        },
+    ),
+    # Time budget: each fit on n images at most max(min_cpu_s, cpu_s_per_image * n)
+    # CPU seconds (convergence ends many earlier): 2 sources x 4 lossy variants x
+    # (12 + 48 + 192) s + the quick invertible fits = at most 34 CPU minutes, about
+    # 20 min on 2 idle cores with data and evaluation.
+    "learning-curves": (
+        _learning_curves,
+        {
+            "sources": ("phantom-xray", "phantom-mri"),
+            "size": 64,
+            "sizes": (24, 96, 384),
+            "test_images": 64,
+            "cpu_s_per_image": 0.5,
+            "min_cpu_s": 10.0,
+        },
+        {
+            "sources": ("phantom-xray", "phantom-mri"),
+            "size": 32,
+            "sizes": (16, 32),
+            "test_images": 16,
+            "cpu_s_per_image": 0.1,
+            "min_cpu_s": 2.0,
         },
     ),
     "lossless-codecs": (
@@ -204,7 +238,10 @@ def run_benchmark(
     settings = dict(reduced if quick else full)
     settings.update(overrides or {})
     start = time.perf_counter()
-    results = fn(settings, progress)
+    if "results_dir" in inspect.signature(fn).parameters:  # it writes files beside its JSON
+        results = fn(settings, progress, results_dir=Path(results_dir))
+    else:
+        results = fn(settings, progress)
     seconds = time.perf_counter() - start
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
     doc = result_document(

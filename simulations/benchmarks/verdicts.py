@@ -271,6 +271,23 @@ def targets(docs) -> str:
                     "yes" if ratio <= 1 + TARGET_LOSSLESS_WITHIN else f"no, {ratio:.3f}x",
                 ]
             )
+    lc = docs.get("learning-curves")
+    if lc and "sources" in lc["results"]:
+        from simulations.benchmarks.learning_curves import target_rows
+
+        for label, target, got, how in target_rows(lc["results"]):
+            met = "yes" if got is not None and got >= target else "no"
+            if got is None:
+                met = "n/a"
+            elif met == "no":
+                met += f", {target - got:.2f} dB short"
+            rows.append(
+                [
+                    f"`{label}` >= {target:g} dB on unseen phantom X-rays (learning curves)",
+                    "not measured" if got is None else f"{got:.2f} dB ({how})",
+                    met,
+                ]
+            )
     return table(["target", "measured", "met?"], rows) if rows else "_No results yet._"
 
 

@@ -17,16 +17,12 @@ from typing import Any
 from simulations.benchmarks.tables import fmt
 
 
-def load_images(source: str, n: int, size: int, seed: int):
-    """Images from `client.data.sample_images` (imported lazily: the
-    encryption benchmark needs no other client code)."""
-    try:
-        from client.data import sample_images
-    except ImportError as exc:
-        raise ValueError(
-            f"cannot load images from {source!r}: client.data.sample_images is not available ({exc})"
-        ) from None
-    return sample_images(source, n, size, seed)
+def site_split(source: str, n_fit: int, n_test: int, size: int, seed: int):
+    """(fit images, evaluated images, bits) of one site, disjoint by patient
+    (`simulations.benchmarks.encryption.site_images`)."""
+    from simulations.benchmarks.encryption import site_images
+
+    return site_images(source, n_fit, n_test, size, seed)
 
 
 # (column header, getter, digits)
@@ -96,15 +92,14 @@ def run_encryption(args: argparse.Namespace) -> int:
         raise ValueError(f"--images must be at least 4, got {args.images}")
     if args.size < 16:
         raise ValueError(f"--size must be at least 16, got {args.size}")
+    n_fit = args.images if args.fit_images is None else args.fit_images
+    if n_fit < 4:
+        raise ValueError(f"--fit-images must be at least 4, got {n_fit}")
     names = resolve_methods(args.methods)
     console.print(
-        f"[bold]bench encryption[/]: {args.images} + {args.images} images of {args.size} px "
+        f"[bold]bench encryption[/]: {args.images} images + {n_fit} fit images of {args.size} px "
         f"from {args.data}; methods: {', '.join(names)}"
     )
-    images, bits = load_images(args.data, args.images, args.size, args.seed)
-    # A second, disjoint sample of the same site: fitting set of learned
-    # methods and the attacker's leaked plaintexts.
-    fit_images, _ = load_images(args.data, args.images, args.size, args.seed + 1)
     configs: dict[str, dict[str, Any]] = {}
     if args.epochs is not None:
         configs = {n: {"epochs": args.epochs} for n in names if encryptor_class(n).learned}
@@ -120,6 +115,10 @@ def run_encryption(args: argparse.Namespace) -> int:
             get_encryptor(method, **config)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"--config for {method}: {exc}") from None
+    # One site's images, disjoint by patient: the fitting set of learned
+    # methods (and the attacker's leaked plaintexts), and the images evaluated.
+    fit_images, images, bits = site_split(args.data, n_fit, args.images, args.size, args.seed)
+    pictures: dict = {}
     doc = evaluate(
         names,
         images,
@@ -131,11 +130,13 @@ def run_encryption(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         configs=configs,
         progress=lambda msg: console.print(f"  {msg}"),
+        pictures=pictures,
     )
     doc["details"] = {
         "size": args.size,
         "bits": bits,
         "seed": args.seed,
+        "fit_images": int(len(fit_images)),
         "kpa_seconds": args.kpa_seconds,
         "epochs": args.epochs,
         "configs": configs,
@@ -146,6 +147,12 @@ def run_encryption(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=2) + "\n")
         console.print(f"wrote {out}")
+        from simulations.benchmarks.pictures import method_pictures
+
+        png = method_pictures(
+            pictures, bits, out.with_suffix(".png"), f"{args.data}, {args.size} px, {bits}-bit"
+        )
+        console.print(f"wrote {png}")
     return 0
 
 
@@ -165,7 +172,16 @@ def register_encryption(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--methods", default="all", help="'all' or comma-separated method names")
     parser.add_argument("--images", type=int, default=32, help="images to evaluate (default 32)")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    parser.add_argument("--out", help="write the JSON document here")
+    parser.add_argument(
+        "--fit-images",
+        type=int,
+        default=None,
+        help="images of the same site (other patients) that learned methods fit on and the "
+        "attacker leaks (default: as many as --images)",
+    )
+    parser.add_argument(
+        "--out", help="write the JSON document here, and the method pictures beside it (.png)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="image sampling seed (default 0)")
     parser.add_argument(
         "--epochs",
@@ -201,7 +217,7 @@ def register_encryption(sub: argparse._SubParsersAction) -> None:
 
 # Other benchmark sub-commands (data, federation, all) add themselves here.
 def register_suite(sub: argparse._SubParsersAction) -> None:
-    """all, report, speed, rate-distortion, data, federation-*, bandwidth, gpu."""
+    """all, report, speed, rate-distortion, learning-curves, data, federation-*, bandwidth, gpu."""
     from simulations.commands.bench_suite import add_bench_commands
 
     add_bench_commands(sub)

@@ -1,4 +1,4 @@
-"""`medfed bench all|report|speed|rate-distortion|data|federation-overhead|
+"""`medfed bench all|report|speed|rate-distortion|learning-curves|data|federation-overhead|
 federation-scaling|bandwidth|gpu`: the benchmark suite (simulations.benchmarks).
 
     medfed bench all [--quick] [--only a,b] [--results DIR] [--doc FILE]
@@ -22,6 +22,7 @@ HELP = {
     "speed": "encryption throughput vs aes-gcm; learned FLOPs vs a plain convolution",
     "rate-distortion": "bpp vs PSNR/SSIM on phantoms and package samples; security and KPA",
     "lossless-codecs": "lossless-aes's codec rule: every candidate codec's bytes and speed per corpus",
+    "learning-curves": "learned methods: PSNR on fit and unseen images vs training images, epochs",
     "data": "decode throughput of PNG, DICOM and NIfTI (study.data.bench)",
     "federation-overhead": "Flower/Ray study vs the same work in a plain PyTorch loop",
     "federation-scaling": "wall time and peak memory with 8..512 simulated sites",

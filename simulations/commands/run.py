@@ -62,7 +62,7 @@ def load_study(path: str, overrides: list[str], out: str | None, resume: bool = 
 
 
 def main(args: argparse.Namespace) -> int:
-    from simulations.runner import run_simulated_study
+    from simulations.supervise import run_study_process
 
     # a StudyError is a ValueError: the CLI prints it as one line
     study = load_study(args.study, args.overrides, args.out, args.resume)
@@ -74,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
     )
     display = ProgressDisplay(study, console, enabled=not args.quiet)
     with display:
-        result = run_simulated_study(study, display.update)
+        result = run_study_process(study, display.update)
     Console().print(result_table(study, result.rounds))
     console.print(f"results: {study.out_dir}/summary.json  ({result.wall_seconds:.1f} s)")
     return 0

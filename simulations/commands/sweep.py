@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from simulations.runner import run_simulated_study
+    from simulations.supervise import run_study_process
     from simulations.sweep import Sweep, comparison_row, write_comparison
 
     sweep = Sweep.from_toml(args.sweep, args.out)  # StudyError is a ValueError
@@ -31,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
     for i, point in enumerate(points, 1):
         study = sweep.study(point)
         console.print(f"[bold]{sweep.name}[/] {i}/{len(points)}: {Sweep.label(point)}")
-        result = run_simulated_study(study)
+        result = run_study_process(study)
         rows.append(comparison_row(point, study, result.summary))
         write_comparison(sweep, rows)  # partial results survive an interrupted sweep
     path = write_comparison(sweep, rows)
