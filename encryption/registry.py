@@ -54,9 +54,12 @@ def _load_methods() -> None:
 
 
 def list_encryptors() -> list[str]:
-    """Registered method names, in registration order."""
+    """Registered method names: those of `_METHOD_MODULES` in that order (not in
+    the order something happened to import them), then any other in
+    registration order."""
     _load_methods()
-    return list(_REGISTRY)
+    rank = {module: i for i, module in enumerate(_METHOD_MODULES)}
+    return sorted(_REGISTRY, key=lambda name: rank.get(_REGISTRY[name].__module__, len(rank)))
 
 
 def encryptor_class(name: str) -> type[Encryptor]:

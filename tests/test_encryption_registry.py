@@ -62,3 +62,16 @@ def test_every_method_has_a_docstring_and_flags():
         assert cls.name == name
         assert isinstance(cls.lossless, bool) and isinstance(cls.deterministic, bool)
         assert isinstance(cls.learned, bool)
+
+
+def test_order_is_the_registry_modules_whatever_was_imported_first():
+    import importlib
+
+    import encryption.methods.learned_codec_aes  # noqa: F401 - imported out of order on purpose
+    from encryption import registry
+
+    names = list_encryptors()
+
+    order = [registry.encryptor_class(n).__module__ for n in names]
+    expected = [importlib.import_module(m).__name__ for m in registry._METHOD_MODULES]
+    assert order[: len(expected)] == expected  # the project's first, in registry order
