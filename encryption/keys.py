@@ -6,7 +6,6 @@ Learned weights are key material: the bundle never goes into a message.
 
 from __future__ import annotations
 
-import io
 import os
 import secrets
 from pathlib import Path
@@ -55,30 +54,24 @@ def _write_private(path: Path, data: bytes) -> None:
 def save_key_bundle(
     path: str | os.PathLike, key: bytes, method: str, state: dict[str, Any] | None = None
 ) -> Path:
-    """Write key + method + encryptor state to `path` (mode 0600)."""
-    import torch  # local: key handling without learned methods needs no torch
+    """Write key + method + encryptor state to `path` (mode 0600), in the
+    pickle-free decryption-material format (encryption/material.py)."""
+    from encryption.material import DecryptionMaterial
 
     if len(key) != KEY_BYTES:
         raise ValueError(f"site key must be {KEY_BYTES} bytes")
-    buf = io.BytesIO()
-    torch.save(
-        {
-            "format": "medfed-key-bundle",
-            "version": 1,
-            "key": bytes(key),
-            "method": method,
-            "state": state or {},
-        },
-        buf,
-    )
     path = Path(path)
-    _write_private(path, buf.getvalue())
+    _write_private(path, DecryptionMaterial(bytes(key), method, dict(state or {})).to_bytes())
     return path
 
 
 def load_key_bundle(path: str | os.PathLike) -> tuple[bytes, str, dict[str, Any]]:
-    """Read a bundle written by `save_key_bundle`: (key, method, state)."""
-    import torch
+    """Read a bundle written by `save_key_bundle`: (key, method, state).
+
+    Nothing is unpickled: a bundle in the old torch.save format is refused
+    with a message to start a new out-dir (its key cannot be trusted to a
+    loader that runs code)."""
+    from encryption.material import MAGIC, DecryptionMaterial, MaterialError
 
     path = Path(path)
     if not path.is_file():
@@ -88,15 +81,14 @@ def load_key_bundle(path: str | os.PathLike) -> tuple[bytes, str, dict[str, Any]
         raise PermissionError(
             f"key bundle {path} is readable by others (mode {mode:o}); chmod 600 it"
         )
+    data = path.read_bytes()
+    if not data.startswith(MAGIC):
+        raise ValueError(
+            f"{path}: not a medfed key bundle of this version (an older, pickle-based bundle "
+            "is not read); start the study in a new out-dir"
+        )
     try:
-        doc = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        material = DecryptionMaterial.from_bytes(data)
+    except MaterialError as exc:
         raise ValueError(f"{path}: not a medfed key bundle ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("format") != "medfed-key-bundle":
-        raise ValueError(f"{path}: not a medfed key bundle")
-    key, method, state = doc.get("key"), doc.get("method"), doc.get("state")
-    if not isinstance(key, bytes) or len(key) != KEY_BYTES:
-        raise ValueError(f"{path}: key must be {KEY_BYTES} bytes")
-    if not isinstance(method, str) or not isinstance(state, dict):
-        raise ValueError(f"{path}: bundle needs a method name and a state dict")
-    return key, method, state
+    return material.key, material.method, material.state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,3 +58,20 @@ def test_missing_and_foreign_bundles(tmp_path):
     junk.chmod(0o600)
     with pytest.raises(ValueError, match="not a medfed key bundle"):
         load_key_bundle(junk)
+
+
+def test_an_old_pickle_bundle_is_refused_without_being_loaded(tmp_path):
+    """A bundle in torch.save (pickle) format is never unpickled: a crafted
+    one cannot run code on the site that reads it."""
+    marker = tmp_path / "owned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    path = tmp_path / "key.bundle"
+    torch.save({"format": "medfed-key-bundle", "payload": Payload()}, path)
+    path.chmod(0o600)
+    with pytest.raises(ValueError, match="older, pickle-based bundle is not read"):
+        load_key_bundle(path)
+    assert not marker.exists()
