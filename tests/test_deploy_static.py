@@ -192,8 +192,10 @@ def test_node_config_matches_the_number_of_hospitals(services):
     seen = []
     for name, svc in hospitals.items():
         cmd = svc["command"]
-        cfg = dict(kv.split("=") for kv in _opt(cmd, "--node-config").split())
-        assert set(cfg) == {"partition-id", "num-partitions"}, name
+        from flwr.common.config import parse_config_args
+
+        cfg = parse_config_args([_opt(cmd, "--node-config")])  # as flower-supernode reads it
+        assert set(cfg) == {"partition-id", "num-partitions", "identity-dir"}, name
         assert int(cfg["num-partitions"]) == n, name
         pid = int(cfg["partition-id"])
         seen.append(pid)
@@ -201,7 +203,7 @@ def test_node_config_matches_the_number_of_hospitals(services):
         # its own key, the one registered for this partition; the CA from its own folder
         assert _opt(cmd, "--auth-supernode-private-key") == f"/certs/site-{pid}.key"
         assert _opt(cmd, "--root-certificates") == f"/certs/site-{pid}/ca.crt"
-        assert svc["environment"]["MEDFED_IDENTITY_DIR"] == f"/certs/site-{pid}"
+        assert cfg["identity-dir"] == f"/certs/site-{pid}"  # its grant identity folder
     assert sorted(seen) == list(range(n))
     register = services["register"]["command"]
     assert [t for t in register if t.endswith(".pub")] == [f"/certs/site-{i}.pub" for i in range(n)]

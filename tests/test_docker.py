@@ -46,9 +46,10 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 # What the consortium and fault checks wait on (they are expected to fail until then):
 WAITS_FOR_GRANTS = (
-    "waits on key grants through the server (a site reads its own identity from "
-    "MEDFED_IDENTITY_DIR and never a peer's folder) and on grant bytes and peers' "
-    "reconstruction in rounds.jsonl"
+    "waits on key grants through the server (a site reads its own identity from node-config "
+    "identity-dir and never a peer's folder), on `medfed deploy certs` certifying the "
+    "identities for the submitted study (the certs service makes them for 'demo'), and on "
+    "grant bytes and peers' reconstruction in rounds.jsonl"
 )
 WAITS_FOR_ROUND_TIMEOUT = (
     "waits on the server's handling of a stopped SuperNode: seen with the lead's round-timeout "
