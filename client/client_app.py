@@ -2,10 +2,13 @@
 
 Messages it answers:
 - `query.hello`: which site this SuperNode is (its `partition-id`) and of how
-  many (`num-partitions`): the server enrols sites by it;
-- `train`: one round of local work (`Site.train_round`); the reply carries
-  `arrays` (the model update), `metrics` (numbers only), `shared` (the
-  ciphertext containers, when the study exchanges images);
+  many (`num-partitions`), and its identity certificate when the study has
+  grants: the server enrols sites by it;
+- `train`: one round of local work (`Site.train_round`); the message may
+  carry `peers` (peers' ciphertext) and `keys` (grants delivered, the
+  certificates involved, grants asked for); the reply carries `arrays` (the
+  model update), `metrics` (numbers only), `shared` (the ciphertext
+  containers, when the study exchanges images) and `grants` (sealed);
 - `evaluate`: the global model on the site's own test patients.
 Every reply passes through `site_reply_mod`, which adds `status` (the site
 id, and the error text instead of a crash, so the server can report which
@@ -16,20 +19,48 @@ folder.
 from __future__ import annotations
 
 import traceback
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.site import Site
+from client import audit
+from client.site import KeyMessages, Site
 from study.config import Study
 from study.task import build_model, evaluate
 
 
+def _study(context: Context, study: Study | None) -> Study:
+    return study or Study.from_mapping(dict(context.run_config), source="run config")
+
+
 def _site(context: Context, study: Study | None) -> Site:
-    study = study or Study.from_mapping(dict(context.run_config), source="run config")
+    study = _study(context, study)
     node = context.node_config
-    return Site(study, int(node["partition-id"]), int(node.get("num-partitions", study.num_sites)))
+    identity = node.get("identity-dir")
+    return Site(
+        study,
+        int(node["partition-id"]),
+        int(node.get("num-partitions", study.num_sites)),
+        identity_dir=Path(str(identity)) if identity else None,
+    )
+
+
+def _key_messages(record: ConfigRecord | None) -> KeyMessages:
+    keys = KeyMessages()
+    if record is None:
+        return keys
+    for name, value in record.items():
+        if name.startswith("grant/"):
+            _, grantor, version = name.split("/")
+            keys.delivered[(grantor, int(version))] = value
+        elif name.startswith("cert/"):
+            keys.certificates[name.split("/", 1)[1]] = value
+    if "request-version" in record:
+        keys.request_version = int(record["request-version"])
+        keys.request_grantees = tuple(str(record["request-grantees"]).split(","))
+    return keys
 
 
 def site_reply_mod(msg: Message, context: Context, call_next) -> Message:
@@ -38,7 +69,8 @@ def site_reply_mod(msg: Message, context: Context, call_next) -> Message:
     names its site."""
     site = int(context.node_config["partition-id"])
     try:
-        reply = call_next(msg, context)
+        with audit.site_scope(f"site-{site}"):
+            reply = call_next(msg, context)
     except Exception as exc:  # noqa: BLE001 - reported per site in rounds.jsonl
         status = ConfigRecord({"site": site, "error": _describe(exc)})
         return Message(content=RecordDict({"status": status}), reply_to=msg)
@@ -57,6 +89,9 @@ def build_client_app(study: Study | None = None) -> ClientApp:
         identity = ConfigRecord(
             {"site": int(node["partition-id"]), "sites": int(node.get("num-partitions", 0))}
         )
+        the_study = _study(context, study)
+        if the_study.grant_pairs(auditor=True):  # the study has grants: say who this site is
+            identity["certificate"] = _site(context, study).keys.certificate_pem()
         return Message(content=RecordDict({"identity": identity}), reply_to=msg)
 
     @app.train()
@@ -72,7 +107,11 @@ def build_client_app(study: Study | None = None) -> ClientApp:
                 if k.endswith("-images")
             }
         update = site.train_round(
-            msg.content["arrays"].to_torch_state_dict(), rnd, received, device=_device(site.study)
+            msg.content["arrays"].to_torch_state_dict(),
+            rnd,
+            received,
+            keys=_key_messages(msg.content.get("keys")),
+            device=_device(site.study),
         )
         result, shared = update.train, update.shared
         metrics = {
@@ -96,6 +135,8 @@ def build_client_app(study: Study | None = None) -> ClientApp:
             content["shared"] = ConfigRecord(
                 {"images": shared.images_ct, "labels": shared.labels_ct}
             )
+        if update.grants:
+            content["grants"] = ConfigRecord(update.grants)
         content["metrics"] = MetricRecord(metrics)
         return Message(content=RecordDict(content), reply_to=msg)
 

@@ -1,14 +1,18 @@
 """One hospital, in plain Python (the ClientApp is a thin adapter over it).
 
-A site owns a private state folder (`<out-dir>/sites/site-<id>/`): its key
-bundle (site key + learned encryptor weights, mode 0600) and its decoded
-image cache. Nothing in that folder is ever put into a message.
+A site owns a private state folder (`<out-dir>/sites/site-<id>/`): its keys
+(client/keys.py: identity, key versions with the learned encryptor weights,
+grants received; private files mode 0600) and its decoded image cache.
+Nothing in that folder is put into a message except sealed grants, and no
+site ever reads another site's folder: peers' keys arrive only as grants,
+through the server.
 
-Per round a site: trains the task model on its shard (plaintext, or what a
-recipient would see: decrypt(encrypt(x))), also on peers' images it can
-decrypt under a consortium grant, encrypts the images it shares this round,
-decrypts its own containers to measure reconstruction, and returns the
-ciphertext with the model update.
+Per round a site: stores the grants delivered to it, trains the task model
+on its shard (plaintext, or what a recipient would see: decrypt(encrypt(x)))
+and on the peers' images it holds a grant for, encrypts the images it shares
+this round with its current key version, decrypts its own containers to
+measure reconstruction, seals the grants the server asked for, and returns
+the ciphertext and grants with the model update.
 """
 
 from __future__ import annotations
@@ -21,12 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from client.keys import IDENTITY_DIR, SiteKeys
 from encryption import Encryptor, get_encryptor
-from encryption.keys import generate_key, load_key_bundle, save_key_bundle
 from study.config import Study
 from study.data.home import study_data_root
-
-BUNDLE_NAME = "key.bundle"
 
 
 class InjectedFault(RuntimeError):
@@ -52,14 +54,28 @@ class Shared:
 
 
 @dataclass
+class KeyMessages:
+    """The key management in one train message (all optional): grants
+    delivered to this site, certificates of the identities involved, and the
+    grants the server asks this site to seal."""
+
+    delivered: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (grantor, v) -> grant
+    certificates: dict[str, bytes] = field(default_factory=dict)  # identity -> PEM
+    request_version: int | None = None
+    request_grantees: tuple[str, ...] = ()
+
+
+@dataclass
 class LocalUpdate:
     """What one round of local work produced: the trained model, how it
-    trained, what the site shares, and the time spent decrypting."""
+    trained, what the site shares, the grants it sealed, and the time spent
+    decrypting."""
 
     model: object  # the trained torch module
     train: object  # study.task.TrainResult
     shared: Shared | None
     decrypt_s: float
+    grants: dict[str, bytes] = field(default_factory=dict)  # grantee -> sealed grant
 
 
 @dataclass
@@ -67,8 +83,10 @@ class Site:
     study: Study
     site_id: int
     num_sites: int
+    identity_dir: Path | None = None  # default: identity/ in the site's folder
     _shard: object = field(default=None, repr=False)
-    _encryptor: Encryptor | None = field(default=None, repr=False)
+    _encryptors: dict[int, Encryptor] = field(default_factory=dict, repr=False)
+    _keys: SiteKeys | None = field(default=None, repr=False)
 
     # -- data ---------------------------------------------------------------
     @property
@@ -100,28 +118,29 @@ class Site:
         return self._shard
 
     # -- encryption -----------------------------------------------------------
-    def encryptor(self) -> Encryptor:
-        """Load this site's encryptor, or make the key and fit it once per study."""
-        if self._encryptor is not None:
-            return self._encryptor
-        path = self.folder / BUNDLE_NAME
-        options = self._method_options()
-        if path.exists():
-            key, method, state = load_key_bundle(path)
-            if method != self.study.method:
-                raise ValueError(
-                    f"{path}: holds a {method!r} key bundle, the study uses "
-                    f"{self.study.method!r}; use a new --out folder"
-                )
-            enc = get_encryptor(method, key, **options)
-            enc.load_state_dict(state)
-        else:
-            enc = get_encryptor(self.study.method, generate_key(), **options)
-            train = self.shard.train
-            enc.fit(train.images, bits=train.bits)
-            save_key_bundle(path, enc.key, enc.name, enc.state_dict())
-        self._encryptor = enc
-        return enc
+    @property
+    def name(self) -> str:
+        return f"site-{self.site_id}"
+
+    @property
+    def keys(self) -> SiteKeys:
+        if self._keys is None:
+            identity = Path(self.identity_dir) if self.identity_dir else self.folder / IDENTITY_DIR
+            self._keys = SiteKeys(self.study, self.name, self.folder, identity)
+        return self._keys
+
+    def encryptor(self, version: int = 0) -> Encryptor:
+        """This site's encryptor of key `version` (made and fitted once per study)."""
+        if version not in self._encryptors:
+
+            def fit(enc: Encryptor) -> None:
+                train = self.shard.train
+                enc.fit(train.images, bits=train.bits)
+
+            self._encryptors[version] = self.keys.encryptor(
+                version, options=self._method_options(), fit=fit
+            )
+        return self._encryptors[version]
 
     def _method_options(self) -> dict:
         from encryption.registry import encryptor_class
@@ -138,14 +157,6 @@ class Site:
                 options["device"] = "cuda"
         return options
 
-    def peer_encryptor(self, peer: int) -> Encryptor:
-        """A peer's encryptor under a consortium grant. Grants are exchanged out of
-        band (here: read from the peer's state folder); never through the server."""
-        key, method, state = load_key_bundle(site_dir(self.study, peer) / BUNDLE_NAME)
-        enc = get_encryptor(method, key)
-        enc.load_state_dict(state)
-        return enc
-
     def share(self, server_round: int) -> Shared | None:
         """Encrypt this round's shared images; decrypt them back to measure loss."""
         n = self.study.share_per_round
@@ -155,7 +166,7 @@ class Site:
 
         train = self.shard.train
         idx = self._share_indices(len(train), n, server_round)
-        images, enc = train.images[idx], self.encryptor()
+        images, enc = train.images[idx], self.encryptor(self.study.key_version(server_round))
         t0 = time.perf_counter()
         images_ct = enc.encrypt(images, bits=train.bits)
         labels_ct = get_encryptor("aes-gcm", enc.key).encrypt(_labels_as_pixels(train.targets[idx]))
@@ -182,12 +193,13 @@ class Site:
         return np.sort(rng.choice(total, size=min(n, total), replace=False))
 
     def training_set(
-        self, received: dict[int, tuple[bytes, bytes]]
+        self, received: dict[int, tuple[bytes, bytes]], peer_version: int = 0
     ) -> tuple[np.ndarray, np.ndarray, float]:
         """Images and targets to train on this round, and the decrypt time spent.
 
-        `received`: peer site -> (images container, labels container) from a
-        consortium grant.
+        `received`: peer site -> (images container, labels container) that the
+        peer shared under key `peer_version`; this site decrypts them with the
+        grant it holds from that peer.
         """
         train = self.shard.train
         images, targets, seconds = train.images, train.targets, 0.0
@@ -198,7 +210,7 @@ class Site:
             seconds += time.perf_counter() - t0
         extra_x, extra_y = [images], [targets]
         for peer, (images_ct, labels_ct) in sorted(received.items()):
-            enc = self.peer_encryptor(peer)
+            enc = self.keys.peer_encryptor(f"site-{peer}", peer_version)
             t0 = time.perf_counter()
             peer_images = enc.decrypt(images_ct)
             peer_targets = _pixels_as_labels(
@@ -220,18 +232,25 @@ class Site:
         server_round: int,
         received: dict[int, tuple[bytes, bytes]] | None = None,
         *,
+        keys: KeyMessages | None = None,
         device: str = "cpu",
     ) -> LocalUpdate:
-        """One round at this site, as the study runs it: load the global model,
-        train on the site's images (and peers' under a grant), encrypt what the
-        site shares. The ClientApp and the update-leakage attack both call this."""
-        from study.task import build_model, train
+        """One round at this site, as the study runs it: keep the grants
+        delivered to it, load the global model, train on the site's images (and
+        peers' under a grant), encrypt what the site shares, seal the grants
+        asked for. The ClientApp and the update-leakage attack both call this."""
+        from study.task import DpSgd, build_model, train
 
         fault = self.check_fault(server_round)
         s = self.study
+        keys = keys or KeyMessages()
+        for (grantor, version), blob in sorted(keys.delivered.items()):
+            self.keys.receive_grant(grantor, version, blob, keys.certificates[grantor])
         model = build_model(s.modality)
         model.load_state_dict(global_state)
-        images, targets, decrypt_s = self.training_set(received or {})
+        images, targets, decrypt_s = self.training_set(
+            received or {}, peer_version=s.key_version(max(server_round - 1, 1))
+        )
         shared = self.share(server_round)
         result = train(
             model,
@@ -245,14 +264,20 @@ class Site:
             seed=self.train_seed(server_round),
             device=device,
             proximal_mu=s.proximal_mu if s.strategy == "FedProx" else 0.0,
+            dp_sgd=DpSgd.from_study(s),
         )
+        grants = {}
+        if keys.request_version is not None:
+            grantees = {g: keys.certificates[g] for g in keys.request_grantees}
+            version = keys.request_version
+            grants = self.keys.seal_grants(version, self.encryptor(version), grantees)
         if fault == "nan":
             import torch
 
             with torch.no_grad():
                 for p in model.parameters():
                     p.fill_(float("nan"))
-        return LocalUpdate(model=model, train=result, shared=shared, decrypt_s=decrypt_s)
+        return LocalUpdate(model, result, shared, decrypt_s, grants)
 
     def train_seed(self, server_round: int) -> int:
         return self.study.seed * 100_003 + server_round * 1009 + self.site_id

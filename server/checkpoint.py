@@ -41,8 +41,9 @@ from flwr.app import Array, ArrayRecord
 from study.config import Study
 from study.schema import SCHEMA, SchemaError, dumps, loads
 
-# Keys that decide where and how fast a study runs, not what it computes, and
-# the fault-injection harness: a study may resume with other values of these.
+# Keys a study may resume with other values of: where and how fast it runs,
+# the fault-injection harness, more rounds, and the consortium's grant policy
+# (a member removed between sessions gets no key version after its removal).
 RUNTIME_KEYS = (
     "out-dir",
     "resume",
@@ -51,6 +52,8 @@ RUNTIME_KEYS = (
     "ray-address",
     "round-timeout",
     "fault-sites",
+    "num-rounds",
+    "grants",
 )
 _NAME = re.compile(r"round-(\d+)\.json")
 

@@ -1,8 +1,9 @@
 """Which node is which site.
 
 Before the first round every SuperNode is asked who it is (a `query.hello`
-message; the site answers with its partition id and the number of
-partitions it was configured with). From then on the server knows a site by
+message; the site answers with its partition id, the number of partitions
+it was configured with and, when the study has grants, its identity
+certificate, which the server relays to the site's grantors and grantees). From then on the server knows a site by
 the node it enrolled from, and a node that joins later (a hospital whose
 SuperNode restarted gets a new node id) is asked when it first appears.
 """
@@ -29,6 +30,7 @@ class SiteDirectory:
     def __init__(self, study: Study) -> None:
         self.study = study
         self.node_site: dict[int, int] = {}
+        self.certificates: dict[int, bytes] = {}  # site -> identity certificate (PEM)
 
     def site_of(self, node: int) -> int | str:
         return self.node_site.get(node, f"node-{node}")
@@ -82,8 +84,13 @@ class SiteDirectory:
         found: dict[int, int] = {}
         for reply in grid.send_and_receive(messages, timeout=timeout_s):
             node = reply.metadata.src_node_id
-            if reply.has_error() or "identity" not in reply.content:
+            if reply.has_error():
                 continue
+            status = reply.content.get("status")
+            if status is not None and status.get("error"):
+                raise EnrolmentError(
+                    f"site {status.get('site')} could not enrol: {status['error']}"
+                )
             identity = reply.content["identity"]
             site, of = int(identity["site"]), int(identity["sites"])
             if of != self.study.num_sites or not 0 <= site < of:
@@ -92,4 +99,6 @@ class SiteDirectory:
                     f"= {self.study.num_sites}: fix its --node-config"
                 )
             found[node] = site
+            if "certificate" in identity:
+                self.certificates[site] = bytes(identity["certificate"])
         return found

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from server.archive import Archive
 from server.checkpoint import restore_strategy
 from server.enrolment import SiteDirectory
+from server.grants import GrantBroker
 from server.grid import ReportingGrid
 from server.holdout import HoldoutSource, study_data_report, study_holdout
 from server.progress import Events
@@ -104,6 +105,7 @@ def run_study(
         study,
         directory=directory,
         archive=archive,
+        grants=GrantBroker.for_study(study, archive),
         end_round=end_round,
         round_offset=done,
         pending_share=pending,

@@ -4,7 +4,8 @@
 (`build_strategy`) and runs on Flower's own round loop (`Strategy.start`).
 Around the wrapped strategy it
 - attaches to each train message the peers' ciphertext of the last round
-  under the `consortium` exchange;
+  under the `consortium` exchange (to the sites the grant policy lets read
+  it), and the key grants and certificates the site needs (server.grants);
 - measures every message (serialized bytes, model bytes, ciphertext bytes)
   per site, round and direction;
 - stores the sites' ciphertext in the encrypted archive, unread, and takes
@@ -35,6 +36,7 @@ from flwr.serverapp.strategy import Strategy
 
 from server.archive import Archive
 from server.enrolment import SiteDirectory
+from server.grants import GrantBroker, GrantRefused
 from study.config import STRATEGIES, Study
 from study.schema import RoundRecord, SiteRecord
 
@@ -81,6 +83,14 @@ def array_bytes(record: ArrayRecord) -> int:
     return sum(len(a.data) for a in record.values())
 
 
+def record_payload_bytes(record: ConfigRecord) -> int:
+    """Bytes of a record's bytes and text values (grants, certificates)."""
+    return sum(
+        len(v) if isinstance(v, bytes) else len(v.encode()) if isinstance(v, str) else 0
+        for v in record.values()
+    )
+
+
 @dataclass
 class RoundState:
     """What one round has seen so far."""
@@ -112,12 +122,14 @@ class MedfedStrategy(Strategy):
         *,
         directory: SiteDirectory,
         archive: Archive,
+        grants: GrantBroker,
         end_round: RoundEnd,
         round_offset: int = 0,
         pending_share: dict[int, tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.inner, self.study = inner, study
         self.directory, self.archive, self._end_round = directory, archive, end_round
+        self.grants = grants
         self.offset = round_offset  # rounds done before a resume
         self.pending_share = dict(pending_share or {})  # site -> containers of last round
         self.state: RoundState | None = None
@@ -131,6 +143,8 @@ class MedfedStrategy(Strategy):
     ) -> Iterable[Message]:
         rnd = server_round + self.offset
         self.directory.refresh(grid)
+        for site, cert in self.directory.certificates.items():
+            self.grants.enrol(site, cert)
         self.state = state = RoundState(rnd)
         out = []
         for msg in self.inner.configure_train(rnd, arrays, config, grid):
@@ -143,14 +157,25 @@ class MedfedStrategy(Strategy):
         """Consortium: give each site its peers' ciphertext of the last round."""
         node = msg.metadata.dst_node_id
         site = self.directory.site_of(node)
-        peers = {j: blobs for j, blobs in self.pending_share.items() if j != site}
-        if self.study.exchange == "consortium" and peers:
-            record = ConfigRecord()
-            for j, (images_ct, labels_ct) in sorted(peers.items()):
-                record[f"site-{j}-images"] = images_ct
-                record[f"site-{j}-labels"] = labels_ct
+        extra = {}
+        if isinstance(site, int):
+            peers = {
+                j: blobs
+                for j, blobs in self.pending_share.items()
+                if j != site and self.grants.may_read(j, site)
+            }
+            if self.study.exchange == "consortium" and peers:
+                record = ConfigRecord()
+                for j, (images_ct, labels_ct) in sorted(peers.items()):
+                    record[f"site-{j}-images"] = images_ct
+                    record[f"site-{j}-labels"] = labels_ct
+                extra["peers"] = record
+            keys = self.grants.outgoing(site, self.state.round)
+            if keys is not None:
+                extra["keys"] = keys
+        if extra:
             # strategies share one RecordDict among all messages: copy before adding
-            content = RecordDict({**dict(msg.content.items()), "peers": record})
+            content = RecordDict({**dict(msg.content.items()), **extra})
             msg = Message(content=content, message_type=msg.metadata.message_type, dst_node_id=node)
         self._account_down(msg)
         return msg
@@ -161,6 +186,8 @@ class MedfedStrategy(Strategy):
         entry.bytes["message_down"] += message_bytes(msg)
         if "peers" in msg.content:
             entry.bytes["ciphertext_down"] += sum(len(b) for b in msg.content["peers"].values())
+        if "keys" in msg.content:
+            entry.bytes["grant_down"] += record_payload_bytes(msg.content["keys"])
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -220,6 +247,15 @@ class MedfedStrategy(Strategy):
                 "train": float(metrics["train-s"]),
                 "decrypt": float(metrics["decrypt-s"]),
             }
+            if "grants" in content:
+                try:
+                    entry.bytes["grant_up"] += self.grants.incoming(
+                        site, state.round, content["grants"]
+                    )
+                except GrantRefused as exc:
+                    entry.error = str(exc)
+                    continue
+                del content["grants"]
             state.train_loss[site] = float(metrics["train-loss"])
             if "shared" in content:
                 images_ct, labels_ct = content["shared"]["images"], content["shared"]["labels"]
@@ -240,6 +276,7 @@ class MedfedStrategy(Strategy):
                 del content["shared"]  # strategies see only the model and metrics
             del content["status"]
             entry.ok = True
+            self.grants.confirmed(site)
             good.append((site, reply))
         for node in state.sent_train - answered:
             entry = state.site(self.directory.site_of(node))

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "simulations.commands.methods",
     "simulations.commands.bench",
     "simulations.commands.deploy",
+    "simulations.commands.archive",
     "simulations.commands.attack",
 )
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from server.federation import StudyOutcome
 from server.progress import Listener
+from simulations.identities import provision_identities
 from simulations.preflight import check_out_dir
 from study.config import Study
 
@@ -96,6 +97,7 @@ def run_simulated_study(
     backend = backend_config(study)  # a bad GPU setting fails before any work
     if study.resume:
         check_resumable(study)
+    provision_identities(study)
     prepare_data(study)
     outcomes: list[StudyOutcome] = []
     t0 = time.perf_counter()

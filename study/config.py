@@ -113,6 +113,10 @@ class Study:
     exchange: str = "archive"
     share_per_round: int = 8
     train_on: str = "plaintext"
+    # who may decrypt whose images: "all", "none" or pairs like "0->1,0->2,2->auditor"
+    grants: str = "all"
+    rotate_every: int = 0  # a new site key every R rounds (0: one key for the study)
+    auditor: str = ""  # the auditor's identity certificate (the reading centre), if any
     # privacy of the model updates
     dp: str = "none"
     dp_noise_multiplier: float = 1.0
@@ -219,7 +223,7 @@ class Study:
         for key in positive:
             if getattr(self, key.replace("-", "_")) < 1:
                 raise bad(key, "must be at least 1")
-        for key in ("share-per-round", "method-epochs", "seed"):
+        for key in ("share-per-round", "method-epochs", "seed", "rotate-every"):
             if getattr(self, key.replace("-", "_")) < 0:
                 raise bad(key, "must be 0 or more")
         for f in fields(self):
@@ -262,6 +266,9 @@ class Study:
             raise bad("name", "a non-empty name without '/'")
         _ = self.link_speeds_mbps  # parses or raises
         _ = self.fault_plan  # parses or raises
+        pairs = self.grant_pairs(auditor=True)  # parses or raises
+        if self.exchange == "consortium" and not any(g.startswith("site-") for _, g in pairs):
+            raise bad("grants", "a consortium needs at least one site-to-site grant ('all')")
         from encryption import list_encryptors
 
         methods = list_encryptors()
@@ -280,6 +287,49 @@ class Study:
         if not speeds or min(speeds) <= 0:
             raise StudyError(f"link-mbps = {self.link_mbps!r} is not allowed: positive speeds")
         return speeds
+
+    def key_version(self, server_round: int) -> int:
+        """The key version a site encrypts with in `server_round` (1-based)."""
+        return (server_round - 1) // self.rotate_every if self.rotate_every else 0
+
+    def grant_pairs(self, *, auditor: bool | None = None) -> set[tuple[int, str]]:
+        """(grantor site, grantee identity) pairs of the grant policy.
+
+        "all": under `consortium` every site grants every other site, and
+        every site grants the auditor when there is one (`auditor` set, or
+        `auditor=True`); "none": no grants; else explicit pairs
+        "0->1,2->auditor". Sites are numbers, the auditor is "auditor". Under
+        `exchange = none` nothing is shared, so nothing is granted.
+        """
+        has_auditor = bool(self.auditor) if auditor is None else auditor
+        text = self.grants.strip()
+        if self.exchange == "none" or text == "none":
+            return set()
+        n = self.num_sites
+        if text == "all":
+            pairs = set()
+            if self.exchange == "consortium":
+                pairs |= {(i, f"site-{j}") for i in range(n) for j in range(n) if i != j}
+            if has_auditor:
+                pairs |= {(i, "auditor") for i in range(n)}
+            return pairs
+        pairs = set()
+        example = "'all', 'none' or pairs like '0->1,0->2,2->auditor'"
+        for item in filter(None, (p.strip() for p in text.split(","))):
+            grantor, sep, grantee = (x.strip() for x in item.partition("->"))
+            try:
+                if not sep:
+                    raise ValueError
+                i = int(grantor)
+                name = grantee if grantee == "auditor" else f"site-{int(grantee)}"
+            except ValueError:
+                raise StudyError(f"grants = {self.grants!r} is not allowed: {example}") from None
+            if not 0 <= i < n or (name != "auditor" and not 0 <= int(grantee) < n):
+                raise StudyError(f"grants: {item!r} names a site outside 0..{n - 1}")
+            if name == f"site-{i}":
+                raise StudyError(f"grants: {item!r}: a site always reads its own images")
+            pairs.add((i, name))
+        return pairs
 
     @property
     def fault_plan(self) -> dict[int, Fault]:

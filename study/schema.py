@@ -38,9 +38,18 @@ BYTE_KINDS = (
     "model_down",
     "message_up",
     "message_down",
+    "grant_up",  # sealed grants a site sends (key versions to its grantees)
+    "grant_down",  # grants and certificates a site receives
 )
 # The per-round totals line of rounds.jsonl.
-TOTAL_KINDS = ("ciphertext_up", "ciphertext_down", "model_up", "model_down")
+TOTAL_KINDS = (
+    "ciphertext_up",
+    "ciphertext_down",
+    "model_up",
+    "model_down",
+    "grant_up",
+    "grant_down",
+)
 RECON_KEYS = ("mse", "psnr", "ssim")
 SECONDS_KEYS = ("encrypt", "train", "decrypt")
 

@@ -348,7 +348,14 @@ def test_deploy_local_tls_runs_a_study(tmp_path):
     torch.manual_seed(0)
     model_bytes = array_bytes(ArrayRecord(build_model("xray").state_dict()))
     for r in rounds:
-        assert set(r["totals"]) == {"ciphertext_up", "ciphertext_down", "model_up", "model_down"}
+        assert set(r["totals"]) == {
+            "ciphertext_up",
+            "ciphertext_down",
+            "model_up",
+            "model_down",
+            "grant_up",
+            "grant_down",
+        }
         for s in r["sites"]:
             assert set(s["bytes"]) == {
                 "ciphertext_up",
@@ -357,13 +364,15 @@ def test_deploy_local_tls_runs_a_study(tmp_path):
                 "model_down",
                 "message_up",
                 "message_down",
+                "grant_up",
+                "grant_down",
             }
             assert s["bytes"]["model_up"] == model_bytes
             assert s["bytes"]["model_down"] == 2 * model_bytes  # train + evaluate
             assert s["bytes"]["ciphertext_up"] > 0
             assert s["bytes"]["message_up"] > s["bytes"]["model_up"] + s["bytes"]["ciphertext_up"]
     # each hospital's private state folder, and TLS was on
-    assert (out / "sites" / "site-0" / "key.bundle").is_file()
+    assert (out / "sites" / "site-0" / "key-v0.bundle").is_file()
     assert "https://" in (out / "deploy-logs" / "superlink.log").read_text()
     assert "all processes stopped" in " ".join(res.stderr.split())
     time.sleep(1)

@@ -28,6 +28,8 @@ BYTE_KEYS = {
     "model_down",
     "message_up",
     "message_down",
+    "grant_up",
+    "grant_down",
 }
 
 
@@ -95,7 +97,14 @@ def test_rounds_jsonl_has_exact_schema(archive_run):
     assert [r["round"] for r in rounds] == [1, 2, 3]
     for r in rounds:
         assert set(r) == {"round", "sites", "totals", "global", "seconds"}
-        assert set(r["totals"]) == {"ciphertext_up", "ciphertext_down", "model_up", "model_down"}
+        assert set(r["totals"]) == {
+            "ciphertext_up",
+            "ciphertext_down",
+            "model_up",
+            "model_down",
+            "grant_up",
+            "grant_down",
+        }
         assert [s["site"] for s in r["sites"]] == ["site-0", "site-1"]
         for s in r["sites"]:
             assert set(s) == SITE_KEYS and set(s["bytes"]) == BYTE_KEYS
@@ -165,7 +174,7 @@ def test_no_site_message_carries_key_weights_or_plaintext(archive_run):
     wire = b"".join(captured)
     for site in (0, 1):
         key, method, state = load_key_bundle(
-            Path(study.out_dir) / "sites" / f"site-{site}" / "key.bundle"
+            Path(study.out_dir) / "sites" / f"site-{site}" / "key-v0.bundle"
         )
         assert method == "aes-gcm" and key not in wire
         root = ensure_dataset(
@@ -195,7 +204,7 @@ def test_archive_is_unreadable_without_the_owners_key(archive_run):
 
     study, _, _ = archive_run
     out = Path(study.out_dir)
-    key0, _, _ = load_key_bundle(out / "sites" / "site-0" / "key.bundle")
+    key0, _, _ = load_key_bundle(out / "sites" / "site-0" / "key-v0.bundle")
     archive = Archive(out / "archive")
     entries = [e for e in archive.index() if e["site"] == "site-1" and e["kind"] == "images"]
     blob = archive.get(entries[0]["sha256"])

@@ -92,7 +92,7 @@ def run_encryption(args: argparse.Namespace) -> int:
         raise ValueError(f"--images must be at least 4, got {args.images}")
     if args.size < 16:
         raise ValueError(f"--size must be at least 16, got {args.size}")
-    n_fit = args.images if args.fit_images is None else args.fit_images
+    n_fit = args.fit_images
     if n_fit < 4:
         raise ValueError(f"--fit-images must be at least 4, got {n_fit}")
     names = resolve_methods(args.methods)
@@ -175,9 +175,10 @@ def register_encryption(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--fit-images",
         type=int,
-        default=None,
-        help="images of the same site (other patients) that learned methods fit on and the "
-        "attacker leaks (default: as many as --images)",
+        default=96,
+        help="images of the same site (other patients) that learned methods fit on, until "
+        "their convergence criterion or budget stops them, and whose pairs the attacker "
+        "leaks (--kpa-pairs; default 96, about a demo site's shard)",
     )
     parser.add_argument(
         "--out", help="write the JSON document here, and the method pictures beside it (.png)"
