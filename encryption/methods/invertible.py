@@ -113,8 +113,11 @@ class Invertible(Encryptor):
 
     def _geometry_for(self, c: int, hp: int, wp: int) -> tuple:
         """Key images (layers, 1, 1, h, w) and per-layer permutations of each
-        half (layers, 2, n_half) for a padded (C, Hp, Wp) image; cached."""
+        half (layers, 2, n_half) for a padded (C, Hp, Wp) image; cached (a few
+        shapes at a time: containers of ever new shapes must not grow it without end)."""
         if (c, hp, wp) not in self._geometry:
+            if len(self._geometry) >= 4:
+                self._geometry.clear()
             h, w = hp // SQUEEZE, wp // SQUEEZE
             n_half = SQUEEZE * SQUEEZE * c // 2 * h * w
             seq = np.random.SeedSequence(
