@@ -90,7 +90,7 @@ def build_client_app(study: Study | None = None) -> ClientApp:
             {"site": int(node["partition-id"]), "sites": int(node.get("num-partitions", 0))}
         )
         the_study = _study(context, study)
-        if the_study.grant_pairs(auditor=True):  # the study has grants: say who this site is
+        if the_study.grant_pairs():  # the study has grants: say who this site is
             identity["certificate"] = _site(context, study).keys.certificate_pem()
         return Message(content=RecordDict({"identity": identity}), reply_to=msg)
 

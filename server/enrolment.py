@@ -41,7 +41,7 @@ class SiteDirectory:
         n = self.study.num_sites
         deadline = time.monotonic() + wait_s
         while True:
-            nodes = list(grid.get_node_ids())
+            nodes = _all_nodes(grid)
             if len(nodes) == n:
                 break
             if len(nodes) > n or time.monotonic() > deadline:
@@ -68,7 +68,7 @@ class SiteDirectory:
 
     def refresh(self, grid: Grid) -> None:
         """Enrol nodes that joined since the last round (a restarted hospital)."""
-        new = [node for node in grid.get_node_ids() if node not in self.node_site]
+        new = [node for node in _all_nodes(grid) if node not in self.node_site]
         if not new:
             return
         for node, site in self._hello(grid, new, timeout_s=self.study.round_timeout).items():
@@ -102,3 +102,8 @@ class SiteDirectory:
             if "certificate" in identity:
                 self.certificates[site] = bytes(identity["certificate"])
         return found
+
+
+def _all_nodes(grid: Grid) -> list[int]:
+    """Every connected node, enrolled or not (ReportingGrid samples only enrolled ones)."""
+    return list(grid.all_node_ids() if hasattr(grid, "all_node_ids") else grid.get_node_ids())

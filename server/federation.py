@@ -58,6 +58,7 @@ def run_study(
     reporting = ReportingGrid(grid, events)
     directory = SiteDirectory(study)
     directory.enrol_all(reporting)
+    reporting.admit = lambda node: node in directory.node_site
 
     inner = build_strategy(study)
     done, pending = 0, {}

@@ -12,7 +12,7 @@ else is the wrapped Grid's.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
@@ -24,6 +24,8 @@ class ReportingGrid(Grid):
     def __init__(self, grid: Grid, events: Events, *, poll_s: float = 0.1) -> None:
         self.inner, self.events, self.poll_s = grid, events, poll_s
         self.phase_seconds: dict[tuple[int, str], float] = {}  # (round, phase) -> seconds
+        # the nodes strategies may sample: the enrolled sites (set by the study)
+        self.admit: Callable[[int], bool] = lambda node: True
 
     # -- the wrapped Grid ---------------------------------------------------------------
     def set_run(self, run) -> None:
@@ -44,7 +46,12 @@ class ReportingGrid(Grid):
         return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
-        return self.inner.get_node_ids()
+        """The connected nodes that are enrolled sites: a node that has not said
+        which site it is (or that a restarted site replaced) is not sampled."""
+        return [node for node in self.inner.get_node_ids() if self.admit(node)]
+
+    def all_node_ids(self) -> list[int]:
+        return list(self.inner.get_node_ids())
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self.inner.push_messages(messages)

@@ -325,6 +325,9 @@ class MedfedStrategy(Strategy):
 
     def round_record(self, global_metrics: dict) -> RoundRecord:
         state = self.state
+        for entry in state.sites.values():
+            if not entry.ok and entry.error is None:
+                entry.error = "took no part in this round's training (not connected when it began)"
         glob = {
             **global_metrics,
             **{f"fed_{k}": v for k, v in state.fed_metrics.items()},

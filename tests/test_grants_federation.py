@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from client import audit
-from client.site import KeyMessages, Site
+from client.site import Site
 from encryption import IntegrityError, get_encryptor
 from encryption.grants import GrantAddresseeError, GrantTamperedError
 from encryption.keys import load_key_bundle
