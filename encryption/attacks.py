@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -48,9 +48,11 @@ class KpaResult:
     steps: int
     seconds: float
     ridge: float  # chosen relative ridge strength; 0.0 = no linear map
+    # the attacker's reconstructions of the test images (for pictures; not in as_dict)
+    reconstruction: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "reconstruction"}
 
 
 def _unet(in_ch: int, out_ch: int, width: int):
@@ -263,6 +265,7 @@ def known_plaintext_attack(
         steps=steps,
         seconds=seconds_used,
         ridge=lam,
+        reconstruction=recon,
     )
 
 

@@ -43,12 +43,47 @@ from encryption.options import reject_fit_options
 
 @dataclass(frozen=True)
 class FitReport:
-    """What `fit` did: wall time, epochs and the quality it reached."""
+    """What `fit` did: wall time, epochs and the quality it reached.
+
+    Learned methods also record their fit curve (`curve`: one point per
+    convergence check, e.g. epoch, steps, seconds, train_loss, val_loss,
+    val_psnr_db, lr), why training ended (`stopped`: "converged", "epochs" or
+    "time limit") and the budget it ran under (`budget`). The encryptor keeps
+    its last report as `fit_report`, and learned ones carry it in their state,
+    so a site can write it to its results after a reload too.
+    """
 
     seconds: float = 0.0
     epochs: int = 0
     images: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    curve: tuple[dict[str, Any], ...] = ()
+    stopped: str = ""
+    budget: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-able types (also what a key bundle stores)."""
+        return {
+            "seconds": float(self.seconds),
+            "epochs": int(self.epochs),
+            "images": int(self.images),
+            "metrics": {k: float(v) for k, v in self.metrics.items()},
+            "curve": [dict(p) for p in self.curve],
+            "stopped": self.stopped,
+            "budget": dict(self.budget),
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> FitReport:
+        return cls(
+            seconds=float(doc.get("seconds", 0.0)),
+            epochs=int(doc.get("epochs", 0)),
+            images=int(doc.get("images", 0)),
+            metrics=dict(doc.get("metrics", {})),
+            curve=tuple(dict(p) for p in doc.get("curve", ())),
+            stopped=str(doc.get("stopped", "")),
+            budget=dict(doc.get("budget", {})),
+        )
 
 
 def check_images(images: np.ndarray, bits: int | None = None) -> tuple[np.ndarray, int]:
@@ -87,6 +122,8 @@ class Encryptor(ABC):
     # True: the container's payload is AES-GCM ciphertext. False: the payload
     # is the method's own cipher-image, stored as is and authenticated only.
     aes_payload: ClassVar[bool] = True
+    # The last fit's report (learned methods: also restored by load_state_dict).
+    fit_report: FitReport | None = None
 
     def __init__(self, key: bytes | None = None, **config: Any) -> None:
         if key is None:

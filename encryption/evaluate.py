@@ -115,6 +115,7 @@ def evaluate_method(
     config: dict[str, Any] | None = None,
     lossless_bytes: int | None = None,
     progress: Progress = _quiet,
+    pictures: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """One method's entry of the benchmark JSON (see the module docstring).
 
@@ -122,7 +123,10 @@ def evaluate_method(
     serve as the attacker's leaked plaintexts (the first `kpa_pairs`); without
     them the method is fitted on `images` and the first 3/4 of `images` leak.
     `config` goes to `get_encryptor`; `lossless_bytes` is the size of the
-    lossless-aes container of `images` (computed when None).
+    lossless-aes container of `images` (computed when None). With a
+    `pictures` dict, `pictures[name]` gets the first attacked test image as
+    arrays (1, C, H, W): "original", "cipher" (its cipher view, uint8),
+    "decrypted" and "kpa" (the attacker's reconstruction).
     """
     images, bits = check_images(images, bits)
     if fit_images is not None:
@@ -187,6 +191,14 @@ def evaluate_method(
     kpa = known_plaintext_attack(
         leaked, leaked_views, test, test_views, bits, seconds=kpa_seconds, max_steps=kpa_steps
     )
+    if pictures is not None:
+        first = len(images) - len(test)  # test images are the last ones of `images`
+        pictures[name] = {
+            "original": test[:1].copy(),
+            "cipher": np.asarray(test_views[:1]).copy(),
+            "decrypted": decoded[first : first + 1].copy(),
+            "kpa": kpa.reconstruction[:1].copy(),
+        }
 
     verdicts = npcr_uaci_verdicts(npcr, uaci, pixels)
     if not math.isnan(npcr_key):
@@ -285,8 +297,10 @@ def evaluate(
     repeats: int = 5,
     configs: dict[str, dict[str, Any]] | None = None,
     progress: Progress = _quiet,
+    pictures: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
-    """The whole benchmark document for `methods` on `images` (schema 1)."""
+    """The whole benchmark document for `methods` on `images` (schema 1);
+    `pictures` as in `evaluate_method`, one entry per method."""
     names = resolve_methods(methods)
     images, bits = check_images(images, bits)
     key = generate_key() if key is None else key
@@ -313,6 +327,7 @@ def evaluate(
             config=configs.get(name),
             lossless_bytes=lossless_bytes,
             progress=progress,
+            pictures=pictures,
         )
         entry["details"]["encrypt_vs_aes_gcm"] = entry["speed"]["encrypt_mb_s"] / aes_enc
         entry["details"]["decrypt_vs_aes_gcm"] = entry["speed"]["decrypt_mb_s"] / aes_dec

@@ -4,6 +4,11 @@ Kept deliberately small and stable: pixel scaling, padding to a multiple
 of a network's downsampling factor, key-seeded weight initialisation,
 residual blocks, PSNR/SSIM on [0, 1] tensors, minibatch sampling under a
 time budget, and an analytic FLOP count. No module-level mutable state.
+
+The shared training loop (`TorchEncryptor._train`) fits up to a budget
+(`epochs`, `time_limit_s`) with a convergence criterion (`Convergence`: a
+key-chosen validation hold-out, learning-rate drops on a plateau, then a
+stop) and records the fit curve in the method's `fit_report`.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,6 +31,7 @@ from encryption.metrics.fidelity import SSIM_WIN, ssim_torch
 from encryption.options import reject_fit_options
 
 __all__ = [
+    "Convergence",
     "ResBlock",
     "TorchEncryptor",
     "TrainClock",
@@ -35,6 +42,7 @@ __all__ = [
     "init_output_bias",
     "init_weights",
     "minibatches",
+    "weight_average",
     "pad_to_multiple",
     "psnr",
     "quantize_ste",
@@ -157,18 +165,103 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> float:
 
 # -- training helpers --------------------------------------------------------
 class TrainClock:
-    """Stops training at `epochs` or when `time_limit_s` has passed."""
+    """Stops training at `epochs` or when `time_limit_s` has passed: wall-clock
+    seconds, or with `cpu` this process's CPU seconds (all threads), a budget
+    that other programs' load on a shared machine does not shrink."""
 
-    def __init__(self, time_limit_s: float) -> None:
-        self.start = time.perf_counter()
+    def __init__(self, time_limit_s: float, cpu: bool = False) -> None:
+        self._now = time.process_time if cpu else time.perf_counter
+        self.start = self._now()
         self.limit = float(time_limit_s)
 
     @property
     def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+        return self._now() - self.start
 
     def expired(self) -> bool:
         return self.limit > 0 and self.elapsed > self.limit
+
+
+# Training options every TorchEncryptor has (a method's `defaults` may override them).
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "patience": 4,  # checks without a 1 % better validation loss before the LR drops / fit ends
+    "lr_drops": 2,  # learning-rate drops (each 5x) before a plateau ends the fit
+    "val_images": 32,  # most images held out for validation (at most an eighth of the set)
+    "time_clock": "wall",  # time_limit_s counts "wall" seconds or this process's "cpu" seconds
+    "ema": 0.999,  # decay of the weight average that is validated and kept (0: the last weights)
+}
+CHECK_STEPS = 50  # a convergence check every epoch, or every so many optimiser steps
+WARMUP_STEPS = 100  # the learning rates ramp up linearly from a tenth over these steps
+
+
+class Convergence:
+    """The convergence criterion: a validation loss (lower is better) must
+    improve on the best so far by `rel_tol` (1 %, about 0.04 dB of PSNR) to
+    count. After `patience` checks without, the learning rate drops (`update`
+    says "drop"; also once, early, when most of the time budget is spent, so a
+    fit cut by its time limit still ends at a low rate); after `lr_drops`
+    drops, `patience` more checks without improvement end the fit ("stop").
+    Keeps a copy of the best weights (`restore`)."""
+
+    def __init__(self, patience: int, lr_drops: int, rel_tol: float = 0.01) -> None:
+        self.patience, self.lr_drops, self.rel_tol = max(1, patience), max(0, lr_drops), rel_tol
+        self.best = math.inf  # lowest loss seen: its weights are kept
+        self.anchor = math.inf  # loss at the last improvement that counted
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.waited = 0
+        self.drops = 0
+
+    def update(self, loss: float, module: nn.Module | None = None, late: bool = False) -> str:
+        """'better', 'wait', 'drop' (lower the learning rate) or 'stop'."""
+        if loss < self.best:
+            self.best = loss
+            if module is not None:
+                self.best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        improved = loss < self.anchor * (1 - self.rel_tol) or (
+            math.isinf(self.anchor) and loss < self.anchor
+        )
+        if improved:
+            self.anchor, self.waited = loss, 0
+        else:
+            self.waited += 1
+        if late and self.drops == 0 and self._drop():
+            return "drop"
+        if improved:
+            return "better"
+        if self.waited < self.patience:
+            return "wait"
+        return "drop" if self._drop() else "stop"
+
+    def _drop(self) -> bool:
+        if self.drops >= self.lr_drops:
+            return False
+        self.drops += 1
+        self.waited = 0
+        return True
+
+    def restore(self, module: nn.Module) -> None:
+        """Load the best-validated weights back into `module` (if any were kept)."""
+        if self.best_state is not None:
+            module.load_state_dict(self.best_state)
+
+
+def weight_average(module: nn.Module, decay: float) -> nn.Module | None:
+    """An exponential moving average of `module`'s weights (torch's AveragedModel),
+    its decay warmed up as min(decay, (1 + n) / (10 + n)) after n updates so a
+    short fit is not dominated by its first weights; None for decay 0.
+
+    Adversarial training moves the weights noisily from step to step; their
+    average is a smoother, usually better model (Polyak averaging)."""
+    if decay <= 0:
+        return None
+
+    def ema(average: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        return average * d + current * (1.0 - d)
+
+    from torch.optim.swa_utils import AveragedModel
+
+    return AveragedModel(module, avg_fn=ema, use_buffers=True)
 
 
 def minibatches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
@@ -199,6 +292,18 @@ def count_flops(fn, *args) -> int:  # noqa: ANN001 - any callable on tensors
     return int(counter.get_total_flops())
 
 
+@dataclass(frozen=True)
+class Training:
+    """What `TorchEncryptor._train` did: its clock, the epochs run, the fit curve,
+    why it stopped and the budget it had."""
+
+    clock: TrainClock
+    epochs: int
+    curve: tuple[dict[str, Any], ...]
+    stopped: str
+    budget: dict[str, Any]
+
+
 # -- a base for torch-backed encryptors ----------------------------------------
 class TorchEncryptor(Encryptor):
     """Common plumbing of the learned methods: options with presets, the
@@ -218,7 +323,7 @@ class TorchEncryptor(Encryptor):
             raise ValueError(
                 f"{self.name}: unknown preset {preset!r}; valid presets: {', '.join(self.presets)}"
             )
-        opts = {**self.defaults, **self.presets[preset]}
+        opts = {**TRAINING_DEFAULTS, **self.defaults, **self.presets[preset]}
         for name in [k for k in config if k in opts]:
             value = config.pop(name)
             want = type(opts[name])
@@ -284,6 +389,7 @@ class TorchEncryptor(Encryptor):
             "fit_bits": self.fit_bits,
             "weights": weights,
             **self._extra_state(),
+            **({"fit_report": self.fit_report.as_dict()} if self.fit_report else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -300,6 +406,9 @@ class TorchEncryptor(Encryptor):
         self.nets = nets.to(self.device).eval()
         self._views = {}
         self._load_extra_state(state)
+        # states written before fit reports were kept have none
+        report = state.get("fit_report")
+        self.fit_report = FitReport.from_dict(report) if isinstance(report, dict) else None
 
     def _infer(self, name: str) -> nn.Module:
         """Network `name` for inference, in its fastest equivalent CPU form
@@ -324,33 +433,132 @@ class TorchEncryptor(Encryptor):
         """Optimiser steps a full fit takes (for learning-rate schedules)."""
         return max(1, self._epochs(n_images) * -(-n_images // int(self.config["batch_size"])))
 
+    def _split_validation(self, x_all: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(training images, validation images): `val_images` of the set, at most
+        an eighth of it and none under 16 images, held out (chosen by the key)
+        for the convergence criterion."""
+        n = len(x_all)
+        n_val = min(int(self.config["val_images"]), n // 8) if n >= 16 else 0
+        if n_val < 2:
+            return x_all, None
+        seed = derive_seed(self.key, f"{self.name}/validation") % 2**63
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(x_all.device)
+        return x_all[order[n_val:]], x_all[order[:n_val]]
+
     def _train(
         self,
         x_all: torch.Tensor,
-        step: Callable[[torch.Tensor], None],
+        step: Callable[[torch.Tensor], float],
         gen: torch.Generator,
         multiple: int,
-    ) -> tuple[TrainClock, int]:
-        """The shared training loop: `step(batch)` on key-shuffled minibatches of
-        random `crop`-px crops (padded to a multiple of `multiple`), for `epochs`
-        passes or until `time_limit_s`. Returns the clock and the passes done;
-        leaves the networks in eval mode."""
+        *,
+        optimizers: tuple[torch.optim.Optimizer, ...] = (),
+        validate: Callable[[torch.Tensor], dict[str, float]] | None = None,
+    ) -> Training:
+        """The shared training loop: `step(batch) -> loss` on key-shuffled minibatches
+        of random `crop`-px crops (padded to a multiple of `multiple`) of the
+        training part of `x_all`, up to `epochs` passes and `time_limit_s`.
+
+        Every epoch, or every `CHECK_STEPS` optimiser steps on small sets,
+        `validate(held-out images)` gives {"loss": lower is better, "psnr_db",
+        ...} under no_grad with the networks in eval mode (without a hold-out,
+        under 16 images, the mean training loss of the check stands in), and
+        its PSNR on training images is recorded too; `Convergence`
+        turns it into learning-rate drops (5x, on every optimiser in
+        `optimizers`) and the stop. What is validated and kept is the moving
+        average of the weights (`ema`, `weight_average`); the best-validated
+        weights are kept; the networks end in eval mode. Each check is a point
+        of the fit curve."""
         c = self.config
         nets = self._require_fitted()
-        clock = TrainClock(c["time_limit_s"])
-        nets.train()
-        done = 0
-        for _epoch in range(self._epochs(len(x_all))):
-            for idx in minibatches(len(x_all), c["batch_size"], gen):
-                x, _ = pad_to_multiple(random_crops(x_all[idx], c["crop"], gen), multiple)
-                step(x)
+        x_train, x_val = self._split_validation(x_all)
+        if c["time_clock"] not in ("wall", "cpu"):
+            raise ValueError(
+                f"{self.name}: time_clock must be 'wall' or 'cpu', got {c['time_clock']!r}"
+            )
+        clock = TrainClock(c["time_limit_s"], cpu=c["time_clock"] == "cpu")
+        max_epochs = self._epochs(len(x_train))
+        per_epoch = -(-len(x_train) // max(1, int(c["batch_size"])))
+        check_every = max(1, -(-CHECK_STEPS // per_epoch))
+        monitor = Convergence(int(c["patience"]), int(c["lr_drops"]))
+        average = weight_average(nets, float(c["ema"]))
+        curve: list[dict[str, Any]] = []
+        losses: list[float] = []
+        steps, done, stopped = 0, 0, "epochs"
+        base_lrs = [[g["lr"] for g in opt.param_groups] for opt in optimizers]
+        for epoch in range(1, max_epochs + 1):
+            nets.train()
+            for idx in minibatches(len(x_train), c["batch_size"], gen):
+                x, _ = pad_to_multiple(random_crops(x_train[idx], c["crop"], gen), multiple)
+                if WARMUP_STEPS and steps <= WARMUP_STEPS:
+                    ramp = 0.1 + 0.9 * steps / WARMUP_STEPS
+                    for opt, lrs in zip(optimizers, base_lrs, strict=True):
+                        for group, lr in zip(opt.param_groups, lrs, strict=True):
+                            group["lr"] = lr * ramp
+                losses.append(float(step(x)))
+                if average is not None:
+                    average.update_parameters(nets)
+                steps += 1
                 if clock.expired():
                     break
-            done += 1
+            done = epoch
+            if epoch % check_every and epoch < max_epochs and not clock.expired():
+                continue
+            nets.eval()
+            point: dict[str, Any] = {
+                "epoch": epoch,
+                "steps": steps,
+                "seconds": round(clock.elapsed, 3),
+                "train_loss": float(np.mean(losses)) if losses else math.nan,
+                "lr": optimizers[0].param_groups[0]["lr"] if optimizers else math.nan,
+            }
+            losses = []
+            # the averaged weights are the ones validated and kept (validate uses self.nets)
+            judged = nets if average is None else average.module.eval()
+            if validate is not None:
+                self.nets = judged
+                try:
+                    with torch.no_grad():
+                        if x_val is not None:
+                            val = validate(x_val)
+                            point.update({f"val_{k}": float(v) for k, v in val.items()})
+                        # the same measure on (up to val_images of) the training images
+                        probe = x_train[: max(2, int(c["val_images"]))]
+                        point["fit_psnr_db"] = float(validate(probe).get("psnr_db", math.nan))
+                finally:
+                    self.nets = nets
+            score = point.get("val_loss", point["train_loss"])
+            late = clock.limit > 0 and clock.elapsed > 0.75 * clock.limit
+            action = monitor.update(score, judged, late=late)
+            point["action"] = action
+            curve.append(point)
             if clock.expired():
+                stopped = "time limit"
                 break
+            if action == "drop":
+                base_lrs = [[lr * 0.2 for lr in lrs] for lrs in base_lrs]
+                for opt in optimizers:
+                    for group in opt.param_groups:
+                        group["lr"] *= 0.2
+            elif action == "stop" and steps >= int(c.get("min_steps", 0)):
+                stopped = "converged"
+                break
+        if monitor.best_state is None and average is not None:
+            nets.load_state_dict(average.module.state_dict())
+        monitor.restore(nets)
         nets.eval()
-        return clock, done
+        self._views = {}
+        budget = {
+            "epochs": max_epochs,
+            "time_limit_s": float(c["time_limit_s"]),
+            "time_clock": c["time_clock"],
+            "patience": int(c["patience"]),
+            "lr_drops": int(c["lr_drops"]),
+            "ema": float(c["ema"]),
+            "train_images": len(x_train),
+            "val_images": 0 if x_val is None else len(x_val),
+        }
+        return Training(clock, done, tuple(curve), stopped, budget)
 
     def _epochs(self, n_images: int) -> int:
         """Passes to train: `epochs`, raised so that at least `min_steps`
@@ -379,12 +587,20 @@ class TorchEncryptor(Encryptor):
         out = from_unit(x, self.fit_bits, np.int64)
         return np.clip(out, 0, 2**bits - 1).astype(dtype)
 
-    def _report(
-        self, clock: TrainClock, epochs: int, x: torch.Tensor, y: torch.Tensor
-    ) -> FitReport:
-        return FitReport(
-            seconds=clock.elapsed,
-            epochs=epochs,
+    def _report(self, training: Training, x: torch.Tensor, y: torch.Tensor) -> FitReport:
+        """The FitReport of a fit (PSNR/SSIM of `y` against the fit images `x`),
+        kept as `fit_report`."""
+        metrics = {"psnr_db": psnr(x, y), "ssim": ssim(x, y)}
+        checked = [p for p in training.curve if "val_psnr_db" in p]
+        if checked:  # the point whose weights were kept (lowest validation loss)
+            metrics["val_psnr_db"] = min(checked, key=lambda p: p["val_loss"])["val_psnr_db"]
+        self.fit_report = FitReport(
+            seconds=training.clock.elapsed,
+            epochs=training.epochs,
             images=int(x.shape[0]),
-            metrics={"psnr_db": psnr(x, y), "ssim": ssim(x, y)},
+            metrics=metrics,
+            curve=training.curve,
+            stopped=training.stopped,
+            budget=training.budget,
         )
+        return self.fit_report

@@ -101,10 +101,10 @@ def test_resolve_methods():
 
 
 def test_bench_encryption_command(tmp_path, monkeypatch, capsys):
-    def fake_sample(source, n, size, seed):
-        return smooth_images(n, 1, size, 8, seed=seed), 8
+    def fake_split(source, n_fit, n_test, size, seed):
+        return smooth_images(n_fit, 1, size, 8, seed=seed + 1), smooth_images(n_test, 1, size, 8), 8
 
-    monkeypatch.setattr(bench, "load_images", fake_sample)
+    monkeypatch.setattr(bench, "site_split", fake_split)
     out = tmp_path / "bench.json"
 
     status = cli.main(

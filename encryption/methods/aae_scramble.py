@@ -57,6 +57,7 @@ from encryption.nn import (
     from_unit,
     init_output_bias,
     pad_to_multiple,
+    psnr,
     quantize_ste,
     to_unit,
 )
@@ -135,10 +136,8 @@ class AaeScramble(TorchEncryptor):
             list(nets["enc"].parameters()) + list(nets["dec"].parameters()), lr=c["lr"]
         )
         opt_d = torch.optim.Adam(nets["disc"].parameters(), lr=c["lr"], betas=(0.5, 0.999))
-        steps = self._total_steps(len(x_all))
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt_ae, max_lr=c["lr"], total_steps=steps)
 
-        def step(x: torch.Tensor) -> None:
+        def step(x: torch.Tensor) -> float:
             z = nets["enc"](x)
             recon = nets["dec"](quantize_ste(z, 256))
             score = nets["disc"](z)
@@ -148,8 +147,6 @@ class AaeScramble(TorchEncryptor):
             opt_ae.zero_grad(set_to_none=True)
             loss.backward()
             opt_ae.step()
-            if sched.last_epoch < steps:
-                sched.step()
             prior = torch.rand(z.shape, generator=gen).to(z.device)
             sr, sf = nets["disc"](prior), nets["disc"](z.detach())
             d_loss = 0.5 * (
@@ -158,14 +155,25 @@ class AaeScramble(TorchEncryptor):
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
+            return loss.item()
 
-        clock, done = self._train(x_all, step, gen, _DOWN)
-        return self._report(clock, done, x_all, self._roundtrip(x_all))
+        def validate(x_val: torch.Tensor) -> dict[str, float]:
+            back = self._roundtrip(x_val, live=True)
+            return {"loss": float(torch.mean((back - x_val) ** 2)), "psnr_db": psnr(x_val, back)}
 
-    def _roundtrip(self, x_all: torch.Tensor) -> torch.Tensor:
-        enc, dec = self._infer("enc"), self._infer("dec")
+        training = self._train(
+            x_all, step, gen, _DOWN, optimizers=(opt_ae, opt_d), validate=validate
+        )
+        return self._report(training, x_all, self._roundtrip(x_all))
+
+    def _roundtrip(self, x_all: torch.Tensor, live: bool = False) -> torch.Tensor:
+        """Decode(quantised latent) on [0, 1]; `live`: the training networks."""
+        if live:
+            enc, dec = self.nets["enc"], self.nets["dec"]
+        else:
+            enc, dec = self._infer("enc"), self._infer("dec")
         out = []
-        with torch.inference_mode():
+        with torch.no_grad():
             for sl in self._chunks(len(x_all)):
                 x, size = pad_to_multiple(x_all[sl], _DOWN)
                 q = torch.round(enc(x) * 255) / 255

@@ -66,6 +66,7 @@ from encryption.nn import (
     from_unit,
     init_output_bias,
     pad_to_multiple,
+    psnr,
     quantize_ste,
     random_crops,
     to_unit,
@@ -187,7 +188,7 @@ class DeepEdn(TorchEncryptor):
         opt_g = torch.optim.Adam(g_params, lr=c["lr"], betas=(0.5, 0.999))
         opt_d = torch.optim.Adam(d_params, lr=c["lr"], betas=(0.5, 0.999))
 
-        def step(x: torch.Tensor) -> None:
+        def step(x: torch.Tensor) -> float:
             y = self._target_batch(len(x), x, gen)
             cipher = quantize_ste(nets["enc"](x), levels)
             loss = c["lambda_cycle"] * F.l1_loss(nets["dec"](cipher), x)
@@ -208,20 +209,33 @@ class DeepEdn(TorchEncryptor):
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
+            return loss.item()
 
-        clock, done = self._train(x_all, step, gen, _DOWN)
-        return self._report(clock, done, x_all, self._roundtrip(x_all, bits))
+        def validate(x_val: torch.Tensor) -> dict[str, float]:
+            back = self._roundtrip(x_val, bits, live=True)
+            mse = float(torch.mean((back - x_val) ** 2))
+            return {"loss": mse, "psnr_db": psnr(x_val, back)}
+
+        training = self._train(
+            x_all, step, gen, _DOWN, optimizers=(opt_g, opt_d), validate=validate
+        )
+        return self._report(training, x_all, self._roundtrip(x_all, bits))
 
     @staticmethod
     def _d_loss(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         sr, sf = disc(real), disc(fake)
         return 0.5 * (F.mse_loss(sr, torch.ones_like(sr)) + F.mse_loss(sf, torch.zeros_like(sf)))
 
-    def _roundtrip(self, x_all: torch.Tensor, bits: int) -> torch.Tensor:
+    def _roundtrip(self, x_all: torch.Tensor, bits: int, live: bool = False) -> torch.Tensor:
+        """Decrypt(encrypt(x)) on [0, 1]; `live`: with the training networks
+        (during fit), else with their inference views."""
         levels = 256 if bits <= 8 else 65536
-        enc, dec = self._infer("enc"), self._infer("dec")
+        if live:
+            enc, dec = self.nets["enc"], self.nets["dec"]
+        else:
+            enc, dec = self._infer("enc"), self._infer("dec")
         out = []
-        with torch.inference_mode():
+        with torch.no_grad():
             for sl in self._chunks(len(x_all)):
                 x, size = pad_to_multiple(x_all[sl], _DOWN)
                 cipher = torch.round(enc(x) * (levels - 1)) / (levels - 1)

@@ -68,6 +68,7 @@ from encryption.base import Encryptor, FitReport, check_images
 from encryption.container import Header, IntegrityError, read_body, require_extra
 from encryption.coupling import circular_noise_loss, seeded_couplings, top_byte
 from encryption.keys import derive_key, derive_seed
+from encryption.nn import Convergence
 from encryption.options import positive_ints, reject_fit_options, require_fitted
 from encryption.registry import register_encryptor
 
@@ -176,11 +177,15 @@ class Invertible(Encryptor):
         self._nets = self._build(self._channels).to(self.device)
         x = torch.from_numpy(self._pad(images).astype(np.float32)).to(self.device)
         gen = torch.Generator().manual_seed(derive_seed(self.key, "invertible/batches") % 2**63)
+        # convergence as in encryption.nn: the noise loss of held-out images (else the first 32)
+        n_val = min(32, len(x) // 8) if len(x) >= 16 else 0
+        x_val, x = (x[:n_val], x[n_val:]) if n_val >= 2 else (x[:32], x)
         opt = torch.optim.Adam(self._nets.parameters(), lr=self.lr)
+        noise = lambda v: float(circular_noise_loss(self._flow(v, bits, False, False), 2**bits))  # noqa: E731
         with torch.no_grad():
-            before = float(circular_noise_loss(self._flow(x[:32], bits, False, False), 2**bits))
-        epochs_done = 0
-        for _ in range(self.epochs):
+            before = noise(x_val)
+        monitor, curve, stopped = Convergence(2, 1), [], "epochs"
+        for epoch in range(1, self.epochs + 1):
             for idx in torch.randperm(len(x), generator=gen).split(self.batch_size):
                 loss = circular_noise_loss(self._flow(x[idx], bits, False, False), 2**bits)
                 opt.zero_grad()
@@ -188,9 +193,19 @@ class Invertible(Encryptor):
                 opt.step()
                 for net in self._nets:
                     net.clip_()
-            epochs_done += 1
+            with torch.no_grad():
+                curve.append({"epoch": epoch, "seconds": time.perf_counter() - start,
+                              "val_loss": noise(x_val)})  # fmt: skip
+            curve[-1]["action"] = action = monitor.update(curve[-1]["val_loss"], self._nets)
             if time.perf_counter() - start > self.time_limit_s:
+                stopped = "time limit"
                 break
+            if action == "stop":
+                stopped = "converged"
+                break
+            for group in opt.param_groups if action == "drop" else ():
+                group["lr"] *= 0.2
+        monitor.restore(self._nets)
         self._nets = self._nets.cpu().eval()
         for net in self._nets:
             net.quantize()
@@ -199,16 +214,20 @@ class Invertible(Encryptor):
             after = float(circular_noise_loss(cipher, 2**bits))
         probe = images[: min(len(images), 8)]
         back = self.decrypt(self.encrypt(probe, bits))
-        return FitReport(
+        self.fit_report = FitReport(
             seconds=time.perf_counter() - start,
-            epochs=epochs_done,
+            epochs=len(curve),
             images=len(images),
             metrics={
                 "noise_loss_before": before,
                 "noise_loss_after": after,
                 "max_abs_error": float(np.max(np.abs(back.astype(np.int64) - probe))),
             },
+            curve=tuple(curve),
+            stopped=stopped,
+            budget={"epochs": self.epochs, "time_limit_s": self.time_limit_s},
         )
+        return self.fit_report
 
     # -- contract -----------------------------------------------------------
     @staticmethod
@@ -283,6 +302,8 @@ class Invertible(Encryptor):
         }
         for k, v in self._nets.state_dict().items():
             state[f"nets.{k}"] = v.detach().clone()
+        if self.fit_report is not None:
+            state["fit_report"] = self.fit_report.as_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -296,3 +317,5 @@ class Invertible(Encryptor):
         for net in nets:
             net.quantize()
         self._nets = nets.eval()
+        report = state.get("fit_report")  # absent in states of older versions
+        self.fit_report = FitReport.from_dict(report) if isinstance(report, dict) else None

@@ -56,6 +56,7 @@ from encryption.nn import (
     crop_to,
     init_output_bias,
     pad_to_multiple,
+    psnr,
     to_unit,
 )
 from encryption.registry import register_encryptor
@@ -191,10 +192,8 @@ class LearnedCodecAes(TorchEncryptor):
         init_output_bias(nets["g_s"][-1], x_all, logit=False)
         gen = self._batch_generator()
         opt = torch.optim.Adam(nets.parameters(), lr=c["lr"])
-        steps = self._total_steps(len(x_all))
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c["lr"], total_steps=steps)
 
-        def step(x: torch.Tensor) -> None:
+        def step(x: torch.Tensor) -> float:
             y = nets["g_a"](x)
             y_noisy = y + (torch.rand(y.shape, generator=gen).to(y.device) - 0.5)
             x_hat = nets["g_s"](y_noisy)
@@ -203,15 +202,24 @@ class LearnedCodecAes(TorchEncryptor):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if sched.last_epoch < steps - 1:
-                sched.step()
+            return loss.item()
 
-        clock, done = self._train(x_all, step, gen, _DOWN)
+        def validate(x_val: torch.Tensor) -> dict[str, float]:
+            # the rate-distortion loss with the rounded latent the coder sends
+            x, size = pad_to_multiple(x_val, _DOWN)
+            judged = self.nets  # the weight average while the loop validates
+            y = torch.round(judged["g_a"](x)).clamp(-_LATENT_RANGE, _LATENT_RANGE)
+            x_hat = crop_to(judged["g_s"](y), size).clamp(0, 1)
+            bpp = float(judged["prior"].bits(y)) / (x.shape[0] * x.shape[2] * x.shape[3])
+            mse = float(torch.mean((x_hat - x_val) ** 2))
+            return {"loss": bpp + c["lam"] * mse, "psnr_db": psnr(x_val, x_hat), "latent_bpp": bpp}
+
+        training = self._train(x_all, step, gen, _DOWN, optimizers=(opt,), validate=validate)
         ints = check_images(images, bits)[0]
         latent, q, step, meta = self._encode(ints, bits)
         payload, _ = self._pack(latent, q, step, bits)
         recon = to_unit(self._decode(latent, q, step, meta), bits)
-        report = self._report(clock, done, x_all, recon)
+        report = self._report(training, x_all, recon)
         pixels = x_all.shape[0] * x_all.shape[2] * x_all.shape[3]
         nlat = struct.unpack_from("<I", payload)[0]
         report.metrics.update(

@@ -1,0 +1,286 @@
+"""Learning curves of the learned encryptors (`medfed bench learning-curves`).
+
+Are the learned methods measured at their best, or at the budget the other
+benchmarks give them? For each image source, one site's images are split by
+patient into a fit pool and unseen images (`site_images`); every learned
+method variant is fitted on the first 24, 96 and 384 images of the pool
+(nested), each fit under the same documented budget: the method's own epochs
+and convergence criterion (`encryption.nn.Convergence`: validation hold-out,
+learning-rate drops on a plateau, then a stop) and a per-fit time cap. Per
+fit it records the method's fit curve (PSNR on training and held-out images
+at every check), why it stopped, and PSNR/SSIM and bits per pixel on the fit
+images and on the unseen ones. `assess` then says per method whether more
+data or more compute would still help, from those numbers only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+Progress = Callable[[str], None]
+
+# label -> registry name and options; the paper preset is the faithful (GPU-sized) one
+VARIANTS: dict[str, dict[str, Any]] = {
+    "deepedn": {"method": "deepedn", "config": {}},
+    "deepedn (paper)": {"method": "deepedn", "config": {"preset": "paper"}},
+    "aae-scramble": {"method": "aae-scramble", "config": {}},
+    "learned-codec-aes": {"method": "learned-codec-aes", "config": {}},
+    "invertible": {"method": "invertible", "config": {}},
+}
+
+# What each method's paper reports (from its abstract; the numbers those papers
+# give are for other data, sizes and hardware, so none is compared here).
+PAPERS: dict[str, str] = {
+    "deepedn": "Ding et al. 2021 (IEEE IoT J.): a Cycle-GAN maps chest X-rays into a target "
+    "domain and a reconstruction network restores them; evaluated on a chest X-ray data set, "
+    "reported as highly secure and efficient. Bao et al. 2021 (Applied Optics) find a weak "
+    "avalanche effect in Cycle-GAN encryption.",
+    "deepedn (paper)": "The same papers' full-size generators (ngf 64, 9 residual blocks, "
+    "PatchGAN 64, 200 epochs): GPU training, as CycleGAN is trained.",
+    "aae-scramble": "Bao et al. 2021 (MTAP): CycleGAN generators as encoder/decoder, a PatchGAN "
+    "against uniform noise; scrambles and restores natural images of ten scene classes, "
+    "and says it meets security requirements partly.",
+    "learned-codec-aes": "Balle et al. 2017 (ICLR, the factorized-prior codec it follows): "
+    "better rate-distortion than JPEG and JPEG 2000 on natural images; its security is "
+    "AES-GCM's, not the network's.",
+    "invertible": "Wang et al. 2022 (Opt. Lasers Eng.): an invertible network encrypts and "
+    "exactly decrypts optical-cryptosystem images into noise-like ciphers; here exact by "
+    "construction (integer coupling), so training moves only the cipher statistics.",
+}
+
+# Targets of the issue: unseen phantom X-rays at 64 px after fitting 384 images.
+TARGETS: dict[str, float] = {"deepedn": 24.0, "aae-scramble": 25.0}
+DATA_GAIN_DB = 0.5  # unseen PSNR rising by more than this from the middle to the largest set
+GAP_DB = 1.0  # fit minus unseen PSNR above this: the method still overfits its fit set
+COMPUTE_GAIN_DB = 0.2  # held-out PSNR gain over the last quarter of a fit cut by its budget
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _fidelity(enc: Any, images: np.ndarray, bits: int) -> dict[str, float]:
+    from encryption.metrics.fidelity import fidelity
+
+    blob = enc.encrypt(images, bits)
+    fid = fidelity(images, enc.decrypt(blob), bits)
+    return {
+        "psnr": fid["psnr"],
+        "ssim": fid["ssim"],
+        "bpp": 8.0 * len(blob) / images.size,
+    }
+
+
+def fit_point(
+    label: str,
+    variant: Mapping[str, Any],
+    fit: np.ndarray,
+    test: np.ndarray,
+    bits: int,
+    time_limit_s: float,
+) -> dict[str, Any]:
+    """One fit of one variant on `fit` with a budget of `time_limit_s` CPU seconds
+    (wall seconds for a method without a CPU clock), measured on `fit` and `test`."""
+    from encryption.nn import TorchEncryptor
+    from encryption.registry import encryptor_class, get_encryptor
+
+    config = {**variant["config"], "time_limit_s": float(time_limit_s)}
+    if issubclass(encryptor_class(variant["method"]), TorchEncryptor):
+        config["time_clock"] = "cpu"
+    enc = get_encryptor(variant["method"], key=bytes(range(32)), **config)
+    start = time.perf_counter()
+    report = enc.fit(fit, bits)
+    fit_s = time.perf_counter() - start
+    doc = report.as_dict()
+    # the pace of a full epoch, from the optimiser steps done (a fit cut by its
+    # time limit may not finish one)
+    steps = max([int(p.get("steps", 0)) for p in doc["curve"]] + [0])
+    batch = getattr(enc, "config", {}).get("batch_size") or getattr(enc, "batch_size", 1)
+    per_epoch = math.ceil(doc["budget"].get("train_images", len(fit)) / int(batch))
+    seconds_per_epoch = fit_s / steps * per_epoch if steps else fit_s / max(1, doc["epochs"])
+    return {
+        "images": int(len(fit)),
+        "fit_s": fit_s,
+        "epochs": doc["epochs"],
+        "steps": steps,
+        "stopped": doc["stopped"],
+        "budget": doc["budget"],
+        "seconds_per_epoch": seconds_per_epoch,
+        "fit": _fidelity(enc, fit, bits),
+        "unseen": _fidelity(enc, test, bits),
+        "report_metrics": doc["metrics"],
+        "curve": doc["curve"],
+        "config": config,
+        "label": label,
+    }
+
+
+def run_learning_curves(
+    *,
+    sources: tuple[str, ...] = ("phantom-xray", "phantom-mri"),
+    size: int = 64,
+    sizes: tuple[int, ...] = (24, 96, 384),
+    test_images: int = 64,
+    variants: tuple[str, ...] = tuple(VARIANTS),
+    cpu_s_per_image: float = 0.5,
+    min_cpu_s: float = 10.0,
+    seed: int = 0,
+    progress: Progress = _quiet,
+) -> dict[str, Any]:
+    """Fits of every variant on nested fit sets of `sizes` images per source.
+
+    The budget of a fit on n images is max(`min_cpu_s`, `cpu_s_per_image` x n)
+    CPU seconds of this process (all its threads), for every variant alike:
+    compute in proportion to the data, and a budget that other programs' load
+    does not shrink. A failing fit is recorded with its error; the others run."""
+    from simulations.benchmarks.encryption import site_images
+
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(unknown)}; valid: {', '.join(VARIANTS)}")
+    sizes = tuple(sorted(int(n) for n in sizes))
+    out: dict[str, Any] = {}
+    total = len(sources) * len(variants) * len(sizes)
+    done = 0
+    for source in sources:
+        try:
+            fit_pool, test, bits = site_images(source, sizes[-1], test_images, size, seed)
+        except Exception as exc:  # noqa: BLE001 - a source missing here is recorded
+            out[source] = {"error": f"{type(exc).__name__}: {exc}"}
+            progress(f"learning-curves: {source} unavailable: {exc}")
+            done += len(variants) * len(sizes)
+            continue
+        entry: dict[str, Any] = {
+            "shape": list(fit_pool.shape[1:]),
+            "bits": bits,
+            "fit_pool": int(len(fit_pool)),
+            "unseen_images": int(len(test)),
+            "methods": {},
+        }
+        for label in variants:
+            variant = VARIANTS[label]
+            points = []
+            for n in sizes:
+                done += 1
+                if n > len(fit_pool):
+                    continue
+                cap = max(min_cpu_s, cpu_s_per_image * n)
+                progress(
+                    f"learning-curves [{done}/{total}] {source}: {label} on {n} images "
+                    f"(budget {cap:g} CPU s)"
+                )
+                try:
+                    point = fit_point(label, variant, fit_pool[:n], test, bits, cap)
+                except Exception as exc:  # noqa: BLE001 - recorded per fit, not hidden
+                    points.append({"images": n, "error": f"{type(exc).__name__}: {exc}"})
+                    progress(f"  failed: {exc}")
+                    continue
+                progress(
+                    f"  {point['epochs']} epochs in {point['fit_s']:.0f} s ({point['stopped']}): "
+                    f"PSNR fit {point['fit']['psnr']:.2f} dB, unseen {point['unseen']['psnr']:.2f} dB"
+                )
+                points.append(point)
+            entry["methods"][label] = {
+                "method": variant["method"],
+                "config": variant["config"],
+                "points": points,
+                "assessment": assess(label, points),
+            }
+        out[source] = entry
+    return {
+        "size": size,
+        "sizes": list(sizes),
+        "test_images": test_images,
+        "cpu_s_per_image": cpu_s_per_image,
+        "min_cpu_s": min_cpu_s,
+        "torch_threads": _torch_threads(),
+        "targets": TARGETS,
+        "papers": {k: PAPERS[k] for k in variants},
+        "sources": out,
+    }
+
+
+def _val_psnr(point: Mapping[str, Any]) -> list[float]:
+    return [p["val_psnr_db"] for p in point.get("curve", []) if "val_psnr_db" in p]
+
+
+def assess(label: str, points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Would more data, or more compute, still help this method? From the points only.
+
+    More data: unseen PSNR rises by more than DATA_GAIN_DB from the second
+    largest to the largest fit set, or fit PSNR exceeds unseen PSNR by more
+    than GAP_DB at the largest (the method memorises its fit set). For the
+    codec, whose PSNR its residual fixes, bits per pixel play that part.
+    More compute: the largest fit was stopped by its budget (time limit or
+    epochs) rather than by the convergence criterion, with its held-out PSNR
+    still rising by more than COMPUTE_GAIN_DB over the last quarter of its
+    checks. Exact methods have nothing to gain in fidelity."""
+    ok = [p for p in points if "error" not in p]
+    if not ok:
+        return {"data": None, "compute": None, "why_data": "no fit", "why_compute": "no fit"}
+    last = ok[-1]
+    if math.isinf(last["unseen"]["psnr"]):
+        why = "exact: decrypts every image bit for bit whatever the training"
+        return {"data": False, "compute": False, "why_data": why, "why_compute": why}
+    codec = VARIANTS.get(label, {}).get("method") == "learned-codec-aes"
+    if len(ok) >= 2:
+        prev = ok[-2]
+        if codec:
+            gain = prev["unseen"]["bpp"] - last["unseen"]["bpp"]
+            data = gain > 0.05 * prev["unseen"]["bpp"]
+            why_data = (
+                f"unseen bpp {prev['unseen']['bpp']:.2f} -> {last['unseen']['bpp']:.2f} "
+                f"from {prev['images']} to {last['images']} images (PSNR held >= its target)"
+            )
+        else:
+            gain = last["unseen"]["psnr"] - prev["unseen"]["psnr"]
+            gap = last["fit"]["psnr"] - last["unseen"]["psnr"]
+            data = gain > DATA_GAIN_DB or gap > GAP_DB
+            why_data = (
+                f"unseen PSNR {prev['unseen']['psnr']:.2f} -> {last['unseen']['psnr']:.2f} dB "
+                f"from {prev['images']} to {last['images']} images; fit - unseen {gap:+.2f} dB"
+            )
+    else:
+        data, why_data = None, "one fit set size only"
+    val = _val_psnr(last)
+    rising = math.nan
+    if len(val) >= 4:
+        q = max(1, len(val) // 4)
+        rising = val[-1] - max(val[:-q])
+    budget_cut = last["stopped"] in ("time limit", "epochs")
+    compute = budget_cut and (math.isnan(rising) or rising > COMPUTE_GAIN_DB)
+    why_compute = f"{last['stopped']} after {last['epochs']} epochs in {last['fit_s']:.0f} s"
+    if not math.isnan(rising):
+        why_compute += f"; held-out PSNR {rising:+.2f} dB over the last quarter of its checks"
+    return {"data": data, "compute": compute, "why_data": why_data, "why_compute": why_compute}
+
+
+def target_rows(results: Mapping[str, Any]) -> list[tuple[str, float, float | None, str]]:
+    """(method, target dB, measured unseen dB or None, how it was measured) of the
+    targets, from the phantom X-ray fits on the largest set."""
+    rows = []
+    entry = results.get("sources", {}).get("phantom-xray", {})
+    for label, target in results.get("targets", TARGETS).items():
+        points = [p for p in entry.get("methods", {}).get(label, {}).get("points", [])
+                  if "error" not in p]  # fmt: skip
+        if not points:
+            rows.append((label, target, None, "not measured"))
+            continue
+        p = points[-1]
+        how = (
+            f"{p['images']} images, {p['epochs']} epochs in {p['fit_s']:.0f} s "
+            f"({p['stopped']}), {p['unseen']['bpp']:.2f} bpp"
+        )
+        rows.append((label, target, p["unseen"]["psnr"], how))
+    return rows
