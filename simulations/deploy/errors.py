@@ -13,6 +13,9 @@ ENV = {
     # SuperExec asks its SuperNode for a new task every 0.2 s, not every 1 s (flwr's
     # default): up to 0.8 s less per message (docs/DEPLOY.md, where a round's time goes)
     "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",
+    # one torch thread per app process, as Ray gives each simulated site (num-cpus = 1):
+    # N sites' default thread pools on one host oversubscribe it (training 20x slower)
+    "OMP_NUM_THREADS": "1",
 }
 
 
