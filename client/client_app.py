@@ -79,6 +79,30 @@ def site_reply_mod(msg: Message, context: Context, call_next) -> Message:
     return reply
 
 
+def dp_clipping_mod(msg: Message, context: Context, call_next, study: Study | None = None):
+    """Flower's client-side clipping mod for `dp = client-fixed | client-adaptive`.
+
+    Flower's mods expect a message of one ArrayRecord and one ConfigRecord;
+    a medfed train message may also carry peers' ciphertext and key grants.
+    The mod sees the model and its config, the handler the whole message."""
+    from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+
+    dp = _study(context, study).dp
+    mod = {"client-fixed": fixedclipping_mod, "client-adaptive": adaptiveclipping_mod}.get(dp)
+    if mod is None:
+        return call_next(msg, context)
+    extra = {k: msg.content[k] for k in list(msg.content.keys()) if k not in ("arrays", "config")}
+    for key in extra:
+        del msg.content[key]
+
+    def restore_then_next(message: Message, ctx: Context) -> Message:
+        for key, value in extra.items():
+            message.content[key] = value
+        return call_next(message, ctx)
+
+    return mod(msg, context, restore_then_next)
+
+
 def build_client_app(study: Study | None = None) -> ClientApp:
     """A ClientApp; `study` None reads the study from Flower's run config."""
     app = ClientApp(mods=[site_reply_mod])
@@ -94,7 +118,10 @@ def build_client_app(study: Study | None = None) -> ClientApp:
             identity["certificate"] = _site(context, study).keys.certificate_pem()
         return Message(content=RecordDict({"identity": identity}), reply_to=msg)
 
-    @app.train()
+    def clipping(msg: Message, context: Context, call_next) -> Message:
+        return dp_clipping_mod(msg, context, call_next, study)
+
+    @app.train(mods=[clipping])
     def handle_train(msg: Message, context: Context) -> Message:
         site = _site(context, study)
         rnd = int(msg.content["config"]["server-round"])

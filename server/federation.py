@@ -26,7 +26,7 @@ from server.grants import GrantBroker
 from server.grid import ReportingGrid
 from server.holdout import HoldoutSource, study_data_report, study_holdout
 from server.progress import Events
-from server.results import ResultWriter
+from server.results import ResultWriter, privacy_spent
 from server.strategy import MedfedStrategy, RoundState, StudyStopped, build_strategy
 from study.config import Study
 from study.schema import RoundRecord, Summary, write_json
@@ -86,6 +86,8 @@ def run_study(
         metrics = evaluate(model, study.modality, h.images, h.targets, h.bits)
         holdout_s = time.perf_counter() - t0
         record = strategy.round_record(metrics)
+        if study.dp != "none":
+            record.extra["privacy"] = privacy_spent(study, record)
         phases = {
             "train_round": reporting.phase_seconds.get((state.round, "train"), 0.0),
             "aggregate": state.aggregate_s,

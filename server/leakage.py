@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -195,8 +195,63 @@ def analytic_recovery(
 
 # -------------------------------------------------------------- optimisation
 @dataclass(frozen=True)
+class ImagePrior:
+    """What the attacker expects images to look like, learnt from public
+    reference images (the server's held-out set; never the attacked site's):
+    their mean and principal components (scikit-learn's PCA), the image model
+    x = mean + coefficients @ basis of the generative-prior attacks (Jeon et
+    al. 2021 use a GAN; a linear model needs no training and a few dozen
+    images). `basis` rows are the components times their standard deviation,
+    so coefficients drawn from N(0, 1) are plausible images."""
+
+    mean: np.ndarray  # float32 (C, H, W) on [0, 1]
+    basis: np.ndarray  # float32 (k, C * H * W)
+    reference_images: int
+
+    @classmethod
+    def fit(cls, images: np.ndarray, components: int) -> ImagePrior:
+        """Fit on float images (N, C, H, W) on [0, 1]; k = min(components, N - 1)."""
+        from sklearn.decomposition import PCA
+
+        if len(images) < 2:
+            raise ValueError(f"an image prior needs at least 2 reference images, got {len(images)}")
+        flat = np.asarray(images, np.float64).reshape(len(images), -1)
+        k = max(0, min(components, len(images) - 1))
+        if k == 0:
+            basis = np.zeros((0, flat.shape[1]))
+            mean = flat.mean(axis=0)
+        else:
+            pca = PCA(n_components=k, svd_solver="full").fit(flat)
+            basis = pca.components_ * np.sqrt(pca.explained_variance_)[:, None]
+            mean = pca.mean_
+        return cls(
+            mean.reshape(images.shape[1:]).astype(np.float32),
+            basis.astype(np.float32),
+            len(images),
+        )
+
+    @property
+    def components(self) -> int:
+        return len(self.basis)
+
+    def decode(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """(N, k) coefficients -> (N, C, H, W) images, clipped to [0, 1]."""
+        flat = torch.from_numpy(self.mean).reshape(1, -1) + coefficients @ torch.from_numpy(
+            self.basis
+        )
+        return flat.clamp(0, 1).reshape(len(coefficients), *self.mean.shape)
+
+
+@dataclass(frozen=True)
 class InversionConfig:
     """Settings of the optimisation attack (Inverting Gradients, with restarts).
+
+    With an ImagePrior the descent runs on the prior's coefficients
+    (`prior_components`, step `prior_step_size`), then `pixel_iterations` of
+    pixel-level descent (step `step_size`, total-variation weight `tv_weight`)
+    refine the best restart; without one it runs on the pixels from uniform
+    noise. Each restart takes `iterations` steps of Adam with a cosine-annealed
+    step; restart 0 starts at the prior's mean, the others at random.
 
     `adam_scale`: the attacker's Adam simulates the site's first steps with
     eps = adam_scale x the RMS of each simulated gradient tensor instead of
@@ -209,7 +264,7 @@ class InversionConfig:
     Inverting Gradients code does) instead of the gradient itself.
     """
 
-    iterations: int = 400
+    iterations: int = 60
     restarts: int = 2
     step_size: float = 0.003
     tv_weight: float = 0.01
@@ -217,18 +272,23 @@ class InversionConfig:
     smooth_beta: float = 20.0
     signed: bool = False
     seed: int = 0
+    prior_components: int = 20
+    prior_step_size: float = 0.1
+    pixel_iterations: int = 0
 
 
 @dataclass(frozen=True)
 class Inversion:
     """An optimisation attack's result: images on [0, 1], the labels used, the
-    final objective of the chosen restart, and the time it took."""
+    final objective of the chosen restart (on the exact model), and the time
+    it took."""
 
     images: np.ndarray  # float32 (N, C, H, W) on [0, 1]
     labels: np.ndarray
     labels_source: str  # "recovered" (from the update) or "known"
     objective: float
     seconds: float
+    restart_objectives: list[float] = field(default_factory=list)
 
 
 def recover_labels(
@@ -337,10 +397,12 @@ def cosine_distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference of neighbouring pixels (anisotropic TV)."""
+    """Mean absolute difference of neighbouring pixels (anisotropic TV),
+    relative to the mean intensity: a model blind to a global intensity factor
+    must not be able to lower the prior by darkening the image."""
     dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
     dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
-    return dx + dy
+    return (dx + dy) / (x.mean() + 1e-6)
 
 
 def invert_update(
@@ -352,17 +414,16 @@ def invert_update(
     image_shape: tuple[int, ...],
     *,
     targets: np.ndarray | None = None,
-    prior: np.ndarray | None = None,
+    prior: ImagePrior | None = None,
     config: InversionConfig = InversionConfig(),
     progress: Callable[[int, int], None] | None = None,
 ) -> Inversion:
     """Reconstruct `num_images` images from an observed update.
 
     `targets`: the labels (or masks) if the attacker is given them; None
-    recovers X-ray labels from the update (one image only). `prior`: an image
-    the attacker expects (the population mean, what the mean guess uses); the
-    first restart starts there, the others from uniform noise.
-    `progress(done, total)` is called every few iterations.
+    recovers X-ray labels from the update (one image only). `prior`: the
+    attacker's image prior (ImagePrior, from public images); None descends on
+    raw pixels. `progress(done, total)` is called every few iterations.
     """
     t0 = time.perf_counter()
     model = model.cpu().train()
@@ -377,47 +438,86 @@ def invert_update(
         source = "recovered"
     else:
         labels, source = np.asarray(targets, dtype=np.float32), "known"
+    if prior is not None and tuple(prior.mean.shape) != tuple(image_shape):
+        raise ValueError(f"image prior of shape {prior.mean.shape}, images of shape {image_shape}")
     y = torch.from_numpy(labels.astype(np.float32))
     adam_scale = config.adam_scale if training.optimizer == "adam" else None
     surrogate = smooth_surrogate(model, config.smooth_beta) if config.smooth_beta > 0 else model
-    total = config.restarts * config.iterations
+    use_prior = prior is not None and prior.components > 0 and config.prior_components > 0
+    k = min(config.prior_components, prior.components) if use_prior else 0
+    if use_prior:
+        prior = ImagePrior(prior.mean, prior.basis[:k], prior.reference_images)
+    total = config.restarts * config.iterations + config.pixel_iterations * use_prior
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if progress is not None and (done[0] % 10 == 0 or done[0] == total):
+            progress(done[0], total)
+
+    def objective(m: nn.Module, x: torch.Tensor, scale: float | None) -> torch.Tensor:
+        sim = simulate_update(m, start, x, y, training, adam_scale=scale)
+        return cosine_distance(sim, observed)
+
+    def descend(variable: torch.Tensor, render, lr: float, steps: int, tv: float) -> None:
+        opt = torch.optim.Adam([variable], lr=lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            x = render(variable)
+            loss = objective(surrogate, x, adam_scale)
+            if tv > 0:
+                loss = loss + tv * total_variation(x)
+            (grad,) = torch.autograd.grad(loss, [variable])
+            variable.grad = grad.sign() if config.signed else grad
+            opt.step()
+            schedule.step()
+            if render is _pixels:
+                with torch.no_grad():
+                    variable.clamp_(0, 1)
+            tick()
+
+    restart_objectives = []
     best: tuple[float, torch.Tensor] | None = None
     for restart in range(config.restarts):
         gen = torch.Generator().manual_seed(config.seed * 1000 + restart)
-        if restart == 0 and prior is not None:
-            x = torch.from_numpy(np.broadcast_to(prior, (num_images, *image_shape)).copy())
-            x = x.float().requires_grad_(True)
+        if use_prior:
+            c = (
+                torch.zeros(num_images, k)
+                if restart == 0
+                else torch.randn(num_images, k, generator=gen)
+            )
+            c.requires_grad_(True)
+            descend(c, prior.decode, config.prior_step_size, config.iterations, 0.0)
+            x = prior.decode(c.detach())
         else:
             x = torch.rand((num_images, *image_shape), generator=gen).requires_grad_(True)
-        opt = torch.optim.Adam([x], lr=config.step_size)
-        milestones = [int(config.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
-        schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
-        for it in range(config.iterations):
-            opt.zero_grad(set_to_none=True)
-            sim = simulate_update(surrogate, start, x, y, training, adam_scale=adam_scale)
-            objective = cosine_distance(sim, observed) + config.tv_weight * total_variation(x)
-            (grad,) = torch.autograd.grad(objective, [x])
-            x.grad = grad.sign() if config.signed else grad
-            opt.step()
-            schedule.step()
-            with torch.no_grad():
-                x.clamp_(0, 1)
-            if progress is not None and (it % 10 == 9 or it == config.iterations - 1):
-                progress(restart * config.iterations + it + 1, total)
-        sim = simulate_update(model, start, x.detach(), y, training, adam_scale=adam_scale)
-        final = float(
-            (cosine_distance(sim, observed) + config.tv_weight * total_variation(x)).detach()
-        )
+            descend(x, _pixels, config.step_size, config.iterations, config.tv_weight)
+            x = x.detach()
+        final = float(objective(model, x, None).detach())
+        restart_objectives.append(final)
         if best is None or final < best[0]:
-            best = (final, x.detach().clone())
+            best = (final, x.clone())
     assert best is not None
+    if use_prior and config.pixel_iterations > 0:
+        x = best[1].clone().requires_grad_(True)
+        descend(x, _pixels, config.step_size, config.pixel_iterations, config.tv_weight)
+        final = float(objective(model, x.detach(), None).detach())
+        if final < best[0]:
+            best = (final, x.detach().clone())
     return Inversion(
         images=best[1].numpy().astype(np.float32),
         labels=labels,
         labels_source=source,
         objective=best[0],
         seconds=time.perf_counter() - t0,
+        restart_objectives=restart_objectives,
     )
+
+
+def _pixels(x: torch.Tensor) -> torch.Tensor:
+    """The identity image parametrisation (descent on the pixels themselves)."""
+    return x
 
 
 # ------------------------------------------------------------------- scoring
@@ -459,11 +559,7 @@ def score(reconstructions: np.ndarray, originals: np.ndarray) -> Score:
     rec = torch.from_numpy(reconstructions[matched].astype(np.float64))
     with torch.no_grad():
         ssim = ssim_torch(rec, torch.from_numpy(originals.astype(np.float64)), 1.0)
-    aligned = []
-    for i in range(n):
-        r = reconstructions[matched[i]].astype(np.float64)
-        factor = float((r * originals[i]).sum() / max(float((r * r).sum()), 1e-30))
-        aligned.append(psnr_db(factor * r, originals[i]))
+    aligned = [scale_aligned_psnr_db(reconstructions[matched[i]], originals[i]) for i in range(n)]
     return Score(
         psnr=[float(table[i, matched[i]]) for i in range(n)],
         ssim=[float(v) for v in ssim],
@@ -472,10 +568,24 @@ def score(reconstructions: np.ndarray, originals: np.ndarray) -> Score:
     )
 
 
+def scale_aligned_psnr_db(reconstruction: np.ndarray, original: np.ndarray) -> float:
+    """PSNR of `reconstruction` times its least-squares intensity factor to `original`."""
+    r = np.asarray(reconstruction, np.float64)
+    factor = float((r * original).sum() / max(float((r * r).sum()), 1e-30))
+    return psnr_db(factor * r, original)
+
+
 def mean_guess_psnr(mean_image: np.ndarray, originals: np.ndarray) -> float:
     """Mean over the batch of the PSNR of guessing `mean_image` (the site's
     mean training image) for each real image."""
     return float(np.mean([psnr_db(mean_image, o) for o in originals]))
+
+
+def mean_guess_psnr_scale_aligned(mean_image: np.ndarray, originals: np.ndarray) -> float:
+    """The same guess scored like `Score.psnr_scale_aligned`: the mean image
+    times its best intensity factor to each real image (what a reconstruction's
+    scale-aligned PSNR must be compared with)."""
+    return float(np.mean([scale_aligned_psnr_db(mean_image, o) for o in originals]))
 
 
 def recovered_share(psnr: list[float], threshold_db: float = RECOVERED_DB) -> float:

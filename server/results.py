@@ -24,6 +24,7 @@ from server.archive import Archive
 from server.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from server.report import write_report
 from study.config import Study
+from study.privacy import epsilon_spent
 from study.schema import (
     BYTE_KINDS,
     SCHEMA,
@@ -164,6 +165,11 @@ class ResultWriter:
                 entry["rounds_ok" if s.ok else "rounds_failed"] += 1
         speeds = self.study.link_speeds_mbps
         n = len(rounds)
+        extra = (
+            {"privacy": rounds[-1].extra["privacy"]}
+            if rounds and "privacy" in rounds[-1].extra
+            else {}
+        )
         return Summary(
             status="complete" if n == self.study.num_rounds else "incomplete",
             study=self.study.name,
@@ -180,6 +186,7 @@ class ResultWriter:
             upload_seconds_per_round={f"{m:g}mbps": _slowest_upload_s(rounds, m) for m in speeds},
             final=dict(rounds[-1].global_) if rounds else {},
             seconds=sum(r.seconds for r in rounds),
+            extra=extra,
         )
 
 
@@ -188,3 +195,18 @@ def _slowest_upload_s(rounds: list[RoundRecord], mbps: float) -> float:
         return 0.0
     worst = max(max((s.bytes["message_up"] for s in r.sites), default=0) for r in rounds)
     return worst * 8 / (mbps * 1e6)
+
+
+def privacy_spent(study: Study, record: RoundRecord) -> dict:
+    """The (epsilon, delta) spent after this round (study/privacy.py). For
+    local-dpsgd each site has its own guarantee (its number of images sets
+    the sampling rate); the worst site's is reported, with every site's."""
+    if study.dp != "local-dpsgd":
+        return epsilon_spent(study, record.round).to_json()
+    per_site = {
+        s.site: epsilon_spent(study, record.round, num_examples=s.examples)
+        for s in record.sites
+        if s.examples > 0
+    }
+    worst = max(per_site.values(), key=lambda p: p.epsilon)
+    return {**worst.to_json(), "sites": {k: v.epsilon for k, v in per_site.items()}}

@@ -68,7 +68,36 @@ def build_strategy(study: Study) -> Strategy:
     }
     if "proximal_mu" in params:
         options["proximal_mu"] = study.proximal_mu
-    return cls(**{k: v for k, v in options.items() if k in params})
+    return with_differential_privacy(
+        study, cls(**{k: v for k, v in options.items() if k in params})
+    )
+
+
+def with_differential_privacy(study: Study, strategy: Strategy) -> Strategy:
+    """Flower's central-DP wrapper the study's `dp` names around `strategy`.
+
+    client-fixed / client-adaptive: the sites clip their update (Flower's
+    clipping mods, client/client_app.py) and the server adds Gaussian noise
+    to the aggregate; server-fixed: the server clips each update and adds the
+    noise. The noise is on the aggregate, so these protect against whoever
+    holds the global model, not against the server (study/privacy.py).
+    local-dpsgd adds its noise inside each site's training instead.
+    For client-adaptive the clipped-count noise is max(sites / 20, z) (Andrew
+    et al. recommend sites / 20, which Flower cannot split below z with few
+    sites; Flower then adds the matching, larger noise to the updates).
+    """
+    from study.privacy import sites_sampled
+
+    z, c, n = study.dp_noise_multiplier, study.dp_clipping_norm, sites_sampled(study)
+    if study.dp == "client-fixed":
+        return flwr_strategies.DifferentialPrivacyClientSideFixedClipping(strategy, z, c, n)
+    if study.dp == "server-fixed":
+        return flwr_strategies.DifferentialPrivacyServerSideFixedClipping(strategy, z, c, n)
+    if study.dp == "client-adaptive":
+        return flwr_strategies.DifferentialPrivacyClientSideAdaptiveClipping(
+            strategy, z, n, initial_clipping_norm=c, clipped_count_stddev=max(n / 20, z)
+        )
+    return strategy
 
 
 def message_bytes(msg: Message) -> int:

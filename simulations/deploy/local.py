@@ -31,6 +31,7 @@ def run_local_deployment(
     study's num-sites is set to it. Logs of every component go to
     `<out-dir>/deploy-logs/`. Every process is stopped before this returns.
     """
+    from simulations.identities import provision_identities
     from simulations.runner import prepare_data
     from study.data.home import data_home
 
@@ -55,6 +56,8 @@ def run_local_deployment(
             fed.certs.check(fed.sites)
         echo("preparing the study's data (phantoms are generated once)")
         prepare_data(study)  # before the sites start: they would wait on each other's lock
+        # the study CA and each site's identity (its key made in its own state folder)
+        provision_identities(study)
         fed.start()
         echo(
             f"submitting study {study.name!r}: flwr run <app> {fed.connection} "
