@@ -251,6 +251,8 @@ def test_each_container_gets_only_the_keys_it_needs(services):
             "/certs/ca.crt": (f"{certs}/ca.crt", True),
             "/certs/server.pem": (f"{certs}/server.pem", True),
             "/certs/server.key": (f"{certs}/server.key", True),
+            # the reading centre's public certificate, to relay to the sites that grant it
+            "/certs/auditor/identity.crt": (f"{certs}/auditor/identity.crt", True),
             "/app/runs": ("./runs", False),
         },
         "register": {"/certs/ca.crt": (f"{certs}/ca.crt", True)}

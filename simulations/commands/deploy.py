@@ -106,6 +106,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="SuperLink host name or IP for the certificate (repeatable; default "
         "superlink, localhost, 127.0.0.1)",
     )
+    ce.add_argument(
+        "--study",
+        default="demo",
+        metavar="NAME|STUDY.toml",
+        help="the study the sites' grant identities are certified for: its name, or a study "
+        "file to read it from (default: demo)",
+    )
     ce.add_argument("--overwrite", action="store_true", help="replace existing files")
     ce.set_defaults(func=main_certs)
 
@@ -236,11 +243,21 @@ def main_register(args: argparse.Namespace) -> int:
 def main_certs(args: argparse.Namespace) -> int:
     from simulations.deploy import SERVER_NAMES, write_certificates
 
+    study = args.study
+    if study.endswith(".toml"):
+        from study.config import Study
+
+        study = Study.from_toml(study).name
     certs = write_certificates(
-        args.out, sites=args.sites, names=args.name or SERVER_NAMES, overwrite=args.overwrite
+        args.out,
+        sites=args.sites,
+        names=args.name or SERVER_NAMES,
+        overwrite=args.overwrite,
+        study=study,
     )
     print(
         f"certificates in {certs.folder}: ca.crt, server.pem, server.key, "
-        f"site-0..{args.sites - 1}.key/.pub (private keys mode 0600; never commit them)"
+        f"site-0..{args.sites - 1}.key/.pub, and grant identities site-0..{args.sites - 1}/ "
+        f"and auditor/ for study {study!r} (private keys mode 0600; never commit them)"
     )
     return 0
