@@ -46,6 +46,7 @@ def _point(images, fit_psnr, unseen_psnr, stopped="converged", val=(20.0, 21.0, 
         "images": images,
         "epochs": len(val),
         "fit_s": 10.0,
+        "fit_cpu_s": 10.0,
         "stopped": stopped,
         "fit": {"psnr": fit_psnr, "ssim": 0.8, "bpp": 8.0},
         "unseen": {"psnr": unseen_psnr, "ssim": 0.7, "bpp": 8.0},
@@ -65,7 +66,7 @@ def test_assess_more_data_and_more_compute():
     exact = assess("invertible", [_point(24, math.inf, math.inf)])
 
     assert flat["data"] is False and flat["compute"] is False
-    assert "converged after 4 epochs" in flat["why_compute"]
+    assert "converged after 4 epochs, 10 CPU s" in flat["why_compute"]
     assert rising["data"] is True and rising["compute"] is True
     assert "20.00 -> 22.00 dB" in rising["why_data"] and "time limit" in rising["why_compute"]
     assert exact["data"] is False and "exact" in exact["why_data"]
@@ -91,7 +92,18 @@ def curves():
         variants=("aae-scramble", "invertible"),
         cpu_s_per_image=0.05,
         min_cpu_s=1.0,
+        jobs=2,
     )
+
+
+def test_learning_curves_in_this_process():
+    result = run_learning_curves(
+        sources=("phantom-xray",), size=32, sizes=(16,), test_images=4, variants=("invertible",)
+    )
+
+    (point,) = result["sources"]["phantom-xray"]["methods"]["invertible"]["points"]
+    assert result["jobs"] == 1 and point["images"] == 16 and point["curve"]
+    assert math.isinf(point["fit"]["psnr"]) and point["budget"]["time_clock"] == "cpu"
 
 
 def test_learning_curves_runs_every_fit_and_records_its_curve(curves):
@@ -106,7 +118,7 @@ def test_learning_curves_runs_every_fit_and_records_its_curve(curves):
         assert p["curve"] and "val_psnr_db" in p["curve"][-1]
         assert p["stopped"] in ("converged", "epochs", "time limit")
         assert p["budget"]["time_limit_s"] == max(1.0, 0.05 * p["images"])
-        assert p["budget"]["time_clock"] == "cpu" and p["seconds_per_epoch"] > 0
+        assert p["budget"]["time_clock"] == "cpu" and p["cpu_s_per_epoch"] > 0
     assert all(math.isinf(p["unseen"]["psnr"]) for p in inv["points"])
     assert set(aae["assessment"]) == {"data", "compute", "why_data", "why_compute"}
     json.dumps(curves)  # plain JSON types only
@@ -205,3 +217,13 @@ def test_rate_distortion_pictures_reach_the_report(tmp_path):
     assert "![method pictures on phantom-xray](bench/rate-distortion-phantom-xray.png)" in (
         doc.read_text()
     )
+
+
+def test_training_options_reach_every_learned_method():
+    from encryption.registry import encryptor_class
+    from simulations.benchmarks.encryption import _accepts
+
+    for name in ("deepedn", "aae-scramble", "learned-codec-aes", "invertible"):
+        assert _accepts(encryptor_class(name), "time_clock"), name
+        assert _accepts(encryptor_class(name), "time_limit_s"), name
+    assert not _accepts(encryptor_class("aes-gcm"), "time_clock")

@@ -14,7 +14,14 @@ Where we chose:
   with pixel-shuffle upsampling. Weight init is seeded from the site key.
 - Prior: i.i.d. uniform noise on [0, 1]; a small convolutional
   discriminator on latent maps (LSGAN) sees uniform noise maps as real,
-  so spatial structure in the code is penalised too.
+  so spatial structure in the code is penalised too. Its weight
+  `lambda_adv` is 0.001: the keyed diffusion below, not the prior, makes
+  the cipher uniform, and on 384 phantom X-rays of 64 px the prior at
+  0.02 cost 4.5 dB on held-out images (23.2 dB against 27.7 at 0.001,
+  about 30 without it).
+- Fit: the shared loop of encryption.nn (held-out convergence criterion,
+  weight average, `fit_report` with the curve), within `epochs` and
+  `time_limit_s`.
 - The latent is quantised to 8 bits (straight-through in training). The
   payload is those bytes, scrambled: a key-derived permutation of all
   latent elements of an image (numpy PCG64 seeded by HKDF of the key and
@@ -109,7 +116,7 @@ class AaeScramble(TorchEncryptor):
         "nf": 32,
         "latent_per_channel": 8,
         "ndf": 32,
-        "lambda_adv": 0.02,
+        "lambda_adv": 0.001,
         "time_limit_s": 240.0,
         "device": "cpu",
         "infer_batch": 64,

@@ -25,6 +25,11 @@ Where we chose:
 - preset "paper": ngf 64, 9 residual blocks, PatchGAN ndf 64 (faithful,
   heavy). Default: same structure, ngf 8, 2 residual blocks, ndf 16,
   trained on 64 px random crops, under a time limit.
+- Fit: the shared loop of encryption.nn on the site's whole shard: a
+  key-chosen hold-out (up to 32 images) judges a moving average of the
+  weights; the learning rate drops on a plateau and a last plateau ends
+  the fit (the convergence criterion), within `epochs` and `time_limit_s`;
+  `fit_report` keeps the curve.
 Deterministic (same image + weights -> same cipher), lossy.
 
 Measured (smooth 8-bit phantoms from tests/conftest.py, 96 images of 128 px,

@@ -24,6 +24,9 @@ factorized-prior model, made small):
   table every machine builds alike). With `target_psnr_db = 0` it is the pure learned codec.
   (The decoder recomputes the same prediction; a float difference across
   machines can move a pixel by one level, not more.)
+Fit: the shared loop of encryption.nn (the rate-distortion loss of held-out
+images with the rounded latent as the convergence criterion, weight average,
+`fit_report` with the curve), within `epochs` and `time_limit_s`.
 Payload = latent ANS words + residual ANS words; self-described by the
 header's `extra`. Deterministic codec, random AES-GCM nonce.
 

@@ -100,8 +100,12 @@ def site_images(
 
 
 def _accepts(cls: type, key: str) -> bool:
+    from encryption.nn import TRAINING_DEFAULTS, TorchEncryptor
+
     defaults = getattr(cls, "defaults", None)
     if isinstance(defaults, dict) and key in defaults:
+        return True
+    if issubclass(cls, TorchEncryptor) and key in TRAINING_DEFAULTS:
         return True
     return key in inspect.signature(cls.__init__).parameters
 
@@ -334,6 +338,7 @@ def run_rate_distortion(
     codec_targets: tuple[float, ...] = (),
     curve_sources: tuple[str, ...] = ("phantom-xray",),
     fit_time_limit_s: float | None = None,
+    fit_clock: str = "wall",
     variants: dict[str, dict[str, Any]] | None = None,
     fit_images: int | None = None,
     variant_sources: tuple[str, ...] | None = None,
@@ -351,14 +356,18 @@ def run_rate_distortion(
     `epochs`: of every learned fit; None keeps each method's default.
     `codec_targets`: extra target_psnr_db settings of learned-codec-aes (a curve on
     `curve_sources`).
-    `fit_time_limit_s`: training time cap of each learned fit (methods that have one).
+    `fit_time_limit_s`: training time cap of each learned fit (methods that have one),
+    in `fit_clock` seconds: "wall", or "cpu" (the process's CPU time, which other
+    programs' load does not shrink).
     `variants`: label -> {"method": name, "config": {...}}, other configurations of
     a method (e.g. deepedn's faithful "paper" preset), evaluated next to the
     methods, under their label, on `variant_sources` (default: `security_sources`)."""
     from encryption.evaluate import evaluate, evaluate_method
     from encryption.registry import encryptor_class
 
-    training = {"time_limit_s": fit_time_limit_s} if fit_time_limit_s else {}
+    training: dict[str, Any] = {"time_limit_s": fit_time_limit_s} if fit_time_limit_s else {}
+    if fit_time_limit_s:
+        training["time_clock"] = fit_clock
     out: dict[str, Any] = {}
     variant_sources = security_sources if variant_sources is None else variant_sources
     for source in sources:
@@ -457,6 +466,7 @@ def run_rate_distortion(
         "fit_images": fit_images or images,
         "epochs": epochs,
         "fit_time_limit_s": fit_time_limit_s,
+        "fit_clock": fit_clock,
         "variants": variants or {},
         "sources": out,
     }

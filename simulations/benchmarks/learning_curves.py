@@ -90,33 +90,31 @@ def fit_point(
     bits: int,
     time_limit_s: float,
 ) -> dict[str, Any]:
-    """One fit of one variant on `fit` with a budget of `time_limit_s` CPU seconds
-    (wall seconds for a method without a CPU clock), measured on `fit` and `test`."""
-    from encryption.nn import TorchEncryptor
-    from encryption.registry import encryptor_class, get_encryptor
+    """One fit of one variant on `fit` with a budget of `time_limit_s` CPU seconds,
+    measured on `fit` and `test`."""
+    from encryption.registry import get_encryptor
 
-    config = {**variant["config"], "time_limit_s": float(time_limit_s)}
-    if issubclass(encryptor_class(variant["method"]), TorchEncryptor):
-        config["time_clock"] = "cpu"
+    config = {**variant["config"], "time_limit_s": float(time_limit_s), "time_clock": "cpu"}
     enc = get_encryptor(variant["method"], key=bytes(range(32)), **config)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     report = enc.fit(fit, bits)
-    fit_s = time.perf_counter() - start
+    fit_s, fit_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
     doc = report.as_dict()
     # the pace of a full epoch, from the optimiser steps done (a fit cut by its
     # time limit may not finish one)
     steps = max([int(p.get("steps", 0)) for p in doc["curve"]] + [0])
     batch = getattr(enc, "config", {}).get("batch_size") or getattr(enc, "batch_size", 1)
     per_epoch = math.ceil(doc["budget"].get("train_images", len(fit)) / int(batch))
-    seconds_per_epoch = fit_s / steps * per_epoch if steps else fit_s / max(1, doc["epochs"])
+    cpu_per_epoch = fit_cpu_s / steps * per_epoch if steps else fit_cpu_s / max(1, doc["epochs"])
     return {
         "images": int(len(fit)),
         "fit_s": fit_s,
+        "fit_cpu_s": fit_cpu_s,
         "epochs": doc["epochs"],
         "steps": steps,
         "stopped": doc["stopped"],
         "budget": doc["budget"],
-        "seconds_per_epoch": seconds_per_epoch,
+        "cpu_s_per_epoch": cpu_per_epoch,
         "fit": _fidelity(enc, fit, bits),
         "unseen": _fidelity(enc, test, bits),
         "report_metrics": doc["metrics"],
@@ -124,6 +122,21 @@ def fit_point(
         "config": config,
         "label": label,
     }
+
+
+def _fit_task(task: tuple) -> dict[str, Any]:
+    """`fit_point` of one (label, n) task; errors are recorded, not raised."""
+    label, n, fit, test, bits, cap = task
+    try:
+        return fit_point(label, VARIANTS[label], fit, test, bits, cap)
+    except Exception as exc:  # noqa: BLE001 - recorded per fit, not hidden
+        return {"images": n, "label": label, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def run_learning_curves(
@@ -135,15 +148,18 @@ def run_learning_curves(
     variants: tuple[str, ...] = tuple(VARIANTS),
     cpu_s_per_image: float = 0.5,
     min_cpu_s: float = 10.0,
+    jobs: int = 1,
     seed: int = 0,
     progress: Progress = _quiet,
 ) -> dict[str, Any]:
     """Fits of every variant on nested fit sets of `sizes` images per source.
 
     The budget of a fit on n images is max(`min_cpu_s`, `cpu_s_per_image` x n)
-    CPU seconds of this process (all its threads), for every variant alike:
+    CPU seconds of its process (all its threads), for every variant alike:
     compute in proportion to the data, and a budget that other programs' load
-    does not shrink. A failing fit is recorded with its error; the others run."""
+    does not shrink. `jobs` > 1 runs the fits in that many worker processes of
+    one torch thread each (small convolutions use one core better than two
+    threads share it). A failing fit is recorded with its error; the others run."""
     from simulations.benchmarks.encryption import site_images
 
     unknown = [v for v in variants if v not in VARIANTS]
@@ -151,17 +167,15 @@ def run_learning_curves(
         raise ValueError(f"unknown variant(s) {', '.join(unknown)}; valid: {', '.join(VARIANTS)}")
     sizes = tuple(sorted(int(n) for n in sizes))
     out: dict[str, Any] = {}
-    total = len(sources) * len(variants) * len(sizes)
-    done = 0
+    tasks: dict[tuple[str, str, int], tuple] = {}
     for source in sources:
         try:
             fit_pool, test, bits = site_images(source, sizes[-1], test_images, size, seed)
         except Exception as exc:  # noqa: BLE001 - a source missing here is recorded
             out[source] = {"error": f"{type(exc).__name__}: {exc}"}
             progress(f"learning-curves: {source} unavailable: {exc}")
-            done += len(variants) * len(sizes)
             continue
-        entry: dict[str, Any] = {
+        out[source] = {
             "shape": list(fit_pool.shape[1:]),
             "bits": bits,
             "fit_pool": int(len(fit_pool)),
@@ -169,42 +183,58 @@ def run_learning_curves(
             "methods": {},
         }
         for label in variants:
-            variant = VARIANTS[label]
-            points = []
             for n in sizes:
-                done += 1
-                if n > len(fit_pool):
-                    continue
-                cap = max(min_cpu_s, cpu_s_per_image * n)
-                progress(
-                    f"learning-curves [{done}/{total}] {source}: {label} on {n} images "
-                    f"(budget {cap:g} CPU s)"
-                )
-                try:
-                    point = fit_point(label, variant, fit_pool[:n], test, bits, cap)
-                except Exception as exc:  # noqa: BLE001 - recorded per fit, not hidden
-                    points.append({"images": n, "error": f"{type(exc).__name__}: {exc}"})
-                    progress(f"  failed: {exc}")
-                    continue
-                progress(
-                    f"  {point['epochs']} epochs in {point['fit_s']:.0f} s ({point['stopped']}): "
-                    f"PSNR fit {point['fit']['psnr']:.2f} dB, unseen {point['unseen']['psnr']:.2f} dB"
-                )
-                points.append(point)
+                if n <= len(fit_pool):
+                    cap = max(min_cpu_s, cpu_s_per_image * n)
+                    tasks[(source, label, n)] = (label, n, fit_pool[:n], test, bits, cap)
+    progress(f"learning-curves: {len(tasks)} fits in {max(1, jobs)} process(es)")
+    results: dict[tuple[str, str, int], dict[str, Any]] = {}
+
+    def report(key: tuple[str, str, int], point: dict[str, Any]) -> None:
+        results[key] = point
+        source, label, n = key
+        head = f"learning-curves [{len(results)}/{len(tasks)}] {source}: {label} on {n} images"
+        if "error" in point:
+            progress(f"{head}: failed: {point['error']}")
+            return
+        progress(
+            f"{head}: {point['epochs']} epochs, {point['fit_cpu_s']:.0f} CPU s "
+            f"({point['stopped']}); PSNR fit {point['fit']['psnr']:.2f} dB, "
+            f"unseen {point['unseen']['psnr']:.2f} dB"
+        )
+
+    if jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_one_thread) as pool:
+            futures = {pool.submit(_fit_task, task): key for key, task in tasks.items()}
+            for future in as_completed(futures):
+                report(futures[future], future.result())
+    else:
+        for key, task in tasks.items():
+            report(key, _fit_task(task))
+    for source, entry in out.items():
+        if "error" in entry:
+            continue
+        for label in variants:
+            points = [results[k] for k in sorted(results) if k[:2] == (source, label)]
+            points.sort(key=lambda p: p["images"])
             entry["methods"][label] = {
-                "method": variant["method"],
-                "config": variant["config"],
+                "method": VARIANTS[label]["method"],
+                "config": VARIANTS[label]["config"],
                 "points": points,
                 "assessment": assess(label, points),
             }
-        out[source] = entry
     return {
         "size": size,
         "sizes": list(sizes),
         "test_images": test_images,
         "cpu_s_per_image": cpu_s_per_image,
         "min_cpu_s": min_cpu_s,
-        "torch_threads": _torch_threads(),
+        "jobs": jobs,
+        "torch_threads": 1 if jobs > 1 else _torch_threads(),
         "targets": TARGETS,
         "papers": {k: PAPERS[k] for k in variants},
         "sources": out,
@@ -260,7 +290,7 @@ def assess(label: str, points: list[dict[str, Any]]) -> dict[str, Any]:
         rising = val[-1] - max(val[:-q])
     budget_cut = last["stopped"] in ("time limit", "epochs")
     compute = budget_cut and (math.isnan(rising) or rising > COMPUTE_GAIN_DB)
-    why_compute = f"{last['stopped']} after {last['epochs']} epochs in {last['fit_s']:.0f} s"
+    why_compute = f"{last['stopped']} after {last['epochs']} epochs, {last['fit_cpu_s']:.0f} CPU s"
     if not math.isnan(rising):
         why_compute += f"; held-out PSNR {rising:+.2f} dB over the last quarter of its checks"
     return {"data": data, "compute": compute, "why_data": why_data, "why_compute": why_compute}
@@ -279,7 +309,7 @@ def target_rows(results: Mapping[str, Any]) -> list[tuple[str, float, float | No
             continue
         p = points[-1]
         how = (
-            f"{p['images']} images, {p['epochs']} epochs in {p['fit_s']:.0f} s "
+            f"{p['images']} images, {p['epochs']} epochs, {p['fit_cpu_s']:.0f} CPU s "
             f"({p['stopped']}), {p['unseen']['bpp']:.2f} bpp"
         )
         rows.append((label, target, p["unseen"]["psnr"], how))

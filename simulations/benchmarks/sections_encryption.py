@@ -144,10 +144,12 @@ def rate_distortion_section(docs, add: Callable[[str], None], plot_dir: Path, re
         else f"for {r['epochs']} epochs"
     )
     if r.get("fit_time_limit_s"):
-        trained += f", each fit capped at {r['fit_time_limit_s']:g} s,"
+        clock = "CPU " if r.get("fit_clock") == "cpu" else ""
+        trained += f", each fit capped at {r['fit_time_limit_s']:g} {clock}s,"
     add(
         f"{r['images']} images per source at {r['size']} x {r['size']} px; learned methods fitted "
-        f"{trained} on a disjoint sample of the same source. Exact methods have "
+        f"{trained} on {r.get('fit_images', r['images'])} other images of the same site (other "
+        f"patients; see the learning curves for more). Exact methods have "
         f"PSNR inf (plotted at the top). Reference lines: raw pixels and the lossless codecs "
         f"(PNG level 9, JPEG-LS, reversible JPEG 2000, imagecodecs; each plane coded alone).\n"
     )

@@ -89,9 +89,9 @@ def learning_curves_section(docs, add: Callable[[str], None], plot_dir: Path, re
         f"after 4 checks without a 1 % better held-out loss, at most twice, then 4 more such "
         f"checks stop the fit; the best held-out weights are kept), and a compute budget of "
         f"{r['cpu_s_per_image']:g} CPU seconds per fit image (at least {r['min_cpu_s']:g} s; "
-        f"CPU time of the process on its {r['torch_threads']} torch threads, so other programs' "
-        f"load does not shrink it). The fit curve is the method's own record (`fit_report`). "
-        f"PSNR of exact methods is inf.\n"
+        f"CPU time of its process, so other programs' load does not shrink it; the fits ran in "
+        f"{r.get('jobs', 1)} process(es) of {r['torch_threads']} torch thread(s)). The fit "
+        f"curve is the method's own record (`fit_report`). PSNR of exact methods is inf.\n"
     )
     add(
         "The paper preset of `deepedn` is sized for a GPU (its papers train CycleGAN-size "
@@ -143,7 +143,7 @@ def learning_curves_section(docs, add: Callable[[str], None], plot_dir: Path, re
                         p["images"],
                         p["epochs"],
                         p["stopped"],
-                        fmt(p["fit_s"], 0),
+                        fmt(p["fit_cpu_s"], 0),
                         fmt(p["fit"]["psnr"]),
                         fmt(p["unseen"]["psnr"]),
                         fmt(p["fit"]["ssim"], 3),
@@ -159,7 +159,7 @@ def learning_curves_section(docs, add: Callable[[str], None], plot_dir: Path, re
                     "images",
                     "epochs",
                     "stopped by",
-                    "fit s",
+                    "fit CPU s",
                     "PSNR fit",
                     "PSNR unseen",
                     "SSIM fit",
@@ -197,5 +197,5 @@ def _paper_epochs(m: Mapping[str, Any]) -> str:
     want = int(p["budget"].get("epochs", 0))
     if p["stopped"] != "time limit" or want <= p["epochs"]:
         return ""
-    hours = want * p["seconds_per_epoch"] / 3600
-    return f"; its {want} epochs would take {hours:.1f} h here"
+    hours = want * p["cpu_s_per_epoch"] / 3600
+    return f"; its {want} epochs would take {hours:.1f} CPU hours here"
