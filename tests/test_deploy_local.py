@@ -25,6 +25,7 @@ from simulations.deploy import (
     DeployError,
     LocalFederation,
     free_port,
+    port_in_use,
     start_time,
     write_certificates,
     write_node_key,
@@ -94,6 +95,27 @@ def _assert_all_stopped(fed: LocalFederation) -> None:
     assert fed.pids() == []
 
 
+def test_a_just_stopped_federation_s_ports_count_as_free():
+    """A port whose last connection is in TIME_WAIT (a federation stopped a
+    moment ago) is free to a server that binds with SO_REUSEADDR, as Flower's
+    do; a listening port is in use."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Flower's servers do
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert port_in_use(port)
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # the server side closes first: its end of the port waits in TIME_WAIT
+        client.close()
+    states = Path("/proc/net/tcp").read_text() if Path("/proc/net/tcp").exists() else ""
+    assert f":{port:04X} " in states  # the connection is still there, waiting
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))  # what the probe did before: "in use" for a minute
+    assert not port_in_use(port)
+
+
 # ------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("which", ["SuperLink", "SuperNode site-0"])
 def test_port_in_use_names_the_component(tmp_path, which):
@@ -161,8 +183,7 @@ def test_wrong_certificate_is_reported_and_cleaned_up(tmp_path):
     assert "Traceback" not in res.stderr
     pids = out / "deploy-logs" / "pids.json"
     assert json.loads(pids.read_text())  # a SuperLink was started ...
-    time.sleep(1)
-    assert _running(pids) == []  # ... and stopped
+    assert _none_running(pids)  # ... and stopped
 
 
 def test_supernode_with_wrong_ca(tmp_path):
@@ -225,6 +246,18 @@ def test_superlink_accepts_the_generated_chain(tmp_path):
         nodes = json.loads(res.stdout[res.stdout.index("{") :])["nodes"]
         assert sorted(n["status"] for n in nodes) == ["online", "online"]
     _assert_all_stopped(fed)
+
+
+def _none_running(pids_file: Path, timeout_s: float = 10.0) -> bool:
+    """No process from pids.json still runs, waiting at most timeout_s for the
+    last ones to be reaped (a deadline, not a fixed sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while _running(pids_file):
+        if time.monotonic() > deadline:
+            print("still running:", _running(pids_file))
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def _default_sigint() -> None:
@@ -308,8 +341,7 @@ def test_ctrl_c_stops_everything(tmp_path):
     # SuperLink, SuperNode and the processes they started for the run (SuperExec, apps)
     assert len(seen) > 2, seen
     assert stop_s < 30
-    time.sleep(1)
-    assert _running(pids) == []
+    assert _none_running(pids)
 
 
 def _flat_keys(d: dict, prefix: str = "") -> set[str]:
@@ -375,8 +407,7 @@ def test_deploy_local_tls_runs_a_study(tmp_path):
     assert (out / "sites" / "site-0" / "key-v0.bundle").is_file()
     assert "https://" in (out / "deploy-logs" / "superlink.log").read_text()
     assert "all processes stopped" in " ".join(res.stderr.split())
-    time.sleep(1)
-    assert _running(out / "deploy-logs" / "pids.json") == []
+    assert _none_running(out / "deploy-logs" / "pids.json")
 
 
 @pytest.mark.slow

@@ -46,7 +46,7 @@ def ray_head():
             os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail(f"ray start --head did not come up (exit {proc.poll()})")
         time.sleep(0.5)
-    time.sleep(2)  # the raylet registers with the GCS
+    _wait_for_raylet(ray, address, deadline)
     try:
         yield address, temp
     finally:
@@ -76,11 +76,24 @@ def test_study_runs_on_an_existing_ray_cluster(ray_head, tmp_path):
     )
     study.validate()
 
-    summary = run_simulated_study(study)
+    summary = run_simulated_study(study).summary
 
-    assert summary["status"] == "complete" and summary["rounds"] == 2
-    assert summary["bytes_per_site"]["site-0"]["rounds_ok"] == 2
+    assert summary.status == "complete" and summary.rounds == 2
+    assert summary.bytes_per_site["site-0"]["rounds_ok"] == 2
     # the sites ran as workers of that cluster, driven by this process as a job
     logs = next(temp.glob("session_*/logs"))
     assert list(logs.glob("python-core-driver-*")), sorted(p.name for p in logs.iterdir())
     assert len(list(logs.glob("python-core-worker-*"))) >= 1
+
+
+def _wait_for_raylet(ray, address: str, deadline: float) -> None:
+    """Until the cluster reports a node with CPUs (the raylet has registered
+    with the GCS), within the deadline: `ray status` answers then."""
+    while time.monotonic() < deadline:
+        res = subprocess.run(
+            [str(ray), "status", f"--address={address}"], capture_output=True, text=True
+        )
+        if res.returncode == 0 and "CPU" in res.stdout:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the Ray cluster at {address} reported no node within the deadline")

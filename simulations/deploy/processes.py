@@ -23,7 +23,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True when a program listens on (or holds) the port. SO_REUSEADDR, as the
+    SuperLink and SuperNodes bind, so that the connections of a federation
+    stopped a moment ago (TIME_WAIT) do not count as "in use"."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
