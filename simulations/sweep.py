@@ -15,7 +15,6 @@ A sweep file:
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import tomllib
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from study.config import Study, StudyError
-from study.schema import Summary
+from study.schema import Summary, write_json
 
 SWEEP_KEYS = {"name", "study", "out-dir", "set", "grid"}
 
@@ -112,9 +111,9 @@ def comparison_row(point: dict[str, Any], study: Study, summary: Summary) -> dic
 
 def write_comparison(sweep: Sweep, rows: list[dict[str, Any]]) -> Path:
     sweep.out_dir.mkdir(parents=True, exist_ok=True)
-    (sweep.out_dir / "comparison.json").write_text(
-        json.dumps({"schema": 1, "sweep": sweep.name, "grid": sweep.grid, "rows": rows}, indent=2)
-        + "\n"
+    write_json(
+        sweep.out_dir / "comparison.json",
+        {"schema": 1, "sweep": sweep.name, "grid": sweep.grid, "rows": rows},
     )
     cols = list(rows[0]) if rows else []
     lines = [

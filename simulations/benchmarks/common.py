@@ -4,7 +4,6 @@ peak memory of a process tree, result documents."""
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import platform
@@ -16,6 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from study.schema import dumps, loads
 
 SCHEMA = 1
 RESULTS_DIR = Path("benchmarks") / "results"
@@ -231,21 +232,9 @@ def write_result(doc: Mapping[str, Any], results_dir: Path = RESULTS_DIR) -> Pat
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{doc['benchmark']}.json"
-    path.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
+    # strict JSON (study.schema): NaN -> null, an exact PSNR -> null with "exact": true
+    path.write_text(dumps(doc, indent=2) + "\n")
     return path
-
-
-def _json_default(value: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(value, np.generic):
-            return value.item()
-        if isinstance(value, np.ndarray):
-            return value.tolist()
-    except ImportError:
-        pass
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 def load_results(results_dir: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:
@@ -257,10 +246,7 @@ def load_results(results_dir: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:
         )
     docs = {}
     for path in sorted(results_dir.glob("*.json")):
-        try:
-            doc = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON: {exc}") from None
+        doc = loads(path.read_text(), source=str(path))  # SchemaError (a ValueError) names it
         if doc.get("schema") != SCHEMA or "benchmark" not in doc:
             raise ValueError(f"{path}: not a schema-{SCHEMA} benchmark document")
         docs[doc["benchmark"]] = doc

@@ -9,12 +9,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from simulations.benchmarks.tables import fmt
+from study.schema import dumps
 
 
 def site_split(source: str, n_fit: int, n_test: int, size: int, seed: int):
@@ -145,7 +145,7 @@ def run_encryption(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(doc, indent=2) + "\n")
+        out.write_text(dumps(doc, indent=2) + "\n")  # strict JSON (study.schema)
         console.print(f"wrote {out}")
         from simulations.benchmarks.pictures import method_pictures
 

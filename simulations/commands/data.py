@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from rich.console import Console
@@ -158,11 +157,12 @@ def synth_mri(args: argparse.Namespace) -> int:
 
 def inspect_command(args: argparse.Namespace) -> int:
     from study.data.inspect import inspect_dataset
+    from study.schema import dumps
 
     limit = {} if args.max_image_pixels is None else {"max_image_pixels": args.max_image_pixels}
     report = inspect_dataset(args.dir, **limit)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(dumps(report, indent=2))  # strict JSON (study.schema)
     else:
         _print_report(report)
     if args.strict and report["skipped"]:
