@@ -101,8 +101,9 @@ def test_flops_per_image_handles_both_signatures():
 
 @pytest.fixture(scope="module")
 def results_dir(tmp_path_factory):
-    """A tiny but real speed and rate-distortion run, plus federation documents
-    shaped like the real ones."""
+    """Tiny but real runs of every benchmark the report renders: speed,
+    rate-distortion, and the federation's overhead, scaling and bandwidth
+    (real studies on Flower's simulation engine)."""
     out = tmp_path_factory.mktemp("results")
     speed = run_speed(["aes-gcm", "bp-chaos"], size=32, images=4, repeats=1, fit_images=4)
     write_result(
@@ -119,76 +120,25 @@ def results_dir(tmp_path_factory):
     write_result(
         result_document("rate-distortion", "medfed bench rate-distortion", {}, rd, 1.0), out
     )
-    overhead = {
-        "settings": {"num_sites": 2, "num_rounds": 3, "phantom_patients": 20, "image_size": 32},
-        "federation_round_s": summarize([3.0, 3.2]),
-        "plain_round_s": summarize([2.0, 2.1]),
-        "ratio_of_medians": 1.5,
-        "ratio_after_startup": summarize([1.5, 1.52]),
-        "federation_round1_s": 20.0,
-        "plain_round1_s": 2.5,
-        "startup_s": 16.9,
-        "federation_wall_s": 26.0,
-        "plain_wall_s": 6.5,
-        "federation_peak_rss_bytes": 2e9,
-    }
+    # the federation sections are rendered from real (tiny) studies on Flower's
+    # simulation engine, measured by the benchmark's own functions
+    from simulations.benchmarks.federation import run_bandwidth, run_overhead, run_scaling
+
+    overhead = run_overhead(num_sites=2, num_rounds=2, patients=24, image_size=32)
     write_result(
         result_document(
             "federation-overhead", "medfed bench federation-overhead", {}, overhead, 1.0
         ),
         out,
     )
-    scaling = {
-        "settings": {"patients_per_site": 3, "image_size": 32, "share_per_round": 2, "rounds": 1},
-        "points": [
-            {
-                "sites": 8,
-                "round_s": 10.0,
-                "s_per_site": 1.25,
-                "peak_rss_gb": 2.0,
-                "data_prepare_s": 1.0,
-                "sites_failed": 0,
-            },
-            {
-                "sites": 32,
-                "round_s": 30.0,
-                "s_per_site": 0.94,
-                "peak_rss_gb": 2.5,
-                "data_prepare_s": 3.0,
-                "sites_failed": 0,
-            },
-        ],
-        "skipped": [{"sites": 512, "predicted_s": 480.0, "budget_s": 240.0}],
-        "linear_trend": {"peak_rss_gb": {"per_site": 0.02, "intercept": 1.8, "at_512": 12.0}},
-    }
+    scaling = run_scaling(sites=(2, 512), patients_per_site=3, budget_s=1.0)
     write_result(
         result_document("federation-scaling", "medfed bench federation-scaling", {}, scaling, 1.0),
         out,
     )
-    bw = {
-        "settings": {"num_sites": 2, "share_per_round": 8, "method": "aes-gcm", "patients": 20},
-        "grid": [
-            {
-                "exchange": ex,
-                "image_size": 32,
-                "bytes_per_round": {
-                    k: 1000.0 * (i + 1)
-                    for k in (
-                        "ciphertext_up",
-                        "ciphertext_down",
-                        "model_up",
-                        "model_down",
-                        "message_up",
-                        "message_down",
-                    )
-                },
-                "upload_seconds_per_round": {"10mbps": 0.1, "100mbps": 0.01, "1000mbps": 0.001},
-                "per_site_bytes": [],
-                "round_s": 5.0,
-            }
-            for i, ex in enumerate(("none", "archive"))
-        ],
-    }
+    bw = run_bandwidth(
+        exchanges=("archive",), image_sizes=(32,), num_sites=2, patients=24, share_per_round=4
+    )
     write_result(result_document("bandwidth", "medfed bench bandwidth", {}, bw, 1.0), out)
     gpu = {"available": False, "reason": "no CUDA device"}
     write_result(result_document("gpu", "medfed bench gpu", {}, gpu, 0.0), out)
@@ -260,7 +210,12 @@ def test_render_report_only_from_json(results_dir, tmp_path):
     assert "Not available here" in text
     assert (tmp_path / "docs" / "bench" / "rate_distortion.png").stat().st_size > 1000
     assert (tmp_path / "docs" / "bench" / "scaling.png").exists()
-    assert "1.50x" in text  # the overhead ratio comes from the JSON
+    docs = load_results(results_dir)
+    ratio = docs["federation-overhead"]["results"]["ratio_of_medians"]
+    assert f"{ratio:.2f}x" in text  # the overhead ratio comes from the real run's JSON
+    bandwidth = docs["bandwidth"]["results"]["grid"][0]
+    assert bandwidth["exchange"] == "archive" and bandwidth["bytes_per_round"]["model_up"] > 0
+    assert [p["sites"] for p in docs["federation-scaling"]["results"]["points"]] == [2]
 
 
 def test_report_command_and_missing_results(results_dir, tmp_path):
