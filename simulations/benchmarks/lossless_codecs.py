@@ -114,7 +114,7 @@ def run_lossless_codecs(
     repeats: int = 3,
     progress: Progress = _quiet,
 ) -> dict[str, Any]:
-    """`measure` on every source and size; the images are those of the
+    """`measure` on every source and size: `images` images of each corpus of the
     rate-distortion benchmark (`sample_images(source, images, size, 0)`)."""
     from encryption.methods import lossless_aes as rule
     from simulations.benchmarks.encryption import _images
@@ -162,7 +162,7 @@ def lossless_codecs_section(docs, add: Callable[[str], None], plot_dir: Path, re
         "pixels)), reversible JPEG 2000 when the planes are smooth (smoothness < "
         f"{rule['smooth_ratio']:g}: mean |second difference| / mean |first difference|), "
         f"else JPEG XL effort 3; statistics from at most {rule['stat_planes']} planes. "
-        f"Below: {r['images']} images per corpus (those of the rate-distortion section), every "
+        f"Below: {r['images']} images per corpus (the corpora of the rate-distortion section), every "
         "candidate codec on every plane; pick / smallest and container / smallest are byte "
         "ratios to the smallest candidate (the container adds its header, tag and the plane "
         "lengths); MB/s of raw pixel bytes, median of the repeats.\n"
