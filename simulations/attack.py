@@ -46,6 +46,9 @@ from study.task import MODEL_ARCHS, OPTIMIZERS, DpSgd, build_model, to_float, tr
 SCHEMA = 1
 OBSERVERS = ("server", "global-model")
 CENTRAL_DP = ("client-fixed", "client-adaptive", "server-fixed")
+# "holdout": the server's held-out images (what the coordinator has; never the
+# attacked site's) fit the optimisation attack's image prior; "none": raw pixels
+PRIORS = ("holdout", "none")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class AttackPlan:
     local_optimizer: str = "adam"
     attacks: tuple[str, ...] = ("analytic", "optimisation")
     inversion: leakage.InversionConfig = field(default_factory=leakage.InversionConfig)
+    prior: str = "holdout"  # the optimisation attack's image prior: PRIORS
     seed: int = 0  # seeds the choice of images and the simulated DP noise
 
     def check(self) -> None:
@@ -83,6 +87,19 @@ class AttackPlan:
         for a in self.attacks:
             if a not in ("analytic", "optimisation"):
                 raise ValueError(f"--attacks {a!r}: analytic or optimisation")
+        inv = self.inversion
+        for flag, value, least in (
+            ("--iterations", inv.iterations, 1),
+            ("--restarts", inv.restarts, 1),
+            ("--prior-components", inv.prior_components, 0),
+            ("--pixel-iterations", inv.pixel_iterations, 0),
+        ):
+            if value < least:
+                raise ValueError(f"{flag} {value}: must be at least {least}")
+        if not inv.tv_weight >= 0:
+            raise ValueError(f"--tv-weight {inv.tv_weight}: must be 0 or more")
+        if self.prior not in PRIORS:
+            raise ValueError(f"--prior {self.prior!r}: one of {', '.join(PRIORS)}")
         if self.local_optimizer not in OPTIMIZERS:
             raise ValueError(f"--local-optimizer: one of {', '.join(OPTIMIZERS)}")
         if "mlp" in self.models and self.attacked_round > 1:
@@ -113,6 +130,18 @@ def global_weights(
             f"the federation of rounds 1..{attacked_round - 1} returned no global weights"
         )
     return {k: torch.as_tensor(np.asarray(v)) for k, v in arrays.items()}
+
+
+def weights_digest(weights: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names and float32 bytes of a model's weights, in name
+    order: which global model an attack ran against."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(torch.as_tensor(weights[name]).float().numpy()).tobytes())
+    return h.hexdigest()
 
 
 def attacked_indices(num_train: int, batch_size: int, site: int, rnd: int, seed: int) -> np.ndarray:
@@ -211,9 +240,16 @@ def observed_update(
 
 
 # ------------------------------------------------------------------ running
-def run_attacks(plan: AttackPlan, say: Callable[[str], None] = print) -> dict:
+def run_attacks(
+    plan: AttackPlan,
+    say: Callable[[str], None] = print,
+    *,
+    pictures: list[dict] | None = None,
+) -> dict:
     """Run every attack of `plan`; write leakage.json after each one (partial
-    results survive an interrupt), then leakage.png and leakage.md."""
+    results survive an interrupt), then leakage.png and leakage.md.
+    `pictures`: a list that receives, per attack, its JSON entry with the
+    real images ("originals") and the matched reconstructions ("recon")."""
     from client.site import Site
 
     plan.check()
@@ -221,8 +257,24 @@ def run_attacks(plan: AttackPlan, say: Callable[[str], None] = print) -> dict:
     out = plan.out_dir
     out.mkdir(parents=True, exist_ok=True)
     doc = {"schema": SCHEMA, "study": s.name, "round": plan.attacked_round, "attacks": []}
-    pictures: list[dict] = []
+    pictures = [] if pictures is None else pictures
     weights = {m: global_weights(s, m, plan.attacked_round, out) for m in plan.models}
+    doc["global_models"] = {
+        m: {
+            "source": "the initial model"
+            if plan.attacked_round == 1
+            else f"the study run for rounds 1..{plan.attacked_round - 1} in {out / 'federation'}",
+            "sha256": weights_digest(w),
+        }
+        for m, w in weights.items()
+    }
+    prior = attacker_prior(plan)
+    if prior is not None:
+        doc["prior"] = {
+            "source": "the server's held-out images",
+            "reference_images": prior.reference_images,
+            "components": prior.components,
+        }
     for site_id in plan.sites:
         site = Site(s, site_id, s.num_sites)
         images_all, targets_all, _ = site.training_set({})  # what the site trains on
@@ -236,6 +288,7 @@ def run_attacks(plan: AttackPlan, say: Callable[[str], None] = print) -> dict:
                 images, targets = images_all[idx], targets_all[idx]
                 originals = to_float(images, bits).numpy()
                 guess = leakage.mean_guess_psnr(mean_image, originals)
+                guess_aligned = leakage.mean_guess_psnr_scale_aligned(mean_image, originals)
                 for defense in plan.defenses:
                     noise_seed = plan.seed * 7919 + site_id * 31 + b
                     update = site_update(
@@ -253,6 +306,7 @@ def run_attacks(plan: AttackPlan, say: Callable[[str], None] = print) -> dict:
                             "local_steps": training.steps(b),
                             "local_optimizer": training.optimizer,
                             "mean_guess_psnr": guess,
+                            "mean_guess_psnr_scale_aligned": guess_aligned,
                         }
                         for entry, recon in _attack(
                             plan,
@@ -262,7 +316,7 @@ def run_attacks(plan: AttackPlan, say: Callable[[str], None] = print) -> dict:
                             training,
                             originals,
                             targets,
-                            mean_image,
+                            prior,
                             say,
                             base,
                         ):
@@ -274,6 +328,24 @@ def run_attacks(plan: AttackPlan, say: Callable[[str], None] = print) -> dict:
         write_picture(out / "leakage.png", pictures, s.modality)
         write_markdown(out / "leakage.md", doc, plan)
     return doc
+
+
+def attacker_prior(plan: AttackPlan) -> leakage.ImagePrior | None:
+    """The optimisation attack's image prior: PCA of the server's held-out
+    images (server.holdout; the patients no site holds), or None."""
+    if plan.prior == "none" or "optimisation" not in plan.attacks:
+        return None
+    from server.holdout import study_holdout
+    from study.task import to_float
+
+    held = study_holdout(plan.study, plan.out_dir / "holdout-cache")
+    if len(held.images) < 2:
+        raise ValueError(
+            f"--prior holdout: the study holds out {len(held.images)} image(s), too few for an "
+            "image prior (raise phantom-patients or holdout-images, or pass --prior none)"
+        )
+    images = to_float(held.images, held.bits).numpy()
+    return leakage.ImagePrior.fit(images, plan.inversion.prior_components)
 
 
 def _attack(plan, arch, global_state, seen, training, originals, targets, prior, say, base):
@@ -340,13 +412,21 @@ def _entry(base, attack, recon, originals, seconds, labels, say, label):
         "psnr": sc.psnr,
         "ssim": sc.ssim,
         "psnr_scale_aligned": sc.psnr_scale_aligned,
+        # the headline: how far the reconstruction beats guessing the mean image,
+        # as the attacker outputs it and with both scored on the intensity factor
+        # no update can reveal (see server.leakage.score)
+        "gain_db": float(np.mean(sc.psnr)) - base["mean_guess_psnr"],
+        "gain_scale_aligned_db": float(np.mean(sc.psnr_scale_aligned))
+        - base["mean_guess_psnr_scale_aligned"],
         "recovered_share": leakage.recovered_share(sc.psnr),
         "seconds": seconds,
+        "seconds_per_image": seconds / len(originals),
     }
     say(
-        f"{label} {attack}: PSNR {np.mean(sc.psnr):.1f} dB (scale-aligned "
-        f"{np.mean(sc.psnr_scale_aligned):.1f}, mean guess "
-        f"{base['mean_guess_psnr']:.1f} dB), SSIM {np.mean(sc.ssim):.3f}, "
+        f"{label} {attack}: PSNR {np.mean(sc.psnr):.1f} dB against the mean guess "
+        f"{base['mean_guess_psnr']:.1f} ({entry['gain_db']:+.1f}); scale-aligned "
+        f"{np.mean(sc.psnr_scale_aligned):.1f} against {base['mean_guess_psnr_scale_aligned']:.1f} "
+        f"({entry['gain_scale_aligned_db']:+.1f}); SSIM {np.mean(sc.ssim):.3f}, "
         f"recovered {entry['recovered_share']:.0%}, {seconds:.1f} s"
     )
     return entry, recon[sc.matched]
@@ -359,39 +439,47 @@ def _write_json(path: Path, doc: dict) -> None:
 
 
 # ------------------------------------------------------------------ outputs
-def write_picture(path: Path, pictures: list[dict], modality: str, max_images: int = 4) -> None:
-    """Originals beside their reconstructions: one row pair per attack."""
-    import matplotlib
+def write_picture(
+    path: Path, pictures: list[dict], modality: str, max_images: int = 4, title: str = ""
+) -> None:
+    """Originals beside their reconstructions: for each attacked batch one row
+    of the real images, then one row per attack on it (the row's label names
+    model, defence, observer and attack; each panel its PSNR). MRI: FLAIR."""
+    from simulations.benchmarks.plots import _plt
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
+    groups: dict[tuple, list[dict]] = {}
+    for p in pictures:  # attacks on the same images share one row of originals
+        key = (p["site"], p["batch_size"], p["originals"].tobytes()[:4096])
+        groups.setdefault(key, []).append(p)
     cols = min(max_images, max(len(p["originals"]) for p in pictures))
-    rows = 2 * len(pictures)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 2.6, 1.55 * rows), squeeze=False)
-    channel = -1 if modality == "mri" else 0  # MRI: FLAIR
-    for r, p in enumerate(pictures):
-        for c in range(cols):
-            for k, (key, name) in enumerate((("originals", "real"), ("recon", "reconstructed"))):
-                ax = axes[2 * r + k, c]
+    rows = sum(1 + len(g) for g in groups.values())
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 2.4, 1.3 * rows), squeeze=False)
+    channel = -1 if modality == "mri" else 0
+    r = 0
+    for group in groups.values():
+        first = group[0]
+        lines = [(first["originals"], None, f"real, site {first['site']}, b={first['batch_size']}")]
+        for p in group:
+            label = f"{p['model']} {p['defense']}\n{p['observer']}, {p['attack']}"
+            lines.append((p["recon"], p, label))
+        for images, p, label in lines:
+            for c in range(cols):
+                ax = axes[r, c]
                 ax.set_xticks([])
                 ax.set_yticks([])
-                if c < len(p[key]):
-                    ax.imshow(p[key][c, channel], cmap="gray", vmin=0, vmax=1)
-                    if k == 1:
-                        ax.set_xlabel(f"{p['psnr'][c]:.1f} dB", fontsize=7)
+                if c < len(images):
+                    ax.imshow(images[c, channel], cmap="gray", vmin=0, vmax=1)
+                    if p is not None:
+                        ax.set_xlabel(f"{p['psnr'][c]:.1f} dB", fontsize=6, labelpad=1)
                 else:
                     ax.axis("off")
-                if c == 0:
-                    ax.set_ylabel(name, fontsize=7)
-        axes[2 * r, 0].set_title(
-            f"{p['model']}, {p['defense']} ({p['observer']}), b={p['batch_size']}, "
-            f"{p['attack']}; mean guess {p['mean_guess_psnr']:.1f} dB",
-            fontsize=8,
-            loc="left",
-        )
+            axes[r, 0].set_ylabel(label, fontsize=6)
+            r += 1
+    if title:
+        fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
@@ -401,21 +489,34 @@ def write_markdown(path: Path, doc: dict, plan: AttackPlan) -> None:
         "",
         "What a curious server reconstructs from one site's model update "
         f"(local optimizer {plan.local_optimizer}); PSNR/SSIM per real image, matched "
-        "one to one; recovered: share above 20 dB.",
+        "one to one; recovered: share above 20 dB. `gain`: PSNR minus the PSNR of guessing "
+        "the site's mean training image; `aligned`: both scored after the least-squares "
+        "intensity factor to the real image (the study CNN and U-Net cannot see a global "
+        "intensity factor: this is what the update itself reveals).",
         "",
         "| model | defence | observer | site | b | local steps | attack | labels | PSNR dB "
-        "| scale-aligned dB | mean guess dB | SSIM | recovered | s |",
+        "| mean guess dB | gain dB | aligned dB | aligned guess dB | aligned gain dB | SSIM "
+        "| recovered | s/image |",
         "| --- | --- | --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: "
-        "| ---: |",
+        "| ---: | ---: | ---: | ---: |",
     ]
     for a in doc["attacks"]:
         lines.append(
             f"| {a['model']} | {a['defense']} | {a['observer']} | {a['site']} | "
             f"{a['batch_size']} | {a['local_steps']} | {a['attack']} | {a['labels']} | "
-            f"{np.mean(a['psnr']):.1f} | {np.mean(a['psnr_scale_aligned']):.1f} | "
-            f"{a['mean_guess_psnr']:.1f} | {np.mean(a['ssim']):.3f} | "
-            f"{a['recovered_share']:.0%} | {a['seconds']:.1f} |"
+            f"{np.mean(a['psnr']):.1f} | {a['mean_guess_psnr']:.1f} | {a['gain_db']:+.1f} | "
+            f"{np.mean(a['psnr_scale_aligned']):.1f} | "
+            f"{a['mean_guess_psnr_scale_aligned']:.1f} | {a['gain_scale_aligned_db']:+.1f} | "
+            f"{np.mean(a['ssim']):.3f} | {a['recovered_share']:.0%} | "
+            f"{a['seconds_per_image']:.1f} |"
         )
+    if "prior" in doc:
+        p = doc["prior"]
+        lines += [
+            "",
+            f"Image prior of the optimisation attack: {p['components']} principal components "
+            f"of {p['reference_images']} of {p['source']}.",
+        ]
     lines += ["", "![originals beside reconstructions](leakage.png)", ""]
     path.write_text("\n".join(lines))
 
@@ -443,6 +544,8 @@ def plan_from_args(study: Study, args) -> AttackPlan:
         "iterations": args.iterations,
         "restarts": args.restarts,
         "tv_weight": args.tv_weight,
+        "prior_components": args.prior_components,
+        "pixel_iterations": args.pixel_iterations,
         "seed": args.seed,
     }
     inversion = replace(inversion, **{k: v for k, v in overrides.items() if v is not None})
@@ -457,6 +560,7 @@ def plan_from_args(study: Study, args) -> AttackPlan:
         local_optimizer=args.local_optimizer,
         attacks=names(args.attacks),
         inversion=inversion,
+        prior=args.prior,
         seed=args.seed or 0,
     )
 
@@ -466,6 +570,7 @@ def summary_lines(doc: dict) -> list[str]:
     return [
         f"{a['model']:5} {a['defense']:15} {a['observer']:12} site {a['site']} "
         f"b={a['batch_size']:<3} {a['attack']:12} PSNR {np.mean(a['psnr']):6.1f} dB "
-        f"(mean guess {a['mean_guess_psnr']:.1f}) recovered {a['recovered_share']:.0%}"
+        f"(mean guess {a['mean_guess_psnr']:.1f}, gain {a['gain_db']:+.1f}; scale-aligned "
+        f"gain {a['gain_scale_aligned_db']:+.1f}) recovered {a['recovered_share']:.0%}"
         for a in doc["attacks"]
     ]

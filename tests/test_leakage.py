@@ -18,6 +18,16 @@ from study.task import DpSgd, build_model, to_float, train
 SIZE = 16
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models: one thread is fastest, and on a shared machine several
+    threads per test mostly wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def xray_batch(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     images = smooth_images(n, 1, SIZE, 8, seed=seed)
     targets = (np.random.default_rng(seed).random((n, 14)) < 0.3).astype(np.float32)
@@ -194,6 +204,58 @@ def test_optimisation_attack_runs_and_improves_its_objective():
     np.testing.assert_array_equal(inv.labels, targets)
     assert calls[-1] == (12, 12)
     assert inv.objective < 1.0
+
+
+def test_image_prior_spans_its_reference_images():
+    # Prepare: 6 reference images -> at most 5 principal components
+    refs = to_float(smooth_images(6, 1, SIZE, 8, seed=9), 8).numpy()
+    # Execute
+    prior = leakage.ImagePrior.fit(refs, components=40)
+    coefficients, *_ = np.linalg.lstsq(
+        prior.basis.T.astype(np.float64), (refs - prior.mean).reshape(6, -1).T, rcond=None
+    )
+    decoded = prior.decode(torch.from_numpy(coefficients.T).float()).numpy()
+    # Assert: k = N - 1 components reproduce every reference; zero is the mean
+    assert prior.components == 5 and prior.reference_images == 6
+    np.testing.assert_allclose(prior.decode(torch.zeros(1, 5)).numpy()[0], refs.mean(0), atol=1e-6)
+    assert min(leakage.psnr_db(d, r) for d, r in zip(decoded, refs, strict=True)) > 60
+    with pytest.raises(ValueError, match="at least 2 reference images"):
+        leakage.ImagePrior.fit(refs[:1], 4)
+
+
+def test_optimisation_attack_in_the_prior_improves_on_the_prior_mean():
+    # Prepare: the attacker's prior from other images than the site's
+    images, targets = xray_batch(1, seed=6)
+    training = sgd()
+    start, update = site_update("study", images, targets, training)
+    refs = to_float(smooth_images(12, 1, SIZE, 8, seed=10), 8).numpy()
+    prior = leakage.ImagePrior.fit(refs, components=8)
+    config = leakage.InversionConfig(iterations=8, restarts=2, prior_components=8, seed=2)
+    y = torch.from_numpy(targets)
+    at_mean = leakage.simulate_update(
+        build_model("xray"), start, torch.from_numpy(prior.mean[None]), y, training
+    )
+    # Execute
+    inv = leakage.invert_update(
+        build_model("xray"), start, update, training, 1, (1, SIZE, SIZE), prior=prior,
+        config=config,
+    )  # fmt: skip
+    # Assert: restart 0 starts at the prior's mean; the chosen restart fits the update better
+    assert len(inv.restart_objectives) == 2 and inv.objective == min(inv.restart_objectives)
+    assert inv.objective < float(leakage.cosine_distance(at_mean, update).detach())
+    with pytest.raises(ValueError, match="image prior of shape"):
+        leakage.invert_update(
+            build_model("xray"), start, update, training, 1, (1, 8, 8), prior=prior, config=config
+        )
+
+
+def test_mean_guess_is_scored_both_ways():
+    originals = to_float(smooth_images(3, 1, SIZE, 8, seed=11), 8).numpy()
+    mean = originals.mean(0)
+    plain = leakage.mean_guess_psnr(mean, originals)
+    aligned = leakage.mean_guess_psnr_scale_aligned(mean, originals)
+    assert aligned >= plain
+    assert leakage.mean_guess_psnr_scale_aligned(originals[0] * 0.5, originals[:1]) > 150
 
 
 def test_dp_sgd_update_carries_the_noise_of_its_multiplier():

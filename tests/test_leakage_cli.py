@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from simulations.cli import main
 
@@ -21,9 +22,24 @@ batch-size = 2
 """
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models: one torch thread is fastest on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_home(tmp_path_factory):
+    """One phantom data folder for the module (generating it is most of a test's time)."""
+    return tmp_path_factory.mktemp("leak-data")
+
+
 @pytest.fixture
-def study_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDFED_DATA_HOME", str(tmp_path / "data"))
+def study_file(tmp_path, monkeypatch, data_home):
+    monkeypatch.setenv("MEDFED_DATA_HOME", str(data_home))
     path = tmp_path / "leak.toml"
     path.write_text(STUDY)
     return path
@@ -44,8 +60,12 @@ def test_attack_updates_writes_scored_reconstructions_for_xray(study_file, tmp_p
     assert rc == 0
     doc = json.loads((out / "leakage.json").read_text())
     assert doc["schema"] == 1 and doc["study"] == "leak" and doc["round"] == 1
+    assert doc["global_models"]["study"]["source"] == "the initial model"
+    # the optimisation attack's prior: the server's held-out images (3 here, so 2 components)
+    assert doc["prior"]["reference_images"] == 3 and doc["prior"]["components"] == 2
     keys = {"model", "defense", "batch_size", "local_steps", "psnr", "ssim", "mean_guess_psnr"}
-    keys |= {"recovered_share", "seconds", "attack", "observer"}
+    keys |= {"recovered_share", "seconds", "attack", "observer", "psnr_scale_aligned"}
+    keys |= {"mean_guess_psnr_scale_aligned", "gain_db", "gain_scale_aligned_db"}
     assert all(keys <= set(a) for a in doc["attacks"])
     got = {
         (a["model"], a["attack"], a["defense"], a["observer"], a["batch_size"])
@@ -90,6 +110,76 @@ def test_attack_updates_runs_on_mri_with_local_dpsgd(study_file, tmp_path):
     assert set(attacks) == {"analytic", "optimisation"}
     assert attacks["optimisation"]["labels"] == "known"  # MRI masks are given to the attacker
     assert attacks["analytic"]["recovered_share"] == 0.0  # DP-SGD's noise at the site
+
+
+def test_a_later_round_is_attacked_with_the_federations_final_model(
+    study_file, tmp_path, monkeypatch
+):
+    # Prepare: the federation of rounds 1..R-1 stands in for a quick, recorded one
+    # (the real run: the slow test below); its final model is a perturbed initial one
+    import simulations.runner
+    from simulations.attack import weights_digest
+    from simulations.runner import StudyResult
+    from study.task import build_model
+
+    torch.manual_seed(0)
+    final = {k: v.numpy() + 0.01 for k, v in build_model("xray").state_dict().items()}
+    runs = []
+
+    def federation(study):
+        runs.append(study)
+        return StudyResult(None, [], final, tmp_path, 0.0)
+
+    monkeypatch.setattr(simulations.runner, "run_simulated_study", federation)
+    out = tmp_path / "round3"
+    # Execute
+    rc = main(
+        [
+            "attack", "updates", str(study_file), "--set", "out-dir=" + str(tmp_path / "run3"),
+            "--round", "3", "--attacks", "optimisation", "--iterations", "1", "--restarts", "1",
+            "--prior", "none", "--out", str(out),
+        ]
+    )  # fmt: skip
+    # Assert: one federation of 2 rounds in the attack's folder; its model is the one attacked
+    assert rc == 0
+    (study,) = runs
+    assert study.num_rounds == 2 and study.out_dir == str(out / "federation")
+    doc = json.loads((out / "leakage.json").read_text())
+    assert doc["round"] == 3 and "prior" not in doc
+    assert doc["global_models"]["study"]["sha256"] == weights_digest(
+        {k: torch.from_numpy(v) for k, v in final.items()}
+    )
+    assert doc["attacks"][0]["local_steps"] == 1
+
+
+@pytest.mark.slow
+def test_attack_updates_attacks_round_2_against_the_federated_model(study_file, tmp_path):
+    # Prepare: round 2's global model is the study's model after one federated round
+    from simulations.attack import weights_digest
+    from study.schema import read_rounds
+    from study.task import build_model
+
+    out = tmp_path / "round2"
+    torch.manual_seed(0)  # the study's seed: the initial model the server starts from
+    initial = weights_digest(build_model("xray").state_dict())
+    # Execute
+    rc = main(
+        [
+            "attack", "updates", str(study_file), "--set", "out-dir=" + str(tmp_path / "run2"),
+            "--round", "2", "--attacks", "optimisation", "--iterations", "2", "--restarts", "1",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    # Assert: the federation ran round 1 only, and the attack used its final model
+    assert rc == 0
+    doc = json.loads((out / "leakage.json").read_text())
+    model = doc["global_models"]["study"]
+    assert doc["round"] == 2 and "rounds 1..1" in model["source"]
+    assert [r.round for r in read_rounds(out / "federation")] == [1]
+    assert model["sha256"] != initial
+    (attack,) = doc["attacks"]
+    assert attack["model"] == "study" and attack["local_optimizer"] == "adam"
+    assert len(attack["psnr"]) == 1 and np.isfinite(attack["psnr"][0])
 
 
 def test_attack_updates_rejects_bad_input_with_one_line(study_file, tmp_path, capsys):

@@ -1,8 +1,13 @@
-"""The optimisation attack's quality on a 32 px phantom X-ray (slow: minutes).
+"""The optimisation attack's quality on 32 px phantom X-rays (slow: a minute or two).
 
-The site is site 0 of a 2-site phantom study, one training image, the study's
-own training (Adam, lr 1e-3, one local step) on the untrained study CNN. The
-numbers asserted here are the ones docs/BENCHMARKS.md states.
+The site is site 0 of a 2-site phantom study (120 patients), attacked in round
+1 through the study's own training (Adam, lr 1e-3, one local step on one
+image) of the untrained study CNN; the image is the one `medfed attack
+updates --seed S` picks. The attacker's image prior is the server's held-out
+set. The numbers asserted here are the ones docs/BENCHMARKS.md states: on the
+seed-0 image the attack reaches at least 24 dB (the mean guess: 15.1 dB), and
+it beats the mean guess by at least 3 dB both as output and with both scored
+on the intensity factor no update reveals.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ import torch
 
 from client.site import Site
 from server import leakage
+from server.holdout import study_holdout
+from simulations.attack import attacked_indices
 from study.config import Study
 from study.task import DpSgd, build_model, to_float, train
 
 pytestmark = pytest.mark.slow
 
-CONFIG = leakage.InversionConfig(iterations=300, restarts=1, seed=0)
+STATED_PSNR_DB = 24.0  # seed 0's image; docs/BENCHMARKS.md gives the spread over images
 
 
 @pytest.fixture(scope="module")
@@ -26,42 +33,72 @@ def phantom_site(tmp_path_factory):
     root = tmp_path_factory.mktemp("leak")
     mp = pytest.MonkeyPatch()
     mp.setenv("MEDFED_DATA_HOME", str(root / "data"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     study = Study(
-        num_sites=2, phantom_patients=40, phantom_size=64, image_size=32, out_dir=str(root / "run")
+        num_sites=2, phantom_patients=120, phantom_size=64, image_size=32, out_dir=str(root / "run")
     )
     site = Site(study, 0, 2)
-    _ = site.shard
-    yield study, site
+    held = study_holdout(study, root / "holdout")
+    prior = leakage.ImagePrior.fit(
+        to_float(held.images, held.bits).numpy(), leakage.InversionConfig().prior_components
+    )
+    yield study, site, prior
+    torch.set_num_threads(threads)
     mp.undo()
 
 
-def attack(study, site, dp_sgd=None):
+def attack(study, site, prior, seed=0, dp_sgd=None):
+    """One image's update (as `medfed attack updates --seed seed` picks it) and the
+    optimisation attack on it: (score, mean guess, aligned mean guess, inversion)."""
     train_set = site.shard.train
-    images, targets = train_set.images[:1], train_set.targets[:1]
+    (i,) = attacked_indices(len(train_set.images), 1, 0, 1, seed)
+    images, targets = train_set.images[i : i + 1], train_set.targets[i : i + 1]
     torch.manual_seed(study.seed)
     start = {k: v.clone() for k, v in build_model("xray").state_dict().items()}
     model = build_model("xray")
     model.load_state_dict(start)
-    seed = site.train_seed(1)
+    train_seed = site.train_seed(1)
     train(model, "xray", images, targets, train_set.bits, epochs=1, batch_size=16,
-          learning_rate=1e-3, seed=seed, dp_sgd=dp_sgd)  # fmt: skip
+          learning_rate=1e-3, seed=train_seed, dp_sgd=dp_sgd)  # fmt: skip
     update = leakage.parameter_update(start, model)
-    training = leakage.LocalTraining("xray", 1, 16, 1e-3, seed, optimizer="adam")
-    prior = to_float(train_set.images, train_set.bits).numpy().mean(axis=0)
+    training = leakage.LocalTraining("xray", 1, 16, 1e-3, train_seed, optimizer="adam")
     inv = leakage.invert_update(
-        build_model("xray"), start, update, training, 1, (1, 32, 32), prior=prior, config=CONFIG
-    )
+        build_model("xray"), start, update, training, 1, (1, 32, 32), prior=prior,
+        config=leakage.InversionConfig(seed=seed),
+    )  # fmt: skip
     originals = to_float(images, train_set.bits).numpy()
-    return leakage.score(inv.images, originals), leakage.mean_guess_psnr(prior, originals), inv
+    mean_image = to_float(train_set.images, train_set.bits).numpy().mean(axis=0)
+    return (
+        leakage.score(inv.images, originals),
+        leakage.mean_guess_psnr(mean_image, originals),
+        leakage.mean_guess_psnr_scale_aligned(mean_image, originals),
+        inv,
+        targets,
+    )
 
 
 def test_optimisation_attack_reconstructs_a_32px_phantom_xray(phantom_site):
-    score, guess, inv = attack(*phantom_site)
-    np.testing.assert_array_equal(inv.labels, phantom_site[1].shard.train.targets[:1])
-    assert score.psnr_scale_aligned[0] >= guess + 3.0
-    assert score.ssim[0] >= 0.85
+    # Execute
+    score, guess, guess_aligned, inv, targets = attack(*phantom_site)
+    # Assert: the findings come back (iDLG), the image beats guessing the site's mean
+    np.testing.assert_array_equal(inv.labels, targets)
+    assert score.psnr[0] >= STATED_PSNR_DB
+    assert score.psnr[0] >= guess + 3.0
+    assert score.psnr_scale_aligned[0] >= guess_aligned + 3.0
+
+
+def test_optimisation_attack_beats_the_mean_guess_on_average_over_images(phantom_site):
+    # Execute: the images seeds 1 and 2 pick (seed 0's is the test above)
+    gains = []
+    for seed in (1, 2):
+        score, guess, _, _, _ = attack(*phantom_site, seed=seed)
+        gains.append(score.psnr[0] - guess)
+    # Assert
+    assert np.mean(gains) >= 3.0
 
 
 def test_local_dpsgd_noise_1_leaves_the_attack_at_the_mean_guess(phantom_site):
-    score, guess, _ = attack(*phantom_site, dp_sgd=DpSgd(1.0, 1.0, noise_seed=0))
-    assert score.psnr_scale_aligned[0] <= guess + 1.0
+    score, guess, guess_aligned, _, _ = attack(*phantom_site, dp_sgd=DpSgd(1.0, 1.0, noise_seed=0))
+    assert score.psnr[0] <= guess + 1.0
+    assert score.psnr_scale_aligned[0] <= guess_aligned + 1.0

@@ -62,6 +62,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--iterations", type=int, help="optimisation iterations per restart")
     u.add_argument("--restarts", type=int, help="optimisation restarts (best objective kept)")
     u.add_argument("--tv-weight", type=float, help="total-variation prior weight")
+    u.add_argument(
+        "--prior",
+        choices=("holdout", "none"),
+        default="holdout",
+        help="the optimisation attack's image prior: holdout (principal components of the "
+        "server's held-out images) or none (raw pixels from noise) (default holdout)",
+    )
+    u.add_argument("--prior-components", type=int, help="principal components of the prior")
+    u.add_argument(
+        "--pixel-iterations", type=int, help="pixel-level refinement after the prior's descent"
+    )
     u.add_argument("--seed", type=int, default=0, help="seeds image choice, restarts, noise")
     u.set_defaults(func=main)
 
