@@ -100,11 +100,14 @@ def comparison_row(point: dict[str, Any], study: Study, summary: Summary) -> dic
         "ciphertext_up_per_round": per_round["ciphertext_up"],
         "ciphertext_down_per_round": per_round["ciphertext_down"],
         "model_per_round": per_round["model_up"] + per_round["model_down"],
+        "grant_per_round": per_round.get("grant_up", 0.0) + per_round.get("grant_down", 0.0),
         "message_up_per_round": per_round["message_up"],
         "message_down_per_round": per_round["message_down"],
         **{f"upload_s_{k}": v for k, v in summary.upload_seconds_per_round.items()},
         metric: final.get(metric, math.nan),
         "recon_psnr_worst": final.get("recon_psnr_worst", math.nan),
+        # the (epsilon, delta) spent, where the study has differential privacy
+        "epsilon": (summary.extra.get("privacy") or {}).get("epsilon", math.nan),
         "seconds": summary.seconds,
     }
 

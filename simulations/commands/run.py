@@ -105,29 +105,32 @@ def result_table(study: Study, rounds: list[RoundRecord] | None = None) -> Table
         pad_edge=False,
         caption="MB: all sites; held-out: server test set; fed: sites' own test sets",
     )
-    for col in (
-        "round",
-        "sites\nok",
-        "ciphertext MB\nup / down",
-        "model MB\nup / down",
-        f"held-out\n{short}",
-        f"fed\n{short}",
-        "PSNR\nmin dB",
-        "s",
-    ):
+    grants = any(line.totals.get("grant_up") or line.totals.get("grant_down") for line in lines)
+    privacy = any("privacy" in line.extra for line in lines)
+    columns = ["round", "sites\nok", "ciphertext MB\nup / down", "model MB\nup / down"]
+    columns += ["grants kB\nup / down"] if grants else []
+    columns += [f"held-out\n{short}", f"fed\n{short}", "PSNR\nmin dB"]
+    columns += ["epsilon"] if privacy else []
+    for col in [*columns, "s"]:
         table.add_column(col, justify="right")
     for line in lines:
         g, t = line.global_, line.totals
-        table.add_row(
+        row = [
             str(line.round),
             f"{len(line.ok_sites)}/{len(line.sites)}",
             f"{_mb(t['ciphertext_up'])} / {_mb(t['ciphertext_down'])}",
             f"{_mb(t['model_up'])} / {_mb(t['model_down'])}",
+        ]
+        if grants:
+            row.append(f"{t.get('grant_up', 0) / 1e3:.1f} / {t.get('grant_down', 0) / 1e3:.1f}")
+        row += [
             _fmt(g.get(metric)),
             _fmt(g.get(f"fed_{metric}")),
             _fmt(g.get("recon_psnr_worst"), 1),
-            f"{line.seconds:.1f}",
-        )
+        ]
+        if privacy:
+            row.append(_fmt((line.extra.get("privacy") or {}).get("epsilon"), 2))
+        table.add_row(*row, f"{line.seconds:.1f}")
     return table
 
 
