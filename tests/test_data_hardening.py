@@ -600,8 +600,9 @@ def _pickle_uses(path: Path) -> list[str]:
 
 
 def test_nothing_in_client_loads_a_pickle(tmp_path):
-    # Prepare: the client package, and a file that does what must never be done
-    sources = sorted((REPO / "client").rglob("*.py"))
+    # Prepare: the packages that read files (the data library moved to study/),
+    # and a file that does what must never be done
+    sources = sorted(p for pkg in ("client", "study", "server") for p in (REPO / pkg).rglob("*.py"))
     bad = tmp_path / "bad.py"
     bad.write_text("import pickle\nimport numpy as np\nnp.load('x', allow_pickle=True)\n")
 
@@ -622,3 +623,33 @@ def test_cli_default_limit_is_the_study_default(capsys):
     help_text = re.sub(r"\s+", " ", capsys.readouterr().out)
     assert Study().max_image_pixels == DEFAULT_MAX_IMAGE_PIXELS
     assert f"default {DEFAULT_MAX_IMAGE_PIXELS} = 2^27" in help_text
+
+
+def test_a_study_on_a_folder_with_hostile_files_completes_with_the_good_ones(tmp_path, monkeypatch):
+    """The headline: a whole study (Flower, Ray, real training) on the mixed
+    NIH folder uses the good images and records every refused file."""
+    from simulations.runner import run_simulated_study
+    from study.config import Study
+
+    root, good, expected = build_nih(tmp_path / "nih", tmp_path / "outside")
+    monkeypatch.setenv("MEDFED_DATA_HOME", str(tmp_path / "home"))
+    study = Study(
+        name="hostile",
+        data_dir=str(root),
+        num_sites=2,
+        min_sites=1,
+        num_rounds=1,
+        image_size=16,
+        holdout_images=4,
+        share_per_round=1,
+        batch_size=4,
+        out_dir=str(tmp_path / "run"),
+    ).replace()
+    result = run_simulated_study(study)
+    assert result.summary.status == "complete"
+    assert all(s.ok for s in result.rounds[0].sites)
+    assert 0 < sum(s.examples for s in result.rounds[0].sites) <= len(good)
+    report = json.loads((tmp_path / "run" / "data-report.json").read_text())
+    reasons = {entry["path"]: entry["reason"] for entry in report["skipped"]}
+    for path, pattern in expected.items():
+        assert re.search(pattern, reasons[path]), (path, reasons.get(path))
