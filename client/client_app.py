@@ -26,6 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client import audit
+from client.secagg import examples_reply, secure_aggregation_mod
 from client.site import KeyMessages, Site
 from study.config import Study
 from study.task import build_model, evaluate
@@ -121,7 +122,16 @@ def build_client_app(study: Study | None = None) -> ClientApp:
     def clipping(msg: Message, context: Context, call_next) -> Message:
         return dp_clipping_mod(msg, context, call_next, study)
 
-    @app.train(mods=[clipping])
+    # secure-aggregation = secagg+: Flower's SecAgg+ mod around training (client/secagg.py)
+    def secagg(msg: Message, context: Context, call_next) -> Message:
+        return secure_aggregation_mod(msg, context, call_next, _study(context, study))
+
+    @app.query("examples")
+    def handle_examples(msg: Message, context: Context) -> Message:
+        site = _site(context, study)
+        return examples_reply(msg, site.site_id, len(site.shard.train))
+
+    @app.train(mods=[secagg, clipping])
     def handle_train(msg: Message, context: Context) -> Message:
         site = _site(context, study)
         rnd = int(msg.content["config"]["server-round"])

@@ -27,9 +27,11 @@ from server.grid import ReportingGrid
 from server.holdout import HoldoutSource, study_data_report, study_holdout
 from server.progress import Events
 from server.results import ResultWriter, privacy_spent
-from server.strategy import MedfedStrategy, RoundState, StudyStopped, build_strategy
+from server.secagg import strategy_class  # secure-aggregation = secagg+: SecAgg+ rounds
+from server.strategy import RoundState, StudyStopped, build_strategy
 from study.config import Study
 from study.schema import RoundRecord, Summary, write_json
+from study.secure_aggregation import check_secure_aggregation
 from study.task import build_model, evaluate
 
 
@@ -45,6 +47,7 @@ class StudyOutcome:
 def run_study(
     grid: Grid, study: Study, *, events: Events, holdout: HoldoutSource = study_holdout
 ) -> StudyOutcome:
+    check_secure_aggregation(study)  # refused combinations stop before any file is written
     out = Path(study.out_dir).absolute()
     results = ResultWriter(out, study)
     archive = Archive(out / "archive")
@@ -103,7 +106,7 @@ def run_study(
         rounds.append(record)
         events.emit("round", line=record.to_json())
 
-    strategy = MedfedStrategy(
+    strategy = strategy_class(study)(  # MedfedStrategy, or SecAggPlusStrategy (server/secagg.py)
         inner,
         study,
         directory=directory,

@@ -1,0 +1,113 @@
+"""The hospital's side of SecAgg+ (`secure-aggregation = secagg+`).
+
+`secure_aggregation_mod` wraps the ClientApp's train handler in Flower's
+`secaggplus_mod` (flwr.client.mod) when the study asks for SecAgg+; every
+other train message and study passes straight through. Flower's mod answers
+the setup, share-keys and unmask stages itself; in the collect-masked-vectors
+stage it calls the app with a legacy fit message (`fitins.parameters`,
+`fitins.config`) and expects a legacy FitRes record dict back, whose
+parameters it weights, quantises and masks. `_fit_through_train_handler`
+turns that fit message into the train message medfed's handler (and the DP
+clipping mod before it) understands, runs one round of `Site.train_round`
+through it, and returns its model, num_examples and metrics as the FitRes.
+It also refuses to put a model with NaN or infinite weights into the sum (the
+server could not see it there) and counts the weighted values the protocol
+will clip (`secagg-clipped`), so the server can stop with the key to raise.
+
+`examples_reply` answers `query.examples`: the number of training images
+the site trains on, which the server needs for Flower's `max_weight`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_STATE
+from flwr.compat.common import recorddict_compat as compat
+
+from study.config import Study
+
+CLIPPED_METRIC = "secagg-clipped"  # the server's name for it: server.secagg.CLIPPED_METRIC
+
+
+def secure_aggregation_mod(msg: Message, context: Context, call_next, study: Study) -> Message:
+    """A train mod: Flower's secaggplus_mod around the train handler under SecAgg+."""
+    if study.secure_aggregation != "secagg+":
+        return call_next(msg, context)
+    from flwr.client.mod import secaggplus_mod
+
+    def fit(legacy: Message, ctx: Context) -> Message:
+        return _fit_through_train_handler(legacy, ctx, call_next, study)
+
+    return secaggplus_mod(msg, context, fit)
+
+
+def _fit_through_train_handler(legacy: Message, context: Context, call_next, study: Study):
+    """The collect stage's legacy fit message, answered by medfed's train handler."""
+    from study.task import build_model
+
+    fitins = compat.recorddict_to_fitins(legacy.content, keep_input=True)
+    names = list(build_model(study.modality).state_dict())
+    received = parameters_to_ndarrays(fitins.parameters)
+    if len(received) != len(names):
+        raise ValueError(
+            f"SecAgg+ fit message holds {len(received)} arrays, the study's "
+            f"{study.modality} model has {len(names)}"
+        )
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(a) for k, a in zip(names, received, strict=True)}),
+            "config": ConfigRecord(dict(fitins.config)),
+        }
+    )
+    reply = call_next(Message(content=content, metadata=legacy.metadata), context)
+    extra = sorted(set(reply.content.keys()) - {"arrays", "metrics", "status"})
+    if extra:
+        raise ValueError(
+            f"a SecAgg+ reply carries only the model and its metrics, not {', '.join(extra)} "
+            "(the study must have exchange = none)"
+        )
+    trained = [a.numpy() for a in reply.content["arrays"].values()]
+    site = reply.content["status"]["site"]
+    if not all(np.isfinite(a).all() for a in trained):
+        raise ValueError(
+            f"site {site}: the trained model has NaN or infinite weights; it is not put into "
+            "the secure sum (lower learning-rate)"
+        )
+    metrics = dict(reply.content["metrics"])
+    examples = int(metrics["num-examples"])
+    metrics[CLIPPED_METRIC] = _clipped_values(trained, examples, context)
+    fitres = FitRes(
+        status=Status(code=Code.OK, message="Success"),
+        parameters=ndarrays_to_parameters(trained),
+        num_examples=examples,
+        metrics=metrics,
+    )
+    out = compat.fitres_to_recorddict(fitres, keep_input=False)
+    out["status"] = reply.content["status"]
+    return Message(content=out, reply_to=legacy)
+
+
+def _clipped_values(arrays: list[np.ndarray], examples: int, context: Context) -> int:
+    """How many values secaggplus_mod will clip: it multiplies the model by the
+    weight round(examples / max_weight * Q) / Q, then clips to the clipping
+    range (both from the setup stage, kept in the node's state)."""
+    state = context.state.config_records.get(RECORD_KEY_STATE)
+    if state is None:
+        return 0
+    target = int(state["target_range"])
+    weight = round(examples / float(state["max_weight"]) * target) / target
+    limit = float(state["clipping_range"])
+    return int(sum(np.count_nonzero(np.abs(a.astype(np.float64) * weight) > limit) for a in arrays))
+
+
+def examples_reply(msg: Message, site_id: int, num_examples: int) -> Message:
+    """`query.examples`: the site's number of training images."""
+    content = RecordDict(
+        {
+            "examples": MetricRecord({"num-examples": num_examples}),
+            "status": ConfigRecord({"site": site_id}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
