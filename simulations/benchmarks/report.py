@@ -15,6 +15,7 @@ from pathlib import Path
 
 from simulations.benchmarks.common import RESULTS_DIR, load_results
 from simulations.benchmarks.lossless_codecs import lossless_codecs_section
+from simulations.benchmarks.secagg import secagg_section
 from simulations.benchmarks.sections_encryption import (
     rate_distortion_section,
     security_section,
@@ -86,6 +87,7 @@ def render_report(
     learning_curves_section(docs, add, plot_dir, rel)
     data_section(docs, add)
     federation_section(docs, add, plot_dir, rel)
+    secagg_section(docs, add)
     gpu_section(docs, add)
     doc_path.parent.mkdir(parents=True, exist_ok=True)
     doc_path.write_text("\n".join(out).rstrip() + "\n")

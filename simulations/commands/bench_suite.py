@@ -27,6 +27,7 @@ HELP = {
     "federation-overhead": "Flower/Ray study vs the same work in a plain PyTorch loop",
     "federation-scaling": "wall time and peak memory with 8..512 simulated sites",
     "bandwidth": "bytes and upload time per round: exchange none/archive/consortium x sizes",
+    "secagg": "SecAgg+ vs plain FedAvg: bytes and seconds per round, 4 and 16 sites",
     "gpu": "the GPU path (skipped, and said so, without CUDA)",
 }
 
