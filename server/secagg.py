@@ -198,10 +198,11 @@ class SecAggPlusStrategy(MedfedStrategy):
             grid.phase_seconds[(rnd, "train")] = sum(s["seconds"] for s in stages.stages.values())
         if bridge.result is None:
             failed = [s.to_json() for s in state.sites.values() if not s.ok]
+            halted = next(reversed(stages.stages), "before its first stage")
             reason = (
-                f"SecAgg+ could not unmask round {rnd}: {len(stages.contributed)} of {sites} "
-                f"sampled sites sent their masked model, the protocol needs {threshold} "
-                f"(secagg-threshold = {self.study.secagg_threshold:g}, at least 3)"
+                f"SecAgg+ halted in round {rnd} ({halted}): {len(stages.contributed)} of "
+                f"{sites} sampled sites sent their masked model, unmasking needs {threshold} "
+                f"(secagg-threshold = {self.study.secagg_threshold:g} of the sites, at least 3)"
             )
             detail = "; ".join(f"{f['site']}: {f['error']}" for f in failed if f["error"])
             raise StudyStopped(

@@ -309,6 +309,24 @@ def test_server_optimiser_and_adaptive_clipping_on_the_secure_mean(
     )
 
 
+def test_fewer_masked_vectors_than_the_threshold_halt_before_unmasking(
+    tmp_path, monkeypatch, data_home
+):
+    study = tiny(tmp_path / "run", num_sites=3, num_rounds=1, fault_sites="2:round=1")
+    set_task_identity(monkeypatch)
+    grid = LoopbackGrid(build_client_app(study), study.num_sites)
+    with pytest.raises(StudyStopped, match=r"halted in round 1 \(collect_masked_vectors\)"):
+        run_study(grid, study, events=Events(None))
+    stages = [
+        m.content.config_records["secaggplus_configs"]["stage"]
+        for m in grid.delivered
+        if m.metadata.message_type == "train"
+    ]
+    assert "unmask" not in stages and stages.count("collect_masked_vectors") == 3
+    summary = read_summary(tmp_path / "run")
+    assert summary.status == "stopped" and "injected fault" in json.dumps(summary.failed_sites)
+
+
 def test_clipped_values_stop_the_study_with_the_key(tmp_path, monkeypatch, data_home):
     study = tiny(tmp_path / "run", num_sites=3, num_rounds=1, secagg_clipping_range=0.05)
     with pytest.raises(StudyStopped, match="raise secagg-clipping-range"):
