@@ -38,7 +38,12 @@ gradients.
 Scores: PSNR and SSIM (encryption.metrics.fidelity's SSIM) on [0, 1], each
 reconstruction matched one to one to a real image of the batch by the
 Hungarian assignment (scipy's linear_sum_assignment) on PSNR; beside them the
-PSNR of guessing the site's mean training image.
+PSNR of the mean guess: the mean of the images the attacker holds without any
+update (the server's held-out set), so that the difference is what the update
+added. The study CNN and U-Net cannot see an image's global intensity factor
+(a convolution without bias, then GroupNorm), so every PSNR is also given
+after the least-squares factor to the real image (`psnr_scale_aligned`, and
+the same for the mean guess): what the update reveals of the image's shape.
 
 Written here rather than taken from `breaching` (Geiping's library): its one
 release (0.1.2, 2022) pulls torchvision and hydra, and its multi-step
@@ -576,8 +581,8 @@ def scale_aligned_psnr_db(reconstruction: np.ndarray, original: np.ndarray) -> f
 
 
 def mean_guess_psnr(mean_image: np.ndarray, originals: np.ndarray) -> float:
-    """Mean over the batch of the PSNR of guessing `mean_image` (the site's
-    mean training image) for each real image."""
+    """Mean over the batch of the PSNR of guessing `mean_image` (the mean of the
+    images the attacker holds) for each real image."""
     return float(np.mean([psnr_db(mean_image, o) for o in originals]))
 
 

@@ -268,7 +268,10 @@ def run_attacks(
         }
         for m, w in weights.items()
     }
-    prior = attacker_prior(plan)
+    public = held_out_images(plan)
+    mean_guess = public.mean(axis=0)
+    doc["mean_guess"] = {"source": "the server's held-out images", "images": len(public)}
+    prior = attacker_prior(plan, public)
     if prior is not None:
         doc["prior"] = {
             "source": "the server's held-out images",
@@ -287,8 +290,8 @@ def run_attacks(
                 idx = attacked_indices(len(images_all), b, site_id, plan.attacked_round, plan.seed)
                 images, targets = images_all[idx], targets_all[idx]
                 originals = to_float(images, bits).numpy()
-                guess = leakage.mean_guess_psnr(mean_image, originals)
-                guess_aligned = leakage.mean_guess_psnr_scale_aligned(mean_image, originals)
+                guess = leakage.mean_guess_psnr(mean_guess, originals)
+                guess_aligned = leakage.mean_guess_psnr_scale_aligned(mean_guess, originals)
                 for defense in plan.defenses:
                     noise_seed = plan.seed * 7919 + site_id * 31 + b
                     update = site_update(
@@ -307,6 +310,8 @@ def run_attacks(
                             "local_optimizer": training.optimizer,
                             "mean_guess_psnr": guess,
                             "mean_guess_psnr_scale_aligned": guess_aligned,
+                            # for reference: guessing the site's own mean training image
+                            "site_mean_psnr": leakage.mean_guess_psnr(mean_image, originals),
                         }
                         for entry, recon in _attack(
                             plan,
@@ -330,22 +335,27 @@ def run_attacks(
     return doc
 
 
-def attacker_prior(plan: AttackPlan) -> leakage.ImagePrior | None:
-    """The optimisation attack's image prior: PCA of the server's held-out
-    images (server.holdout; the patients no site holds), or None."""
-    if plan.prior == "none" or "optimisation" not in plan.attacks:
-        return None
+def held_out_images(plan: AttackPlan) -> np.ndarray:
+    """The server's held-out images as floats on [0, 1] (server.holdout: the
+    patients no site holds): what the attacker knows of the images without any
+    update. Their mean is the mean guess; their principal components the
+    optimisation attack's prior."""
     from server.holdout import study_holdout
-    from study.task import to_float
 
     held = study_holdout(plan.study, plan.out_dir / "holdout-cache")
     if len(held.images) < 2:
         raise ValueError(
-            f"--prior holdout: the study holds out {len(held.images)} image(s), too few for an "
-            "image prior (raise phantom-patients or holdout-images, or pass --prior none)"
+            f"the study holds out {len(held.images)} image(s): the attacker's mean guess and "
+            "image prior need at least 2 (raise phantom-patients or holdout-images)"
         )
-    images = to_float(held.images, held.bits).numpy()
-    return leakage.ImagePrior.fit(images, plan.inversion.prior_components)
+    return to_float(held.images, held.bits).numpy()
+
+
+def attacker_prior(plan: AttackPlan, public: np.ndarray) -> leakage.ImagePrior | None:
+    """The optimisation attack's image prior (PCA of `public`), or None."""
+    if plan.prior == "none" or "optimisation" not in plan.attacks:
+        return None
+    return leakage.ImagePrior.fit(public, plan.inversion.prior_components)
 
 
 def _attack(plan, arch, global_state, seen, training, originals, targets, prior, say, base):
@@ -490,7 +500,8 @@ def write_markdown(path: Path, doc: dict, plan: AttackPlan) -> None:
         "What a curious server reconstructs from one site's model update "
         f"(local optimizer {plan.local_optimizer}); PSNR/SSIM per real image, matched "
         "one to one; recovered: share above 20 dB. `gain`: PSNR minus the PSNR of guessing "
-        "the site's mean training image; `aligned`: both scored after the least-squares "
+        "the mean of the server's held-out images (what the attacker knows without the "
+        "update); `aligned`: both scored after the least-squares "
         "intensity factor to the real image (the study CNN and U-Net cannot see a global "
         "intensity factor: this is what the update itself reveals).",
         "",

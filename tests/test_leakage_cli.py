@@ -1,4 +1,5 @@
-"""`medfed attack updates` end to end on phantom X-rays and MRI (few iterations)."""
+"""`medfed attack updates` and the `leakage` benchmark end to end on phantom
+X-rays and MRI (few iterations; one phantom data folder for the module)."""
 
 from __future__ import annotations
 
@@ -150,6 +151,46 @@ def test_a_later_round_is_attacked_with_the_federations_final_model(
         {k: torch.from_numpy(v) for k, v in final.items()}
     )
     assert doc["attacks"][0]["local_steps"] == 1
+
+
+def test_leakage_benchmark_writes_its_results_and_section(tmp_path, monkeypatch, data_home):
+    # Prepare: the benchmark at toy settings on the module's phantoms
+    from simulations.benchmarks.common import load_results
+    from simulations.benchmarks.leakage import auroc_epsilon_points
+    from simulations.benchmarks.report import render_report
+    from simulations.benchmarks.suite import BENCHMARKS, run_benchmark
+
+    monkeypatch.setenv("MEDFED_DATA_HOME", str(data_home))
+    results = tmp_path / "results"
+    settings = dict(
+        modalities=("xray",), patients=12, image_size=16, images=1, batch_sizes=(1,),
+        noise_multipliers=(1.0,), timing_sizes=(16,), iterations=2, restarts=1,
+    )  # fmt: skip
+    # Execute
+    run_benchmark("leakage", quick=True, results_dir=results, overrides=settings)
+    doc = render_report(results, tmp_path / "BENCHMARKS.md", tmp_path / "bench")
+    # Assert: per defence and observer both attacks, the epsilon curve, timing, picture
+    r = load_results(results)["leakage"]["results"]
+    points = r["modalities"]["xray"]["points"]
+    views = {(p["model"], p["attack"], p["defense"], p["observer"]) for p in points}
+    assert ("study", "optimisation", "client-fixed", "global-model") in views
+    assert ("mlp", "analytic", "local-dpsgd", "server") in views
+    curve = r["modalities"]["xray"]["epsilon_curve"]
+    dp = [c for c in curve if c["noise_multiplier"] == 1.0]
+    assert len(dp) == 2 and all(c["epsilon"] == pytest.approx(4.7285, abs=1e-3) for c in dp)
+    assert [c["epsilon"] for c in curve if c["noise_multiplier"] == 0.0] == [None, None]
+    (timing,) = r["timing"]
+    assert timing["image_size"] == 16 and timing["seconds_per_image"] > 0
+    text = doc.read_text()
+    assert "## Update leakage" in text and "bench/leakage-xray.png" in text
+    assert (tmp_path / "bench" / "leakage-xray.png").is_file()
+    assert (tmp_path / "bench" / "leakage_epsilon.png").is_file()
+    assert "auroc_epsilon_points" in text  # the AUROC hook is named while it is empty
+    assert "leakage" in BENCHMARKS
+    points = auroc_epsilon_points([(float("inf"), 0.71), (2.0, 0.66)])
+    assert points == [{"epsilon": 2.0, "auroc": 0.66}, {"epsilon": None, "auroc": 0.71}]
+    with pytest.raises(ValueError, match="AUROC in"):
+        auroc_epsilon_points([(1.0, 1.5)])
 
 
 @pytest.mark.slow

@@ -68,7 +68,7 @@ def attack(study, site, prior, seed=0, dp_sgd=None):
         config=leakage.InversionConfig(seed=seed),
     )  # fmt: skip
     originals = to_float(images, train_set.bits).numpy()
-    mean_image = to_float(train_set.images, train_set.bits).numpy().mean(axis=0)
+    mean_image = prior.mean  # the held-out images' mean: the attacker's guess without the update
     return (
         leakage.score(inv.images, originals),
         leakage.mean_guess_psnr(mean_image, originals),

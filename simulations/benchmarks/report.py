@@ -26,6 +26,7 @@ from simulations.benchmarks.sections_federation import (
     federation_section,
     gpu_section,
 )
+from simulations.benchmarks.sections_leakage import leakage_section
 from simulations.benchmarks.sections_learning import learning_curves_section
 from simulations.benchmarks.tables import fmt, fmt_ratio, table
 from simulations.benchmarks.verdicts import TARGET_NOTES, headline, secure_verdict, targets
@@ -87,6 +88,7 @@ def render_report(
     learning_curves_section(docs, add, plot_dir, rel)
     data_section(docs, add)
     federation_section(docs, add, plot_dir, rel)
+    leakage_section(docs, add, plot_dir, rel, results_dir)
     secagg_section(docs, add)
     gpu_section(docs, add)
     doc_path.parent.mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,13 @@ def _secagg(s: dict, progress: Progress) -> dict:
     return run_secagg_overhead(progress=progress, **s)
 
 
+def _leakage(s: dict, progress: Progress, results_dir: Path = RESULTS_DIR) -> dict:
+    from simulations.benchmarks.leakage import run_leakage
+
+    # the pictures of originals beside reconstructions go beside the result file
+    return run_leakage(progress=progress, results_dir=results_dir, **s)
+
+
 def _gpu(s: dict, progress: Progress) -> dict:
     """The GPU path: encryption speed on the GPU and a study whose sites share one
     GPU through fractional num-gpus. On a CPU-only machine: says so and skips."""
@@ -210,6 +217,30 @@ BENCHMARKS: dict[str, tuple[Callable[[dict, Progress], dict], dict, dict]] = {
         _secagg,
         {"sites": (4, 16), "num_rounds": 4, "patients_per_site": 20, "image_size": 32},
         {"sites": (4, 16), "num_rounds": 3, "patients_per_site": 10, "image_size": 16},
+    ),
+    # Time budget: about 12 min on 2 idle cores (one torch thread): the optimisation
+    # attack costs (restarts x iterations) simulated training steps per image; see
+    # the timing table of its section.
+    "leakage": (
+        _leakage,
+        {
+            "modalities": ("xray", "mri"),
+            "images": 3,
+            "batch_sizes": (1, 4),
+            "noise_multipliers": (0.001, 0.01, 0.1, 1.0),
+            "timing_sizes": (32, 64),
+            "iterations": 100,
+            "restarts": 2,
+        },
+        {
+            "modalities": ("xray", "mri"),
+            "images": 1,
+            "batch_sizes": (1,),
+            "noise_multipliers": (0.01, 1.0),
+            "timing_sizes": (32,),
+            "iterations": 20,
+            "restarts": 1,
+        },
     ),
     "gpu": (
         _gpu,

@@ -1,5 +1,5 @@
 """`medfed bench all|report|speed|rate-distortion|learning-curves|data|federation-overhead|
-federation-scaling|bandwidth|gpu`: the benchmark suite (simulations.benchmarks).
+federation-scaling|bandwidth|leakage|gpu`: the benchmark suite (simulations.benchmarks).
 
     medfed bench all [--quick] [--only a,b] [--results DIR] [--doc FILE]
     medfed bench report [--results DIR] [--doc FILE]
@@ -27,6 +27,7 @@ HELP = {
     "federation-overhead": "Flower/Ray study vs the same work in a plain PyTorch loop",
     "federation-scaling": "wall time and peak memory with 8..512 simulated sites",
     "bandwidth": "bytes and upload time per round: exchange none/archive/consortium x sizes",
+    "leakage": "what the server reconstructs from one update, per defence, against epsilon",
     "secagg": "SecAgg+ vs plain FedAvg: bytes and seconds per round, 4 and 16 sites",
     "gpu": "the GPU path (skipped, and said so, without CUDA)",
 }

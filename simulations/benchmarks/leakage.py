@@ -1,0 +1,341 @@
+"""The `leakage` benchmark: what a curious server reconstructs from a site's
+model update (server/leakage.py through simulations.attack, the code behind
+`medfed attack updates`), per defence and batch size, against epsilon, and
+how long the optimisation attack takes per image at each image size.
+
+Each point attacks round 1 (the initial model) of a 2-site phantom study:
+site 0's local training on b of its images, the study's own training (Adam,
+lr 1e-3, batch size 16: one local step for b <= 16). The optimisation attack
+runs on the study model (CNN / U-Net) with the image prior of the server's
+held-out images; the analytic attack on the `mlp` reference model. Several
+images per point (seeds 0..images-1 pick them); the mean over them is shown.
+
+Epsilon: local DP-SGD at several noise multipliers, epsilon from
+study.privacy (Opacus' RDP accountant) for what the attacked site released:
+one round of DP-SGD over its b images at clipping norm 1. AUROC against
+epsilon needs federated studies with DP and is filled through
+`auroc_epsilon_points` (empty until those studies are run).
+
+Timing: seconds per image of the optimisation attack at each size, and the
+same as a ratio to one local training step of the same model on one image,
+measured in the same process (a machine-independent cost: the attack
+simulates the training step and back-propagates through it, every
+iteration). Torch runs one thread, as the sites do (num-cpus = 1).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _study(tmp: Path, modality: str, patients: int, image_size: int, **extra):
+    from study.config import Study
+
+    return Study(
+        name=f"leakage-{modality}",
+        modality=modality,
+        num_sites=2,
+        min_sites=1,
+        phantom_patients=patients,
+        phantom_size=max(64, image_size),
+        image_size=image_size,
+        exchange="none",
+        out_dir=str(tmp / f"{modality}-{image_size}-study"),
+        **extra,
+    )
+
+
+def _plan(study, out: Path, *, model: str, attack: str, defenses, batch_sizes, seed, inversion):
+    from simulations.attack import AttackPlan
+
+    return AttackPlan(
+        study=study,
+        out_dir=out,
+        batch_sizes=tuple(batch_sizes),
+        models=(model,),
+        defenses=tuple(defenses),
+        attacks=(attack,),
+        inversion=replace(inversion, seed=seed),
+        seed=seed,
+    )
+
+
+def _run(plan, say: Progress, pictures: list | None = None) -> list[dict]:
+    from simulations.attack import run_attacks
+
+    return run_attacks(plan, say=say, pictures=pictures)["attacks"]
+
+
+def _mean_entries(entries: list[dict]) -> list[dict]:
+    """Mean over the attacked images (seeds) of each (model, attack, defence,
+    observer, b): PSNR, SSIM, mean guesses, gains, recovered share, seconds."""
+    groups: dict[tuple, list[dict]] = {}
+    for e in entries:
+        key = (e["model"], e["attack"], e["defense"], e["observer"], e["batch_size"])
+        groups.setdefault(key, []).append(e)
+    out = []
+    for (model, attack, defense, observer, b), group in groups.items():
+        row: dict[str, Any] = {
+            "model": model,
+            "attack": attack,
+            "defense": defense,
+            "observer": observer,
+            "batch_size": b,
+            "local_steps": group[0]["local_steps"],
+            "labels": group[0]["labels"],
+            "attacked_batches": len(group),
+        }
+        for key in ("psnr", "psnr_scale_aligned", "ssim"):
+            row[key] = float(np.mean([np.mean(e[key]) for e in group]))
+        for key in (
+            "mean_guess_psnr",
+            "mean_guess_psnr_scale_aligned",
+            "gain_db",
+            "gain_scale_aligned_db",
+            "recovered_share",
+            "seconds_per_image",
+        ):
+            row[key] = float(np.mean([e[key] for e in group]))
+        row["gain_db_min"] = float(min(e["gain_db"] for e in group))
+        row["gain_scale_aligned_db_min"] = float(min(e["gain_scale_aligned_db"] for e in group))
+        out.append(row)
+    return out
+
+
+def _training_step_s(study, repeats: int = 5) -> float:
+    """Median seconds of one local training step of the study model on one image
+    (forward, loss, backward, Adam step): the attack's cost unit."""
+    import statistics
+
+    import torch
+
+    from study.task import _loss, build_model
+
+    model = build_model(study.modality, image_size=study.image_size)
+    channels = 1 if study.modality == "xray" else 4
+    x = torch.rand(1, channels, study.image_size, study.image_size)
+    y = torch.zeros_like(model(x)).detach()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        _loss(study.modality, model(x), y).backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def auroc_epsilon_points(points: Iterable[tuple[float, float]]) -> list[dict[str, float]]:
+    """The hook for AUROC against epsilon: (epsilon, macro AUROC) of federated
+    studies trained with DP (the study's dp mode and noise multiplier; epsilon
+    from study.privacy.epsilon_spent after the last round). Returns them as the
+    result document stores them, sorted by epsilon; an infinite epsilon (no
+    DP) is stored as null. The benchmark leaves the list empty until such
+    studies are run; the report draws whatever it holds."""
+    out = []
+    for epsilon, auroc in points:
+        epsilon, auroc = float(epsilon), float(auroc)
+        if not (math.isinf(epsilon) or epsilon >= 0) or not 0 <= auroc <= 1:
+            raise ValueError(f"AUROC point ({epsilon}, {auroc}): epsilon >= 0, AUROC in [0, 1]")
+        out.append({"epsilon": None if math.isinf(epsilon) else epsilon, "auroc": auroc})
+    return sorted(out, key=lambda p: math.inf if p["epsilon"] is None else p["epsilon"])
+
+
+def run_leakage(
+    *,
+    modalities: tuple[str, ...] = ("xray", "mri"),
+    patients: int = 120,
+    image_size: int = 32,
+    images: int = 3,
+    batch_sizes: tuple[int, ...] = (1, 4),
+    defenses: tuple[str, ...] = ("none", "client-fixed", "local-dpsgd"),
+    mri_batch_sizes: tuple[int, ...] = (1,),
+    noise_multipliers: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0),
+    timing_sizes: tuple[int, ...] = (32, 64),
+    iterations: int = 100,
+    restarts: int = 2,
+    prior_components: int = 40,
+    results_dir: Path | None = None,
+    progress: Progress = _quiet,
+) -> dict[str, Any]:
+    """Run the leakage benchmark; returns the result document's `results`.
+    `results_dir`: where the picture of originals beside reconstructions goes."""
+    import torch
+
+    from server.leakage import InversionConfig
+    from simulations.attack import write_picture
+    from study.privacy import epsilon_spent
+
+    inversion = InversionConfig(
+        iterations=iterations, restarts=restarts, prior_components=prior_components
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    def say(line: str) -> None:
+        progress("leakage: " + line.strip())
+
+    out: dict[str, Any] = {"modalities": {}, "timing": [], "auroc_epsilon": []}
+    picture_rows: list[dict] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="medfed-bench-leak-") as tmp_name:
+            tmp = Path(tmp_name)
+            for modality in modalities:
+                study = _study(tmp, modality, patients, image_size)
+                b_list = batch_sizes if modality == "xray" else mri_batch_sizes
+                entries, shown = [], []
+                for seed in range(images):
+                    progress(f"leakage: {modality}, attacked batch {seed + 1}/{images}")
+                    runs = (
+                        ("study", "optimisation", defenses, b_list),
+                        ("mlp", "analytic", defenses, b_list),
+                    )
+                    for model, attack, defs, bs in runs:
+                        plan = _plan(
+                            study, tmp / f"{modality}-{model}-{seed}", model=model,
+                            attack=attack, defenses=defs, batch_sizes=bs, seed=seed,
+                            inversion=inversion,
+                        )  # fmt: skip
+                        pics: list[dict] = []
+                        entries += _run(plan, say, pics)
+                        if seed == 0:  # the picture: the first attacked batch of each kind
+                            shown += [
+                                {**p, "modality": modality}
+                                for p in pics
+                                if p["observer"] == "server"
+                            ]
+                curve = []
+                for z in noise_multipliers:
+                    noisy = study.replace(dp="local-dpsgd", dp_noise_multiplier=z)
+                    progress(f"leakage: {modality}, local DP-SGD at noise multiplier {z:g}")
+                    for seed in range(images):
+                        for model, attack in (("study", "optimisation"), ("mlp", "analytic")):
+                            plan = _plan(
+                                noisy, tmp / f"{modality}-dp-{z:g}-{model}-{seed}", model=model,
+                                attack=attack, defenses=("local-dpsgd",), batch_sizes=(1,),
+                                seed=seed, inversion=inversion,
+                            )  # fmt: skip
+                            for e in _run(plan, say):
+                                spent = epsilon_spent(noisy, 1, num_examples=e["batch_size"])
+                                curve.append({**e, "noise_multiplier": z, "epsilon": spent.epsilon})
+                out["modalities"][modality] = {
+                    "study": {
+                        "phantom_patients": patients,
+                        "image_size": image_size,
+                        "dp_clipping_norm": study.dp_clipping_norm,
+                        "dp_noise_multiplier": study.dp_noise_multiplier,
+                        "dp_delta": study.dp_delta,
+                        "batch_size": study.batch_size,
+                        "learning_rate": study.learning_rate,
+                    },
+                    "points": _mean_entries(entries),
+                    "epsilon_curve": _epsilon_curve(curve, entries),
+                }
+                picture_rows += shown
+            out["timing"] = _timing(tmp, modalities, patients, timing_sizes, inversion, progress)
+    finally:
+        torch.set_num_threads(threads)
+    if results_dir is not None and picture_rows:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        for modality in modalities:
+            rows = [p for p in picture_rows if p["modality"] == modality]
+            if rows:
+                write_picture(
+                    results_dir / f"leakage-{modality}.png",
+                    rows,
+                    modality,
+                    title=f"phantom {modality}, {image_size} px: real images and what the "
+                    "server reconstructs from one update (no defence / defences at z = 1)",
+                )
+        out["pictures"] = {m: f"leakage-{m}.png" for m in modalities}
+    return out
+
+
+def _epsilon_curve(curve: list[dict], entries: list[dict]) -> list[dict]:
+    """Mean over seeds per (model, attack, noise multiplier), plus the no-defence
+    points of the same attacks at b = 1 (epsilon infinite, stored as null)."""
+    rows = []
+    for model, attack in (("study", "optimisation"), ("mlp", "analytic")):
+        base = [
+            e
+            for e in entries
+            if e["model"] == model
+            and e["attack"] == attack
+            and e["defense"] == "none"
+            and e["batch_size"] == 1
+        ]
+        groups: dict[float, list[dict]] = {}
+        for e in curve:
+            if e["model"] == model and e["attack"] == attack:
+                groups.setdefault(e["noise_multiplier"], []).append(e)
+        for z, group in sorted(groups.items()):
+            rows.append(_curve_row(model, attack, z, group[0]["epsilon"], group))
+        if base:
+            rows.append(_curve_row(model, attack, 0.0, None, base))
+    return rows
+
+
+def _curve_row(model, attack, z, epsilon, group) -> dict:
+    return {
+        "model": model,
+        "attack": attack,
+        "noise_multiplier": z,
+        "epsilon": epsilon,
+        "psnr": float(np.mean([np.mean(e["psnr"]) for e in group])),
+        "psnr_scale_aligned": float(np.mean([np.mean(e["psnr_scale_aligned"]) for e in group])),
+        "mean_guess_psnr": float(np.mean([e["mean_guess_psnr"] for e in group])),
+        "mean_guess_psnr_scale_aligned": float(
+            np.mean([e["mean_guess_psnr_scale_aligned"] for e in group])
+        ),
+        "gain_db": float(np.mean([e["gain_db"] for e in group])),
+        "gain_scale_aligned_db": float(np.mean([e["gain_scale_aligned_db"] for e in group])),
+        "attacked_batches": len(group),
+    }
+
+
+def _timing(tmp, modalities, patients, sizes, inversion, progress) -> list[dict]:
+    """Seconds per image of the optimisation attack (b = 1, no defence) at each
+    size, and as a multiple of one local training step (same process)."""
+    rows = []
+    for modality in modalities:
+        for size in sizes:
+            study = _study(tmp, modality, patients, size)
+            progress(f"leakage: timing the optimisation attack on {modality} at {size} px")
+            plan = _plan(
+                study, tmp / f"timing-{modality}-{size}", model="study", attack="optimisation",
+                defenses=("none",), batch_sizes=(1,), seed=0, inversion=inversion,
+            )  # fmt: skip
+            (entry,) = _run(plan, _quiet)
+            step_s = _training_step_s(study)
+            iterations = inversion.restarts * inversion.iterations
+            rows.append(
+                {
+                    "modality": modality,
+                    "image_size": size,
+                    "seconds_per_image": entry["seconds_per_image"],
+                    "iterations": iterations,
+                    "training_step_s": step_s,
+                    "training_steps_per_iteration": entry["seconds_per_image"]
+                    / iterations
+                    / step_s,
+                    "psnr": float(np.mean(entry["psnr"])),
+                    "gain_db": entry["gain_db"],
+                    "gain_scale_aligned_db": entry["gain_scale_aligned_db"],
+                }
+            )
+    return rows
