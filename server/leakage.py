@@ -269,7 +269,7 @@ class InversionConfig:
     Inverting Gradients code does) instead of the gradient itself.
     """
 
-    iterations: int = 60
+    iterations: int = 100
     restarts: int = 2
     step_size: float = 0.003
     tv_weight: float = 0.01

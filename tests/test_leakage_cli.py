@@ -163,7 +163,7 @@ def test_leakage_benchmark_writes_its_results_and_section(tmp_path, monkeypatch,
     monkeypatch.setenv("MEDFED_DATA_HOME", str(data_home))
     results = tmp_path / "results"
     settings = dict(
-        modalities=("xray",), patients=12, image_size=16, images=1, batch_sizes=(1,),
+        modalities=("xray",), patients=12, image_size=16, images=1, batch_sizes=(2,),
         noise_multipliers=(1.0,), timing_sizes=(16,), iterations=2, restarts=1,
     )  # fmt: skip
     # Execute
@@ -175,6 +175,7 @@ def test_leakage_benchmark_writes_its_results_and_section(tmp_path, monkeypatch,
     views = {(p["model"], p["attack"], p["defense"], p["observer"]) for p in points}
     assert ("study", "optimisation", "client-fixed", "global-model") in views
     assert ("mlp", "analytic", "local-dpsgd", "server") in views
+    assert {p["batch_size"] for p in points} == {1, 2}
     curve = r["modalities"]["xray"]["epsilon_curve"]
     dp = [c for c in curve if c["noise_multiplier"] == 1.0]
     assert len(dp) == 2 and all(c["epsilon"] == pytest.approx(4.7285, abs=1e-3) for c in dp)

@@ -162,10 +162,11 @@ def run_leakage(
     patients: int = 120,
     image_size: int = 32,
     images: int = 3,
-    batch_sizes: tuple[int, ...] = (1, 4),
+    mri_images: int = 2,
     defenses: tuple[str, ...] = ("none", "client-fixed", "local-dpsgd"),
-    mri_batch_sizes: tuple[int, ...] = (1,),
-    noise_multipliers: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0),
+    batch_sizes: tuple[int, ...] = (4,),
+    batch_defenses: tuple[str, ...] = ("none", "local-dpsgd"),
+    noise_multipliers: tuple[float, ...] = (0.01, 0.1, 1.0),
     timing_sizes: tuple[int, ...] = (32, 64),
     iterations: int = 100,
     restarts: int = 2,
@@ -174,12 +175,15 @@ def run_leakage(
     progress: Progress = _quiet,
 ) -> dict[str, Any]:
     """Run the leakage benchmark; returns the result document's `results`.
-    `results_dir`: where the picture of originals beside reconstructions goes."""
+
+    b = 1: `images` attacked images (`mri_images` for MRI) under every defence
+    of `defenses` at the study's z = 1, C = 1, and under local DP-SGD at each
+    of `noise_multipliers`. Each b of `batch_sizes` (X-ray only): one batch
+    under `batch_defenses`. `results_dir`: where the pictures of originals
+    beside reconstructions go."""
     import torch
 
     from server.leakage import InversionConfig
-    from simulations.attack import write_picture
-    from study.privacy import epsilon_spent
 
     inversion = InversionConfig(
         iterations=iterations, restarts=restarts, prior_components=prior_components
@@ -196,43 +200,13 @@ def run_leakage(
         with tempfile.TemporaryDirectory(prefix="medfed-bench-leak-") as tmp_name:
             tmp = Path(tmp_name)
             for modality in modalities:
+                count = images if modality == "xray" else mri_images
+                bs = batch_sizes if modality == "xray" else ()
+                entries, curve, shown = _modality(
+                    tmp, modality, patients, image_size, count, defenses, bs, batch_defenses,
+                    noise_multipliers, inversion, say, progress,
+                )  # fmt: skip
                 study = _study(tmp, modality, patients, image_size)
-                b_list = batch_sizes if modality == "xray" else mri_batch_sizes
-                entries, shown = [], []
-                for seed in range(images):
-                    progress(f"leakage: {modality}, attacked batch {seed + 1}/{images}")
-                    runs = (
-                        ("study", "optimisation", defenses, b_list),
-                        ("mlp", "analytic", defenses, b_list),
-                    )
-                    for model, attack, defs, bs in runs:
-                        plan = _plan(
-                            study, tmp / f"{modality}-{model}-{seed}", model=model,
-                            attack=attack, defenses=defs, batch_sizes=bs, seed=seed,
-                            inversion=inversion,
-                        )  # fmt: skip
-                        pics: list[dict] = []
-                        entries += _run(plan, say, pics)
-                        if seed == 0:  # the picture: the first attacked batch of each kind
-                            shown += [
-                                {**p, "modality": modality}
-                                for p in pics
-                                if p["observer"] == "server"
-                            ]
-                curve = []
-                for z in noise_multipliers:
-                    noisy = study.replace(dp="local-dpsgd", dp_noise_multiplier=z)
-                    progress(f"leakage: {modality}, local DP-SGD at noise multiplier {z:g}")
-                    for seed in range(images):
-                        for model, attack in (("study", "optimisation"), ("mlp", "analytic")):
-                            plan = _plan(
-                                noisy, tmp / f"{modality}-dp-{z:g}-{model}-{seed}", model=model,
-                                attack=attack, defenses=("local-dpsgd",), batch_sizes=(1,),
-                                seed=seed, inversion=inversion,
-                            )  # fmt: skip
-                            for e in _run(plan, say):
-                                spent = epsilon_spent(noisy, 1, num_examples=e["batch_size"])
-                                curve.append({**e, "noise_multiplier": z, "epsilon": spent.epsilon})
                 out["modalities"][modality] = {
                     "study": {
                         "phantom_patients": patients,
@@ -251,6 +225,8 @@ def run_leakage(
     finally:
         torch.set_num_threads(threads)
     if results_dir is not None and picture_rows:
+        from simulations.attack import write_picture
+
         results_dir.mkdir(parents=True, exist_ok=True)
         for modality in modalities:
             rows = [p for p in picture_rows if p["modality"] == modality]
@@ -264,6 +240,49 @@ def run_leakage(
                 )
         out["pictures"] = {m: f"leakage-{m}.png" for m in modalities}
     return out
+
+
+def _modality(
+    tmp, modality, patients, image_size, count, defenses, batch_sizes, batch_defenses,
+    noise_multipliers, inversion, say, progress,
+):  # fmt: skip
+    """The attacks on one modality: (entries, epsilon-curve entries, picture rows)."""
+    from study.privacy import epsilon_spent
+
+    study = _study(tmp, modality, patients, image_size)
+    kinds = (("study", "optimisation"), ("mlp", "analytic"))
+    cells = [(1, seed, tuple(defenses)) for seed in range(count)]
+    cells += [(b, 0, tuple(batch_defenses)) for b in batch_sizes]
+    entries, shown = [], []
+    for b, seed, defs in cells:
+        progress(f"leakage: {modality}, b = {b}, attacked batch {seed + 1}")
+        for model, attack in kinds:
+            plan = _plan(
+                study, tmp / f"{modality}-{model}-b{b}-{seed}", model=model, attack=attack,
+                defenses=defs, batch_sizes=(b,), seed=seed, inversion=inversion,
+            )  # fmt: skip
+            pics: list[dict] = []
+            entries += _run(plan, say, pics)
+            if seed == 0:  # the picture: the first batch of each size, the server's view
+                shown += [{**p, "modality": modality} for p in pics if p["observer"] == "server"]
+    curve = []
+    for z in noise_multipliers:
+        noisy = study.replace(dp="local-dpsgd", dp_noise_multiplier=z)
+        epsilon = epsilon_spent(noisy, 1, num_examples=1).epsilon
+        if z == study.dp_noise_multiplier and "local-dpsgd" in defenses:  # measured above
+            same = [e for e in entries if e["defense"] == "local-dpsgd" and e["batch_size"] == 1]
+            curve += [{**e, "noise_multiplier": z, "epsilon": epsilon} for e in same]
+            continue
+        progress(f"leakage: {modality}, local DP-SGD at noise multiplier {z:g}")
+        for seed in range(count):
+            for model, attack in kinds:
+                plan = _plan(
+                    noisy, tmp / f"{modality}-dp-{z:g}-{model}-{seed}", model=model,
+                    attack=attack, defenses=("local-dpsgd",), batch_sizes=(1,), seed=seed,
+                    inversion=inversion,
+                )  # fmt: skip
+                curve += [{**e, "noise_multiplier": z, "epsilon": epsilon} for e in _run(plan, say)]
+    return entries, curve, shown
 
 
 def _epsilon_curve(curve: list[dict], entries: list[dict]) -> list[dict]:
