@@ -18,6 +18,7 @@ folder.
 
 from __future__ import annotations
 
+import os
 import traceback
 from pathlib import Path
 
@@ -36,16 +37,39 @@ def _study(context: Context, study: Study | None) -> Study:
     return study or Study.from_mapping(dict(context.run_config), source="run config")
 
 
+# A long-lived app process (medfed's deployment executor, simulations/deploy/executor.py)
+# sets MEDFED_KEEP_SITES=1: a site's Site (decoded shard, keys) then serves every message
+# of its run instead of being rebuilt per message. Keyed by run, study and node; only the
+# current run's sites are kept. Off elsewhere (a simulation worker serves many sites).
+_KEPT_SITES: dict[tuple, Site] = {}
+
+
 def _site(context: Context, study: Study | None) -> Site:
-    study = _study(context, study)
     node = context.node_config
     identity = node.get("identity-dir")
-    return Site(
+    keep = os.environ.get("MEDFED_KEEP_SITES") == "1"
+    key = (
+        context.run_id,
+        repr(sorted(dict(context.run_config).items())),
+        repr(study),
+        str(node["partition-id"]),
+        str(node.get("num-partitions")),
+        str(identity),
+    )
+    if keep and key in _KEPT_SITES:
+        return _KEPT_SITES[key]
+    study = _study(context, study)
+    site = Site(
         study,
         int(node["partition-id"]),
         int(node.get("num-partitions", study.num_sites)),
         identity_dir=Path(str(identity)) if identity else None,
     )
+    if keep:
+        for old in [k for k in _KEPT_SITES if k[0] != context.run_id]:
+            del _KEPT_SITES[old]
+        _KEPT_SITES[key] = site
+    return site
 
 
 def _key_messages(record: ConfigRecord | None) -> KeyMessages:

@@ -5,7 +5,9 @@
 - `certs`: CA, SuperLink certificate and SuperNode keys (also deploy/certs.py);
 - `register`: register SuperNode public keys with a running SuperLink;
 - `submit`: submit a study to a running SuperLink (the docker-compose demo's
-  one-shot `submit` service) and wait for its results.
+  one-shot `submit` service) and wait for its results;
+- `executor`: the long-lived ClientApp executor beside one SuperNode
+  (`--isolation process`), simulations/deploy/executor.py.
 """
 
 from __future__ import annotations
@@ -66,7 +68,35 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the Flower app folder (default: this medfed checkout)",
     )
     loc.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the study")
+    loc.add_argument(
+        "--isolation",
+        choices=("process", "subprocess"),
+        default="process",
+        help="process (default): one long-lived medfed executor per SuperNode runs its "
+        "messages (imports and the shard stay loaded); subprocess: Flower's own, a new "
+        "flwr-clientapp process per message",
+    )
     loc.set_defaults(func=main_local)
+
+    ex = dsub.add_parser(
+        "executor",
+        help="run a SuperNode's ClientApp messages in one long-lived process",
+        description="Beside a `flower-supernode --isolation process`: ask its Runtime API "
+        "for ClientApp tasks and run each in one long-lived process (imports, the app and "
+        "each site's shard stay loaded), with Flower's replies, error replies and "
+        "heartbeats. A command after `--` (the SuperNode) is started too, and the executor "
+        "stops with it.",
+    )
+    from simulations.deploy.executor import add_arguments
+
+    add_arguments(ex)
+    ex.add_argument(
+        "supernode_command",
+        nargs=argparse.REMAINDER,
+        metavar="-- SUPERNODE COMMAND",
+        help="optional: the flower-supernode command line to run and watch",
+    )
+    ex.set_defaults(func=main_executor)
 
     sb = dsub.add_parser(
         "submit",
@@ -153,6 +183,7 @@ def main_local(args: argparse.Namespace) -> int:
             echo=console.print,
             progress=_round_printer(study, console),
             timeout=args.timeout,
+            isolation=args.isolation,
         )
     except DeployError as exc:
         raise UserError(str(exc)) from None
@@ -221,6 +252,16 @@ def main_submit(args: argparse.Namespace) -> int:
     Console().print(result_table(study))
     console.print(f"results: {study.out_dir}/summary.json (run {sub.run_id})")
     return 0
+
+
+def main_executor(args: argparse.Namespace) -> int:
+    from simulations.deploy.executor import supervise, validate
+
+    command = list(args.supernode_command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    validate(args)
+    return supervise(args, command)
 
 
 def main_register(args: argparse.Namespace) -> int:

@@ -1,4 +1,10 @@
-"""`LocalFederation`: a SuperLink and one SuperNode per site as processes on 127.0.0.1."""
+"""`LocalFederation`: a SuperLink and one SuperNode per site as processes on 127.0.0.1.
+
+Isolation `process` (the default): each SuperNode runs with `--isolation
+process` beside one long-lived medfed executor (simulations/deploy/executor.py)
+that runs its ClientApp messages in one process, keeping imports and the
+site's shard; `subprocess` is Flower's own: a new `flwr-clientapp` process per
+message."""
 
 from __future__ import annotations
 
@@ -28,6 +34,10 @@ from simulations.deploy.processes import (
     stop_processes,
 )
 
+# process: one medfed executor per SuperNode runs every message; subprocess: Flower's
+# SuperExec starts a flwr-clientapp process per message
+ISOLATIONS = ("process", "subprocess")
+
 
 class LocalFederation:
     """SuperLink + N SuperNodes as plain processes on 127.0.0.1; a context manager.
@@ -48,9 +58,13 @@ class LocalFederation:
         data_home: str | Path | None = None,
         echo: Callable[[str], None] = print,
         start_timeout: float = 120.0,
+        isolation: str = "process",
     ) -> None:
         if sites < 1:
             raise ValueError(f"--sites = {sites}: need at least 1 site")
+        if isolation not in ISOLATIONS:
+            raise ValueError(f"--isolation {isolation!r}: expected one of {', '.join(ISOLATIONS)}")
+        self.isolation = isolation
         self.sites, self.tls, self.echo, self.start_timeout = sites, tls, echo, start_timeout
         self._tmp = tempfile.mkdtemp(prefix="medfed-deploy-")
         self.work = Path(work) if work else Path(self._tmp)
@@ -279,6 +293,8 @@ class LocalFederation:
             "5",
             "--max-wait-time",
             "60",
+            "--isolation",
+            self.isolation,
         ]
         if self.certs is not None:
             argv += [
@@ -289,10 +305,36 @@ class LocalFederation:
             ]
         else:
             argv.append("--insecure")
-        return self._start(f"SuperNode site-{i}", argv, self.work / f"site-{i}-home")
+        node = self._start(f"SuperNode site-{i}", argv, self.work / f"site-{i}-home")
+        if self.isolation == "process":
+            self.start_executor(i)
+        return node
+
+    def start_executor(self, i: int) -> Component:
+        """The long-lived executor beside SuperNode i: it runs every ClientApp message of
+        that SuperNode in one process (its own FLWR_HOME is the SuperNode's)."""
+        argv = [
+            sys.executable,
+            "-m",
+            "simulations.cli",
+            "deploy",
+            "executor",
+            "--supernode",
+            f"127.0.0.1:{self.node_ports[i]}",
+            "--task-log",
+            str(self.task_log(i).absolute()),
+        ]
+        return self._start(f"executor site-{i}", argv, self.work / f"site-{i}-home")
+
+    def task_log(self, i: int) -> Path:
+        """One JSON line per message executor i ran (pid, type, status, seconds)."""
+        return self.log_dir / f"executor-site-{i}.tasks.jsonl"
 
     def supernodes(self) -> list[Component]:
         return [c for c in self.components if c.name.startswith("SuperNode")]
+
+    def executors(self) -> list[Component]:
+        return [c for c in self.components if c.name.startswith("executor")]
 
     def check_alive(self) -> None:
         """Raise DeployError naming the first component that stopped, and why."""

@@ -24,12 +24,15 @@ def run_local_deployment(
     echo: Callable[[str], None] = print,
     progress: Callable[[dict], None] | None = None,
     timeout: float = 3600.0,
+    isolation: str = "process",
 ) -> dict:
     """Run `study` on a local SuperLink + SuperNodes; return summary.json's content.
 
     `sites` (default: the study's num-sites) SuperNodes are started and the
     study's num-sites is set to it. Logs of every component go to
     `<out-dir>/deploy-logs/`. Every process is stopped before this returns.
+    `isolation`: "process" (a long-lived executor per SuperNode) or "subprocess"
+    (Flower's: a new app process per message); see LocalFederation.
     """
     from simulations.identities import provision_identities
     from simulations.runner import prepare_data
@@ -50,6 +53,7 @@ def run_local_deployment(
         log_dir=out / "deploy-logs",
         data_home=data_home(),
         echo=echo,
+        isolation=isolation,
     ) as fed:
         fed.check_ports()  # before the (slow) data preparation
         if certs is not None and fed.certs is not None:

@@ -1,0 +1,327 @@
+"""The long-lived ClientApp executor (simulations/deploy/executor.py) against Flower's own
+`flwr-clientapp`: the same replies, the same error replies, one process per site.
+
+A small Flower app (written to tmp_path; no torch) says which process ran
+each message and raises when asked; the same plan runs on a SuperNode with
+Flower's subprocess isolation and on one with the executor, and the
+ServerApp's view of the replies must be the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from simulations.deploy import LocalFederation, descendants, free_port
+
+MEDFED = str(Path(sys.executable).parent / "medfed")
+
+PYPROJECT = """\
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "executorprobe"
+version = "1.0.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "medfedtest"
+
+[tool.flwr.app.components]
+serverapp = "probeserver:app"
+clientapp = "{clientapp}"
+
+[tool.flwr.app.config]
+out = ""
+plan = "train"
+num-cpus = 2  # the executor sets torch threads to it
+"""
+
+CLIENT = '''\
+"""Replies with the pid that ran the message and what this process has seen."""
+import os
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+app = ClientApp()
+notapp = "not a ClientApp"  # what the broken FAB names: its load fails
+SEEN = []  # module state: survives between messages only in a long-lived process
+
+
+def _reply(msg, context):
+    SEEN.append(msg.metadata.message_type)
+    count = int(context.state["count"]["n"]) + 1 if "count" in context.state else 1
+    context.state["count"] = ConfigRecord({"n": count})
+    result = {"pid": os.getpid(), "seen": len(SEEN), "node-count": count}
+    result["threads"] = __import__("torch").get_num_threads() if "torch" in __import__(
+        "sys").modules else -1
+    return Message(content=RecordDict({"result": ConfigRecord(result)}), reply_to=msg)
+
+
+@app.train()
+def train(msg, context):
+    return _reply(msg, context)
+
+
+@app.evaluate()
+def evaluate(msg, context):
+    return _reply(msg, context)
+
+
+@app.query("raise")
+def boom(msg, context):
+    raise ZeroDivisionError("on purpose")
+'''
+
+SERVER = '''\
+"""Sends each message of `plan` to every node; writes the replies to `out`."""
+import json
+import time
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = context.run_config
+    deadline = time.monotonic() + 120
+    nodes = []
+    while not nodes and time.monotonic() < deadline:
+        nodes = sorted(grid.get_node_ids())
+        time.sleep(0.2)
+    rows = []
+    for step, kind in enumerate(str(cfg["plan"]).split(",")):
+        msgs = [
+            Message(content=RecordDict({"config": ConfigRecord({"step": step})}),
+                    message_type=kind, dst_node_id=n)
+            for n in nodes
+        ]
+        ids = [i for i in grid.push_messages(msgs) if i]
+        replies = []
+        while len(replies) < len(ids) and time.monotonic() < deadline + 300:
+            replies += grid.pull_messages([i for i in ids if i not in
+                                           {r.metadata.reply_to_message_id for r in replies}])
+            time.sleep(0.05)  # Flower's send_and_receive polls every 3 s
+        for r in replies:
+            row = {"step": step, "kind": kind}
+            if r.has_error():
+                row["error"] = [int(r.error.code), r.error.reason]
+            else:
+                row.update(dict(r.content["result"]))
+            rows.append(row)
+    with open(str(cfg["out"]), "w") as fh:
+        json.dump(rows, fh)
+'''
+
+
+def _app(folder: Path, clientapp: str = "probeclient:app") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text(PYPROJECT.format(clientapp=clientapp))
+    (folder / "probeclient.py").write_text(CLIENT)
+    (folder / "probeserver.py").write_text(SERVER)
+    return folder
+
+
+def _run(fed: LocalFederation, app: Path, out: Path, plan: str) -> list[dict]:
+    t0 = time.monotonic()
+    res = fed.flwr(
+        "run",
+        str(app),
+        fed.connection,
+        "--run-config",
+        f"out='{out}' plan='{plan}'",
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    deadline = time.monotonic() + 300
+    while not out.is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.2)  # written in full
+    print(f"run {plan}: {time.monotonic() - t0:.1f} s")
+    return json.loads(out.read_text())
+
+
+def _probe(tmp_path: Path, isolation: str) -> tuple[list[dict], LocalFederation]:
+    """Runs on one SuperNode: the plan, then a FAB whose ClientApp cannot load; with
+    the executor also the first FAB again (its modules must be reloaded)."""
+    good = _app(tmp_path / "good")
+    broken = _app(tmp_path / "broken", clientapp="probeclient:notapp")
+    fed = LocalFederation(
+        1, log_dir=tmp_path / f"logs-{isolation}", start_timeout=120, isolation=isolation
+    )
+    with fed:
+        fed.start()
+        rows = _run(fed, good, tmp_path / f"{isolation}-1.json", "train,query.raise,evaluate")
+        rows += _run(fed, broken, tmp_path / f"{isolation}-2.json", "train")
+        if isolation == "process":
+            rows += _run(fed, good, tmp_path / f"{isolation}-3.json", "train")
+            # the SuperNode goes away: its executor stops on its own, exit 0
+            fed.supernodes()[0].proc.send_signal(signal.SIGTERM)
+            executor = fed.executors()[0].proc
+            assert executor.wait(timeout=60) == 0, fed.executors()[0].log_text()[-2000:]
+    return rows, fed
+
+
+def test_executor_replies_like_flwr_clientapp(tmp_path):
+    # Execute: the same runs with Flower's process per message and with the executor
+    flower, _ = _probe(tmp_path, "subprocess")
+    ours, fed = _probe(tmp_path, "process")
+
+    # Assert: what the ServerApp saw is the same, apart from which process ran it
+    def view(rows: list[dict]) -> list[tuple]:
+        return [
+            (r["step"], r["kind"], tuple(r.get("error", ())), r.get("node-count")) for r in rows
+        ]
+
+    assert view(ours[: len(flower)]) == view(flower)
+    errors = [r["error"] for r in ours if "error" in r]
+    assert errors == [
+        [2, "<class 'ZeroDivisionError'>:<'on purpose'>"],  # CLIENT_APP_RAISED_EXCEPTION
+        [1, "An exception was raised when attempting to load `ClientApp`"],  # LOAD_CLIENT_APP
+    ]
+    assert [r["node-count"] for r in ours if "pid" in r] == [1, 2, 1]  # context.state kept
+    # Flower: a new process per message; the executor: one process for all of them
+    flower_pids = [r["pid"] for r in flower if "pid" in r]
+    assert len(set(flower_pids)) == len(flower_pids) == 2
+    assert all(r["seen"] == 1 for r in flower if "pid" in r)
+    our_pids = {r["pid"] for r in ours if "pid" in r}
+    assert len(our_pids) == 1
+    assert [r["seen"] for r in ours if "pid" in r] == [1, 2, 1]  # a new FAB: modules reloaded
+    assert all(r["threads"] == 2 for r in ours if "pid" in r)  # num-cpus, not OMP's 1
+    tasks = [json.loads(x) for x in fed.task_log(0).read_text().splitlines()]
+    assert [(t["message_type"], t["sub_status"]) for t in tasks] == [
+        ("train", "completed"),
+        ("query.raise", "failed"),
+        ("evaluate", "completed"),
+        ("train", "failed"),
+        ("train", "completed"),
+    ]
+    assert {t["pid"] for t in tasks} == our_pids
+
+
+def _wait_for(path: Path, text: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in (path.read_text() if path.is_file() else ""):
+        assert time.monotonic() < deadline, f"{text!r} not in {path}"
+        time.sleep(0.2)
+
+
+def test_executor_runs_and_stops_with_its_supernode(tmp_path):
+    """`medfed deploy executor -- flower-supernode ...` (a compose hospital's entry
+    point): SIGTERM stops both, exit 0; the SuperNode stopping stops the executor."""
+    with LocalFederation(1, log_dir=tmp_path / "logs", start_timeout=120) as fed:
+        fed.start_superlink()
+        for case in ("sigterm", "supernode-dies"):
+            port = free_port()
+            node = [fed.tool("flower-supernode"), "--superlink", fed.address, "--insecure"]
+            node += ["--isolation", "process", "--port", str(port)]
+            log = tmp_path / f"{case}.log"
+            with open(log, "wb") as fh:
+                proc = subprocess.Popen(
+                    [MEDFED, "deploy", "executor", "--supernode", f"127.0.0.1:{port}", "--", *node],
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    env=fed.env(tmp_path / f"{case}-home"),
+                    cwd=tmp_path,
+                    start_new_session=True,
+                )
+            try:
+                _wait_for(log, "connected to the SuperNode")
+                children = descendants(proc.pid)
+                if case == "sigterm":
+                    proc.send_signal(signal.SIGTERM)
+                    assert proc.wait(timeout=60) == 0
+                else:
+                    supernode = next(p for p in children if "flower-supernode" in _cmdline(p))
+                    os.kill(supernode, signal.SIGKILL)
+                    assert proc.wait(timeout=60) == 128 + signal.SIGKILL  # as a shell says
+                    assert "the SuperNode stopped" in log.read_text()
+                time.sleep(0.5)
+                assert [p for p in children if _cmdline(p)] == []  # worker and SuperNode gone
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_executor_bad_address_is_one_line(tmp_path):
+    res = subprocess.run(
+        [MEDFED, "deploy", "executor", "--supernode", "nowhere"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2
+    assert "--supernode 'nowhere': expected HOST:PORT" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("option", ["--poll", "--gone-after"])
+def test_executor_rejects_non_positive_times(option):
+    res = subprocess.run(
+        [MEDFED, "deploy", "executor", option, "0"], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 2 and f"{option} must be > 0" in res.stderr
+
+
+TINY = ["num-rounds=2", "image-size=32", "phantom-patients=40", "phantom-size=64"]
+TINY += ["holdout-images=16", "share-per-round=4"]
+
+
+def test_deployed_study_runs_each_site_in_one_process(tmp_path):
+    """`medfed deploy local` (executor by default): every message of a site runs in one
+    process, the shard is decoded once, and a ClientApp that raises (an injected fault
+    at site 1 in round 2) is a clear per-site error in rounds.jsonl."""
+    out = tmp_path / "out"
+    sets = [a for kv in [*TINY, "fault-sites=1:round=2", "min-sites=1"] for a in ("--set", kv)]
+    env = {
+        **os.environ,
+        "MEDFED_DATA_HOME": str(tmp_path / "data"),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    }
+    res = subprocess.run(
+        [MEDFED, "deploy", "local", "--sites", "2", "--out", str(out), *sets],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    rounds = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(s["ok"] for s in rounds[0]["sites"])
+    by_site = {s["site"]: s for s in rounds[1]["sites"]}
+    assert by_site["site-0"]["ok"] and not by_site["site-1"]["ok"]
+    assert "InjectedFault: site 1: injected fault in round 2" in by_site["site-1"]["error"]
+    logs = out / "deploy-logs"
+    for site in (0, 1):
+        tasks = [json.loads(x) for x in (logs / f"executor-site-{site}.tasks.jsonl").open()]
+        kinds = [t["message_type"] for t in tasks]
+        assert kinds.count("train") == 2 and kinds.count("evaluate") >= 1, kinds
+        assert len({t["pid"] for t in tasks}) == 1  # one process, not one per message
+        assert all(t["sub_status"] == "completed" for t in tasks)  # errors are replies
+    supernode_log = (logs / "supernode-site-0.log").read_text()
+    assert "flwr-clientapp" not in supernode_log and "SuperExec" not in supernode_log
