@@ -255,13 +255,17 @@ def weight_average(module: nn.Module, decay: float) -> nn.Module | None:
     if decay <= 0:
         return None
 
-    def ema(average: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
-        return average * d + current * (1.0 - d)
+    def ema(averages: list, currents: list, n: torch.Tensor) -> None:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))  # one read of n per update
+        for average, current in zip(averages, currents, strict=True):
+            if average.is_floating_point():
+                average.lerp_(current, 1.0 - d)
+            else:
+                average.copy_(current)
 
     from torch.optim.swa_utils import AveragedModel
 
-    return AveragedModel(module, avg_fn=ema, use_buffers=True)
+    return AveragedModel(module, multi_avg_fn=ema, use_buffers=True)
 
 
 def minibatches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:

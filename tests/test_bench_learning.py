@@ -58,7 +58,7 @@ def test_assess_more_data_and_more_compute():
     flat_converged = [_point(96, 25.0, 24.8), _point(384, 25.1, 25.0)]
     still_rising = [
         _point(96, 22.0, 20.0),
-        _point(384, 23.0, 22.0, stopped="time limit", val=(18, 19, 20, 21, 22, 23, 24, 25)),
+        _point(384, 24.0, 22.0, stopped="time limit", val=(18, 19, 20, 21, 22, 23, 24, 25)),
     ]
 
     flat = assess("deepedn", flat_converged)
@@ -66,20 +66,25 @@ def test_assess_more_data_and_more_compute():
     exact = assess("invertible", [_point(24, math.inf, math.inf)])
 
     assert flat["data"] is False and flat["compute"] is False
+    assert "fit - unseen +0.10 dB at 384 images" in flat["why_data"]
     assert "converged after 4 epochs, 10 CPU s" in flat["why_compute"]
     assert rising["data"] is True and rising["compute"] is True
-    assert "20.00 -> 22.00 dB" in rising["why_data"] and "time limit" in rising["why_compute"]
+    assert "unseen 20.00 -> 22.00 dB from 96 to 384 images" in rising["why_data"]
+    assert (
+        "time limit" in rising["why_compute"] and "+2.00 dB over the last" in rising["why_compute"]
+    )
     assert exact["data"] is False and "exact" in exact["why_data"]
     assert assess("deepedn", [{"images": 24, "error": "boom"}])["data"] is None
 
 
 def test_assess_codec_uses_bits_per_pixel():
     small, large = _point(96, 41.0, 41.0), _point(384, 41.0, 41.0)
-    small["unseen"]["bpp"], large["unseen"]["bpp"] = 4.0, 3.0
+    small["unseen"]["bpp"], large["fit"]["bpp"], large["unseen"]["bpp"] = 4.0, 3.0, 3.5
 
     verdict = assess("learned-codec-aes", [small, large])
 
-    assert verdict["data"] is True and "bpp 4.00 -> 3.00" in verdict["why_data"]
+    assert verdict["data"] is True and "unseen - fit +0.50 bpp" in verdict["why_data"]
+    assert "unseen 4.00 -> 3.50 bpp" in verdict["why_data"]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from conftest import smooth_images
 import encryption.nn
 from encryption import FitReport, get_encryptor
 from encryption.keys import load_key_bundle, save_key_bundle
-from encryption.nn import Convergence
+from encryption.nn import Convergence, weight_average
 
 KEY = bytes(range(32))
 TORCH_METHODS = ["deepedn", "aae-scramble", "learned-codec-aes"]
@@ -45,6 +45,21 @@ def test_convergence_drops_early_when_the_time_budget_runs_out_and_keeps_the_bes
 
     assert late == "drop" and again == "wait"  # the early drop happens once
     torch.testing.assert_close(net.weight.detach(), best)
+
+
+def test_weight_average_warms_up_its_decay():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    average = weight_average(net, 0.999)
+    start = net[0].weight.detach().clone()
+
+    average.update_parameters(net)  # the first update copies
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    average.update_parameters(net)  # then decay min(0.999, 2 / 11)
+
+    d = 2 / 11
+    torch.testing.assert_close(average.module[0].weight, start * d + (start + 1) * (1 - d))
+    assert weight_average(net, 0.0) is None
 
 
 @pytest.mark.parametrize("name", TORCH_METHODS)

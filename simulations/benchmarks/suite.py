@@ -162,9 +162,10 @@ BENCHMARKS: dict[str, tuple[Callable[[dict, Progress], dict], dict, dict]] = {
         },
     ),
     # Time budget: each fit on n images at most max(min_cpu_s, cpu_s_per_image * n)
-    # CPU seconds (convergence ends many earlier): 2 sources x 4 lossy variants x
-    # (12 + 48 + 192) s + the quick invertible fits = at most 34 CPU minutes, in 2
-    # worker processes about 20 min on 2 idle cores with data and evaluation.
+    # CPU seconds (convergence ends some earlier; 24 and 96 images get the same
+    # compute): 2 sources x 4 lossy variants x (48 + 48 + 192) s + the quick
+    # invertible fits = at most 39 CPU minutes, in 2 worker processes about
+    # 22 min on 2 idle cores with data and evaluation.
     "learning-curves": (
         _learning_curves,
         {
@@ -173,7 +174,7 @@ BENCHMARKS: dict[str, tuple[Callable[[dict, Progress], dict], dict, dict]] = {
             "sizes": (24, 96, 384),
             "test_images": 64,
             "cpu_s_per_image": 0.5,
-            "min_cpu_s": 10.0,
+            "min_cpu_s": 48.0,
             "jobs": 2,
         },
         {
