@@ -74,8 +74,18 @@ def _opt(cmd: list[str], flag: str) -> str | None:
     return cmd[cmd.index(flag) + 1] if flag in cmd else None
 
 
+EXECUTOR = ["medfed", "deploy", "executor"]
+
+
 def _hospitals(services: dict) -> dict[str, dict]:
-    return {n: s for n, s in services.items() if s["command"][0] == "flower-supernode"}
+    """Services that run a SuperNode: `medfed deploy executor ... -- flower-supernode ...`."""
+    return {n: s for n, s in services.items() if "flower-supernode" in s["command"]}
+
+
+def _node(svc: dict) -> list[str]:
+    """The flower-supernode command line of a hospital (after the executor's `--`)."""
+    cmd = svc["command"]
+    return cmd[cmd.index("flower-supernode") :]
 
 
 def _defaults(text: str) -> str:
@@ -119,7 +129,7 @@ def test_base_image_is_a_build_argument():
 def test_flower_commands_use_only_accepted_flags(services, help_flags):
     checked = 0
     for name, svc in services.items():
-        cmd = svc["command"]
+        cmd = _node(svc) if name in _hospitals(services) else svc["command"]
         if cmd[0] in ("flower-superlink", "flower-supernode"):
             used = {t for t in cmd if t.startswith("--")}
             unknown = used - help_flags[cmd[0]]
@@ -140,7 +150,24 @@ def test_medfed_commands_parse(services):
             args = parser.parse_args(cmd[1:])
             assert callable(args.func), name
             n += 1
-    assert n == 3  # certs, register, submit
+    assert n == 6  # certs, register, submit and each hospital's executor
+
+
+def test_each_hospital_runs_its_supernode_under_the_executor(services):
+    """The executor asks its own SuperNode's Runtime API (the container's 127.0.0.1,
+    the SuperNode's --port) for tasks; the SuperNode leaves them to it (--isolation
+    process) and serves that API on 127.0.0.1 only (flwr's default --host)."""
+    from simulations.cli import build_parser
+
+    parser = build_parser()
+    for name, svc in _hospitals(services).items():
+        cmd, node = svc["command"], _node(svc)
+        assert cmd[:3] == EXECUTOR and cmd[cmd.index("flower-supernode") - 1] == "--", name
+        args = parser.parse_args(cmd[1:])
+        assert args.func.__name__ == "main_executor", name
+        assert args.supernode == f"127.0.0.1:{_opt(node, '--port')}", name
+        assert _opt(node, "--isolation") == "process", name
+        assert _opt(node, "--host") in (None, "127.0.0.1"), name
 
 
 @pytest.mark.parametrize("study", ["demo.toml", "consortium.toml"])
@@ -191,7 +218,7 @@ def test_node_config_matches_the_number_of_hospitals(services):
     n = len(hospitals)
     seen = []
     for name, svc in hospitals.items():
-        cmd = svc["command"]
+        cmd = _node(svc)
         from flwr.common.config import parse_config_args
 
         cfg = parse_config_args([_opt(cmd, "--node-config")])  # as flower-supernode reads it
@@ -216,7 +243,7 @@ def test_addresses_and_ports_line_up(services):
     port = _opt(sl, "--port")
     target = f"superlink:{port}"
     for name, svc in _hospitals(services).items():
-        assert _opt(svc["command"], "--superlink") == target, name
+        assert _opt(_node(svc), "--superlink") == target, name
     for name in ("register", "submit"):
         assert _opt(services[name]["command"], "--superlink") == target, name
     published = services["superlink"]["ports"][0]
