@@ -335,6 +335,25 @@ def test_clipped_values_stop_the_study_with_the_key(tmp_path, monkeypatch, data_
     assert summary.status == "stopped" and "secagg-clipping-range = 0.05" in summary.reason
 
 
+def test_benchmark_section_is_rendered_from_the_recorded_result():
+    from simulations.benchmarks.common import load_results
+    from simulations.benchmarks.secagg import secagg_section
+
+    docs = load_results(Path(__file__).resolve().parent.parent / "benchmarks" / "results")
+    out: list[str] = []
+    secagg_section(docs, out.append)
+    text = "\n".join(out)
+    points = docs["secagg"]["results"]["points"]
+    assert [p["sites"] for p in points] == [4, 16]
+    for p in points:
+        assert f"| {p['sites']} | round s |" in text and f"{p['bytes_ratio']:.2f}" in text
+        assert p["failed"] == {"none": 0, "secagg+": 0}
+        assert 0 < p["accuracy"]["secagg_vs_fedavg64"] <= p["accuracy"]["bound"]
+        up = p["stages"]["collect_masked_vectors"]["up_per_site"]
+        assert up == pytest.approx(2 * p["none"]["bytes_per_round"]["model_up"] / p["sites"], 0.01)
+    assert "`medfed bench secagg`" in text
+
+
 # -- Flower's simulation engine and medfed deploy local ------------------------------------
 def test_a_secure_study_on_the_simulation_engine(tmp_path, data_home):
     from simulations.runner import run_simulated_study
