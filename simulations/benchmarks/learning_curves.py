@@ -6,7 +6,9 @@ patient into a fit pool and unseen images (`site_images`); every learned
 method variant is fitted on the first 24, 96 and 384 images of the pool
 (nested), each fit under the same documented budget: the method's own epochs
 and convergence criterion (`encryption.nn.Convergence`: validation hold-out,
-learning-rate drops on a plateau, then a stop) and a per-fit time cap. Per
+learning-rate drops on a plateau, then a stop) and CPU seconds in proportion
+to the images (at least `min_cpu_s`), which other programs' load does not
+shrink. Per
 fit it records the method's fit curve (PSNR on training and held-out images
 at every check), why it stopped, and PSNR/SSIM and bits per pixel on the fit
 images and on the unseen ones. `assess` then says per method whether more
@@ -42,8 +44,9 @@ PAPERS: dict[str, str] = {
     "domain and a reconstruction network restores them; evaluated on a chest X-ray data set, "
     "reported as highly secure and efficient. Bao et al. 2021 (Applied Optics) find a weak "
     "avalanche effect in Cycle-GAN encryption.",
-    "deepedn (paper)": "The same papers' full-size generators (ngf 64, 9 residual blocks, "
-    "PatchGAN 64, 200 epochs): GPU training, as CycleGAN is trained.",
+    "deepedn (paper)": "CycleGAN's full-size networks, which those papers build on (ngf 64, "
+    "9 residual blocks, PatchGAN 64), and CycleGAN's 200-epoch schedule (Zhu et al. 2017): "
+    "GPU training.",
     "aae-scramble": "Bao et al. 2021 (MTAP): CycleGAN generators as encoder/decoder, a PatchGAN "
     "against uniform noise; scrambles and restores natural images of ten scene classes, "
     "and says it meets security requirements partly.",
@@ -55,7 +58,7 @@ PAPERS: dict[str, str] = {
     "construction (integer coupling), so training moves only the cipher statistics.",
 }
 
-# Targets of the issue: unseen phantom X-rays at 64 px after fitting 384 images.
+# Project targets: PSNR on unseen phantom X-rays at 64 px after fitting 384 images.
 TARGETS: dict[str, float] = {"deepedn": 24.0, "aae-scramble": 25.0}
 GAP_DB = 1.0  # fit minus unseen PSNR above this: the method still overfits its fit set
 COMPUTE_GAIN_DB = 0.2  # held-out PSNR gain over the last quarter of a fit cut by its budget
