@@ -88,6 +88,8 @@ class Archive:
     def keep_rounds(self, last_round: int, index: list[dict]) -> None:
         """Keep the index lines of rounds <= last_round (--resume redoes the rest);
         `index` is what `index()` read and checked before anything changed."""
+        if not self.index_path.exists() and not index:
+            return  # nothing was archived (exchange = none)
         tmp = self.index_path.with_name(f".{self.index_path.name}.tmp")
         tmp.unlink(missing_ok=True)
         for entry in index:

@@ -274,6 +274,9 @@ class Study:
         methods = list_encryptors()
         if self.method not in methods:
             raise bad("method", "one of " + ", ".join(methods))
+        from study.secure_aggregation import check_secure_aggregation
+
+        check_secure_aggregation(self, source)
 
     # -- derived ----------------------------------------------------------
     @property
