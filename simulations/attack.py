@@ -66,6 +66,7 @@ class AttackPlan:
     attacks: tuple[str, ...] = ("analytic", "optimisation")
     inversion: leakage.InversionConfig = field(default_factory=leakage.InversionConfig)
     prior: str = "holdout"  # the optimisation attack's image prior: PRIORS
+    cache_dir: Path | None = None  # decoded held-out images (None: out_dir/holdout-cache)
     seed: int = 0  # seeds the choice of images and the simulated DP noise
 
     def check(self) -> None:
@@ -245,9 +246,10 @@ def run_attacks(
     say: Callable[[str], None] = print,
     *,
     pictures: list[dict] | None = None,
+    draw: bool = True,
 ) -> dict:
     """Run every attack of `plan`; write leakage.json after each one (partial
-    results survive an interrupt), then leakage.png and leakage.md.
+    results survive an interrupt), then leakage.png and leakage.md (`draw`).
     `pictures`: a list that receives, per attack, its JSON entry with the
     real images ("originals") and the matched reconstructions ("recon")."""
     from client.site import Site
@@ -329,7 +331,7 @@ def run_attacks(
                             pictures.append({**entry, "originals": originals, "recon": recon})
                             _write_json(out / "leakage.json", doc)
     _write_json(out / "leakage.json", doc)
-    if pictures:
+    if pictures and draw:
         write_picture(out / "leakage.png", pictures, s.modality)
         write_markdown(out / "leakage.md", doc, plan)
     return doc
@@ -342,7 +344,7 @@ def held_out_images(plan: AttackPlan) -> np.ndarray:
     optimisation attack's prior."""
     from server.holdout import study_holdout
 
-    held = study_holdout(plan.study, plan.out_dir / "holdout-cache")
+    held = study_holdout(plan.study, plan.cache_dir or plan.out_dir / "holdout-cache")
     if len(held.images) < 2:
         raise ValueError(
             f"the study holds out {len(held.images)} image(s): the attacker's mean guess and "
@@ -402,7 +404,13 @@ def _attack(plan, arch, global_state, seen, training, originals, targets, prior,
     else:
         labels_right = None
     yield _entry(
-        {**base, "labels_recovered_correct": labels_right},
+        {
+            **base,
+            "labels_recovered_correct": labels_right,
+            "objective": inv.objective,
+            "prior_mean_objective": inv.mean_objective,
+            "chosen": inv.chosen,
+        },
         "optimisation",
         inv.images,
         originals,
@@ -452,43 +460,55 @@ def _write_json(path: Path, doc: dict) -> None:
 def write_picture(
     path: Path, pictures: list[dict], modality: str, max_images: int = 4, title: str = ""
 ) -> None:
-    """Originals beside their reconstructions: for each attacked batch one row
-    of the real images, then one row per attack on it (the row's label names
-    model, defence, observer and attack; each panel its PSNR). MRI: FLAIR."""
+    """Originals beside their reconstructions: for each attacked batch a block
+    with one row per image (at most `max_images`), the real image first, then
+    one column per attack on it (headed by model, defence, observer, attack;
+    each panel gives its PSNR). MRI: the FLAIR channel."""
+    import textwrap
+
     from simulations.benchmarks.plots import _plt
 
     plt = _plt()
     groups: dict[tuple, list[dict]] = {}
-    for p in pictures:  # attacks on the same images share one row of originals
+    for p in pictures:  # attacks on the same images share one column of originals
         key = (p["site"], p["batch_size"], p["originals"].tobytes()[:4096])
         groups.setdefault(key, []).append(p)
-    cols = min(max_images, max(len(p["originals"]) for p in pictures))
-    rows = sum(1 + len(g) for g in groups.values())
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 2.4, 1.3 * rows), squeeze=False)
+    cols = 1 + max(len(g) for g in groups.values())
+    rows = sum(min(max_images, len(g[0]["originals"])) for g in groups.values())
+    fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.75 * rows + 0.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
     channel = -1 if modality == "mri" else 0
     r = 0
     for group in groups.values():
         first = group[0]
-        lines = [(first["originals"], None, f"real, site {first['site']}, b={first['batch_size']}")]
-        for p in group:
-            label = f"{p['model']} {p['defense']}\n{p['observer']}, {p['attack']}"
-            lines.append((p["recon"], p, label))
-        for images, p, label in lines:
-            for c in range(cols):
-                ax = axes[r, c]
+        n = min(max_images, len(first["originals"]))
+        columns = [
+            (first["originals"], None, f"real\nsite {first['site']}, b={first['batch_size']}")
+        ]
+        columns += [
+            (p["recon"], p, f"{p['model']} {p['defense']}\n{p['observer']}, {p['attack']}")
+            for p in group
+        ]
+        for c, (images, p, label) in enumerate(columns):
+            for i in range(n):
+                ax = axes[r + i, c]
+                ax.imshow(images[i, channel], cmap="gray", vmin=0, vmax=1)
+                ax.axis("on")
                 ax.set_xticks([])
                 ax.set_yticks([])
-                if c < len(images):
-                    ax.imshow(images[c, channel], cmap="gray", vmin=0, vmax=1)
-                    if p is not None:
-                        ax.set_xlabel(f"{p['psnr'][c]:.1f} dB", fontsize=6, labelpad=1)
-                else:
-                    ax.axis("off")
-            axes[r, 0].set_ylabel(label, fontsize=6)
-            r += 1
+                if p is not None:
+                    ax.set_xlabel(f"{p['psnr'][i]:.1f} dB", fontsize=6, labelpad=1)
+                if i == 0:
+                    ax.set_title(label, fontsize=6)
+        r += n
+    top_in = 0.8 if title else 0.1
+    fig.subplots_adjust(
+        left=0.02, right=0.98, bottom=0.15 / fig.get_figheight(),
+        top=1 - top_in / fig.get_figheight(), wspace=0.08, hspace=0.45,
+    )  # fmt: skip
     if title:
-        fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+        fig.suptitle(textwrap.fill(title, int(14 * cols)), fontsize=7)
     fig.savefig(path, dpi=90)
     plt.close(fig)
 

@@ -242,11 +242,36 @@ def test_optimisation_attack_in_the_prior_improves_on_the_prior_mean():
     )  # fmt: skip
     # Assert: restart 0 starts at the prior's mean; the chosen restart fits the update better
     assert len(inv.restart_objectives) == 2 and inv.objective == min(inv.restart_objectives)
-    assert inv.objective < float(leakage.cosine_distance(at_mean, update).detach())
+    assert inv.chosen == "reconstruction"
+    assert inv.objective < float(leakage.cosine_distance(at_mean, update).detach()) - 0.01
+    assert inv.mean_objective == pytest.approx(
+        float(leakage.cosine_distance(at_mean, update).detach()), abs=1e-6
+    )
     with pytest.raises(ValueError, match="image prior of shape"):
         leakage.invert_update(
             build_model("xray"), start, update, training, 1, (1, 8, 8), prior=prior, config=config
         )
+
+
+def test_an_update_of_noise_leaves_the_attacker_at_the_prior_mean():
+    # Prepare: what the server sees under heavy local noise: no trace of the image
+    images, targets = xray_batch(1, seed=6)
+    training = sgd()
+    start, update = site_update("study", images, targets, training)
+    noise = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(1)) for k, v in
+             update.items()}  # fmt: skip
+    refs = to_float(smooth_images(12, 1, SIZE, 8, seed=10), 8).numpy()
+    prior = leakage.ImagePrior.fit(refs, components=8)
+    config = leakage.InversionConfig(iterations=8, restarts=2, prior_components=8, seed=2)
+    # Execute
+    inv = leakage.invert_update(
+        build_model("xray"), start, noise, training, 1, (1, SIZE, SIZE), prior=prior,
+        targets=targets, config=config,
+    )  # fmt: skip
+    # Assert: no restart explains the noise by the margin: the answer is the mean image
+    assert inv.chosen == "prior mean" and inv.objective == inv.mean_objective
+    np.testing.assert_allclose(inv.images[0], prior.mean, atol=1e-6)
+    assert min(inv.restart_objectives) > inv.mean_objective - config.accept_margin
 
 
 def test_mean_guess_is_scored_both_ways():

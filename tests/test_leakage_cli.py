@@ -176,6 +176,10 @@ def test_leakage_benchmark_writes_its_results_and_section(tmp_path, monkeypatch,
     assert ("study", "optimisation", "client-fixed", "global-model") in views
     assert ("mlp", "analytic", "local-dpsgd", "server") in views
     assert {p["batch_size"] for p in points} == {1, 2}
+    sgd = [p for p in points if p["local_optimizer"] == "sgd"]  # the papers' setting, no defence
+    assert {(p["model"], p["defense"]) for p in sgd} == {("study", "none"), ("mlp", "none")}
+    per_image = r["modalities"]["xray"]["per_image"]
+    assert [(p["defense"], p["seed"]) for p in per_image] == [("none", 0), ("local-dpsgd", 0)]
     curve = r["modalities"]["xray"]["epsilon_curve"]
     dp = [c for c in curve if c["noise_multiplier"] == 1.0]
     assert len(dp) == 2 and all(c["epsilon"] == pytest.approx(4.7285, abs=1e-3) for c in dp)

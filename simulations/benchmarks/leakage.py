@@ -59,7 +59,9 @@ def _study(tmp: Path, modality: str, patients: int, image_size: int, **extra):
     )
 
 
-def _plan(study, out: Path, *, model: str, attack: str, defenses, batch_sizes, seed, inversion):
+def _plan(
+    study, out: Path, *, model, attack, defenses, batch_sizes, seed, inversion, optimizer="adam"
+):
     from simulations.attack import AttackPlan
 
     return AttackPlan(
@@ -69,15 +71,17 @@ def _plan(study, out: Path, *, model: str, attack: str, defenses, batch_sizes, s
         models=(model,),
         defenses=tuple(defenses),
         attacks=(attack,),
+        local_optimizer=optimizer,
         inversion=replace(inversion, seed=seed),
         seed=seed,
+        cache_dir=Path(study.out_dir) / "holdout-cache",
     )
 
 
 def _run(plan, say: Progress, pictures: list | None = None) -> list[dict]:
     from simulations.attack import run_attacks
 
-    return run_attacks(plan, say=say, pictures=pictures)["attacks"]
+    return run_attacks(plan, say=say, pictures=pictures, draw=False)["attacks"]
 
 
 def _mean_entries(entries: list[dict]) -> list[dict]:
@@ -85,13 +89,21 @@ def _mean_entries(entries: list[dict]) -> list[dict]:
     observer, b): PSNR, SSIM, mean guesses, gains, recovered share, seconds."""
     groups: dict[tuple, list[dict]] = {}
     for e in entries:
-        key = (e["model"], e["attack"], e["defense"], e["observer"], e["batch_size"])
+        key = (
+            e["model"],
+            e["attack"],
+            e["local_optimizer"],
+            e["defense"],
+            e["observer"],
+            e["batch_size"],
+        )
         groups.setdefault(key, []).append(e)
     out = []
-    for (model, attack, defense, observer, b), group in groups.items():
+    for (model, attack, optimizer, defense, observer, b), group in groups.items():
         row: dict[str, Any] = {
             "model": model,
             "attack": attack,
+            "local_optimizer": optimizer,
             "defense": defense,
             "observer": observer,
             "batch_size": b,
@@ -114,6 +126,33 @@ def _mean_entries(entries: list[dict]) -> list[dict]:
         row["gain_scale_aligned_db_min"] = float(min(e["gain_scale_aligned_db"] for e in group))
         out.append(row)
     return out
+
+
+def _per_image(entries: list[dict]) -> list[dict]:
+    """The optimisation attack on one image (b = 1), image by image, with no
+    defence and under local DP-SGD: the spread behind the means (seed 0's image
+    is the one tests/test_leakage_slow.py attacks)."""
+    rows = []
+    wanted = {("none", 1, "server", "adam"), ("local-dpsgd", 1, "server", "adam")}
+    for e in entries:
+        view = (e["defense"], e["batch_size"], e["observer"], e["local_optimizer"])
+        if e["attack"] == "optimisation" and view in wanted:
+            rows.append(
+                {
+                    "seed": e["seed"],
+                    "defense": e["defense"],
+                    "psnr": e["psnr"][0],
+                    "mean_guess_psnr": e["mean_guess_psnr"],
+                    "gain_db": e["gain_db"],
+                    "psnr_scale_aligned": e["psnr_scale_aligned"][0],
+                    "mean_guess_psnr_scale_aligned": e["mean_guess_psnr_scale_aligned"],
+                    "gain_scale_aligned_db": e["gain_scale_aligned_db"],
+                    "ssim": e["ssim"][0],
+                    "labels_recovered_correct": e.get("labels_recovered_correct"),
+                    "chosen": e.get("chosen"),
+                }
+            )
+    return sorted(rows, key=lambda r: (r["defense"] != "none", r["seed"]))
 
 
 def _training_step_s(study, repeats: int = 5) -> float:
@@ -218,6 +257,7 @@ def run_leakage(
                         "learning_rate": study.learning_rate,
                     },
                     "points": _mean_entries(entries),
+                    "per_image": _per_image(entries),
                     "epsilon_curve": _epsilon_curve(curve, entries),
                 }
                 picture_rows += shown
@@ -244,33 +284,42 @@ def run_leakage(
 
 def _modality(
     tmp, modality, patients, image_size, count, defenses, batch_sizes, batch_defenses,
-    noise_multipliers, inversion, say, progress,
+    noise_multipliers, inversion, say, progress, sgd_reference=True,
 ):  # fmt: skip
     """The attacks on one modality: (entries, epsilon-curve entries, picture rows)."""
     from study.privacy import epsilon_spent
 
     study = _study(tmp, modality, patients, image_size)
     kinds = (("study", "optimisation"), ("mlp", "analytic"))
-    cells = [(1, seed, tuple(defenses)) for seed in range(count)]
-    cells += [(b, 0, tuple(batch_defenses)) for b in batch_sizes]
+    # (b, seed, defences, the site's optimizer): the study's Adam, and plain SGD (the
+    # setting of the attacks' papers) once per image without defence
+    cells = [(1, seed, tuple(defenses), "adam") for seed in range(count)]
+    cells += [(b, 0, tuple(batch_defenses), "adam") for b in batch_sizes]
+    cells += [(1, seed, ("none",), "sgd") for seed in range(count) if sgd_reference]
     entries, shown = [], []
-    for b, seed, defs in cells:
-        progress(f"leakage: {modality}, b = {b}, attacked batch {seed + 1}")
+    for b, seed, defs, optimizer in cells:
+        progress(f"leakage: {modality}, b = {b}, attacked batch {seed + 1}, {optimizer}")
         for model, attack in kinds:
             plan = _plan(
-                study, tmp / f"{modality}-{model}-b{b}-{seed}", model=model, attack=attack,
-                defenses=defs, batch_sizes=(b,), seed=seed, inversion=inversion,
+                study, tmp / f"{modality}-{model}-b{b}-{seed}-{optimizer}", model=model,
+                attack=attack, defenses=defs, batch_sizes=(b,), seed=seed, inversion=inversion,
+                optimizer=optimizer,
             )  # fmt: skip
             pics: list[dict] = []
-            entries += _run(plan, say, pics)
-            if seed == 0:  # the picture: the first batch of each size, the server's view
+            entries += [{**e, "seed": seed} for e in _run(plan, say, pics)]
+            if seed == 0 and optimizer == "adam":  # the picture: first batch, server's view
                 shown += [{**p, "modality": modality} for p in pics if p["observer"] == "server"]
     curve = []
     for z in noise_multipliers:
         noisy = study.replace(dp="local-dpsgd", dp_noise_multiplier=z)
         epsilon = epsilon_spent(noisy, 1, num_examples=1).epsilon
         if z == study.dp_noise_multiplier and "local-dpsgd" in defenses:  # measured above
-            same = [e for e in entries if e["defense"] == "local-dpsgd" and e["batch_size"] == 1]
+            same = [
+                e
+                for e in entries
+                if (e["defense"], e["batch_size"], e["local_optimizer"])
+                == ("local-dpsgd", 1, "adam")
+            ]
             curve += [{**e, "noise_multiplier": z, "epsilon": epsilon} for e in same]
             continue
         progress(f"leakage: {modality}, local DP-SGD at noise multiplier {z:g}")
@@ -293,10 +342,8 @@ def _epsilon_curve(curve: list[dict], entries: list[dict]) -> list[dict]:
         base = [
             e
             for e in entries
-            if e["model"] == model
-            and e["attack"] == attack
-            and e["defense"] == "none"
-            and e["batch_size"] == 1
+            if (e["model"], e["attack"], e["defense"]) == (model, attack, "none")
+            and (e["batch_size"], e["local_optimizer"]) == (1, "adam")
         ]
         groups: dict[float, list[dict]] = {}
         for e in curve:

@@ -13,14 +13,19 @@ from typing import Any
 
 from simulations.benchmarks.tables import fmt, reproduce_line, shows_results, table
 
+# what tests/test_leakage_slow.py asserts on seed 0's 32 px phantom X-ray (no defence)
+STATED_PSNR_DB = 24.0
+
 HOW_TO_READ = (
     "What a curious server reconstructs from one site's model update "
     "(`medfed attack updates`, `server/leakage.py`): round 1 of a 2-site phantom study, site 0 "
     "trains as the study does (Adam, lr 1e-3, batch size 16, so one local step) on b of its "
     "images. The optimisation attack (Inverting Gradients: cosine distance between the "
     "update it simulates and the one observed, descent on the coefficients of an image prior, "
-    "restarts ranked on the exact model) attacks the study model (the CNN for X-rays, the "
-    "U-Net for MRI); its prior is the principal components of the server's held-out images, "
+    "restarts ranked on the exact model; when none explains the update better than the "
+    "prior's mean image by 0.01 in cosine distance, the attacker answers that mean) attacks "
+    "the study model (the CNN for X-rays, the U-Net for MRI); its prior is the principal "
+    "components of the server's held-out images, "
     "never the site's. The analytic attack (row / bias ratio of a fully connected first "
     "layer, Adam's first step inverted) attacks the `mlp` reference model. One X-ray's "
     "findings come back from the update (iDLG); batches and MRI masks are given to the "
@@ -36,7 +41,8 @@ HOW_TO_READ = (
     "factor from it; aligned PSNR against the aligned mean guess is what the update itself "
     "reveals about the image's shape. The plain gain also counts the intensities the "
     "attacker's prior attaches to the recovered shape (e.g. which scanner's response curve "
-    "it shows); the aligned gain does not. Defences at noise multiplier z and clipping norm C of the study; who observes what: "
+    "it shows); the aligned gain does not. Defences at the study's noise multiplier z and "
+    "clipping norm C; who observes what: "
     "`server` is the coordinator (under client-side clipping it sees the clipped update "
     "without noise; `server-fixed` gives it the raw update, as `none` does), `global-model` "
     "is DP's worst case among holders of the noised global model (the target's clipped "
@@ -57,6 +63,7 @@ def _points_table(points: list[Mapping[str, Any]]) -> str:
             [
                 p["model"],
                 p["attack"],
+                p.get("local_optimizer", "adam"),
                 p["defense"],
                 p["observer"],
                 str(p["batch_size"]),
@@ -75,6 +82,7 @@ def _points_table(points: list[Mapping[str, Any]]) -> str:
         [
             "model",
             "attack",
+            "site optimizer",
             "defence",
             "observer",
             "b",
@@ -105,7 +113,8 @@ def plot_leakage_epsilon(results: Mapping[str, Any], path: Path) -> bool:
     for ax, (modality, r) in zip(axes[0], mods.items(), strict=True):
         finite = [p["epsilon"] for p in r["epsilon_curve"] if p["epsilon"] is not None]
         edge = max(finite) * 10 if finite else 1.0
-        for (model, attack), colour in ((("study", "optimisation"), "C0"), (("mlp", "analytic"), "C1")):  # fmt: skip
+        kinds = ((("study", "optimisation"), "C0"), (("mlp", "analytic"), "C1"))
+        for (model, attack), colour in kinds:
             pts = sorted(
                 (p["epsilon"] if p["epsilon"] is not None else edge, p)
                 for p in r["epsilon_curve"]
@@ -178,6 +187,50 @@ def leakage_section(
             "`gain`: mean over the attacked batches (and, in brackets, the smallest).\n"
         )
         add(_points_table(entry["points"]) + "\n")
+        per_image = entry.get("per_image") or []
+        if per_image:
+            add(
+                "The optimisation attack image by image (b = 1; the image of seed 0 is the one "
+                f"`tests/test_leakage_slow.py` attacks: it asserts PSNR >= {STATED_PSNR_DB:g} dB "
+                "on the X-ray and a gain of at least 3 dB both ways; under local DP-SGD at "
+                "z = 1 both gains at most 1 dB):\n"
+            )
+            add(
+                table(
+                    [
+                        "defence",
+                        "seed",
+                        "PSNR dB",
+                        "mean guess dB",
+                        "gain dB",
+                        "aligned dB",
+                        "aligned guess dB",
+                        "aligned gain dB",
+                        "SSIM",
+                        "findings right",
+                        "answer",
+                    ],
+                    [
+                        [
+                            p["defense"],
+                            str(p["seed"]),
+                            fmt(p["psnr"], 1),
+                            fmt(p["mean_guess_psnr"], 1),
+                            _gain(p["gain_db"]),
+                            fmt(p["psnr_scale_aligned"], 1),
+                            fmt(p["mean_guess_psnr_scale_aligned"], 1),
+                            _gain(p["gain_scale_aligned_db"]),
+                            fmt(p["ssim"], 3),
+                            "n/a"
+                            if p["labels_recovered_correct"] is None
+                            else f"{p['labels_recovered_correct']:.0%}",
+                            p.get("chosen") or "",
+                        ]
+                        for p in per_image
+                    ],
+                )
+                + "\n"
+            )
         curve = entry.get("epsilon_curve") or []
         if curve:
             add(
@@ -201,7 +254,7 @@ def leakage_section(
                         ]
                         for p in curve
                     ],
-                )  # fmt: skip
+                )
                 + "\n"
             )
         picture = Path(results_dir or ".") / r.get("pictures", {}).get(modality, "")
