@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from simulations.benchmarks.common import RESULTS_DIR, load_results
+from simulations.benchmarks.deploy_round import deploy_round_section
 from simulations.benchmarks.lossless_codecs import lossless_codecs_section
 from simulations.benchmarks.secagg import secagg_section
 from simulations.benchmarks.sections_encryption import (
@@ -88,6 +89,7 @@ def render_report(
     learning_curves_section(docs, add, plot_dir, rel)
     data_section(docs, add)
     federation_section(docs, add, plot_dir, rel)
+    deploy_round_section(docs, add)
     leakage_section(docs, add, plot_dir, rel, results_dir)
     secagg_section(docs, add)
     gpu_section(docs, add)

@@ -115,6 +115,12 @@ def _gpu(s: dict, progress: Progress) -> dict:
     }
 
 
+def _deploy_round(s: dict, progress: Progress) -> dict:
+    from simulations.benchmarks.deploy_round import run_deploy_round
+
+    return run_deploy_round(progress=progress, **s)
+
+
 # name -> (function, full settings, --quick settings)
 BENCHMARKS: dict[str, tuple[Callable[[dict, Progress], dict], dict, dict]] = {
     "speed": (
@@ -266,6 +272,18 @@ BENCHMARKS: dict[str, tuple[Callable[[dict, Progress], dict], dict, dict]] = {
                 "image_size": 64,
                 "num_gpus": 0.25,
             },
+        },
+    ),
+    # Time budget: the demo study 3 ways (simulated, deployed with Flower's process per
+    # message, deployed with medfed's executor), about 8 min on 2 cores under load.
+    "deploy-round": (
+        _deploy_round,
+        {"study": "simulations/studies/demo.toml", "sites": 3, "repeats": 1},
+        {
+            "study": "simulations/studies/demo.toml",
+            "sites": 3,
+            "repeats": 1,
+            "overrides": ("num-rounds=2",),
         },
     ),
 }

@@ -288,6 +288,10 @@ def targets(docs) -> str:
                     met,
                 ]
             )
+    from simulations.benchmarks.deploy_round import target_row
+
+    if (row := target_row(docs)) is not None:
+        rows.append(row)
     return table(["target", "measured", "met?"], rows) if rows else "_No results yet._"
 
 

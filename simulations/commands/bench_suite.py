@@ -30,6 +30,7 @@ HELP = {
     "leakage": "what the server reconstructs from one update, per defence, against epsilon",
     "secagg": "SecAgg+ vs plain FedAvg: bytes and seconds per round, 4 and 16 sites",
     "gpu": "the GPU path (skipped, and said so, without CUDA)",
+    "deploy-round": "a deployed round vs the same round simulated (Flower's isolation, executor)",
 }
 
 

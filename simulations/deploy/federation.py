@@ -216,8 +216,9 @@ class LocalFederation:
             str(self.port),
             "--host",
             "127.0.0.1",
-            "--database",
-            str(self.work / "superlink-state.db"),
+            # state in memory (flwr's default), not --database: a SQLite file made every
+            # message object a transaction, and a deployed phase took twice as long
+            # (measured; docs/DEPLOY.md); the federation lives only as long as this run
             "--disable-runtime-dependency-installation",
         ]
         if self.certs is not None:
