@@ -269,9 +269,10 @@ class InversionConfig:
     `accept_margin`: with a prior, the best restart is kept only when its
     objective beats the prior's mean image by this much (cosine distance),
     else the attacker answers the mean: the update did not support a guess.
-    Against an update of pure noise the objective of any image scatters by
-    about 1 / sqrt(parameters) (0.003 for the study CNN): 0.01 is well above
-    chance.
+    Fitted to an update of pure noise, the descent still lowers the objective
+    below the mean image's by up to 0.012 (40 coefficients fitted to noise:
+    six 32 px phantom X-rays under local DP-SGD at z = 1), while with no defence
+    it lowers it by 0.1 to 0.2: 0.03 separates the two.
     """
 
     iterations: int = 100
@@ -285,7 +286,7 @@ class InversionConfig:
     prior_components: int = 40
     prior_step_size: float = 0.1
     pixel_iterations: int = 0
-    accept_margin: float = 0.01
+    accept_margin: float = 0.03
 
 
 @dataclass(frozen=True)

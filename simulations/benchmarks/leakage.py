@@ -29,7 +29,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -233,7 +233,12 @@ def run_leakage(
     def say(line: str) -> None:
         progress("leakage: " + line.strip())
 
-    out: dict[str, Any] = {"modalities": {}, "timing": [], "auroc_epsilon": []}
+    out: dict[str, Any] = {
+        "inversion": asdict(inversion),
+        "modalities": {},
+        "timing": [],
+        "auroc_epsilon": [],
+    }
     picture_rows: list[dict] = []
     try:
         with tempfile.TemporaryDirectory(prefix="medfed-bench-leak-") as tmp_name:

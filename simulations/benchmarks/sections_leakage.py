@@ -23,7 +23,7 @@ HOW_TO_READ = (
     "images. The optimisation attack (Inverting Gradients: cosine distance between the "
     "update it simulates and the one observed, descent on the coefficients of an image prior, "
     "restarts ranked on the exact model; when none explains the update better than the "
-    "prior's mean image by 0.01 in cosine distance, the attacker answers that mean) attacks "
+    "prior's mean image by {accept} in cosine distance, the attacker answers that mean) attacks "
     "the study model (the CNN for X-rays, the U-Net for MRI); its prior is the principal "
     "components of the server's held-out images, "
     "never the site's. The analytic attack (row / bias ratio of a fully connected first "
@@ -177,7 +177,15 @@ def leakage_section(
     if not shows_results(doc, "leakage", add):
         return
     r = doc["results"]
-    add(HOW_TO_READ)
+    inversion = r.get("inversion", {})
+    add(HOW_TO_READ.replace("{accept}", fmt(inversion.get("accept_margin"), 2)))
+    if inversion:
+        add(
+            f"Optimisation attack settings: {inversion['restarts']} restarts x "
+            f"{inversion['iterations']} iterations, {inversion['prior_components']} prior "
+            f"components, smoothing beta {fmt(inversion['smooth_beta'], 0)}, Adam's eps "
+            f"smoothed to {fmt(inversion['adam_scale'], 2)} x the gradient's RMS.\n"
+        )
     for modality, entry in r["modalities"].items():
         s = entry["study"]
         add(f"### phantom {modality}, {s['image_size']} px\n")
