@@ -4,22 +4,28 @@
     python deploy/profile_round.py                      # demo study, 3 sites, 3 rounds
     python deploy/profile_round.py --set image-size=32 --out runs/profile
 
-Runs `medfed run STUDY` (Flower's simulation engine) and `medfed deploy local
-STUDY --sites N` (a real SuperLink and N SuperNodes) one after the other,
-with the same settings, and reads both run folders (rounds.jsonl,
-phases.jsonl): the deployed/simulated ratio per round and per phase is
-measured in this one run. Then it takes apart what a SuperNode does per
-message, in fresh processes as `flwr-clientapp` runs (each part measured
---repeat times, the median kept): interpreter start, `import flwr` (the
-clientapp runtime), `import torch`, the rest of `import client.client_app`,
-the site's shard from its cache, building the model. Polling delays are
-Flower 1.42's own constants (read from its source, not measured): the
-SuperNode asks the SuperLink for a message every 3 s when idle, SuperExec
-asks the SuperNode for a task every FLWR_SUPEREXEC_TASK_POLL_INTERVAL s (1 s
-default), the SuperNode checks for the app's reply every 0.5 s; medfed's
-ServerApp pulls replies every 0.1 s.
+Runs the study three ways one after the other, with the same settings
+(simulations/benchmarks/deploy_round.py, also `medfed bench deploy-round`):
+`medfed run STUDY` (Flower's simulation engine), `medfed deploy local STUDY
+--sites N --isolation subprocess` (a real SuperLink and N SuperNodes, a new
+flwr-clientapp process per message) and the same with `--isolation process`
+(medfed's long-lived executor per SuperNode), and reads the run folders
+(rounds.jsonl, phases.jsonl, the executors' task logs): the deployed /
+simulated ratio per round and per phase is measured in this one run, and a
+deployed phase's seconds are split between the executor (message in, app,
+reply out) and what happens outside every medfed process. Then it takes
+apart what a SuperNode does per message with Flower's isolation, in fresh
+processes as `flwr-clientapp` runs (each part measured --repeat times, the
+median kept): interpreter start, `import flwr` (the clientapp runtime),
+`import torch`, the rest of `import client.client_app`, the site's shard from
+its cache, building the model. Polling delays are Flower 1.42's own constants
+(read from its source, not measured): the SuperNode asks the SuperLink for a
+message every 3 s when idle, SuperExec asks the SuperNode for a task every
+FLWR_SUPEREXEC_TASK_POLL_INTERVAL s (1 s default), the SuperNode checks for
+the app's reply every 0.5 s; medfed's ServerApp pulls replies every 0.1 s,
+medfed's executor asks for tasks every 0.1 s.
 
-Writes <out>/profile.json and prints the breakdown as a Markdown table.
+Writes <out>/profile.json and prints the breakdown as Markdown.
 Heavy: run it on an otherwise idle machine (`nice` does not make it fair).
 """
 
@@ -68,42 +74,6 @@ PROBE = textwrap.dedent(
 )
 
 
-def _medfed(args: list[str], env: dict, log: Path) -> float:
-    t0 = time.perf_counter()
-    with open(log, "w") as fh:
-        res = subprocess.run([str(BIN / "medfed"), *args], stdout=fh, stderr=subprocess.STDOUT,
-                             env=env, cwd=ROOT, timeout=3600)  # fmt: skip
-    if res.returncode != 0:
-        sys.exit(f"profile_round: medfed {' '.join(args)} failed (log: {log})")
-    return time.perf_counter() - t0
-
-
-def _read(folder: Path) -> list[dict]:
-    rounds = [json.loads(x) for x in (folder / "rounds.jsonl").read_text().splitlines() if x]
-    phases = {
-        p["round"]: p
-        for p in (json.loads(x) for x in (folder / "phases.jsonl").read_text().splitlines() if x)
-    }
-    out = []
-    for r in rounds:
-        ph = phases.get(r["round"], {})
-        sites = r["sites"]
-        out.append(
-            {
-                "round": r["round"],
-                "seconds": r["seconds"],
-                "train_phase_s": ph.get("train_round", 0.0),
-                "evaluate_phase_s": ph.get("evaluate_round", 0.0),
-                "holdout_s": ph.get("holdout", 0.0),
-                "site_train_s": statistics.mean(s["seconds"]["train"] for s in sites),
-                "site_crypto_s": statistics.mean(
-                    s["seconds"]["encrypt"] + s["seconds"]["decrypt"] for s in sites
-                ),
-            }
-        )
-    return out
-
-
 def _probe(study: str, sites: int, site_out: Path, env: dict, repeat: int) -> dict[str, float]:
     steps: dict[str, list[float]] = {}
     for _ in range(repeat):
@@ -137,17 +107,24 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     env.setdefault("MEDFED_DATA_HOME", str(out / "data"))
-    sets = [a for kv in [f"num-sites={args.sites}", *args.overrides] for a in ("--set", kv)]
 
-    print(f"profile_round: simulating {args.study} ({args.sites} sites)", flush=True)
-    sim_wall = _medfed(["run", args.study, *sets, "--out", str(out / "sim"), "--quiet"],
-                       env, out / "sim.log")  # fmt: skip
-    print("profile_round: deploying it (medfed deploy local)", flush=True)
-    dep_wall = _medfed(["deploy", "local", args.study, "--sites", str(args.sites), *sets,
-                        "--out", str(out / "deployed")], env, out / "deployed.log")  # fmt: skip
-    sim, dep = _read(out / "sim"), _read(out / "deployed")
+    sys.path.insert(0, str(ROOT))
+    from simulations.benchmarks.deploy_round import run_deploy_round
+
+    os.environ.setdefault("MEDFED_DATA_HOME", env["MEDFED_DATA_HOME"])
+    bench = run_deploy_round(
+        study=args.study,
+        sites=args.sites,
+        overrides=tuple(args.overrides),
+        progress=lambda m: print(f"profile_round: {m}", flush=True),
+        work_dir=out,
+    )
+    runs = bench["repeats"][0]["runs"]
+    sim, dep = runs["simulated"]["rounds"], runs["subprocess"]["rounds"]
+    sim_wall, dep_wall = runs["simulated"]["wall_s"], runs["subprocess"]["wall_s"]
+    flower_site = out / "repeat-1" / "subprocess"
     print("profile_round: timing one clientapp start, step by step", flush=True)
-    startup = _probe(args.study, args.sites, out / "deployed", env, args.repeat)
+    startup = _probe(args.study, args.sites, flower_site, env, args.repeat)
 
     later = [r["round"] for r in dep if r["round"] >= 2] or [r["round"] for r in dep]
 
@@ -187,8 +164,17 @@ def main(argv: list[str] | None = None) -> int:
             "serverapp": SERVERAPP_POLL_S,
         },
         "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
+        "executor": bench["repeats"][0]["compare"],
+        "bench": bench,
     }
     (out / "profile.json").write_text(json.dumps(result, indent=2) + "\n")
+    from simulations.benchmarks.deploy_round import deploy_round_section
+
+    page: list[str] = []
+    doc = {"results": bench, "command": "python deploy/profile_round.py", "created": "now"}
+    deploy_round_section({"deploy-round": {**doc, "seconds": sim_wall + dep_wall}}, page.append)
+    print("\n".join(page[1:-1]))
+    print("With Flower's isolation (a process per message):")
     print(_markdown(result))
     print(f"profile_round: {out / 'profile.json'}")
     return 0

@@ -325,3 +325,36 @@ def test_deployed_study_runs_each_site_in_one_process(tmp_path):
         assert all(t["sub_status"] == "completed" for t in tasks)  # errors are replies
     supernode_log = (logs / "supernode-site-0.log").read_text()
     assert "flwr-clientapp" not in supernode_log and "SuperExec" not in supernode_log
+
+
+@pytest.mark.slow
+def test_a_crashed_worker_is_restarted_and_the_round_reports_it(tmp_path):
+    """A ClientApp that kills its process (fault `crash`, site 1, round 2): that message
+    gets Flower's "ClientApp stopped responding" once its heartbeat stops (as with
+    flwr-clientapp), the executor starts a new worker, and site 1 is back in round 3."""
+    out = tmp_path / "out"
+    over = [x for x in TINY if not x.startswith("num-rounds")]
+    over += ["num-rounds=3", "fault-sites=1:round=2:crash", "min-sites=1"]
+    sets = [a for kv in over for a in ("--set", kv)]
+    env = {
+        **os.environ,
+        "MEDFED_DATA_HOME": str(tmp_path / "data"),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    }
+    res = subprocess.run(
+        [MEDFED, "deploy", "local", "--sites", "2", "--out", str(out), *sets],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    rounds = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
+    site1 = [{s["site"]: s for s in r["sites"]}["site-1"] for r in rounds]
+    assert [s["ok"] for s in site1] == [True, False, True]
+    assert "ClientApp stopped responding" in site1[1]["error"]
+    logs = out / "deploy-logs"
+    tasks = [json.loads(x) for x in (logs / "executor-site-1.tasks.jsonl").open()]
+    assert len({t["pid"] for t in tasks}) == 2  # the worker before the crash, and after
+    assert "died (exit 70); restarting it" in (logs / "executor-site-1.log").read_text()
