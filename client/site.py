@@ -206,7 +206,7 @@ class Site:
         if self.study.train_on == "decrypted":
             enc = self.encryptor()
             t0 = time.perf_counter()
-            images = enc.decrypt(enc.encrypt(images, bits=train.bits))
+            images = round_trip(enc, images, train.bits)
             seconds += time.perf_counter() - t0
         extra_x, extra_y = [images], [targets]
         for peer, (images_ct, labels_ct) in sorted(received.items()):
@@ -299,6 +299,20 @@ class Site:
             f"site {self.site_id}: injected fault in round {server_round} "
             f"(fault-sites = {self.study.fault_sites!r})"
         )
+
+
+def round_trip(enc: Encryptor, images: np.ndarray, bits: int) -> np.ndarray:
+    """decrypt(encrypt(images)), in containers within the library's size limit
+    (a large shard does not fit one container)."""
+    from encryption.container import MAX_CONTAINER_VALUES
+
+    per_image = max(1, int(np.prod(images.shape[1:])))
+    step = max(1, MAX_CONTAINER_VALUES // per_image)
+    parts = [
+        enc.decrypt(enc.encrypt(images[i : i + step], bits=bits))
+        for i in range(0, len(images), step)
+    ]
+    return np.concatenate(parts) if parts else images
 
 
 def _labels_as_pixels(targets: np.ndarray) -> np.ndarray:
