@@ -108,7 +108,7 @@ class AaeScramble(TorchEncryptor):
     deterministic = True
     aes_payload = False
     defaults = {
-        "epochs": 60,
+        "epochs": 300,  # an upper bound: the convergence criterion or time limit ends the fit
         "min_steps": 30,
         "batch_size": 8,
         "crop": 48,
