@@ -4,6 +4,7 @@ X-rays and MRI (few iterations; one phantom data folder for the module)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,8 +157,9 @@ def test_a_later_round_is_attacked_with_the_federations_final_model(
 def test_leakage_benchmark_writes_its_results_and_section(tmp_path, monkeypatch, data_home):
     # Prepare: the benchmark at toy settings on the module's phantoms
     from simulations.benchmarks.common import load_results
-    from simulations.benchmarks.leakage import auroc_epsilon_points
+    from simulations.benchmarks.leakage import auroc_epsilon_points, run_leakage
     from simulations.benchmarks.report import render_report
+    from simulations.benchmarks.sections_leakage import leakage_section
     from simulations.benchmarks.suite import BENCHMARKS, run_benchmark
 
     monkeypatch.setenv("MEDFED_DATA_HOME", str(data_home))
@@ -190,10 +192,18 @@ def test_leakage_benchmark_writes_its_results_and_section(tmp_path, monkeypatch,
     assert "## Update leakage" in text and "bench/leakage-xray.png" in text
     assert (tmp_path / "bench" / "leakage-xray.png").is_file()
     assert (tmp_path / "bench" / "leakage_epsilon.png").is_file()
-    assert "auroc_epsilon_points" in text  # the AUROC hook is named while it is empty
+    assert "`auroc_points` hook" in text  # AUROC against epsilon: the hook is named while empty
     assert "leakage" in BENCHMARKS
-    points = auroc_epsilon_points([(float("inf"), 0.71), (2.0, 0.66)])
-    assert points == [{"epsilon": 2.0, "auroc": 0.66}, {"epsilon": None, "auroc": 0.71}]
+    hooked = run_leakage(
+        modalities=(), timing_sizes=(), auroc_points=lambda _: [(float("inf"), 0.71), (2.0, 0.66)]
+    )
+    points = [{"epsilon": 2.0, "auroc": 0.66}, {"epsilon": None, "auroc": 0.71}]
+    assert hooked["auroc_epsilon"] == points
+    lines = []
+    fake = {"command": "c", "created": "t", "seconds": 1.0, "results": hooked}
+    leakage_section({"leakage": fake}, lines.append, tmp_path / "plots", Path("plots"))
+    assert "![AUROC against epsilon](plots/auroc_epsilon.png)\n" in lines
+    assert (tmp_path / "plots" / "auroc_epsilon.png").is_file()
     with pytest.raises(ValueError, match="AUROC in"):
         auroc_epsilon_points([(1.0, 1.5)])
 

@@ -180,12 +180,12 @@ def _training_step_s(study, repeats: int = 5) -> float:
 
 
 def auroc_epsilon_points(points: Iterable[tuple[float, float]]) -> list[dict[str, float]]:
-    """The hook for AUROC against epsilon: (epsilon, macro AUROC) of federated
-    studies trained with DP (the study's dp mode and noise multiplier; epsilon
-    from study.privacy.epsilon_spent after the last round). Returns them as the
-    result document stores them, sorted by epsilon; an infinite epsilon (no
-    DP) is stored as null. The benchmark leaves the list empty until such
-    studies are run; the report draws whatever it holds."""
+    """AUROC against epsilon, as the result document stores it: (epsilon, macro
+    AUROC) points of federated studies trained with DP (the study's dp mode and
+    noise multiplier; epsilon from study.privacy.epsilon_spent after the last
+    round), sorted by epsilon; an infinite epsilon (no DP) is stored as null.
+    run_leakage's `auroc_points` hook feeds it; until federated DP studies are
+    wired in, the list stays empty and the report says so."""
     out = []
     for epsilon, auroc in points:
         epsilon, auroc = float(epsilon), float(auroc)
@@ -211,6 +211,7 @@ def run_leakage(
     restarts: int = 2,
     prior_components: int = 40,
     results_dir: Path | None = None,
+    auroc_points: Callable[[Progress], Iterable[tuple[float, float]]] | None = None,
     progress: Progress = _quiet,
 ) -> dict[str, Any]:
     """Run the leakage benchmark; returns the result document's `results`.
@@ -219,7 +220,10 @@ def run_leakage(
     of `defenses` at the study's z = 1, C = 1, and under local DP-SGD at each
     of `noise_multipliers`. Each b of `batch_sizes` (X-ray only): one batch
     under `batch_defenses`. `results_dir`: where the pictures of originals
-    beside reconstructions go."""
+    beside reconstructions go. `auroc_points(progress)`: the hook for AUROC
+    against epsilon, a function that trains federated studies with DP and
+    returns their (epsilon, macro AUROC) points (see auroc_epsilon_points);
+    None leaves that plot empty."""
     import torch
 
     from server.leakage import InversionConfig
@@ -267,6 +271,8 @@ def run_leakage(
                 }
                 picture_rows += shown
             out["timing"] = _timing(tmp, modalities, patients, timing_sizes, inversion, progress)
+        if auroc_points is not None:
+            out["auroc_epsilon"] = auroc_epsilon_points(auroc_points(progress))
     finally:
         torch.set_num_threads(threads)
     if results_dir is not None and picture_rows:

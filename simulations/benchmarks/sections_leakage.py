@@ -160,6 +160,7 @@ def plot_auroc_epsilon(points: list[Mapping[str, Any]], path: Path) -> bool:
     if any(p["epsilon"] is None for p in points):
         ax.legend(fontsize=7)
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -289,8 +290,8 @@ def leakage_section(
     else:
         add(
             "Not measured yet: it needs federated studies trained with DP at several noise "
-            "multipliers; their (epsilon, AUROC) points go in through "
-            "`simulations.benchmarks.leakage.auroc_epsilon_points`.\n"
+            "multipliers; their (epsilon, AUROC) points go in through the `auroc_points` hook of "
+            "`run_leakage` (`simulations/benchmarks/leakage.py`).\n"
         )
     timing = r.get("timing") or []
     if timing:
