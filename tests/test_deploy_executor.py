@@ -224,17 +224,24 @@ def _wait_for(path: Path, text: str, timeout_s: float = 120.0) -> None:
 
 def test_executor_runs_and_stops_with_its_supernode(tmp_path):
     """`medfed deploy executor -- flower-supernode ...` (a compose hospital's entry
-    point): SIGTERM stops both, exit 0; the SuperNode stopping stops the executor."""
+    point): SIGTERM stops both, exit 0; the SuperNode stopping stops the executor; a
+    SuperNode that refuses the executor's auth secret stops both, with the reason."""
     with LocalFederation(1, log_dir=tmp_path / "logs", start_timeout=120) as fed:
         fed.start_superlink()
-        for case in ("sigterm", "supernode-dies"):
+        (tmp_path / "secret").write_bytes(b"the SuperNode's")
+        (tmp_path / "other").write_bytes(b"not the same")
+        for case in ("sigterm", "supernode-dies", "wrong-secret"):
             port = free_port()
             node = [fed.tool("flower-supernode"), "--superlink", fed.address, "--insecure"]
             node += ["--isolation", "process", "--port", str(port)]
+            executor = [MEDFED, "deploy", "executor", "--supernode", f"127.0.0.1:{port}"]
+            if case == "wrong-secret":  # AcquireTask is authenticated: a wrong secret is final
+                node += ["--superexec-auth-secret-file", str(tmp_path / "secret")]
+                executor += ["--superexec-auth-secret-file", str(tmp_path / "other")]
             log = tmp_path / f"{case}.log"
             with open(log, "wb") as fh:
                 proc = subprocess.Popen(
-                    [MEDFED, "deploy", "executor", "--supernode", f"127.0.0.1:{port}", "--", *node],
+                    [*executor, "--", *node],
                     stdout=fh,
                     stderr=subprocess.STDOUT,
                     env=fed.env(tmp_path / f"{case}-home"),
@@ -242,6 +249,12 @@ def test_executor_runs_and_stops_with_its_supernode(tmp_path):
                     start_new_session=True,
                 )
             try:
+                if case == "wrong-secret":
+                    assert proc.wait(timeout=120) == 1
+                    text = log.read_text()
+                    assert "refused AcquireTask (HTTP 401)" in text
+                    assert "not restarting it" in text
+                    continue
                 _wait_for(log, "connected to the SuperNode")
                 children = descendants(proc.pid)
                 if case == "sigterm":

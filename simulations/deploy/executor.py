@@ -66,7 +66,8 @@ CONNECT_WAIT_S = 300.0  # how long to wait for the SuperNode's Runtime API at st
 RESTART_WINDOW_S = 60.0  # the supervisor gives up after this many worker deaths in it ...
 RESTART_LIMIT = 5  # ... (a worker that cannot start would otherwise loop forever)
 OBJECT_POLL_S = 0.05  # first wait for a message object the SuperNode is still receiving
-PRELOAD = ("numpy", "torch")  # imported at start, before the first task arrives
+PRELOAD = ("numpy", "torch")
+REFUSED = 3  # the worker's exit status when the SuperNode refuses it: not restarted  # imported at start, before the first task arrives
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -184,7 +185,8 @@ class Worker:
 
     # -- the loop ---------------------------------------------------------------------
     def serve(self) -> int:
-        """Run tasks until the SuperNode goes away (0) or cannot be reached at all (1)."""
+        """Run tasks until the SuperNode goes away (0), cannot be reached (1) or refuses
+        this executor (REFUSED, 3)."""
         import httpx
         from flwr.proto.runtime_pb2 import AcquireTaskRequest
         from flwr.supercore.constant import TaskType
@@ -203,6 +205,16 @@ class Worker:
                 try:
                     res = client.AcquireTask(request)
                 except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+                    status = getattr(getattr(exc, "response", None), "status_code", None)
+                    if status in (401, 403):  # retrying will not help: say so and stop
+                        log(
+                            40,
+                            "the SuperNode at %s refused AcquireTask (HTTP %s): its "
+                            "--superexec-auth-secret-file and this executor's differ",
+                            self.supernode,
+                            status,
+                        )
+                        return REFUSED
                     now = time.monotonic()
                     if reached is None and now - started > self.connect_wait_s:
                         log(40, "SuperNode Runtime API at %s unreachable: %s", self.supernode, exc)
@@ -546,6 +558,10 @@ def supervise(args: argparse.Namespace, supernode_argv: list[str]) -> int:
                 if node is None or node.poll() is not None:
                     return 0 if node is None else _exit_status(node.returncode)
                 continue  # our SuperNode restarts its Runtime API: ask again
+            if worker.returncode == REFUSED:
+                say("the SuperNode refused this executor (see above); not restarting it")
+                code = 1
+                break
             now = time.monotonic()
             deaths = [t for t in deaths if now - t < RESTART_WINDOW_S] + [now]
             if len(deaths) > RESTART_LIMIT:
