@@ -188,6 +188,7 @@ def test_leakage_benchmark_writes_its_results_and_section(tmp_path, monkeypatch,
     assert [c["epsilon"] for c in curve if c["noise_multiplier"] == 0.0] == [None, None]
     (timing,) = r["timing"]
     assert timing["image_size"] == 16 and timing["seconds_per_image"] > 0
+    assert timing["steps_per_iteration"]["median"] > 1  # simulates a step, then differentiates
     text = doc.read_text()
     assert "## Update leakage" in text and "bench/leakage-xray.png" in text
     assert (tmp_path / "bench" / "leakage-xray.png").is_file()

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import tempfile
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -155,28 +154,52 @@ def _per_image(entries: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (r["defense"] != "none", r["seed"]))
 
 
-def _training_step_s(study, repeats: int = 5) -> float:
-    """Median seconds of one local training step of the study model on one image
-    (forward, loss, backward, Adam step): the attack's cost unit."""
-    import statistics
-
+def iteration_cost(study, inversion, repeats: int = 7) -> dict[str, Any]:
+    """One optimisation-attack iteration (the site's simulated Adam step on the
+    smooth surrogate, the cosine objective, back-propagation to the image)
+    against one local training step of the same model on one image (forward,
+    loss, backward, Adam step), timed round-robin in this process
+    (common.time_interleaved): seconds of each and their ratio per repeat, a
+    cost that holds on a loaded machine."""
     import torch
 
+    from server.leakage import (
+        LocalTraining,
+        cosine_distance,
+        simulate_update,
+        smooth_surrogate,
+    )
+    from simulations.benchmarks.common import summarize, time_interleaved
     from study.task import _loss, build_model
 
+    torch.manual_seed(0)
     model = build_model(study.modality, image_size=study.image_size)
     channels = 1 if study.modality == "xray" else 4
     x = torch.rand(1, channels, study.image_size, study.image_size)
-    y = torch.zeros_like(model(x)).detach()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    times = []
-    for _ in range(repeats + 1):
-        t0 = time.perf_counter()
+    y = (torch.rand_like(model(x)) < 0.2).float()
+    opt = torch.optim.Adam(model.parameters(), lr=study.learning_rate)
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    training = LocalTraining(study.modality, 1, study.batch_size, study.learning_rate, 0)
+    observed = {k: torch.randn_like(v) for k, v in start.items()}
+    surrogate = smooth_surrogate(model, inversion.smooth_beta)
+    image = x.clone().requires_grad_(True)
+
+    def step() -> None:
         opt.zero_grad()
         _loss(study.modality, model(x), y).backward()
         opt.step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:])
+
+    def iteration() -> None:
+        sim = simulate_update(surrogate, start, image, y, training, adam_scale=inversion.adam_scale)
+        torch.autograd.grad(cosine_distance(sim, observed), [image])
+
+    times = time_interleaved({"step": step, "iteration": iteration}, repeats=repeats)
+    ratios = [i / s for i, s in zip(times["iteration"], times["step"], strict=True)]
+    return {
+        "training_step_s": summarize(times["step"]),
+        "iteration_s": summarize(times["iteration"]),
+        "steps_per_iteration": summarize(ratios),
+    }
 
 
 def auroc_epsilon_points(points: Iterable[tuple[float, float]]) -> list[dict[str, float]]:
@@ -387,7 +410,7 @@ def _curve_row(model, attack, z, epsilon, group) -> dict:
 
 def _timing(tmp, modalities, patients, sizes, inversion, progress) -> list[dict]:
     """Seconds per image of the optimisation attack (b = 1, no defence) at each
-    size, and as a multiple of one local training step (same process)."""
+    size, and the cost of one of its iterations in local training steps."""
     rows = []
     for modality in modalities:
         for size in sizes:
@@ -398,18 +421,13 @@ def _timing(tmp, modalities, patients, sizes, inversion, progress) -> list[dict]
                 defenses=("none",), batch_sizes=(1,), seed=0, inversion=inversion,
             )  # fmt: skip
             (entry,) = _run(plan, _quiet)
-            step_s = _training_step_s(study)
-            iterations = inversion.restarts * inversion.iterations
             rows.append(
                 {
                     "modality": modality,
                     "image_size": size,
                     "seconds_per_image": entry["seconds_per_image"],
-                    "iterations": iterations,
-                    "training_step_s": step_s,
-                    "training_steps_per_iteration": entry["seconds_per_image"]
-                    / iterations
-                    / step_s,
+                    "iterations": inversion.restarts * inversion.iterations,
+                    **iteration_cost(study, inversion),
                     "psnr": float(np.mean(entry["psnr"])),
                     "gain_db": entry["gain_db"],
                     "gain_scale_aligned_db": entry["gain_scale_aligned_db"],

@@ -235,7 +235,7 @@ BENCHMARKS: dict[str, tuple[Callable[[dict, Progress], dict], dict, dict]] = {
             "images": 3,
             "mri_images": 2,
             "batch_sizes": (4,),
-            "noise_multipliers": (0.01, 0.1, 1.0),
+            "noise_multipliers": (0.001, 0.003, 0.01, 0.1, 1.0),
             "timing_sizes": (32, 64),
             "iterations": 100,
             "restarts": 2,
