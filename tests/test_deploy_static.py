@@ -357,7 +357,11 @@ COMPOSE_CLIS = [
 @pytest.mark.parametrize("study", [None, "simulations/studies/consortium.toml"])
 def test_docker_compose_config_validates(cli, study):
     """The file is in the subset both Compose versions read; STUDY reaches the submit command."""
-    env = {k: v for k, v in os.environ.items() if k not in ("STUDY", "MEDFED_BASE_IMAGE")}
+    # PYTHONPATH: Flower's simulation engine puts this environment's site-packages
+    # there when an earlier test ran a study; Compose v1 is a program of the
+    # system's Python and must not import this environment's packages
+    dropped = ("STUDY", "MEDFED_BASE_IMAGE", "PYTHONPATH")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     if study:
         env["STUDY"] = study
     res = subprocess.run(
