@@ -68,12 +68,15 @@ def backend_config(study: Study) -> dict:
             init_args["num_gpus"] = gpus
     return {
         # max_restarts: Ray starts a new process for a site whose worker died
-        # (killed, out of memory); that round fails for it, the next one runs
+        # (killed, out of memory); max_task_retries: a message that reached a
+        # worker while it restarted (or that it died on) is run once more; a
+        # message that kills its worker twice fails that site for the round
         # (Flower passes client_resources to the actors' options)
         "client_resources": {
             "num_cpus": study.num_cpus,
             "num_gpus": study.num_gpus,
             "max_restarts": -1,
+            "max_task_retries": 1,
         },
         "init_args": init_args,
     }

@@ -20,7 +20,12 @@ def test_num_gpus_without_a_gpu_is_a_clear_error(monkeypatch):
     # a remote cluster may have the GPUs the driver lacks
     cfg = backend_config(Study(num_gpus=0.5, ray_address="10.0.0.1:6379"))
     # max_restarts: Ray restarts a dead site worker for the next round
-    assert cfg["client_resources"] == {"num_cpus": 1, "num_gpus": 0.5, "max_restarts": -1}
+    assert cfg["client_resources"] == {
+        "num_cpus": 1,
+        "num_gpus": 0.5,
+        "max_restarts": -1,
+        "max_task_retries": 1,
+    }
     assert cfg["init_args"]["address"] == "10.0.0.1:6379"
 
 
