@@ -81,17 +81,17 @@ def _bandwidth(s: dict, progress: Progress) -> dict:
     return run_bandwidth(progress=progress, **s)
 
 
-def _secagg(s: dict, progress: Progress) -> dict:
-    from simulations.benchmarks.secagg import run_secagg_overhead
-
-    return run_secagg_overhead(progress=progress, **s)
-
-
 def _leakage(s: dict, progress: Progress, results_dir: Path = RESULTS_DIR) -> dict:
     from simulations.benchmarks.leakage import run_leakage
 
     # the pictures of originals beside reconstructions go beside the result file
     return run_leakage(progress=progress, results_dir=results_dir, **s)
+
+
+def _secagg(s: dict, progress: Progress) -> dict:
+    from simulations.benchmarks.secagg import run_secagg_overhead
+
+    return run_secagg_overhead(progress=progress, **s)
 
 
 def _gpu(s: dict, progress: Progress) -> dict:
@@ -218,13 +218,6 @@ BENCHMARKS: dict[str, tuple[Callable[[dict, Progress], dict], dict, dict]] = {
         {"image_sizes": (32, 64, 128)},
         {"image_sizes": (32, 64)},
     ),
-    # Time budget: 4 simulated studies (plain and SecAgg+, 4 and 16 sites), about 6 min
-    # on 2 idle cores (each Ray start-up about 15 s; 16 sites train 2 at a time).
-    "secagg": (
-        _secagg,
-        {"sites": (4, 16), "num_rounds": 4, "patients_per_site": 20, "image_size": 32},
-        {"sites": (4, 16), "num_rounds": 3, "patients_per_site": 10, "image_size": 16},
-    ),
     # Time budget: about 15 min on 2 idle cores (one torch thread): each optimisation
     # attack costs restarts x iterations = 200 simulated training steps per image (see
     # the timing table of its section); --quick about 2 min.
@@ -250,6 +243,13 @@ BENCHMARKS: dict[str, tuple[Callable[[dict, Progress], dict], dict, dict]] = {
             "iterations": 20,
             "restarts": 1,
         },
+    ),
+    # Time budget: 4 simulated studies (plain and SecAgg+, 4 and 16 sites), about 6 min
+    # on 2 idle cores (each Ray start-up about 15 s; 16 sites train 2 at a time).
+    "secagg": (
+        _secagg,
+        {"sites": (4, 16), "num_rounds": 4, "patients_per_site": 20, "image_size": 32},
+        {"sites": (4, 16), "num_rounds": 3, "patients_per_site": 10, "image_size": 16},
     ),
     "gpu": (
         _gpu,
