@@ -337,6 +337,85 @@ def run_attacks(
     return doc
 
 
+def attack_secure_sum(plan: AttackPlan, say: Callable[[str], None] = print) -> dict:
+    """The optimisation attack on what a SecAgg+ server holds: the sum of the
+    sampled sites' updates, never one site's.
+
+    Each of the K sites Flower samples (sites 0..K-1) trains as the study does
+    on b = `plan.batch_sizes[0]` of its images under the first of
+    `plan.defenses` (as the site would send it: client-side clipping, local
+    DP-SGD); SecAgg+ reveals their example-weighted sum. The attacker treats
+    that sum as the update of one batch of the K * b images (it knows K, b and
+    every label: an upper bound) and reconstructs them all; each reconstruction
+    is matched to one real image. Returns the JSON entry of that attack, with
+    `observer` "server (secure sum)"."""
+    from client.site import Site
+    from study.privacy import sites_sampled
+
+    plan.check()
+    s = plan.study
+    b = plan.batch_sizes[0]
+    defense = plan.defenses[0]
+    k = sites_sampled(s)
+    global_state = global_weights(s, "study", plan.attacked_round, plan.out_dir)
+    public = held_out_images(plan)
+    prior = attacker_prior(plan, public)
+    total: dict[str, torch.Tensor] | None = None
+    images, targets = [], []
+    bits = 8
+    for site_id in range(k):
+        site = Site(s, site_id, s.num_sites)
+        site_images, site_targets, _ = site.training_set({})
+        bits = site.shard.train.bits
+        idx = attacked_indices(len(site_images), b, site_id, plan.attacked_round, plan.seed)
+        training = local_training(s, site.train_seed(plan.attacked_round), plan.local_optimizer)
+        update = site_update(
+            s, "study", global_state, site_images[idx], site_targets[idx], bits, training,
+            defense, plan.seed * 7919 + site_id * 31 + b,
+        )  # fmt: skip
+        rng = np.random.default_rng([plan.seed, site_id, b, 1])
+        seen = observed_update(update, defense, "server", s, rng)
+        weighted = {name: v * float(b) for name, v in seen.items()}
+        total = weighted if total is None else {n: total[n] + weighted[n] for n in total}
+        images.append(site_images[idx])
+        targets.append(site_targets[idx])
+    assert total is not None
+    batch, labels = np.concatenate(images), np.concatenate(targets)
+    originals = to_float(batch, bits).numpy()
+    training = local_training(s, 0, plan.local_optimizer)
+    base = {
+        "model": "study",
+        "defense": defense,
+        "secure_aggregation": "secagg+",
+        "observer": "server (secure sum)",
+        "site": None,
+        "sites_summed": k,
+        "batch_size": len(batch),
+        "local_steps": training.steps(len(batch)),
+        "local_optimizer": training.optimizer,
+        "mean_guess_psnr": leakage.mean_guess_psnr(public.mean(axis=0), originals),
+        "mean_guess_psnr_scale_aligned": leakage.mean_guess_psnr_scale_aligned(
+            public.mean(axis=0), originals
+        ),
+    }
+    model = build_model(s.modality, arch="study", image_size=s.image_size)
+    model.load_state_dict(global_state)
+    inv = leakage.invert_update(
+        model,
+        global_state,
+        total,
+        training,
+        len(batch),
+        originals.shape[1:],
+        targets=labels,
+        prior=prior,
+        config=plan.inversion,
+    )
+    label = f"secure sum of {k} sites x b={b} {defense}"
+    entry, _ = _entry(base, "optimisation", inv.images, originals, inv.seconds, "given", say, label)
+    return entry
+
+
 def held_out_images(plan: AttackPlan) -> np.ndarray:
     """The server's held-out images as floats on [0, 1] (server.holdout: the
     patients no site holds): what the attacker knows of the images without any

@@ -10,6 +10,23 @@ A sweep file:
     [grid]                       # every combination of these is one study
     exchange = ["none", "archive", "consortium"]
     image-size = [32, 64]
+
+Instead of a [grid], a sweep may list its points one by one, for combinations
+a product cannot express (e.g. SecAgg+ needs exchange = none):
+
+    [[point]]
+    dp = "none"
+    [[point]]
+    secure-aggregation = "secagg+"
+    exchange = "none"
+
+A key a point does not set keeps the base study's value, and the comparison
+shows it. An optional [privacy] table adds the attacks of
+`simulations.privacy_probe` to every row (update inversion and the
+ciphertext's known-plaintext attack):
+
+    [privacy]
+    attack-iterations = 100
 """
 
 from __future__ import annotations
@@ -21,10 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simulations.privacy_probe import PrivacyProbe
 from study.config import Study, StudyError
 from study.schema import Summary, write_json
 
-SWEEP_KEYS = {"name", "study", "out-dir", "set", "grid"}
+SWEEP_KEYS = {"name", "study", "out-dir", "set", "grid", "point", "privacy"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +52,8 @@ class Sweep:
     out_dir: Path
     fixed: dict[str, Any]
     grid: dict[str, list[Any]]
+    explicit: tuple[dict[str, Any], ...] = ()  # [[point]] tables, when there is no [grid]
+    privacy: PrivacyProbe | None = None
 
     @classmethod
     def from_toml(cls, path: str | Path, out: str | None = None) -> Sweep:
@@ -51,11 +71,20 @@ class Sweep:
                 f"allowed: {', '.join(sorted(SWEEP_KEYS))}"
             )
         grid = doc.get("grid", {})
-        if not grid:
-            raise StudyError(f"{path}: [grid] must name at least one key with a list of values")
+        explicit = doc.get("point", [])
+        if bool(grid) == bool(explicit):
+            raise StudyError(
+                f"{path}: give either [grid] (every combination of its lists) or "
+                "[[point]] tables (one study each), not both and not neither"
+            )
         for key, values in grid.items():
             if not isinstance(values, list) or not values:
                 raise StudyError(f"{path}: grid.{key} must be a non-empty list, got {values!r}")
+        if not isinstance(explicit, list) or not all(isinstance(p, dict) and p for p in explicit):
+            raise StudyError(f"{path}: each [[point]] must be a table of study keys")
+        privacy = doc.get("privacy")
+        if privacy is not None and not isinstance(privacy, dict):
+            raise StudyError(f"{path}: [privacy] must be a table")
         base = (path.parent / doc.get("study", "demo.toml")).resolve()
         sweep = cls(
             name=doc.get("name", path.stem),
@@ -63,12 +92,27 @@ class Sweep:
             out_dir=Path(out or doc.get("out-dir", f"runs/{path.stem}")).absolute(),
             fixed=dict(doc.get("set", {})),
             grid=dict(grid),
+            explicit=tuple(dict(p) for p in explicit),
+            privacy=None if privacy is None else PrivacyProbe.from_table(privacy, str(path)),
         )
+        labels = [sweep.label(p) for p in sweep.points()]
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        if twice:
+            raise StudyError(f"{path}: the same point twice: {', '.join(twice)}")
         for point in sweep.points():  # validate every study before running any
             sweep.study(point)
         return sweep
 
+    @property
+    def keys(self) -> list[str]:
+        """The study keys that vary between points, in order of appearance."""
+        if self.grid:
+            return list(self.grid)
+        return list(dict.fromkeys(k for p in self.explicit for k in p))
+
     def points(self) -> list[dict[str, Any]]:
+        if self.explicit:
+            return [dict(p) for p in self.explicit]
         keys = list(self.grid)
         return [
             dict(zip(keys, combo, strict=True)) for combo in itertools.product(*self.grid.values())
@@ -89,6 +133,11 @@ class Sweep:
         return Study.from_toml(self.base, values)
 
 
+def point_columns(keys: list[str], point: dict[str, Any], study: Study) -> dict[str, Any]:
+    """The varying keys of one row: the point's values, the base study's elsewhere."""
+    return {k: point[k] if k in point else getattr(study, k.replace("-", "_")) for k in keys}
+
+
 def comparison_row(point: dict[str, Any], study: Study, summary: Summary) -> dict[str, Any]:
     metric = "auroc" if study.modality == "xray" else "dice_mean"
     final = summary.final
@@ -101,6 +150,7 @@ def comparison_row(point: dict[str, Any], study: Study, summary: Summary) -> dic
         "ciphertext_down_per_round": per_round["ciphertext_down"],
         "model_per_round": per_round["model_up"] + per_round["model_down"],
         "grant_per_round": per_round.get("grant_up", 0.0) + per_round.get("grant_down", 0.0),
+        "bytes_per_round": per_round["message_up"] + per_round["message_down"],
         "message_up_per_round": per_round["message_up"],
         "message_down_per_round": per_round["message_down"],
         **{f"upload_s_{k}": v for k, v in summary.upload_seconds_per_round.items()},
@@ -116,7 +166,13 @@ def write_comparison(sweep: Sweep, rows: list[dict[str, Any]]) -> Path:
     sweep.out_dir.mkdir(parents=True, exist_ok=True)
     write_json(
         sweep.out_dir / "comparison.json",
-        {"schema": 1, "sweep": sweep.name, "grid": sweep.grid, "rows": rows},
+        {
+            "schema": 1,
+            "sweep": sweep.name,
+            "grid": sweep.grid,
+            "points": list(sweep.explicit),
+            "rows": rows,
+        },
     )
     cols = list(rows[0]) if rows else []
     lines = [
@@ -148,7 +204,7 @@ def plot_comparison(sweep: Sweep, rows: list[dict[str, Any]]) -> list[Path]:
 
     if not rows:
         return []
-    labels = [Sweep.label({k: r[k] for k in sweep.grid}) for r in rows]
+    labels = [Sweep.label({k: r[k] for k in sweep.keys}) for r in rows]
     out = []
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 4))
     up = [r["message_up_per_round"] / 1e6 for r in rows]

@@ -64,3 +64,77 @@ def test_shipped_sweeps_are_valid():
     assert bandwidth.study(bandwidth.points()[0]).link_speeds_mbps == (10.0, 100.0, 1000.0)
     duel = Sweep.from_toml(studies / "none-vs-consortium.toml")
     assert [p["exchange"] for p in duel.points()] == ["none", "consortium"]
+
+
+def test_points_sweep_fills_keys_from_the_base_and_refuses_mistakes(tmp_path):
+    from simulations.sweep import point_columns
+
+    (tmp_path / "base.toml").write_text(BASE)
+    sweep_file = tmp_path / "sweep.toml"
+    sweep_file.write_text(
+        'study = "base.toml"\n[[point]]\ndp = "none"\n'
+        '[[point]]\nsecure-aggregation = "secagg+"\nexchange = "none"\nnum-sites = 3\n'
+        "[privacy]\nattack-iterations = 3\nkpa = false\n"
+    )
+    sweep = Sweep.from_toml(sweep_file)
+    assert sweep.keys == ["dp", "secure-aggregation", "exchange", "num-sites"]
+    first, second = sweep.points()
+    assert point_columns(sweep.keys, first, sweep.study(first)) == {
+        "dp": "none",
+        "secure-aggregation": "none",
+        "exchange": "archive",
+        "num-sites": 2,
+    }
+    assert point_columns(sweep.keys, second, sweep.study(second))["exchange"] == "none"
+    assert sweep.privacy.attack_iterations == 3 and sweep.privacy.kpa is False
+    for text, match in (
+        ('study = "base.toml"\n[grid]\ndp = ["none"]\n[[point]]\ndp = "none"\n', "not both"),
+        ('study = "base.toml"\n[[point]]\ndp = "none"\n[[point]]\ndp = "none"\n', "twice"),
+        ('study = "base.toml"\n[[point]]\ndp = "nope"\n', "dp"),
+        # SecAgg+ with the base's exchange = archive is refused before anything runs
+        ('study = "base.toml"\n[[point]]\nsecure-aggregation = "secagg+"\n', "exchange"),
+        ('study = "base.toml"\n[[point]]\ndp = "none"\n[privacy]\nkpa-secs = 1\n', "kpa-secs"),
+        ('study = "base.toml"\n[[point]]\ndp = "none"\n[privacy]\nkpa = "yes"\n', "privacy.kpa"),
+        ('study = "base.toml"\n[[point]]\ndp = "none"\n[privacy]\nkpa-pairs = 2\n', "3"),
+    ):
+        sweep_file.write_text(text)
+        with pytest.raises(StudyError, match=match):
+            Sweep.from_toml(sweep_file)
+
+
+def test_privacy_probe_attacks_update_secure_sum_and_ciphertext(tmp_path, monkeypatch):
+    """The probe's columns are computed: the update of one image without defence
+    leaks more than the mean guess; the AES-GCM archive leaves the known-plaintext
+    attacker at the mean guess; the secure sum of the sites is attacked too."""
+    import math
+
+    from simulations.privacy_probe import PrivacyProbe, probe_study
+    from study.config import Study
+
+    monkeypatch.setenv("MEDFED_DATA_HOME", str(tmp_path / "data"))
+    (tmp_path / "base.toml").write_text(BASE)
+    probe = PrivacyProbe(attack_iterations=20, attack_restarts=1, kpa_seconds=2.0)
+    small = {"image-size": 16, "phantom-size": 32}
+    study = Study.from_toml(tmp_path / "base.toml", {**small, "out-dir": str(tmp_path / "plain")})
+    row = probe_study(study, probe, say=print)
+    print(row)
+    assert row["update_psnr"] > row["update_mean_guess_psnr"] > 5
+    assert row["update_gain_db"] == pytest.approx(
+        row["update_psnr"] - row["update_mean_guess_psnr"]
+    )
+    assert abs(row["kpa_psnr"] - row["kpa_mean_guess_psnr"]) < 1.0  # AES-GCM hides the image
+    assert (tmp_path / "plain" / "privacy" / "leakage.json").is_file()
+    secure = Study.from_toml(
+        tmp_path / "base.toml",
+        {
+            **small,
+            "out-dir": str(tmp_path / "sum"),
+            "secure-aggregation": "secagg+",
+            "exchange": "none",
+            "num-sites": 3,
+            "min-sites": 3,
+        },
+    )
+    row = probe_study(secure, probe, say=lambda _: None)
+    assert math.isfinite(row["update_psnr"]) and row["update_mean_guess_psnr"] > 5
+    assert math.isnan(row["kpa_psnr"])  # exchange = none: no image leaves a site

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from simulations.supervise import run_study_process
-    from simulations.sweep import Sweep, comparison_row, write_comparison
+    from simulations.sweep import Sweep, comparison_row, point_columns, write_comparison
 
     sweep = Sweep.from_toml(args.sweep, args.out)  # StudyError is a ValueError
     console = Console(stderr=True)
@@ -32,7 +32,13 @@ def main(args: argparse.Namespace) -> int:
         study = sweep.study(point)
         console.print(f"[bold]{sweep.name}[/] {i}/{len(points)}: {Sweep.label(point)}")
         result = run_study_process(study)
-        rows.append(comparison_row(point, study, result.summary))
+        row = comparison_row(point_columns(sweep.keys, point, study), study, result.summary)
+        if sweep.privacy is not None:
+            from simulations.privacy_probe import probe_study
+
+            console.print(f"[bold]{sweep.name}[/] {i}/{len(points)}: attacking its outputs")
+            row.update(probe_study(study, sweep.privacy, say=console.print))
+        rows.append(row)
         write_comparison(sweep, rows)  # partial results survive an interrupted sweep
     path = write_comparison(sweep, rows)
     table = Table(title=f"{sweep.name}")
