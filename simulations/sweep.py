@@ -156,8 +156,10 @@ def comparison_row(point: dict[str, Any], study: Study, summary: Summary) -> dic
         **{f"upload_s_{k}": v for k, v in summary.upload_seconds_per_round.items()},
         metric: final.get(metric, math.nan),
         "recon_psnr_worst": final.get("recon_psnr_worst", math.nan),
-        # the (epsilon, delta) spent, where the study has differential privacy
-        "epsilon": (summary.extra.get("privacy") or {}).get("epsilon", math.nan),
+        # the (epsilon, delta) spent; no differential privacy: no bound (infinite)
+        "epsilon": math.inf
+        if study.dp == "none"
+        else (summary.extra.get("privacy") or {}).get("epsilon", math.nan),
         "seconds": summary.seconds,
     }
 

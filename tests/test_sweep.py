@@ -60,10 +60,14 @@ def test_shipped_sweeps_are_valid():
 
     studies = Path(__file__).resolve().parent.parent / "simulations" / "studies"
     bandwidth = Sweep.from_toml(studies / "bandwidth.toml")
-    assert len(bandwidth.points()) == 9
+    assert len(bandwidth.points()) == 18
+    assert {p["method"] for p in bandwidth.points()} == {"aes-gcm", "learned-codec-aes"}
     assert bandwidth.study(bandwidth.points()[0]).link_speeds_mbps == (10.0, 100.0, 1000.0)
     duel = Sweep.from_toml(studies / "none-vs-consortium.toml")
     assert [p["exchange"] for p in duel.points()] == ["none", "consortium"]
+    defences = Sweep.from_toml(studies / "defences.toml")
+    assert defences.privacy is not None
+    assert [defences.study(p).num_sites for p in defences.points()] == [4] * 5
 
 
 def test_points_sweep_fills_keys_from_the_base_and_refuses_mistakes(tmp_path):
