@@ -30,10 +30,15 @@ class SiteDirectory:
     def __init__(self, study: Study) -> None:
         self.study = study
         self.node_site: dict[int, int] = {}
+        # nodes a site left when it came back on a new node: their late replies
+        # are still that site's (never sampled again)
+        self.retired: dict[int, int] = {}
         self.certificates: dict[int, bytes] = {}  # site -> identity certificate (PEM)
 
     def site_of(self, node: int) -> int | str:
-        return self.node_site.get(node, f"node-{node}")
+        if node in self.node_site:
+            return self.node_site[node]
+        return self.retired.get(node, f"node-{node}")
 
     def enrol_all(self, grid: Grid, *, wait_s: float = SITE_WAIT_S) -> None:
         """Every site must be connected: a federation of another size would
@@ -73,7 +78,7 @@ class SiteDirectory:
             return
         for node, site in self._hello(grid, new, timeout_s=self.study.round_timeout).items():
             for old in [o for o, s in self.node_site.items() if s == site]:
-                del self.node_site[old]  # the site came back on a new node
+                self.retired[old] = self.node_site.pop(old)  # back on a new node
             self.node_site[node] = site
 
     def _hello(self, grid: Grid, nodes: Iterable[int], *, timeout_s: float) -> dict[int, int]:

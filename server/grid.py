@@ -7,6 +7,11 @@ SuperLink every 3 s, adding up to 3 s to every phase of every round. This one
 pushes the same messages, pulls every `poll_s` seconds, emits a `reply`
 progress event per reply and records how long each phase took. Everything
 else is the wrapped Grid's.
+
+One correction: when a SuperNode has gone (a hospital stopped), the SuperLink
+answers for it with an error reply ("Node Unavailable") whose source is the
+SuperLink itself (node id 1), so a strategy could not tell which site failed.
+Such a reply is attributed here to the node its message was sent to.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from flwr.app import Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 
 from server.progress import Events
@@ -70,13 +76,16 @@ class ReportingGrid(Grid):
         config = messages[0].content.get("config")
         rnd = int(config["server-round"]) if config and "server-round" in config else 0
         start = time.perf_counter()
-        waiting = set(self.push_messages(messages))
+        ids = list(self.push_messages(messages))
+        sent_to = {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True)}
+        waiting = set(ids)
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         while waiting and (deadline is None or time.monotonic() < deadline):
             got = list(self.pull_messages(waiting))
             for reply in got:
                 waiting.discard(reply.metadata.reply_to_message_id)
+                attribute_to_destination(reply, sent_to)
                 replies.append(reply)
                 if phase in ("train", "evaluate"):
                     self.events.emit(
@@ -86,3 +95,13 @@ class ReportingGrid(Grid):
                 time.sleep(self.poll_s)
         self.phase_seconds[(rnd, phase)] = time.perf_counter() - start
         return replies
+
+
+def attribute_to_destination(reply: Message, sent_to: dict[str, int]) -> None:
+    """The SuperLink's own error reply for a node (source: the SuperLink) is
+    given the source of the node its message went to; other replies are
+    left as they are. (Metadata has no setter for the source: flwr 1.42 keeps
+    it in the instance's __dict__.)"""
+    node = sent_to.get(reply.metadata.reply_to_message_id)
+    if reply.has_error() and reply.metadata.src_node_id == SUPERLINK_NODE_ID and node:
+        reply.metadata.__dict__["_src_node_id"] = node

@@ -38,7 +38,7 @@ CONSORTIUM = "simulations/studies/consortium.toml"
 # volumes by then), 4 rounds, and a round-timeout that round 2 waits for the stopped site.
 FAULT_SETTINGS = [
     a
-    for kv in ("num-sites=3", "num-rounds=4", "min-sites=2", "round-timeout=150",
+    for kv in ("num-sites=3", "num-rounds=4", "min-sites=2", "round-timeout=150", "method=aes-gcm",
                "image-size=32", "phantom-patients=60", "phantom-size=64", "holdout-images=64")
     for a in ("--set", kv)
 ]  # fmt: skip
@@ -235,7 +235,6 @@ def test_each_hospital_sees_only_its_own_keys_and_volume(fed):
         assert state.split() == [f"site-{i}"], state  # its private site folder, nobody else's
 
 
-@pytest.mark.xfail(reason=WAITS_FOR_GRANTS, strict=False)
 def test_consortium_study_with_a_learned_method(fed):
     # Execute: the user's command for another study, on the running federation
     fed.compose("up", "-d", timeout=600, env={"STUDY": CONSORTIUM})
@@ -271,7 +270,6 @@ def _peer_recon(rec) -> dict:
     return found
 
 
-@pytest.mark.xfail(reason=WAITS_FOR_ROUND_TIMEOUT, strict=False)
 def test_hospital_stopped_in_round_2_fails_that_round_and_rejoins(fed):
     # Prepare: a small 4-round study (the consortium's phantoms, already on each hospital's
     # volume; AES-GCM, so this check needs no grants), submitted in the background

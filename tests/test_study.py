@@ -23,7 +23,8 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_demo_study_parses_with_issue_settings():
     study = Study.from_toml(DEMO)
     assert (study.num_sites, study.num_rounds, study.modality) == (4, 3, "xray")
-    assert (study.method, study.strategy, study.num_cpus) == ("aes-gcm", "FedAvg", 1)
+    assert (study.method, study.strategy, study.num_cpus) == ("learned-codec-aes", "FedAvg", 1)
+    assert study.method_epochs == 8  # each site fits its own codec in round 1
     assert study.out_dir == "runs/demo"
 
 

@@ -124,6 +124,7 @@ SMALL = {
     "phantom-size": 64,
     "holdout-images": 16,
     "share-per-round": 4,
+    "method": "aes-gcm",
 }
 
 

@@ -1,0 +1,80 @@
+"""server/grid.py and server/enrolment.py: whose reply is whose, when hospitals go and come back."""
+
+from __future__ import annotations
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+from loopback_grid import set_task_identity
+
+from server.enrolment import SiteDirectory
+from server.grid import ReportingGrid
+from server.progress import Events
+from study.config import Study
+
+
+class FakeLink:
+    """A Grid whose SuperLink answers for node 22 (gone) with its own error reply
+    and lets node 11 answer normally."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, Message] = {}
+
+    def push_messages(self, messages):
+        ids = []
+        for i, msg in enumerate(messages):
+            mid = f"m{i}"
+            msg.metadata.__dict__["_message_id"] = mid
+            self.sent[mid] = msg
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, ids):
+        out = []
+        for mid in ids:
+            msg = self.sent[mid]
+            if msg.metadata.dst_node_id == 22:
+                out.append(create_message_error_unavailable_res_message(msg.metadata, "node"))
+            else:
+                reply = Message(RecordDict({"c": ConfigRecord({"ok": 1})}), reply_to=msg)
+                reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
+                out.append(reply)
+        return out
+
+    def get_node_ids(self):
+        return [11, 22]
+
+
+def test_superlink_error_reply_is_attributed_to_the_node_that_went(tmp_path, monkeypatch):
+    set_task_identity(monkeypatch)
+    grid = ReportingGrid(FakeLink(), Events(tmp_path / "events.jsonl"), poll_s=0.0)
+    messages = [
+        Message(
+            RecordDict({"config": ConfigRecord({"server-round": 2})}),
+            dst_node_id=node,
+            message_type="train",
+        )
+        for node in (11, 22)
+    ]
+    replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=5)}
+    assert set(replies) == {11, 22}  # not SUPERLINK_NODE_ID
+    assert replies[22].has_error() and not replies[11].has_error()
+    assert SUPERLINK_NODE_ID not in replies
+
+
+def test_a_site_back_on_a_new_node_keeps_its_old_node_s_late_replies():
+    directory = SiteDirectory(Study(num_sites=2))
+    directory.node_site = {11: 0, 22: 1}
+    directory._hello = lambda grid, nodes, timeout_s: {33: 1}  # site 1 restarted as node 33
+    directory.refresh(FakeGrid([11, 33]))
+    assert directory.node_site == {11: 0, 33: 1}  # only these are sampled
+    assert directory.site_of(22) == 1  # a late reply of the old node is still site 1's
+    assert directory.site_of(44) == "node-44"
+
+
+class FakeGrid:
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return self.nodes
