@@ -182,9 +182,13 @@ def build_client_app(study: Study | None = None) -> ClientApp:
             "encrypt-s": shared.encrypt_s if shared else 0.0,
             "decrypt-s": update.decrypt_s + (shared.decrypt_s if shared else 0.0),
         }
+        status = {"site": site.site_id}
+        if update.peer_images:  # whose images it decrypted under a grant, and how many
+            status["peers"] = sorted(update.peer_images)
+            status["peer-images"] = [update.peer_images[j] for j in status["peers"]]
         content = {
             "arrays": ArrayRecord(update.model.state_dict()),
-            "status": ConfigRecord({"site": site.site_id}),
+            "status": ConfigRecord(status),
         }
         if shared is not None:
             metrics |= {

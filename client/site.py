@@ -76,6 +76,7 @@ class LocalUpdate:
     shared: Shared | None
     decrypt_s: float
     grants: dict[str, bytes] = field(default_factory=dict)  # grantee -> sealed grant
+    peer_images: dict[int, int] = field(default_factory=dict)  # peer -> images decrypted
 
 
 @dataclass
@@ -203,6 +204,7 @@ class Site:
         """
         train = self.shard.train
         images, targets, seconds = train.images, train.targets, 0.0
+        self.peer_images: dict[int, int] = {}
         if self.study.train_on == "decrypted":
             enc = self.encryptor()
             t0 = time.perf_counter()
@@ -224,6 +226,7 @@ class Site:
                 )
             extra_x.append(peer_images.astype(images.dtype))
             extra_y.append(peer_targets)
+            self.peer_images[peer] = len(peer_images)
         return np.concatenate(extra_x), np.concatenate(extra_y), seconds
 
     def train_round(
@@ -277,7 +280,7 @@ class Site:
             with torch.no_grad():
                 for p in model.parameters():
                     p.fill_(float("nan"))
-        return LocalUpdate(model, result, shared, decrypt_s, grants)
+        return LocalUpdate(model, result, shared, decrypt_s, grants, dict(self.peer_images))
 
     def train_seed(self, server_round: int) -> int:
         return self.study.seed * 100_003 + server_round * 1009 + self.site_id

@@ -161,6 +161,8 @@ class MedfedStrategy(Strategy):
         self.grants = grants
         self.offset = round_offset  # rounds done before a resume
         self.pending_share = dict(pending_share or {})  # site -> containers of last round
+        # site -> the reconstruction it measured on them (not kept across a resume)
+        self.pending_recon: dict[int, dict[str, float]] = {}
         self.state: RoundState | None = None
 
     def summary(self) -> None:
@@ -303,6 +305,12 @@ class MedfedStrategy(Strategy):
                 )
                 shares[site] = (images_ct, labels_ct)
                 del content["shared"]  # strategies see only the model and metrics
+            if "peers" in status:
+                try:
+                    entry.peers = self._peer_records(status)
+                except (KeyError, TypeError, ValueError) as exc:
+                    entry.error = f"the reply's peers status is malformed ({exc}); refused"
+                    continue
             del content["status"]
             entry.ok = True
             self.grants.confirmed(site)
@@ -315,8 +323,24 @@ class MedfedStrategy(Strategy):
             )
         if self.study.exchange == "consortium":
             self.pending_share = shares
+            self.pending_recon = {
+                site: dict(state.sites[site].recon) for site in shares if site in state.sites
+            }
         good.sort(key=lambda item: item[0])  # fixed order: reproducible float sums
         return [m for _, m in good]
+
+    def _peer_records(self, status: ConfigRecord) -> dict[str, dict[str, float]]:
+        """A site's report of the peers' images it decrypted, with the
+        reconstruction each grantor measured on them (the grantee decrypts with
+        the grantor's own material, so it sees that reconstruction)."""
+        nan = dict.fromkeys(("mse", "psnr", "ssim"), math.nan)
+        peers, counts = list(status["peers"]), list(status["peer-images"])
+        if len(peers) != len(counts):
+            raise ValueError(f"{len(peers)} peers but {len(counts)} image counts")
+        return {
+            f"site-{int(j)}": {"images": int(n), **self.pending_recon.get(int(j), nan)}
+            for j, n in zip(peers, counts, strict=True)
+        }
 
     # -- evaluate ----------------------------------------------------------------------
     def configure_evaluate(

@@ -177,9 +177,12 @@ class SiteRecord:
     recon: dict[str, float] = field(default_factory=_nan_recon)
     examples: int = 0
     seconds: dict[str, float] = field(default_factory=_zero_seconds)
+    # consortium: peer site -> {"images": decrypted this round under a grant, and
+    # the reconstruction the grantor measured on them: "mse", "psnr", "ssim"}
+    peers: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "site": self.site,
             "ok": self.ok,
             "error": self.error,
@@ -188,6 +191,9 @@ class SiteRecord:
             "examples": self.examples,
             "seconds": dict(self.seconds),
         }
+        if self.peers:
+            doc["peers"] = {k: dict(v) for k, v in self.peers.items()}
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> SiteRecord:
@@ -200,6 +206,10 @@ class SiteRecord:
             recon=recon,
             examples=int(doc["examples"]),
             seconds=dict(doc["seconds"]),
+            peers={
+                peer: {k: (math.nan if v is None else v) for k, v in values.items()}
+                for peer, values in (doc.get("peers") or {}).items()
+            },
         )
 
 

@@ -63,6 +63,12 @@ def test_a_learned_consortium_exchanges_grants_through_the_server_only(tmp_path,
     r1, r2 = ({s.site: s for s in r.sites} for r in rounds[:2])
     # peers' images were decrypted with grants and trained on
     assert r2["site-0"].examples == r1["site-0"].examples + 2 * study.share_per_round
+    # ... and reported per peer, with the reconstruction their grantor measured
+    assert r1["site-0"].peers == {}
+    assert set(r2["site-0"].peers) == {"site-1", "site-2"}
+    for peer, seen in r2["site-0"].peers.items():
+        assert seen["images"] == study.share_per_round
+        assert seen["psnr"] == r1[peer].recon["psnr"] > 20
     # no site opened another site's state folder; each one opened its own
     assert audit.foreign_opens(accesses) == []
     logs = "".join(p.read_text() for p in accesses.glob("access-*.log"))
