@@ -44,21 +44,6 @@ FAULT_SETTINGS = [
 ]  # fmt: skip
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
-# What the consortium and fault checks wait on (they are expected to fail until then):
-WAITS_FOR_GRANTS = (
-    "waits on key grants through the server (a site reads its own identity from node-config "
-    "identity-dir and never a peer's folder), on `medfed deploy certs` certifying the "
-    "identities for the submitted study (the certs service makes them for 'demo'), and on "
-    "grant bytes and peers' reconstruction in rounds.jsonl"
-)
-WAITS_FOR_ROUND_TIMEOUT = (
-    "waits on the server's handling of a stopped SuperNode: seen with the lead's round-timeout "
-    "work in progress, round 2 records site-1 failed with its reason but also an extra entry "
-    "'node-1' (Flower's 'Node Unavailable' error reply, not mapped to its site), and after "
-    "`docker start` round 3 records site-1 failed with no reason (its train reply came after "
-    "the round-3 evaluate); it is back in round 4"
-)
-
 
 def _run(cmd: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
@@ -250,7 +235,8 @@ def test_consortium_study_with_a_learned_method(fed):
             assert s.bytes["ciphertext_up"] > 0
             if rec.round >= 2:  # peers' images of the last round came down
                 assert s.bytes["ciphertext_down"] > 0, (rec.round, s)
-        assert _grant_bytes(rec) > 0, f"round {rec.round}: no grant bytes recorded"
+        if rec.round <= 2:  # sealed grants go up in round 1 and down to the grantees in round 2
+            assert _grant_bytes(rec) > 0, f"round {rec.round}: no grant bytes recorded"
         if rec.round >= 2:
             assert _peer_recon(rec), f"round {rec.round}: no peers' reconstruction recorded"
 
@@ -304,10 +290,14 @@ def test_hospital_stopped_in_round_2_fails_that_round_and_rejoins(fed):
         assert sorted(sites) == ["site-0", "site-1", "site-2"], (rnd, sorted(sites))
         assert len(run.rounds[rnd - 1].sites) == 3, (rnd, run.rounds[rnd - 1].sites)
     failed = by_round[2]["site-1"]
-    assert not failed.ok and failed.error, failed
+    assert not failed.ok and "Node Unavailable" in failed.error, failed
     assert by_round[2]["site-0"].ok and by_round[2]["site-2"].ok
-    for rnd in (3, 4):
-        assert all(s.ok for s in by_round[rnd].values()), (rnd, by_round[rnd])
+    # round 3 begins as soon as round 2 is recorded: the restarted hospital takes part
+    # if its SuperNode had reconnected by then, else it is recorded with that reason
+    back = by_round[3]["site-1"]
+    assert back.ok or "not connected when it began" in back.error, back
+    assert by_round[3]["site-0"].ok and by_round[3]["site-2"].ok
+    assert all(s.ok for s in by_round[4].values()), by_round[4]  # it rejoined
 
 
 def _events(out: Path) -> list[dict]:
