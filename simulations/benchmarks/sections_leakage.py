@@ -314,9 +314,12 @@ def leakage_section(
                         str(t["image_size"]),
                         str(t["iterations"]),
                         fmt(t["seconds_per_image"], 1),
-                        spread(t["iteration_s"], 3),
+                        # files from before the round-robin timing hold one step time
+                        spread(t.get("iteration_s"), 3),
                         spread(t["training_step_s"], 4),
-                        spread(t["steps_per_iteration"], 1),
+                        spread(
+                            t.get("steps_per_iteration", t.get("training_steps_per_iteration")), 1
+                        ),
                         _gain(t["gain_db"]),
                     ]
                     for t in timing
