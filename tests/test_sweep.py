@@ -142,3 +142,34 @@ def test_privacy_probe_attacks_update_secure_sum_and_ciphertext(tmp_path, monkey
     row = probe_study(secure, probe, say=lambda _: None)
     assert math.isfinite(row["update_psnr"]) and row["update_mean_guess_psnr"] > 5
     assert math.isnan(row["kpa_psnr"])  # exchange = none: no image leaves a site
+
+
+def test_trade_off_table_of_a_privacy_sweep(tmp_path):
+    import math
+
+    from simulations.sweep import trade_off_table, write_comparison
+
+    (tmp_path / "base.toml").write_text(BASE)
+    (tmp_path / "sweep.toml").write_text(
+        'study = "base.toml"\n[[point]]\ndp = "none"\n[[point]]\ndp = "local-dpsgd"\n[privacy]\n'
+    )
+    sweep = Sweep.from_toml(tmp_path / "sweep.toml", str(tmp_path / "out"))
+    row = {
+        "dp": "none",
+        "auroc": 0.71,
+        "epsilon": math.inf,
+        "bytes_per_round": 2_500_000,
+        "message_up_per_round": 1_000_000,
+        "message_down_per_round": 1_500_000,
+        "update_psnr": 24.44,
+        "update_mean_guess_psnr": 16.2,
+        "kpa_psnr": math.nan,
+        "kpa_mean_guess_psnr": math.nan,
+    }
+    header, body = trade_off_table(sweep, [row, {**row, "dp": "local-dpsgd", "epsilon": 4.7}])
+    assert header == ["dp", "auroc", "epsilon", "MB / round", "update PSNR dB", "KPA PSNR dB"]
+    assert body[0] == ["none", "0.71", "inf", "2.50", "24.4 (16.2)", "-"]
+    assert body[1][2] == "4.7"
+    assert trade_off_table(sweep, [{"dp": "none", "auroc": 0.7}]) is None
+    text = write_comparison(sweep, [row]).read_text()
+    assert "| none | 0.71 | inf | 2.50 | 24.4 (16.2) | - |" in text

@@ -22,7 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from simulations.supervise import run_study_process
-    from simulations.sweep import Sweep, comparison_row, point_columns, write_comparison
+    from simulations.sweep import (
+        Sweep,
+        comparison_row,
+        point_columns,
+        trade_off_table,
+        write_comparison,
+    )
 
     sweep = Sweep.from_toml(args.sweep, args.out)  # StudyError is a ValueError
     console = Console(stderr=True)
@@ -42,13 +48,21 @@ def main(args: argparse.Namespace) -> int:
         write_comparison(sweep, rows)  # partial results survive an interrupted sweep
     path = write_comparison(sweep, rows)
     table = Table(title=f"{sweep.name}")
-    cols = [c for c in rows[0] if c not in ("status",)]
-    for c in cols:
-        table.add_column(c, justify="right")
-    for row in rows:
-        table.add_row(
-            *[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in cols]
-        )
+    trade = trade_off_table(sweep, rows)
+    if trade is not None:  # the privacy sweep: its one table (every column is in the files)
+        header, body = trade
+        for c in header:
+            table.add_column(c, justify="right")
+        for cells in body:
+            table.add_row(*cells)
+    else:
+        cols = [c for c in rows[0] if c not in ("status",)]
+        for c in cols:
+            table.add_column(c, justify="right")
+        for row in rows:
+            table.add_row(
+                *[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in cols]
+            )
     Console().print(table)
     console.print(f"comparison: {path}")
     return 0
