@@ -217,7 +217,9 @@ def trade_off_table(
 
     def db(row: dict, key: str) -> str:
         value, guess = row[f"{key}_psnr"], row[f"{key}_mean_guess_psnr"]
-        return "-" if math.isnan(value) else f"{value:.1f} ({guess:.1f})"
+        if value is None or math.isnan(value):  # not applicable (null once written)
+            return "-"
+        return f"{value:.1f} ({guess:.1f})"
 
     header = [*sweep.keys, metric, "epsilon", "MB / round", "update PSNR dB", "KPA PSNR dB"]
     body = [
@@ -235,6 +237,8 @@ def trade_off_table(
 
 
 def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
     if isinstance(v, float):
         return "inf" if math.isinf(v) else "-" if math.isnan(v) else f"{v:.4g}"
     return str(v)
