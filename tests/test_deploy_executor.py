@@ -261,7 +261,9 @@ def test_executor_runs_and_stops_with_its_supernode(tmp_path):
                     proc.send_signal(signal.SIGTERM)
                     assert proc.wait(timeout=60) == 0
                 else:
-                    supernode = next(p for p in children if "flower-supernode" in _cmdline(p))
+                    supernode = next(
+                        p for p in children if "simulations.deploy.supernode" in _cmdline(p)
+                    )
                     os.kill(supernode, signal.SIGKILL)
                     assert proc.wait(timeout=60) == 128 + signal.SIGKILL  # as a shell says
                     assert "the SuperNode stopped" in log.read_text()

@@ -245,3 +245,35 @@ def test_attack_updates_rejects_bad_input_with_one_line(study_file, tmp_path, ca
     assert "--sites: site 5 is outside 0..1" in capsys.readouterr().err
     rc = main(["attack", "updates", str(study_file), "--round", "2", "--model", "mlp"])
     assert rc == 2 and "mlp is attacked in round 1 only" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_federated_dp_points_are_the_studies_own_auroc_and_epsilon(
+    tmp_path, data_home, monkeypatch
+):
+    # Prepare: two tiny federated studies, without DP and with local DP-SGD at z = 1
+    from simulations.benchmarks.leakage import federated_dp_points
+    from study.config import Study
+    from study.privacy import epsilon_spent
+    from study.schema import read_run
+
+    monkeypatch.setenv("MEDFED_DATA_HOME", str(data_home))
+    settings = {"num-sites": 3, "num-rounds": 1, "image-size": 16, "phantom-patients": 48,
+                "phantom-size": 32, "holdout-images": 16, "method": "aes-gcm"}  # fmt: skip
+    # Execute
+    points = federated_dp_points(
+        settings=settings, modes={"local-dpsgd": (1.0,)}, work_dir=tmp_path
+    )
+    # Assert: no DP has no bound; the DP study's epsilon and AUROC are its summary's
+    (none_eps, none_auroc), (dp_eps, dp_auroc) = points
+    assert none_eps == float("inf") and 0 <= none_auroc <= 1
+    run = read_run(tmp_path / "local-dpsgd-1")
+    assert dp_auroc == run.summary.final["auroc"]
+    study = Study.from_toml(
+        "simulations/studies/demo.toml",
+        {**settings, "dp": "local-dpsgd", "dp-noise-multiplier": 1.0, "min-sites": 3},
+    )
+    worst = max(
+        epsilon_spent(study, 1, num_examples=s.examples).epsilon for s in run.rounds[0].sites
+    )
+    assert dp_eps == pytest.approx(worst)

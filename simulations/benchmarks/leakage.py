@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -207,8 +207,8 @@ def auroc_epsilon_points(points: Iterable[tuple[float, float]]) -> list[dict[str
     AUROC) points of federated studies trained with DP (the study's dp mode and
     noise multiplier; epsilon from study.privacy.epsilon_spent after the last
     round), sorted by epsilon; an infinite epsilon (no DP) is stored as null.
-    run_leakage's `auroc_points` hook feeds it; until federated DP studies are
-    wired in, the list stays empty and the report says so."""
+    run_leakage's `auroc_points` hook feeds it (`federated_dp_points` in the
+    suite); without it the list stays empty and the report says so."""
     out = []
     for epsilon, auroc in points:
         epsilon, auroc = float(epsilon), float(auroc)
@@ -216,6 +216,57 @@ def auroc_epsilon_points(points: Iterable[tuple[float, float]]) -> list[dict[str
             raise ValueError(f"AUROC point ({epsilon}, {auroc}): epsilon >= 0, AUROC in [0, 1]")
         out.append({"epsilon": None if math.isinf(epsilon) else epsilon, "auroc": auroc})
     return sorted(out, key=lambda p: math.inf if p["epsilon"] is None else p["epsilon"])
+
+
+def federated_dp_points(
+    progress: Progress = _quiet,
+    *,
+    study: str = "simulations/studies/demo.toml",
+    settings: Mapping[str, Any] | None = None,
+    modes: Mapping[str, Iterable[float]] | None = None,
+    work_dir: Path | None = None,
+) -> list[tuple[float, float]]:
+    """(epsilon, held-out AUROC) of federated studies trained with DP: the
+    study (by default the demo, at 32 px and 3 rounds) once without DP and
+    once per (dp mode, noise multiplier) of `modes`, each on Flower's
+    simulation engine in its own process (`medfed run`'s); epsilon is what the
+    study wrote to summary.json (Opacus' RDP accountant), infinite without
+    DP. The hook `run_leakage` takes as `auroc_points`."""
+    import tempfile
+
+    from simulations.supervise import run_study_process
+    from study.config import Study
+
+    settings = {"image-size": 32, "num-rounds": 3, "min-sites": 3, **(settings or {})}
+    modes = modes or {"local-dpsgd": (0.3, 1.0, 3.0), "client-fixed": (0.03, 0.1, 0.3)}
+    runs = [("none", 0.0)] + [(m, float(z)) for m, zs in modes.items() for z in zs]
+    points = []
+    with tempfile.TemporaryDirectory(prefix="medfed-dp-points-") as tmp:
+        base = Path(work_dir) if work_dir else Path(tmp)
+        for i, (mode, z) in enumerate(runs, 1):
+            label = "no DP" if mode == "none" else f"{mode} z = {z:g}"
+            progress(
+                f"leakage: federated study {i}/{len(runs)} for AUROC against epsilon ({label})"
+            )
+            one = Study.from_toml(
+                study,
+                {
+                    **settings,
+                    "dp": mode,
+                    "dp-noise-multiplier": z if mode != "none" else 1.0,
+                    "out-dir": str(base / f"{mode}-{z:g}"),
+                },
+            )
+            summary = run_study_process(one).summary
+            auroc = summary.final.get("auroc", math.nan)
+            privacy = summary.extra.get("privacy") or {}
+            epsilon = math.inf if mode == "none" else privacy.get("epsilon", math.nan)
+            if not math.isfinite(auroc) or epsilon is None or math.isnan(epsilon):
+                raise RuntimeError(
+                    f"the {label} study reported no AUROC or epsilon ({summary.status})"
+                )
+            points.append((epsilon, auroc))
+    return points
 
 
 def run_leakage(
@@ -235,6 +286,7 @@ def run_leakage(
     prior_components: int = 40,
     results_dir: Path | None = None,
     auroc_points: Callable[[Progress], Iterable[tuple[float, float]]] | None = None,
+    auroc_studies: Mapping[str, Any] | None = None,
     progress: Progress = _quiet,
 ) -> dict[str, Any]:
     """Run the leakage benchmark; returns the result document's `results`.
@@ -246,8 +298,14 @@ def run_leakage(
     beside reconstructions go. `auroc_points(progress)`: the hook for AUROC
     against epsilon, a function that trains federated studies with DP and
     returns their (epsilon, macro AUROC) points (see auroc_epsilon_points);
-    None leaves that plot empty."""
+    None leaves that plot empty. `auroc_studies`: keyword arguments of
+    `federated_dp_points`, which then is that hook."""
     import torch
+
+    if auroc_points is None and auroc_studies is not None:
+
+        def auroc_points(p: Progress) -> list[tuple[float, float]]:
+            return federated_dp_points(p, **auroc_studies)
 
     from server.leakage import InversionConfig
 

@@ -232,6 +232,10 @@ BENCHMARKS: dict[str, tuple[Callable[[dict, Progress], dict], dict, dict]] = {
             "timing_sizes": (32, 64),
             "iterations": 100,
             "restarts": 2,
+            # AUROC against epsilon: 7 demo studies at 32 px, 3 rounds (about 5 min)
+            "auroc_studies": {
+                "modes": {"local-dpsgd": (0.3, 1.0, 3.0), "client-fixed": (0.03, 0.1, 0.3)}
+            },
         },
         {
             "modalities": ("xray", "mri"),

@@ -535,7 +535,9 @@ def supervise(args: argparse.Namespace, supernode_argv: list[str]) -> int:
         print(f"medfed executor: {text}", file=sys.stderr, flush=True)
 
     if supernode_argv:
-        procs["supernode"] = subprocess.Popen(supernode_argv)
+        from simulations.deploy.supernode import supernode_command
+
+        procs["supernode"] = subprocess.Popen(supernode_command(supernode_argv))
         say(f"started the SuperNode (pid {procs['supernode'].pid})")
     deaths: list[float] = []
     code = 0

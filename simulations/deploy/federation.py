@@ -306,7 +306,11 @@ class LocalFederation:
             ]
         else:
             argv.append("--insecure")
-        node = self._start(f"SuperNode site-{i}", argv, self.work / f"site-{i}-home")
+        from simulations.deploy.supernode import supernode_command
+
+        node = self._start(
+            f"SuperNode site-{i}", supernode_command(argv), self.work / f"site-{i}-home"
+        )
         if self.isolation == "process":
             self.start_executor(i)
         return node
