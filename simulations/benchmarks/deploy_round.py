@@ -176,7 +176,7 @@ def compare(runs: dict[str, dict]) -> dict[str, Any]:
 def owners(run: dict, later: list[int]) -> dict[str, dict[str, float]]:
     """Who owns a phase's seconds with the executor (rounds `later`, mean): the slowest
     site's message in the executor (message in, app, reply out) and the rest, outside
-    every medfed process: Flower's SuperNode idle poll (3 s, hard-coded), SuperNode <->
+    every medfed process: the SuperNode's idle poll (0.25 s with medfed's launcher), SuperNode <->
     SuperLink transfer of the message and reply, the ServerApp's pull."""
     rows = {r["round"]: r for r in run["rounds"]}
     slowest = run["tasks"]["slowest"]
@@ -362,7 +362,8 @@ def deploy_round_section(docs, add: Callable[[str], None]) -> None:
             "receiving it from the SuperLink (Flower's Fleet API, object by object); *app*: "
             "medfed's ClientApp (training or evaluation, encryption); *reply out*: the reply "
             "into the SuperNode. *Outside*: phase minus that message, in no medfed process: "
-            "the SuperNode's idle poll of the SuperLink (every 3 s, hard-coded in flwr 1.42), "
+            "the SuperNode's idle poll of the SuperLink (flwr 1.42 hard-codes 3 s; medfed's "
+            "SuperNode launcher makes it 0.25 s), "
             "its sending of the reply to the SuperLink, the ServerApp's pull (0.1 s).\n"
         )
         add(
