@@ -22,6 +22,9 @@ def test_only_flower_s_idle_wait_is_shortened(monkeypatch):
     loop.time.sleep(0.5)  # any other wait is Flower's own
     assert slept == [0.25, 0.5]
     assert loop.time.monotonic is time.monotonic
+    assert loop.pull_objects.keywords == {"initial_backoff": 0.05, "backoff_cap": 0.5}
+    supernode.patch_idle_wait(0.25)  # twice: still one layer
+    assert not isinstance(loop.pull_objects.func, type(loop.pull_objects))
 
 
 def test_commands_and_settings():
@@ -54,6 +57,6 @@ def test_commands_and_settings():
 def _restore_loop_time():
     from flwr.supernode import start_client_internal as loop
 
-    before = loop.time
+    before = loop.time, loop.pull_objects
     yield
-    loop.time = before
+    loop.time, loop.pull_objects = before

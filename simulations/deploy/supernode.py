@@ -11,19 +11,26 @@ waits as most of a deployed round's time outside medfed's processes. This
 launcher runs the unchanged `flower-supernode` command with that one wait
 set to `MEDFED_SUPERNODE_IDLE_S` seconds (default 0.25): each idle pull is
 one small request to the SuperLink, so 3 s -> 0.25 s costs a SuperLink 12x
-the idle requests per hospital, 4 a second. Every other wait of Flower's is
+the idle requests per hospital, 4 a second. The same loop fetches a
+message's objects with `pull_objects`, whose retry backoff starts at 1 s and
+doubles (flwr's defaults): a message is announced before the ServerApp has
+pushed all its objects, so the SuperNode usually waited 1 s, then 2 s. Here
+the backoff starts at `OBJECT_BACKOFF_S` and is capped at ten times that,
+as medfed's executor polls the SuperNode. Every other wait of Flower's is
 left as it is. `medfed deploy local` and `medfed deploy executor --
 flower-supernode ...` (the compose hospitals) start SuperNodes through it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
 
 FLOWER_IDLE_WAIT_S = 3  # what flwr 1.42's SuperNode loop sleeps after an empty pull
 DEFAULT_IDLE_S = 0.25
+OBJECT_BACKOFF_S = 0.05  # first retry of a message object the SuperLink does not have yet
 
 
 class _IdleClock:
@@ -61,6 +68,13 @@ def patch_idle_wait(idle_s: float) -> None:
             "was written for flwr 1.42; run flower-supernode directly"
         )
     loop.time = _IdleClock(idle_s)
+    pull = getattr(loop, "pull_objects", None)
+    if pull is None:
+        raise RuntimeError("flwr.supernode.start_client_internal has no pull_objects (flwr 1.42)")
+    if not isinstance(pull, functools.partial):
+        loop.pull_objects = functools.partial(
+            pull, initial_backoff=OBJECT_BACKOFF_S, backoff_cap=10 * OBJECT_BACKOFF_S
+        )
 
 
 def supernode_command(argv: list[str]) -> list[str]:
