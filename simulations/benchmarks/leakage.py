@@ -202,19 +202,25 @@ def iteration_cost(study, inversion, repeats: int = 7) -> dict[str, Any]:
     }
 
 
-def auroc_epsilon_points(points: Iterable[tuple[float, float]]) -> list[dict[str, float]]:
+def auroc_epsilon_points(points: Iterable[tuple]) -> list[dict[str, Any]]:
     """AUROC against epsilon, as the result document stores it: (epsilon, macro
-    AUROC) points of federated studies trained with DP (the study's dp mode and
-    noise multiplier; epsilon from study.privacy.epsilon_spent after the last
-    round), sorted by epsilon; an infinite epsilon (no DP) is stored as null.
+    AUROC) points of federated studies trained with DP, optionally with the
+    study's dp mode and noise multiplier as a 3rd and 4th element (epsilon from
+    study.privacy.epsilon_spent after the last round), sorted by epsilon; an infinite epsilon (no DP) is stored as null.
     run_leakage's `auroc_points` hook feeds it (`federated_dp_points` in the
     suite); without it the list stays empty and the report says so."""
     out = []
-    for epsilon, auroc in points:
-        epsilon, auroc = float(epsilon), float(auroc)
+    for point in points:
+        epsilon, auroc = float(point[0]), float(point[1])
         if not (math.isinf(epsilon) or epsilon >= 0) or not 0 <= auroc <= 1:
             raise ValueError(f"AUROC point ({epsilon}, {auroc}): epsilon >= 0, AUROC in [0, 1]")
-        out.append({"epsilon": None if math.isinf(epsilon) else epsilon, "auroc": auroc})
+        entry: dict[str, Any] = {
+            "epsilon": None if math.isinf(epsilon) else epsilon,
+            "auroc": auroc,
+        }
+        if len(point) == 4:  # (epsilon, AUROC, dp mode, noise multiplier)
+            entry |= {"dp": str(point[2]), "noise_multiplier": float(point[3])}
+        out.append(entry)
     return sorted(out, key=lambda p: math.inf if p["epsilon"] is None else p["epsilon"])
 
 
@@ -225,8 +231,9 @@ def federated_dp_points(
     settings: Mapping[str, Any] | None = None,
     modes: Mapping[str, Iterable[float]] | None = None,
     work_dir: Path | None = None,
-) -> list[tuple[float, float]]:
-    """(epsilon, held-out AUROC) of federated studies trained with DP: the
+) -> list[tuple[float, float, str, float]]:
+    """(epsilon, held-out AUROC, dp mode, noise multiplier) of federated
+    studies trained with DP: the
     study (by default the demo, at 32 px and 3 rounds) once without DP and
     once per (dp mode, noise multiplier) of `modes`, each on Flower's
     simulation engine in its own process (`medfed run`'s); epsilon is what the
@@ -265,7 +272,7 @@ def federated_dp_points(
                 raise RuntimeError(
                     f"the {label} study reported no AUROC or epsilon ({summary.status})"
                 )
-            points.append((epsilon, auroc))
+            points.append((epsilon, auroc, mode, z))
     return points
 
 
@@ -304,7 +311,7 @@ def run_leakage(
 
     if auroc_points is None and auroc_studies is not None:
 
-        def auroc_points(p: Progress) -> list[tuple[float, float]]:
+        def auroc_points(p: Progress) -> list[tuple[float, float, str, float]]:
             return federated_dp_points(p, **auroc_studies)
 
     from server.leakage import InversionConfig
