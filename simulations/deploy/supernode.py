@@ -13,8 +13,8 @@ set to `MEDFED_SUPERNODE_IDLE_S` seconds (default 0.25): each idle pull is
 one small request to the SuperLink, so 3 s -> 0.25 s costs a SuperLink 12x
 the idle requests per hospital, 4 a second. The same loop fetches a
 message's objects with `pull_objects`, whose retry backoff starts at 1 s and
-doubles (flwr's defaults): a message is announced before the ServerApp has
-pushed all its objects, so the SuperNode usually waited 1 s, then 2 s. Here
+doubles (flwr's defaults): when a message is announced before the ServerApp
+has pushed all its objects, the SuperNode waits 1 s, then 2 s more. Here
 the backoff starts at `OBJECT_BACKOFF_S` and is capped at ten times that,
 as medfed's executor polls the SuperNode. Every other wait of Flower's is
 left as it is. `medfed deploy local` and `medfed deploy executor --
