@@ -265,7 +265,8 @@ def test_federated_dp_points_are_the_studies_own_auroc_and_epsilon(
         settings=settings, modes={"local-dpsgd": (1.0,)}, work_dir=tmp_path
     )
     # Assert: no DP has no bound; the DP study's epsilon and AUROC are its summary's
-    (none_eps, none_auroc), (dp_eps, dp_auroc) = points
+    (none_eps, none_auroc, none_mode, _), (dp_eps, dp_auroc, dp_mode, z) = points
+    assert (none_mode, dp_mode, z) == ("none", "local-dpsgd", 1.0)
     assert none_eps == float("inf") and 0 <= none_auroc <= 1
     run = read_run(tmp_path / "local-dpsgd-1")
     assert dp_auroc == run.summary.final["auroc"]
