@@ -412,12 +412,15 @@ def test_deploy_local_tls_runs_a_study(tmp_path):
 
 @pytest.mark.slow
 def test_deployment_bandwidth_equals_simulation(tmp_path):
-    """Byte for byte: rounds.jsonl of a deployed study equals the simulated one."""
+    """Byte for byte: rounds.jsonl of a deployed study equals the simulated one.
+    AES-GCM: a learned codec fitted in another process (other torch threads) codes
+    the same images in a few bytes more or less, which is not what this compares."""
     dep, sim = tmp_path / "dep", tmp_path / "sim"
-    res = _medfed(["deploy", "local", "--sites", "2", "--out", str(dep), *TINY], tmp_path, 900)
+    tiny = [*TINY, "--set", "method=aes-gcm"]
+    res = _medfed(["deploy", "local", "--sites", "2", "--out", str(dep), *tiny], tmp_path, 900)
     assert res.returncode == 0, res.stderr[-3000:]
     res = _medfed(
-        ["run", "--quiet", "--set", "num-sites=2", "--out", str(sim), *TINY], tmp_path, 900
+        ["run", "--quiet", "--set", "num-sites=2", "--out", str(sim), *tiny], tmp_path, 900
     )
     assert res.returncode == 0, res.stderr[-3000:]
     a = [json.loads(x) for x in (dep / "rounds.jsonl").read_text().splitlines()]
