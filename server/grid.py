@@ -76,25 +76,41 @@ class ReportingGrid(Grid):
         config = messages[0].content.get("config")
         rnd = int(config["server-round"]) if config and "server-round" in config else 0
         start = time.perf_counter()
-        ids = list(self.push_messages(messages))
-        sent_to = {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True)}
-        waiting = set(ids)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        replies: list[Message] = []
-        while waiting and (deadline is None or time.monotonic() < deadline):
-            got = list(self.pull_messages(waiting))
-            for reply in got:
-                waiting.discard(reply.metadata.reply_to_message_id)
-                attribute_to_destination(reply, sent_to)
-                replies.append(reply)
-                if phase in ("train", "evaluate"):
-                    self.events.emit(
-                        "reply", round=rnd, phase=phase, done=len(replies), of=len(messages)
-                    )
-            if waiting and not got:
-                time.sleep(self.poll_s)
+
+        def report(done: int) -> None:
+            if phase in ("train", "evaluate"):
+                self.events.emit("reply", round=rnd, phase=phase, done=done, of=len(messages))
+
+        replies = exchange(self, messages, timeout, self.poll_s, report)
         self.phase_seconds[(rnd, phase)] = time.perf_counter() - start
         return replies
+
+
+def exchange(
+    grid: Grid,
+    messages: list[Message],
+    timeout: float | None,
+    poll_s: float,
+    on_reply: Callable[[int], None] = lambda done: None,
+) -> list[Message]:
+    """Push `messages` through `grid`, then pull every `poll_s` seconds until each
+    has its reply or `timeout` passes; `on_reply(replies so far)` after each reply.
+    The SuperLink's error replies are attributed to their destination node."""
+    ids = list(grid.push_messages(messages))
+    sent_to = {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True)}
+    waiting = set(ids)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    replies: list[Message] = []
+    while waiting and (deadline is None or time.monotonic() < deadline):
+        got = list(grid.pull_messages(waiting))
+        for reply in got:
+            waiting.discard(reply.metadata.reply_to_message_id)
+            attribute_to_destination(reply, sent_to)
+            replies.append(reply)
+            on_reply(len(replies))
+        if waiting and not got:
+            time.sleep(poll_s)
+    return replies
 
 
 def attribute_to_destination(reply: Message, sent_to: dict[str, int]) -> None:

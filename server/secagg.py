@@ -88,7 +88,7 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
-from server.grid import ReportingGrid
+from server.grid import ReportingGrid, exchange
 from server.strategy import MedfedStrategy, RoundState, StudyStopped, array_bytes, message_bytes
 from study.config import Study
 from study.schema import RoundRecord
@@ -414,28 +414,18 @@ class StageGrid(Grid):
         return out
 
     def _exchange(self, messages: list[Message], timeout: float | None) -> list[Message]:
-        """Push, then pull until every reply is in or `timeout` passes."""
-        grid, events = self.grid, getattr(self.grid, "events", None)
-        poll_s = getattr(grid, "poll_s", 0.1)
-        waiting = set(self.push_messages(messages))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        replies: list[Message] = []
-        while waiting and (deadline is None or time.monotonic() < deadline):
-            got = list(self.pull_messages(waiting))
-            for reply in got:
-                waiting.discard(reply.metadata.reply_to_message_id)
-                replies.append(reply)
-                if events is not None:
-                    events.emit(
-                        "reply",
-                        round=self.owner.state.round,
-                        phase="train",
-                        done=len(replies),
-                        of=len(messages),
-                    )
-            if waiting and not got:
-                time.sleep(poll_s)
-        return replies
+        """Push, then pull until every reply is in or `timeout` passes (server.grid's
+        exchange: a vanished node's error reply is that node's)."""
+        events = getattr(self.grid, "events", None)
+
+        def report(done: int) -> None:
+            if events is not None:
+                events.emit(
+                    "reply", round=self.owner.state.round, phase="train", done=done,
+                    of=len(messages),
+                )  # fmt: skip
+
+        return exchange(self, messages, timeout, getattr(self.grid, "poll_s", 0.1), report)
 
     def _accept(self, stage: str, record: dict, reply: Message) -> Message:
         """Account one reply; the reply as the protocol should see it."""
