@@ -305,33 +305,38 @@ TINY = ["num-rounds=2", "image-size=32", "phantom-patients=40", "phantom-size=64
 TINY += ["holdout-images=16", "share-per-round=4"]
 
 
-def test_deployed_study_runs_each_site_in_one_process(tmp_path):
-    """`medfed deploy local` (executor by default): every message of a site runs in one
-    process, the shard is decoded once, and a ClientApp that raises (an injected fault
-    at site 1 in round 2) is a clear per-site error in rounds.jsonl."""
+def _deploy_local(tmp_path: Path, settings: list[str], timeout: float) -> tuple[list, Path]:
+    """`medfed deploy local --sites 2` with `settings` (k=v): its rounds and log folder."""
     out = tmp_path / "out"
-    sets = [a for kv in [*TINY, "fault-sites=1:round=2", "min-sites=1"] for a in ("--set", kv)]
     env = {
         **os.environ,
         "MEDFED_DATA_HOME": str(tmp_path / "data"),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     }
+    sets = [a for kv in settings for a in ("--set", kv)]
     res = subprocess.run(
         [MEDFED, "deploy", "local", "--sites", "2", "--out", str(out), *sets],
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
     )
     assert res.returncode == 0, res.stderr[-4000:]
     rounds = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
+    return rounds, out / "deploy-logs"
+
+
+def test_deployed_study_runs_each_site_in_one_process(tmp_path):
+    """`medfed deploy local` (executor by default): every message of a site runs in one
+    process, the shard is decoded once, and a ClientApp that raises (an injected fault
+    at site 1 in round 2) is a clear per-site error in rounds.jsonl."""
+    rounds, logs = _deploy_local(tmp_path, [*TINY, "fault-sites=1:round=2", "min-sites=1"], 900)
     assert [r["round"] for r in rounds] == [1, 2]
     assert all(s["ok"] for s in rounds[0]["sites"])
     by_site = {s["site"]: s for s in rounds[1]["sites"]}
     assert by_site["site-0"]["ok"] and not by_site["site-1"]["ok"]
     assert "InjectedFault: site 1: injected fault in round 2" in by_site["site-1"]["error"]
-    logs = out / "deploy-logs"
     for site in (0, 1):
         tasks = [json.loads(x) for x in (logs / f"executor-site-{site}.tasks.jsonl").open()]
         kinds = [t["message_type"] for t in tasks]
@@ -347,29 +352,12 @@ def test_a_crashed_worker_is_restarted_and_the_round_reports_it(tmp_path):
     """A ClientApp that kills its process (fault `crash`, site 1, round 2): that message
     gets Flower's "ClientApp stopped responding" once its heartbeat stops (as with
     flwr-clientapp), the executor starts a new worker, and site 1 is back in round 3."""
-    out = tmp_path / "out"
     over = [x for x in TINY if not x.startswith("num-rounds")]
     over += ["num-rounds=3", "fault-sites=1:round=2:crash", "min-sites=1"]
-    sets = [a for kv in over for a in ("--set", kv)]
-    env = {
-        **os.environ,
-        "MEDFED_DATA_HOME": str(tmp_path / "data"),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    }
-    res = subprocess.run(
-        [MEDFED, "deploy", "local", "--sites", "2", "--out", str(out), *sets],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert res.returncode == 0, res.stderr[-4000:]
-    rounds = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
+    rounds, logs = _deploy_local(tmp_path, over, 1200)
     site1 = [{s["site"]: s for s in r["sites"]}["site-1"] for r in rounds]
     assert [s["ok"] for s in site1] == [True, False, True]
     assert "ClientApp stopped responding" in site1[1]["error"]
-    logs = out / "deploy-logs"
     tasks = [json.loads(x) for x in (logs / "executor-site-1.tasks.jsonl").open()]
     assert len({t["pid"] for t in tasks}) == 2  # the worker before the crash, and after
     assert "died (exit 70); restarting it" in (logs / "executor-site-1.log").read_text()
