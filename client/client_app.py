@@ -12,7 +12,8 @@ Messages it answers:
 - `evaluate`: the global model on the site's own test patients.
 Every reply passes through `site_reply_mod`, which adds `status` (the site
 id, and the error text instead of a crash, so the server can report which
-site failed and why). Keys and encryptor weights stay in the site's state
+site failed and why), and `transport_mod`, which unpacks a packed message
+(study.transport: the model as one Array on the wire) and packs its reply. Keys and encryptor weights stay in the site's state
 folder.
 """
 
@@ -29,6 +30,7 @@ from flwr.clientapp import ClientApp
 from client import audit
 from client.secagg import examples_reply, secure_aggregation_mod
 from client.site import KeyMessages, Site
+from study import transport
 from study.config import Study
 from study.task import build_model, evaluate
 
@@ -104,6 +106,19 @@ def site_reply_mod(msg: Message, context: Context, call_next) -> Message:
     return reply
 
 
+def transport_mod(msg: Message, context: Context, call_next) -> Message:
+    """A Flower mod: a message the server packed (study.transport: one Array per
+    ArrayRecord on the wire) is unpacked before any other mod or handler sees it,
+    and the reply is packed the same way; a plain message gets a plain reply."""
+    packed = msg.has_content() and transport.is_packed(msg.content)
+    if packed:
+        msg.content = transport.unpack(msg.content)
+    reply = call_next(msg, context)
+    if packed and reply.has_content():
+        reply.content = transport.pack(reply.content)
+    return reply
+
+
 def dp_clipping_mod(msg: Message, context: Context, call_next, study: Study | None = None):
     """Flower's client-side clipping mod for `dp = client-fixed | client-adaptive`.
 
@@ -130,7 +145,7 @@ def dp_clipping_mod(msg: Message, context: Context, call_next, study: Study | No
 
 def build_client_app(study: Study | None = None) -> ClientApp:
     """A ClientApp; `study` None reads the study from Flower's run config."""
-    app = ClientApp(mods=[site_reply_mod])
+    app = ClientApp(mods=[site_reply_mod, transport_mod])
 
     @app.query("hello")
     def handle_hello(msg: Message, context: Context) -> Message:

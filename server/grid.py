@@ -12,6 +12,10 @@ One correction: when a SuperNode has gone (a hospital stopped), the SuperLink
 answers for it with an error reply ("Node Unavailable") whose source is the
 SuperLink itself (node id 1), so a strategy could not tell which site failed.
 Such a reply is attributed here to the node its message was sent to.
+
+And one addition: messages travel packed (`study.transport`: each
+ArrayRecord as one Array, so a message is a handful of Flower objects, not
+one per tensor), and replies are unpacked before anyone reads them.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from flwr.app import Message, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.app import Error, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 
 from server.progress import Events
+from study import transport
 
 
 class ReportingGrid(Grid):
@@ -95,9 +100,15 @@ def exchange(
 ) -> list[Message]:
     """Push `messages` through `grid`, then pull every `poll_s` seconds until each
     has its reply or `timeout` passes; `on_reply(replies so far)` after each reply.
-    The SuperLink's error replies are attributed to their destination node."""
+    Messages travel packed (study.transport: one Array per ArrayRecord) and
+    replies are unpacked; a reply that does not unpack becomes that site's error
+    reply. The SuperLink's error replies are attributed to their destination node."""
+    for msg in messages:
+        if msg.has_content():
+            msg.content = transport.pack(msg.content)
     ids = list(grid.push_messages(messages))
-    sent_to = {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True)}
+    sent = dict(zip(ids, messages, strict=True))
+    sent_to = {mid: msg.metadata.dst_node_id for mid, msg in sent.items()}
     waiting = set(ids)
     deadline = None if timeout is None else time.monotonic() + timeout
     replies: list[Message] = []
@@ -106,11 +117,28 @@ def exchange(
         for reply in got:
             waiting.discard(reply.metadata.reply_to_message_id)
             attribute_to_destination(reply, sent_to)
+            reply = unpacked(reply, sent)
             replies.append(reply)
             on_reply(len(replies))
         if waiting and not got:
             time.sleep(poll_s)
     return replies
+
+
+def unpacked(reply: Message, sent: dict[str, Message]) -> Message:
+    """`reply` with its packed records unpacked; a malformed packing (a site's
+    reply is hostile input) becomes that site's error reply, with the reason."""
+    if not reply.has_content() or not transport.is_packed(reply.content):
+        return reply
+    try:
+        reply.content = transport.unpack(reply.content)
+        return reply
+    except transport.TransportError as exc:
+        original = sent.get(reply.metadata.reply_to_message_id)
+        if original is None:
+            raise
+        reason = f"node {reply.metadata.src_node_id}: reply not readable: {exc}"
+        return Message(Error(code=ErrorCode.UNKNOWN, reason=reason), reply_to=original)
 
 
 def attribute_to_destination(reply: Message, sent_to: dict[str, int]) -> None:

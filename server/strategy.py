@@ -37,6 +37,7 @@ from flwr.serverapp.strategy import Strategy
 from server.archive import Archive
 from server.enrolment import SiteDirectory
 from server.grants import GrantBroker, GrantRefused
+from study import transport
 from study.config import STRATEGIES, Study
 from study.schema import RoundRecord, SiteRecord
 
@@ -101,11 +102,14 @@ def with_differential_privacy(study: Study, strategy: Strategy) -> Strategy:
 
 
 def message_bytes(msg: Message) -> int:
-    """Serialized (protobuf) size of a message's content: every record it carries,
-    keys and framing included. The envelope (random node and message ids,
-    timestamps: about 100 bytes) is left out so that a study's byte counts are
-    reproducible to the byte."""
-    return recorddict_to_proto(msg.content).ByteSize()
+    """Serialized (protobuf) size of a message's content as it travels (packed,
+    study.transport): every record it carries, keys and framing included. The
+    envelope (random node and message ids, timestamps: about 100 bytes) is left
+    out so that a study's byte counts are reproducible to the byte."""
+    content = msg.content
+    if not transport.is_packed(content):
+        content = transport.pack(content)
+    return recorddict_to_proto(content).ByteSize()
 
 
 def array_bytes(record: ArrayRecord) -> int:

@@ -1,0 +1,238 @@
+"""study/transport.py: the model as one Array on the wire, byte for byte, and hostile layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from loopback_grid import LoopbackGrid, set_task_identity
+
+from client.client_app import build_client_app, transport_mod
+from server.federation import run_study
+from server.grid import exchange
+from server.progress import Events
+from server.strategy import message_bytes
+from study import transport
+from study.config import Study
+from study.schema import read_rounds
+from study.task import build_model
+
+
+def model_content() -> RecordDict:
+    return RecordDict(
+        {
+            "arrays": ArrayRecord(build_model("xray").state_dict()),
+            "config": ConfigRecord({"server-round": 3}),
+            "metrics": MetricRecord({"x": 1.0}),
+        }
+    )
+
+
+def test_pack_then_unpack_gives_the_same_arrays_byte_for_byte_in_far_fewer_objects():
+    content = model_content()
+    packed = transport.pack(content)
+    assert transport.is_packed(packed) and list(packed["arrays"].keys()) == [transport.PACKED]
+    back = transport.unpack(packed)
+    before, after = content["arrays"], back["arrays"]
+    assert list(after.keys()) == list(before.keys())
+    for name in before:
+        assert after[name].data == before[name].data
+        assert after[name].object_id == before[name].object_id  # same Flower object
+    state = after.to_torch_state_dict()
+    for name, tensor in build_model("xray").state_dict().items():
+        assert state[name].shape == tensor.shape and state[name].dtype == tensor.dtype
+    assert back["config"]["server-round"] == 3 and back["metrics"]["x"] == 1.0
+    assert transport.TRANSPORT_KEY not in back
+    # the point of it: Flower sends one object per Array and chunk
+    n_plain = len(get_all_nested_objects(content))
+    n_packed = len(get_all_nested_objects(packed))
+    assert n_plain > 26 and n_packed <= 8, (n_plain, n_packed)  # 26 tensors (some equal)
+
+
+def test_mixed_dtypes_and_empty_arrays_survive():
+    record = ArrayRecord(
+        {
+            "f": Array(np.arange(6, dtype=np.float32).reshape(2, 3)),
+            "i": Array(np.array([7, -1], dtype=np.int64)),
+            "empty": Array(np.zeros((0, 4), dtype=np.float16)),
+            "t": Array(torch.ones(3, dtype=torch.float64)),
+        }
+    )
+    back = transport.unpack(transport.pack(RecordDict({"r": record})))["r"]
+    for name in record:
+        got, want = back[name].numpy(), record[name].numpy()
+        assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
+
+
+def test_nothing_to_pack_leaves_the_content_as_it_is():
+    plain = RecordDict(
+        {"one": ArrayRecord({"w": Array(np.ones(3))}), "config": ConfigRecord({"a": 1})}
+    )
+    assert transport.pack(plain) is plain and not transport.is_packed(plain)
+    assert transport.unpack(plain) is plain
+
+
+def _forge(content: RecordDict, edit) -> RecordDict:
+    """`content` packed, with its layout for 'arrays' edited by `edit(doc)`."""
+    packed = transport.pack(content)
+    doc = json.loads(packed[transport.TRANSPORT_KEY]["arrays"])
+    edit(doc)
+    packed[transport.TRANSPORT_KEY]["arrays"] = json.dumps(doc)
+    return packed
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.update(schema=2), "schema is not 1"),
+        (lambda d: d.update(arrays=[]), "list of 1.."),
+        (lambda d: d["arrays"][0].update(bytes=10**9), "past the packed data"),
+        (lambda d: d["arrays"].pop(), "layout covers"),
+        (lambda d: d["arrays"][1].update(name=d["arrays"][0]["name"]), "unique string"),
+        (lambda d: d["arrays"][0].update(shape=[-1, 3]), "non-negative ints"),
+        (lambda d: d["arrays"][0].update(shape="3,3"), "non-negative ints"),
+        (lambda d: d["arrays"][0].update(bytes=True), "bytes must be an int"),
+        (lambda d: d["arrays"][0].update(extra=1), "must have exactly"),
+        (lambda d: d["arrays"][0].update(dtype=None), "dtype and stype must be strings"),
+    ],
+)
+def test_a_forged_layout_is_refused_with_the_record_named(edit, message):
+    with pytest.raises(transport.TransportError, match="packed record 'arrays'") as err:
+        transport.unpack(_forge(model_content(), edit))
+    assert message in str(err.value)
+
+
+def test_other_forgeries_are_refused():
+    packed = transport.pack(model_content())
+    packed[transport.TRANSPORT_KEY]["arrays"] = "{not json"
+    with pytest.raises(transport.TransportError, match="not JSON"):
+        transport.unpack(packed)
+    packed = transport.pack(model_content())
+    packed[transport.TRANSPORT_KEY]["ghost"] = packed[transport.TRANSPORT_KEY]["arrays"]
+    with pytest.raises(transport.TransportError, match="lacks: \\['ghost'\\]"):
+        transport.unpack(packed)
+    packed = transport.pack(model_content())
+    packed["arrays"] = ArrayRecord({transport.PACKED: Array(np.zeros(4, dtype=np.float32))})
+    with pytest.raises(transport.TransportError, match="1-D uint8"):
+        transport.unpack(packed)
+    packed = transport.pack(model_content())
+    del packed[transport.TRANSPORT_KEY]
+    packed[transport.TRANSPORT_KEY] = MetricRecord({"a": 1.0})
+    with pytest.raises(transport.TransportError, match="not a ConfigRecord"):
+        transport.unpack(packed)
+    with pytest.raises(transport.TransportError, match="already has"):
+        transport.pack(transport.pack(model_content()))
+
+
+def test_the_site_mod_answers_in_the_form_it_was_asked(monkeypatch):
+    set_task_identity(monkeypatch)
+    seen = []
+
+    def handler(msg, context):
+        seen.append(list(msg.content["arrays"].keys()))
+        return Message(RecordDict({"arrays": msg.content["arrays"]}), reply_to=msg)
+
+    plain = Message(model_content(), dst_node_id=5, message_type="train")
+    plain.metadata.__dict__["_message_id"] = "a"
+    reply = transport_mod(plain, None, handler)
+    assert not transport.is_packed(reply.content) and len(reply.content["arrays"]) == 26
+
+    packed = Message(transport.pack(model_content()), dst_node_id=5, message_type="train")
+    packed.metadata.__dict__["_message_id"] = "b"
+    reply = transport_mod(packed, None, handler)
+    assert seen[1] == seen[0] and len(seen[1]) == 26  # the handler saw the model's tensors
+    assert transport.is_packed(reply.content)
+    assert list(reply.content["arrays"].keys()) == [transport.PACKED]
+
+
+class OneSiteLink:
+    """Answers every message with `answer(message)`, as node 7."""
+
+    def __init__(self, answer) -> None:
+        self.answer, self.sent, self.pushed = answer, {}, []
+
+    def push_messages(self, messages):
+        ids = []
+        for i, msg in enumerate(messages):
+            msg.metadata.__dict__["_message_id"] = f"m{i}"
+            self.sent[f"m{i}"] = msg
+            self.pushed.append(msg)
+            ids.append(f"m{i}")
+        return ids
+
+    def pull_messages(self, ids):
+        out = []
+        for mid in ids:
+            reply = self.answer(self.sent[mid])
+            reply.metadata.__dict__["_src_node_id"] = 7
+            out.append(reply)
+        return out
+
+
+def test_the_server_packs_what_it_sends_and_a_forged_reply_becomes_that_sites_error(
+    monkeypatch,
+):
+    set_task_identity(monkeypatch)
+
+    def forged(msg):
+        content = transport.pack(model_content())
+        content[transport.TRANSPORT_KEY]["arrays"] = "[]"
+        return Message(content, reply_to=msg)
+
+    link = OneSiteLink(forged)
+    message = Message(model_content(), dst_node_id=7, message_type="train")
+    [reply] = exchange(link, [message], timeout=5, poll_s=0.0)
+    assert transport.is_packed(link.pushed[0].content)  # on the wire: packed
+    assert reply.has_error() and reply.metadata.src_node_id == 7
+    assert "reply not readable" in reply.error.reason and "'arrays'" in reply.error.reason
+
+    def honest(msg):  # a site that packs its reply: the server reads plain arrays
+        content = RecordDict({"arrays": transport.unpack(msg.content)["arrays"]})
+        return Message(transport.pack(content), reply_to=msg)
+
+    [reply] = exchange(
+        OneSiteLink(honest),
+        [Message(model_content(), dst_node_id=7, message_type="train")],
+        timeout=5,
+        poll_s=0.0,
+    )
+    assert not transport.is_packed(reply.content) and len(reply.content["arrays"]) == 26
+
+
+def test_a_study_sends_packed_messages_and_counts_the_bytes_that_travel(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDFED_DATA_HOME", str(tmp_path / "data"))
+    study = Study(
+        name="tp",
+        num_sites=2,
+        num_rounds=1,
+        min_sites=2,
+        image_size=16,
+        phantom_patients=24,
+        phantom_size=32,
+        batch_size=16,
+        holdout_images=8,
+        exchange="none",
+        out_dir=str(tmp_path / "run"),
+    )
+    study.validate()
+    set_task_identity(monkeypatch)
+    grid = LoopbackGrid(build_client_app(study), study.num_sites)
+    Path(study.out_dir).mkdir(parents=True)
+    run_study(grid, study, events=Events(None))
+    trains = [m for m in grid.delivered if m.metadata.message_type == "train"]
+    replies = [m for m in grid.returned if m.metadata.message_type == "train"]
+    assert len(trains) == len(replies) == 2
+    for msg in trains:  # as each site received it
+        assert transport.is_packed(msg.content)
+        assert len(get_all_nested_objects(msg.content)) <= 12
+    # the bytes counted are the bytes of the packed messages
+    [record] = read_rounds(Path(study.out_dir))
+    for site in record.sites:
+        node = 1001 + int(site.site.split("-")[1])
+        up = sum(message_bytes(m) for m in replies if m.metadata.src_node_id == node)
+        assert 0 < up <= site.bytes["message_up"]  # train reply; the evaluate reply is the rest
