@@ -181,6 +181,12 @@ class MedfedStrategy(Strategy):
         for site, cert in self.directory.certificates.items():
             self.grants.enrol(site, cert)
         self.state = state = RoundState(rnd)
+        # a study site with no connected node now (a hospital that stopped, or restarts)
+        # is in this round's record, failed with that reason (round_record)
+        connected = {self.directory.site_of(node) for node in grid.get_node_ids()}
+        for site in range(self.study.num_sites):
+            if site not in connected:
+                state.site(site)
         out = []
         for msg in self.inner.configure_train(rnd, arrays, config, grid):
             msg = self._attach_peers(msg)
