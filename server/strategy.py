@@ -168,6 +168,7 @@ class MedfedStrategy(Strategy):
         # site -> the reconstruction it measured on them (not kept across a resume)
         self.pending_recon: dict[int, dict[str, float]] = {}
         self.state: RoundState | None = None
+        self.model_layout: dict[str, tuple[str, tuple[int, ...]]] = {}  # the model sent this round
 
     def summary(self) -> None:
         self.inner.summary()
@@ -181,6 +182,7 @@ class MedfedStrategy(Strategy):
         for site, cert in self.directory.certificates.items():
             self.grants.enrol(site, cert)
         self.state = state = RoundState(rnd)
+        self.model_layout = {name: (a.dtype, tuple(a.shape)) for name, a in arrays.items()}
         # a study site with no connected node now (a hospital that stopped, or restarts)
         # is in this round's record, failed with that reason (round_record)
         connected = {self.directory.site_of(node) for node in grid.get_node_ids()}
@@ -254,6 +256,22 @@ class MedfedStrategy(Strategy):
         state.aggregate_s = time.perf_counter() - t0
         return result
 
+    def _model_problem(self, arrays) -> str | None:
+        """Why a train reply's model cannot be aggregated with the global model sent
+        (names, dtypes, shapes, and data that holds exactly that: checked from each
+        array's header before any strategy reads it); None when it can."""
+        if not isinstance(arrays, ArrayRecord):
+            return "no model arrays"
+        names, want = set(arrays.keys()), set(self.model_layout)
+        if names != want:
+            odd = sorted(names - want)[:3] + sorted(f"no {n}" for n in want - names)[:3]
+            return "arrays " + ", ".join(odd)
+        for name, (dtype, shape) in self.model_layout.items():
+            problem = transport.array_problem(arrays[name], dtype, shape)
+            if problem:
+                return f"{name}: {problem}"
+        return None
+
     def _account_train_replies(self, replies: list[Message]) -> list[Message]:
         state = self.state
         good: list[tuple[int, Message]] = []
@@ -279,6 +297,10 @@ class MedfedStrategy(Strategy):
                 continue
             if status.get("error"):
                 entry.error = str(status["error"])
+                continue
+            problem = self._model_problem(content.get("arrays"))
+            if problem:
+                entry.error = f"the reply's model is not the study's ({problem}); refused"
                 continue
             metrics = content["metrics"]
             entry.bytes["model_up"] += array_bytes(content["arrays"])

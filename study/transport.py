@@ -25,6 +25,7 @@ travels.
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -115,9 +116,12 @@ def _unpack_record(key: str, record, layout) -> ArrayRecord:
     if not isinstance(entries, list) or not 0 < len(entries) <= MAX_ARRAYS:
         raise TransportError(f"{where}: layout 'arrays' must be a list of 1..{MAX_ARRAYS} entries")
     packed = record[PACKED]
-    if packed.stype != "numpy.ndarray" or packed.dtype != "uint8" or len(packed.shape) != 1:
-        raise TransportError(f"{where}: the packed Array must be a 1-D uint8 numpy array")
-    blob = packed.numpy().tobytes()
+    problem = len(packed.shape) == 1 and array_problem(packed, "uint8", tuple(packed.shape))
+    if packed.stype != "numpy.ndarray" or len(packed.shape) != 1 or problem:
+        raise TransportError(
+            f"{where}: the packed Array must be a 1-D uint8 numpy array ({problem or 'it is not'})"
+        )
+    blob = memoryview(packed.data)[npy_header_length(packed.data) :]
     out, offset, names = ArrayRecord(), 0, set()
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or set(entry) != _FIELDS:
@@ -141,7 +145,7 @@ def _unpack_record(key: str, record, layout) -> ArrayRecord:
             )
         names.add(name)
         out[name] = Array(
-            dtype=dtype, shape=tuple(shape), stype=stype, data=blob[offset : offset + size]
+            dtype=dtype, shape=tuple(shape), stype=stype, data=bytes(blob[offset : offset + size])
         )
         offset += size
     if offset != len(blob):
@@ -149,3 +153,44 @@ def _unpack_record(key: str, record, layout) -> ArrayRecord:
             f"{where}: layout covers {offset} bytes, the packed data has {len(blob)}"
         )
     return out
+
+
+def npy_header_length(data: bytes) -> int:
+    """Bytes of the .npy header at the start of `data` (TransportError if there is none)."""
+    _, _, length = _npy_header(data)
+    return length
+
+
+def _npy_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
+    fp = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+        else:
+            raise ValueError(f"npy format version {version} is not 1.0 or 2.0")
+    except ValueError as exc:
+        raise TransportError(f"not an .npy array ({exc})") from None
+    return dtype, tuple(shape), fp.tell()
+
+
+def array_problem(array: Array, dtype: str, shape: tuple[int, ...]) -> str | None:
+    """Why `array` is not a numpy array of `dtype` and `shape` whose data holds exactly
+    that many values (its header read, nothing allocated); None when it is. A sender's
+    Array states its shape twice (the record and the .npy header): both must agree."""
+    if array.stype != "numpy.ndarray":
+        return f"serialization {array.stype!r}, not numpy.ndarray"
+    if array.dtype != dtype or tuple(array.shape) != tuple(shape):
+        return f"{array.dtype} {tuple(array.shape)}, expected {dtype} {tuple(shape)}"
+    try:
+        got_dtype, got_shape, header = _npy_header(array.data)
+    except TransportError as exc:
+        return str(exc)
+    if got_dtype.hasobject or str(got_dtype) != dtype or got_shape != tuple(shape):
+        return f"its data is {got_dtype} {got_shape}, it claims {dtype} {tuple(shape)}"
+    want = header + int(np.prod(shape, dtype=np.int64)) * got_dtype.itemsize
+    if len(array.data) != want:
+        return f"its data is {len(array.data)} bytes, {dtype} {tuple(shape)} needs {want}"
+    return None

@@ -236,3 +236,61 @@ def test_a_study_sends_packed_messages_and_counts_the_bytes_that_travel(tmp_path
         node = 1001 + int(site.site.split("-")[1])
         up = sum(message_bytes(m) for m in replies if m.metadata.src_node_id == node)
         assert 0 < up <= site.bytes["message_up"]  # train reply; the evaluate reply is the rest
+
+
+def _wrong_shape(record: ArrayRecord, name: str) -> None:
+    record[name] = Array(np.zeros((3, 3), dtype=np.float32))
+
+
+def _header_claims_more(record: ArrayRecord, name: str) -> None:
+    """The record says the right shape; the .npy header inside claims 10^12 values."""
+    good = record[name]
+    data = bytearray(good.data)
+    header = transport.npy_header_length(bytes(data))
+    text = data[:header].decode("latin1")
+    claimed = text.replace(str(tuple(good.shape)), "(1000000000000,)", 1)
+    claimed = claimed[: header - 1].ljust(header - 1) + "\n"  # same header length
+    record[name] = Array(
+        dtype=good.dtype,
+        shape=tuple(good.shape),
+        stype=good.stype,
+        data=claimed.encode("latin1") + bytes(data[header:]),
+    )
+
+
+@pytest.mark.parametrize("tamper", [_wrong_shape, _header_claims_more])
+def test_a_reply_whose_model_is_not_the_studys_fails_that_site_only(tmp_path, monkeypatch, tamper):
+    monkeypatch.setenv("MEDFED_DATA_HOME", str(tmp_path / "data"))
+    study = Study(
+        name="tamper",
+        num_sites=3,
+        num_rounds=1,
+        min_sites=2,
+        image_size=16,
+        phantom_patients=30,
+        phantom_size=32,
+        batch_size=16,
+        holdout_images=8,
+        exchange="none",
+        out_dir=str(tmp_path / "run"),
+    )
+    study.validate()
+    set_task_identity(monkeypatch)
+    honest = build_client_app(study)
+
+    def hostile(message, context):
+        reply = honest(message, context)
+        if message.metadata.message_type == "train" and context.node_id == 1002:
+            content = transport.unpack(reply.content)
+            tamper(content["arrays"], "head.weight")
+            reply.content = transport.pack(content)
+        return reply
+
+    grid = LoopbackGrid(hostile, study.num_sites)
+    Path(study.out_dir).mkdir(parents=True)
+    run_study(grid, study, events=Events(None))
+    [record] = read_rounds(Path(study.out_dir))
+    by_site = {s.site: s for s in record.sites}
+    assert by_site["site-0"].ok and by_site["site-2"].ok
+    bad = by_site["site-1"]
+    assert not bad.ok and "model is not the study's" in bad.error and "head.weight" in bad.error
