@@ -86,3 +86,43 @@ class LoopbackGrid(Grid):
 
     def send_and_receive(self, messages, *, timeout=None) -> Iterable[Message]:
         return self.pull_messages(list(self.push_messages(messages)))
+
+
+def small_study(tmp_path, monkeypatch, **changes):
+    """A validated phantom study of a few seconds on the loopback grid: phantoms under
+    `tmp_path/data`, results in `tmp_path/run` (made), the task identity set."""
+    from pathlib import Path
+
+    from study.config import Study
+
+    monkeypatch.setenv("MEDFED_DATA_HOME", str(tmp_path / "data"))
+    settings = dict(
+        name="small",
+        num_sites=3,
+        num_rounds=1,
+        min_sites=2,
+        image_size=16,
+        phantom_patients=30,
+        phantom_size=32,
+        batch_size=16,
+        holdout_images=8,
+        exchange="none",
+        out_dir=str(tmp_path / "run"),
+    )
+    study = Study(**{**settings, **changes})
+    study.validate()
+    set_task_identity(monkeypatch)
+    Path(study.out_dir).mkdir(parents=True, exist_ok=True)
+    return study
+
+
+def run_loopback_study(grid: LoopbackGrid, study) -> list:
+    """Run `study` over `grid` with the real ServerApp logic; its rounds.jsonl records."""
+    from pathlib import Path
+
+    from server.federation import run_study
+    from server.progress import Events
+    from study.schema import read_rounds
+
+    run_study(grid, study, events=Events(None))
+    return read_rounds(Path(study.out_dir))

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
-from loopback_grid import FIRST_NODE, LoopbackGrid, set_task_identity
+from loopback_grid import (
+    FIRST_NODE,
+    LoopbackGrid,
+    run_loopback_study,
+    set_task_identity,
+    small_study,
+)
 
 from client.client_app import build_client_app
 from server.enrolment import SiteDirectory
-from server.federation import run_study
 from server.grid import ReportingGrid
 from server.progress import Events
 from study.config import Study
-from study.schema import read_rounds
 
 
 class FakeLink:
@@ -106,26 +108,9 @@ class LeavingGrid(LoopbackGrid):
 
 
 def test_a_site_not_connected_when_a_round_begins_is_in_that_rounds_record(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDFED_DATA_HOME", str(tmp_path / "data"))
-    study = Study(
-        name="leave",
-        num_sites=3,
-        num_rounds=2,
-        min_sites=2,
-        image_size=16,
-        phantom_patients=30,
-        phantom_size=32,
-        batch_size=16,
-        holdout_images=8,
-        exchange="none",
-        out_dir=str(tmp_path / "run"),
-    )
-    study.validate()
-    set_task_identity(monkeypatch)
+    study = small_study(tmp_path, monkeypatch, num_rounds=2)
     grid = LeavingGrid(build_client_app(study), 3, gone=FIRST_NODE + 1, from_round=2)
-    Path(study.out_dir).mkdir(parents=True)
-    run_study(grid, study, events=Events(None))
-    first, second = read_rounds(Path(study.out_dir))
+    first, second = run_loopback_study(grid, study)
     assert [(s.site, s.ok) for s in first.sites] == [(f"site-{i}", True) for i in range(3)]
     assert [s.site for s in second.sites] == ["site-0", "site-1", "site-2"]
     left = second.sites[1]

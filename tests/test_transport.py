@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
-from loopback_grid import LoopbackGrid, set_task_identity
+from loopback_grid import LoopbackGrid, run_loopback_study, set_task_identity, small_study
 
 from client.client_app import build_client_app, transport_mod
-from server.federation import run_study
 from server.grid import exchange
-from server.progress import Events
 from server.strategy import message_bytes
 from study import transport
-from study.config import Study
-from study.schema import read_rounds
 from study.task import build_model
 
 
@@ -205,25 +200,9 @@ def test_the_server_packs_what_it_sends_and_a_forged_reply_becomes_that_sites_er
 
 
 def test_a_study_sends_packed_messages_and_counts_the_bytes_that_travel(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDFED_DATA_HOME", str(tmp_path / "data"))
-    study = Study(
-        name="tp",
-        num_sites=2,
-        num_rounds=1,
-        min_sites=2,
-        image_size=16,
-        phantom_patients=24,
-        phantom_size=32,
-        batch_size=16,
-        holdout_images=8,
-        exchange="none",
-        out_dir=str(tmp_path / "run"),
-    )
-    study.validate()
-    set_task_identity(monkeypatch)
+    study = small_study(tmp_path, monkeypatch, num_sites=2, phantom_patients=24)
     grid = LoopbackGrid(build_client_app(study), study.num_sites)
-    Path(study.out_dir).mkdir(parents=True)
-    run_study(grid, study, events=Events(None))
+    [record] = run_loopback_study(grid, study)
     trains = [m for m in grid.delivered if m.metadata.message_type == "train"]
     replies = [m for m in grid.returned if m.metadata.message_type == "train"]
     assert len(trains) == len(replies) == 2
@@ -231,7 +210,6 @@ def test_a_study_sends_packed_messages_and_counts_the_bytes_that_travel(tmp_path
         assert transport.is_packed(msg.content)
         assert len(get_all_nested_objects(msg.content)) <= 12
     # the bytes counted are the bytes of the packed messages
-    [record] = read_rounds(Path(study.out_dir))
     for site in record.sites:
         node = 1001 + int(site.site.split("-")[1])
         up = sum(message_bytes(m) for m in replies if m.metadata.src_node_id == node)
@@ -260,22 +238,7 @@ def _header_claims_more(record: ArrayRecord, name: str) -> None:
 
 @pytest.mark.parametrize("tamper", [_wrong_shape, _header_claims_more])
 def test_a_reply_whose_model_is_not_the_studys_fails_that_site_only(tmp_path, monkeypatch, tamper):
-    monkeypatch.setenv("MEDFED_DATA_HOME", str(tmp_path / "data"))
-    study = Study(
-        name="tamper",
-        num_sites=3,
-        num_rounds=1,
-        min_sites=2,
-        image_size=16,
-        phantom_patients=30,
-        phantom_size=32,
-        batch_size=16,
-        holdout_images=8,
-        exchange="none",
-        out_dir=str(tmp_path / "run"),
-    )
-    study.validate()
-    set_task_identity(monkeypatch)
+    study = small_study(tmp_path, monkeypatch)
     honest = build_client_app(study)
 
     def hostile(message, context):
@@ -286,10 +249,7 @@ def test_a_reply_whose_model_is_not_the_studys_fails_that_site_only(tmp_path, mo
             reply.content = transport.pack(content)
         return reply
 
-    grid = LoopbackGrid(hostile, study.num_sites)
-    Path(study.out_dir).mkdir(parents=True)
-    run_study(grid, study, events=Events(None))
-    [record] = read_rounds(Path(study.out_dir))
+    [record] = run_loopback_study(LoopbackGrid(hostile, study.num_sites), study)
     by_site = {s.site: s for s in record.sites}
     assert by_site["site-0"].ok and by_site["site-2"].ok
     bad = by_site["site-1"]
