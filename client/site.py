@@ -22,6 +22,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -63,6 +64,15 @@ class KeyMessages:
     certificates: dict[str, bytes] = field(default_factory=dict)  # identity -> PEM
     request_version: int | None = None
     request_grantees: tuple[str, ...] = ()
+
+
+class TrainingSet(NamedTuple):
+    """What a site trains on in a round (Site.training_set)."""
+
+    images: np.ndarray
+    targets: np.ndarray
+    decrypt_s: float  # decrypting its own (train-on = decrypted) and peers' images
+    peer_images: dict[int, int]  # peer -> images decrypted under its grant
 
 
 @dataclass
@@ -195,8 +205,9 @@ class Site:
 
     def training_set(
         self, received: dict[int, tuple[bytes, bytes]], peer_version: int = 0
-    ) -> tuple[np.ndarray, np.ndarray, float]:
-        """Images and targets to train on this round, and the decrypt time spent.
+    ) -> TrainingSet:
+        """Images and targets to train on this round, the decrypt time spent and
+        how many images each peer's grant gave.
 
         `received`: peer site -> (images container, labels container) that the
         peer shared under key `peer_version`; this site decrypts them with the
@@ -204,7 +215,7 @@ class Site:
         """
         train = self.shard.train
         images, targets, seconds = train.images, train.targets, 0.0
-        self.peer_images: dict[int, int] = {}
+        counts: dict[int, int] = {}
         if self.study.train_on == "decrypted":
             enc = self.encryptor()
             t0 = time.perf_counter()
@@ -226,8 +237,8 @@ class Site:
                 )
             extra_x.append(peer_images.astype(images.dtype))
             extra_y.append(peer_targets)
-            self.peer_images[peer] = len(peer_images)
-        return np.concatenate(extra_x), np.concatenate(extra_y), seconds
+            counts[peer] = len(peer_images)
+        return TrainingSet(np.concatenate(extra_x), np.concatenate(extra_y), seconds, counts)
 
     def train_round(
         self,
@@ -251,15 +262,15 @@ class Site:
             self.keys.receive_grant(grantor, version, blob, keys.certificates[grantor])
         model = build_model(s.modality)
         model.load_state_dict(global_state)
-        images, targets, decrypt_s = self.training_set(
+        data = self.training_set(
             received or {}, peer_version=s.key_version(max(server_round - 1, 1))
         )
         shared = self.share(server_round)
         result = train(
             model,
             s.modality,
-            images,
-            targets,
+            data.images,
+            data.targets,
             self.shard.train.bits,
             epochs=s.local_epochs,
             batch_size=s.batch_size,
@@ -280,7 +291,7 @@ class Site:
             with torch.no_grad():
                 for p in model.parameters():
                     p.fill_(float("nan"))
-        return LocalUpdate(model, result, shared, decrypt_s, grants, dict(self.peer_images))
+        return LocalUpdate(model, result, shared, data.decrypt_s, grants, data.peer_images)
 
     def train_seed(self, server_round: int) -> int:
         return self.study.seed * 100_003 + server_round * 1009 + self.site_id

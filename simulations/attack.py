@@ -282,7 +282,7 @@ def run_attacks(
         }
     for site_id in plan.sites:
         site = Site(s, site_id, s.num_sites)
-        images_all, targets_all, _ = site.training_set({})  # what the site trains on
+        images_all, targets_all, *_ = site.training_set({})  # what the site trains on
         bits = site.shard.train.bits
         mean_image = to_float(images_all, bits).numpy().mean(axis=0)
         training = local_training(s, site.train_seed(plan.attacked_round), plan.local_optimizer)
@@ -365,7 +365,7 @@ def attack_secure_sum(plan: AttackPlan, say: Callable[[str], None] = print) -> d
     bits = 8
     for site_id in range(k):
         site = Site(s, site_id, s.num_sites)
-        site_images, site_targets, _ = site.training_set({})
+        site_images, site_targets, *_ = site.training_set({})
         bits = site.shard.train.bits
         idx = attacked_indices(len(site_images), b, site_id, plan.attacked_round, plan.seed)
         training = local_training(s, site.train_seed(plan.attacked_round), plan.local_optimizer)

@@ -107,7 +107,7 @@ def _plain_rounds(s, root) -> dict[str, Any]:
         for site in sites:
             model = build_model(s.modality)
             model.load_state_dict(global_model.state_dict())
-            images, targets, _ = site.training_set({})
+            images, targets, *_ = site.training_set({})
             site.share(rnd)
             result = train(
                 model,
