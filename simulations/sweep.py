@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simulations.benchmarks.tables import table
 from simulations.privacy_probe import PrivacyProbe
 from study.config import Study, StudyError
 from study.schema import Summary, write_json
@@ -187,19 +188,12 @@ def write_comparison(sweep: Sweep, rows: list[dict[str, Any]]) -> Path:
             "attack on one image and of the known-plaintext attack on the ciphertext, "
             "each with its mean guess in brackets (a gain near 0 dB: nothing leaked).",
             "",
-            "| " + " | ".join(header) + " |",
-            "| " + " | ".join("---" for _ in header) + " |",
-            *["| " + " | ".join(r) + " |" for r in body],
+            table(header, body),
             "",
             "Every column:",
             "",
         ]
-    lines += [
-        "| " + " | ".join(cols) + " |",
-        "| " + " | ".join("---" for _ in cols) + " |",
-    ]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row[c]) for c in cols) + " |")
+    lines.append(table(cols, [[_cell(row[c]) for c in cols] for row in rows]))
     plots = plot_comparison(sweep, rows)
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     path = sweep.out_dir / "comparison.md"
