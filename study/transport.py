@@ -116,12 +116,17 @@ def _unpack_record(key: str, record, layout) -> ArrayRecord:
     if not isinstance(entries, list) or not 0 < len(entries) <= MAX_ARRAYS:
         raise TransportError(f"{where}: layout 'arrays' must be a list of 1..{MAX_ARRAYS} entries")
     packed = record[PACKED]
-    problem = len(packed.shape) == 1 and array_problem(packed, "uint8", tuple(packed.shape))
-    if packed.stype != "numpy.ndarray" or len(packed.shape) != 1 or problem:
+    packed_shape = tuple(packed.shape)
+    problem = (
+        array_problem(packed, "uint8", packed_shape)
+        if len(packed_shape) == 1
+        else f"shape {packed_shape}"
+    )
+    if problem:
         raise TransportError(
-            f"{where}: the packed Array must be a 1-D uint8 numpy array ({problem or 'it is not'})"
+            f"{where}: the packed Array must be a 1-D uint8 numpy array ({problem})"
         )
-    blob = memoryview(packed.data)[npy_header_length(packed.data) :]
+    blob = memoryview(packed.data)[len(packed.data) - packed_shape[0] :]  # after its .npy header
     out, offset, names = ArrayRecord(), 0, set()
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or set(entry) != _FIELDS:
@@ -153,12 +158,6 @@ def _unpack_record(key: str, record, layout) -> ArrayRecord:
             f"{where}: layout covers {offset} bytes, the packed data has {len(blob)}"
         )
     return out
-
-
-def npy_header_length(data: bytes) -> int:
-    """Bytes of the .npy header at the start of `data` (TransportError if there is none)."""
-    _, _, length = _npy_header(data)
-    return length
 
 
 def _npy_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], int]:

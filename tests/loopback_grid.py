@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 from types import SimpleNamespace
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -22,6 +23,11 @@ from flwr.common.constant import ErrorCode
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
+
+from server.federation import run_study
+from server.progress import Events
+from study.config import Study
+from study.schema import read_rounds
 
 FIRST_NODE = 1001
 
@@ -91,10 +97,6 @@ class LoopbackGrid(Grid):
 def small_study(tmp_path, monkeypatch, **changes):
     """A validated phantom study of a few seconds on the loopback grid: phantoms under
     `tmp_path/data`, results in `tmp_path/run` (made), the task identity set."""
-    from pathlib import Path
-
-    from study.config import Study
-
     monkeypatch.setenv("MEDFED_DATA_HOME", str(tmp_path / "data"))
     settings = dict(
         name="small",
@@ -118,11 +120,5 @@ def small_study(tmp_path, monkeypatch, **changes):
 
 def run_loopback_study(grid: LoopbackGrid, study) -> list:
     """Run `study` over `grid` with the real ServerApp logic; its rounds.jsonl records."""
-    from pathlib import Path
-
-    from server.federation import run_study
-    from server.progress import Events
-    from study.schema import read_rounds
-
     run_study(grid, study, events=Events(None))
     return read_rounds(Path(study.out_dir))
