@@ -239,9 +239,8 @@ def federated_dp_points(
     simulation engine in its own process (`medfed run`'s); epsilon is what the
     study wrote to summary.json (Opacus' RDP accountant), infinite without
     DP. The hook `run_leakage` takes as `auroc_points`."""
-    import tempfile
-
     from simulations.supervise import run_study_process
+    from simulations.sweep import comparison_row
     from study.config import Study
 
     settings = {"image-size": 32, "num-rounds": 3, "min-sites": 3, **(settings or {})}
@@ -265,9 +264,8 @@ def federated_dp_points(
                 },
             )
             summary = run_study_process(one).summary
-            auroc = summary.final.get("auroc", math.nan)
-            privacy = summary.extra.get("privacy") or {}
-            epsilon = math.inf if mode == "none" else privacy.get("epsilon", math.nan)
+            row = comparison_row({}, one, summary)  # as a sweep reads a study's outcome
+            auroc, epsilon = row.get("auroc", math.nan), row["epsilon"]
             if not math.isfinite(auroc) or epsilon is None or math.isnan(epsilon):
                 raise RuntimeError(
                     f"the {label} study reported no AUROC or epsilon ({summary.status})"
