@@ -13,8 +13,8 @@ Messages it answers:
 Every reply passes through `site_reply_mod`, which adds `status` (the site
 id, and the error text instead of a crash, so the server can report which
 site failed and why), and `transport_mod`, which unpacks a packed message
-(study.transport: the model as one Array on the wire) and packs its reply. Keys and encryptor weights stay in the site's state
-folder.
+(study.transport: the model as one Array on the wire) and packs its reply.
+Keys and encryptor weights stay in the site's state folder.
 """
 
 from __future__ import annotations

@@ -206,7 +206,8 @@ def auroc_epsilon_points(points: Iterable[tuple]) -> list[dict[str, Any]]:
     """AUROC against epsilon, as the result document stores it: (epsilon, macro
     AUROC) points of federated studies trained with DP, optionally with the
     study's dp mode and noise multiplier as a 3rd and 4th element (epsilon from
-    study.privacy.epsilon_spent after the last round), sorted by epsilon; an infinite epsilon (no DP) is stored as null.
+    study.privacy.epsilon_spent after the last round), sorted by epsilon; an
+    infinite epsilon (no DP) is stored as null.
     run_leakage's `auroc_points` hook feeds it (`federated_dp_points` in the
     suite); without it the list stays empty and the report says so."""
     out = []
@@ -233,8 +234,8 @@ def federated_dp_points(
     work_dir: Path | None = None,
 ) -> list[tuple[float, float, str, float]]:
     """(epsilon, held-out AUROC, dp mode, noise multiplier) of federated
-    studies trained with DP: the
-    study (by default the demo, at 32 px and 3 rounds) once without DP and
+    studies trained with DP: the study (by default the demo, at 32 px and
+    3 rounds) once without DP and
     once per (dp mode, noise multiplier) of `modes`, each on Flower's
     simulation engine in its own process (`medfed run`'s); epsilon is what the
     study wrote to summary.json (Opacus' RDP accountant), infinite without
