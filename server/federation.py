@@ -115,6 +115,7 @@ def run_study(
         end_round=end_round,
         round_offset=done,
         pending_share=pending,
+        events=events,
     )
     events.emit("start", rounds=study.num_rounds, sites=study.num_sites, from_round=done + 1)
     try:

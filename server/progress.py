@@ -8,6 +8,8 @@ listens directly; a deployed study's ServerApp runs inside the SuperLink, so
 listener. Events, by `event`:
 
     start   {"rounds", "sites", "from_round"}
+    waiting {"round", "sites": names of study sites not connected, "seconds": the most
+             the round waits for them (rejoin-wait) before it begins without them}
     reply   {"round", "phase" (train | evaluate), "done", "of"}
     round   {"line": a rounds.jsonl line}
     done    {"summary": summary.json}
@@ -23,7 +25,7 @@ from typing import Any
 
 from study.schema import SchemaError, append_jsonl, dumps, loads
 
-EVENT_KINDS = ("start", "reply", "round", "done", "stopped")
+EVENT_KINDS = ("start", "waiting", "reply", "round", "done", "stopped")
 Listener = Callable[[dict[str, Any]], None]
 
 

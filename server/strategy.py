@@ -37,9 +37,12 @@ from flwr.serverapp.strategy import Strategy
 from server.archive import Archive
 from server.enrolment import SiteDirectory
 from server.grants import GrantBroker, GrantRefused
+from server.progress import Events
 from study import transport
 from study.config import STRATEGIES, Study
 from study.schema import RoundRecord, SiteRecord
+
+REJOIN_POLL_S = 1.0  # how often a round waiting for a missing site looks again
 
 
 class StudyStopped(RuntimeError):
@@ -159,8 +162,9 @@ class MedfedStrategy(Strategy):
         end_round: RoundEnd,
         round_offset: int = 0,
         pending_share: dict[int, tuple[bytes, bytes]] | None = None,
+        events: Events | None = None,
     ) -> None:
-        self.inner, self.study = inner, study
+        self.inner, self.study, self.events = inner, study, events
         self.directory, self.archive, self._end_round = directory, archive, end_round
         self.grants = grants
         self.offset = round_offset  # rounds done before a resume
@@ -178,23 +182,41 @@ class MedfedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         rnd = server_round + self.offset
-        self.directory.refresh(grid)
+        started = time.perf_counter()  # a round's seconds include any wait for a site
+        missing = self._await_sites(rnd, grid)
         for site, cert in self.directory.certificates.items():
             self.grants.enrol(site, cert)
-        self.state = state = RoundState(rnd)
+        self.state = state = RoundState(rnd, started=started)
         self.model_layout = {name: (a.dtype, tuple(a.shape)) for name, a in arrays.items()}
-        # a study site with no connected node now (a hospital that stopped, or restarts)
+        # a study site still not connected (a hospital that stopped, or restarts slowly)
         # is in this round's record, failed with that reason (round_record)
-        connected = {self.directory.site_of(node) for node in grid.get_node_ids()}
-        for site in range(self.study.num_sites):
-            if site not in connected:
-                state.site(site)
+        for site in missing:
+            state.site(site)
         out = []
         for msg in self.inner.configure_train(rnd, arrays, config, grid):
             msg = self._attach_peers(msg)
             state.sent_train.add(msg.metadata.dst_node_id)
             out.append(msg)
         return out
+
+    def _await_sites(self, rnd: int, grid: Grid) -> list[int]:
+        """Enrol the nodes that joined since the last round, and wait up to
+        rejoin-wait seconds for study sites with no connected node (a hospital
+        restarting is back within seconds). Returns the sites still missing."""
+        deadline = time.monotonic() + self.study.rejoin_wait
+        announced = False
+        while True:
+            self.directory.refresh(grid)
+            connected = {self.directory.site_of(node) for node in grid.get_node_ids()}
+            missing = [site for site in range(self.study.num_sites) if site not in connected]
+            left = deadline - time.monotonic()
+            if not missing or left <= 0:
+                return missing
+            if not announced and self.events is not None:
+                names = [f"site-{site}" for site in missing]
+                self.events.emit("waiting", round=rnd, sites=names, seconds=self.study.rejoin_wait)
+            announced = True
+            time.sleep(min(REJOIN_POLL_S, left))
 
     def _attach_peers(self, msg: Message) -> Message:
         """Consortium: give each site its peers' ciphertext of the last round."""

@@ -61,6 +61,7 @@ UPPER_BOUNDS: dict[str, float] = {
     "num-gpus": 64,
     "holdout-images": 100_000,
     "round-timeout": 7 * 24 * 3600.0,
+    "rejoin-wait": 24 * 3600.0,
     "dp-noise-multiplier": 1e4,
     "dp-clipping-norm": 1e6,
     "secagg-clipping-range": 1e6,
@@ -139,6 +140,9 @@ class Study:
     link_mbps: str = "10,100,1000"
     holdout_images: int = 256
     round_timeout: float = 3600.0  # seconds a round waits for replies; a silent site is failed
+    # seconds a round waits, before it begins, for a study site whose hospital is not
+    # connected (stopped, or restarting); after that it begins without it
+    rejoin_wait: float = 30.0
     resume: bool = False  # set by `medfed run --resume`: continue from the last checkpoint
 
     # -- construction -----------------------------------------------------
@@ -260,6 +264,8 @@ class Study:
             raise bad("secagg-quantization-range", "at least 2")
         if self.round_timeout <= 0:
             raise bad("round-timeout", "seconds, > 0")
+        if self.rejoin_wait < 0:
+            raise bad("rejoin-wait", "seconds, 0 or more")
         if self.proximal_mu < 0:
             raise bad("proximal-mu", "must be 0 or more")
         if not self.name or "/" in self.name:

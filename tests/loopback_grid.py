@@ -118,7 +118,7 @@ def small_study(tmp_path, monkeypatch, **changes):
     return study
 
 
-def run_loopback_study(grid: LoopbackGrid, study) -> list:
+def run_loopback_study(grid: LoopbackGrid, study, events: Events | None = None) -> list:
     """Run `study` over `grid` with the real ServerApp logic; its rounds.jsonl records."""
-    run_study(grid, study, events=Events(None))
+    run_study(grid, study, events=events or Events(None))
     return read_rounds(Path(study.out_dir))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
@@ -107,12 +109,78 @@ class LeavingGrid(LoopbackGrid):
         return super().push_messages(messages)
 
 
+class ReturningGrid(LoopbackGrid):
+    """A loopback federation whose node `gone` drops out once round `from_round - 1` has
+    sent its evaluation, and is connected again `away_s` seconds after it was first
+    missed."""
+
+    def __init__(self, app, num_nodes: int, gone: int, from_round: int, away_s: float) -> None:
+        super().__init__(app, num_nodes)
+        self.gone, self.from_round, self.away_s = gone, from_round, away_s
+        self.evaluates, self.missed_at = 0, None
+
+    def get_node_ids(self):
+        nodes = list(self.contexts)
+        if self.evaluates >= (self.from_round - 1) * len(nodes):
+            self.missed_at = self.missed_at or time.monotonic()
+            if time.monotonic() - self.missed_at < self.away_s:
+                nodes.remove(self.gone)
+        return nodes
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        self.evaluates += sum(m.metadata.message_type == "evaluate" for m in messages)
+        return super().push_messages(messages)
+
+
+def _waiting(events: list[dict]) -> list[dict]:
+    return [e for e in events if e["event"] == "waiting"]
+
+
 def test_a_site_not_connected_when_a_round_begins_is_in_that_rounds_record(tmp_path, monkeypatch):
-    study = small_study(tmp_path, monkeypatch, num_rounds=2)
+    # Prepare: site-1 gone from round 2 on; the round does not wait for it
+    study = small_study(tmp_path, monkeypatch, num_rounds=2, rejoin_wait=0.0)
     grid = LeavingGrid(build_client_app(study), 3, gone=FIRST_NODE + 1, from_round=2)
-    first, second = run_loopback_study(grid, study)
+    events: list[dict] = []
+    # Execute
+    first, second = run_loopback_study(grid, study, Events(None, events.append))
+    # Assert
     assert [(s.site, s.ok) for s in first.sites] == [(f"site-{i}", True) for i in range(3)]
     assert [s.site for s in second.sites] == ["site-0", "site-1", "site-2"]
     left = second.sites[1]
     assert not left.ok and "not connected when it began" in left.error
     assert left.bytes["message_down"] == 0 and second.sites[0].ok and second.sites[2].ok
+    assert _waiting(events) == []
+
+
+def test_a_round_waits_rejoin_wait_seconds_for_a_missing_site_then_begins_without_it(
+    tmp_path, monkeypatch
+):
+    # Prepare: site-1 gone for good from round 2; the round waits at most 0.5 s for it
+    monkeypatch.setattr("server.strategy.REJOIN_POLL_S", 0.02)
+    study = small_study(tmp_path, monkeypatch, num_rounds=2, rejoin_wait=0.5)
+    grid = LeavingGrid(build_client_app(study), 3, gone=FIRST_NODE + 1, from_round=2)
+    events: list[dict] = []
+    # Execute
+    _, second = run_loopback_study(grid, study, Events(None, events.append))
+    # Assert: one waiting event for round 2 naming site-1, then the round without it
+    assert [(e["round"], e["sites"], e["seconds"]) for e in _waiting(events)] == [
+        (2, ["site-1"], 0.5)
+    ]
+    assert not second.sites[1].ok and "not connected when it began" in second.sites[1].error
+    assert second.seconds >= 0.5  # the round's time includes the wait
+    assert second.sites[0].ok and second.sites[2].ok
+
+
+def test_a_site_that_reconnects_within_rejoin_wait_takes_part_in_the_round(tmp_path, monkeypatch):
+    # Prepare: site-1 is missing when round 2 begins and back 0.15 s later
+    monkeypatch.setattr("server.strategy.REJOIN_POLL_S", 0.02)
+    study = small_study(tmp_path, monkeypatch, num_rounds=2, rejoin_wait=60.0)
+    grid = ReturningGrid(build_client_app(study), 3, gone=FIRST_NODE + 1, from_round=2, away_s=0.15)
+    events: list[dict] = []
+    # Execute
+    first, second = run_loopback_study(grid, study, Events(None, events.append))
+    # Assert: the round waited for it (an event) and then every site trained
+    assert [(e["round"], e["sites"]) for e in _waiting(events)] == [(2, ["site-1"])]
+    assert [(s.site, s.ok) for s in second.sites] == [(f"site-{i}", True) for i in range(3)]
+    assert second.sites[1].bytes["message_down"] > 0

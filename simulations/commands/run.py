@@ -172,6 +172,12 @@ class ProgressDisplay:
         if kind == "start":
             self.round = event["from_round"]
             self.phase = "site start-up and first round"
+        elif kind == "waiting":
+            self.round = event["round"]
+            self.phase = (
+                f"waiting up to {event['seconds']:g} s for {', '.join(event['sites'])} to reconnect"
+            )
+            self.console.print(f"round {self.round}: {self.phase} (rejoin-wait)")
         elif kind == "reply":
             self.round, self.phase, self.done, self.of = (
                 event["round"],
