@@ -184,3 +184,18 @@ def test_a_site_that_reconnects_within_rejoin_wait_takes_part_in_the_round(tmp_p
     assert [(e["round"], e["sites"]) for e in _waiting(events)] == [(2, ["site-1"])]
     assert [(s.site, s.ok) for s in second.sites] == [(f"site-{i}", True) for i in range(3)]
     assert second.sites[1].bytes["message_down"] > 0
+
+
+def test_the_progress_display_says_which_sites_a_round_waits_for():
+    # Prepare
+    from rich.console import Console
+
+    from simulations.commands.run import ProgressDisplay
+
+    console = Console(record=True, width=200)
+    display = ProgressDisplay(Study(num_sites=3), console, enabled=False)
+    # Execute
+    display.update({"event": "waiting", "round": 3, "sites": ["site-1", "site-2"], "seconds": 30.0})
+    # Assert
+    assert display.round == 3
+    assert "round 3: waiting up to 30 s for site-1, site-2 to reconnect" in console.export_text()
