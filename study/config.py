@@ -227,7 +227,7 @@ class Study:
         for key in positive:
             if getattr(self, key.replace("-", "_")) < 1:
                 raise bad(key, "must be at least 1")
-        for key in ("share-per-round", "method-epochs", "seed", "rotate-every"):
+        for key in ("share-per-round", "method-epochs", "seed", "rotate-every", "rejoin-wait"):
             if getattr(self, key.replace("-", "_")) < 0:
                 raise bad(key, "must be 0 or more")
         for f in fields(self):
@@ -264,8 +264,6 @@ class Study:
             raise bad("secagg-quantization-range", "at least 2")
         if self.round_timeout <= 0:
             raise bad("round-timeout", "seconds, > 0")
-        if self.rejoin_wait < 0:
-            raise bad("rejoin-wait", "seconds, 0 or more")
         if self.proximal_mu < 0:
             raise bad("proximal-mu", "must be 0 or more")
         if not self.name or "/" in self.name:

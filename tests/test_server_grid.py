@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -90,31 +91,13 @@ class FakeGrid:
 
 
 class LeavingGrid(LoopbackGrid):
-    """A loopback federation whose node `gone` is not connected from round `from_round` on."""
-
-    def __init__(self, app, num_nodes: int, gone: int, from_round: int) -> None:
-        super().__init__(app, num_nodes)
-        self.gone, self.from_round, self.trains = gone, from_round, 0
-
-    def get_node_ids(self):
-        nodes = list(self.contexts)
-        rounds_begun = self.trains // len(nodes)  # every node trains in every round here
-        if rounds_begun + 1 >= self.from_round:
-            nodes.remove(self.gone)
-        return nodes
-
-    def push_messages(self, messages):
-        messages = list(messages)
-        self.trains += sum(m.metadata.message_type == "train" for m in messages)
-        return super().push_messages(messages)
-
-
-class ReturningGrid(LoopbackGrid):
     """A loopback federation whose node `gone` drops out once round `from_round - 1` has
-    sent its evaluation, and is connected again `away_s` seconds after it was first
-    missed."""
+    sent its evaluation (so it is not connected when round `from_round` begins) and is
+    connected again `away_s` seconds after it was first missed (never, by default)."""
 
-    def __init__(self, app, num_nodes: int, gone: int, from_round: int, away_s: float) -> None:
+    def __init__(
+        self, app, num_nodes: int, gone: int, from_round: int, away_s: float = math.inf
+    ) -> None:
         super().__init__(app, num_nodes)
         self.gone, self.from_round, self.away_s = gone, from_round, away_s
         self.evaluates, self.missed_at = 0, None
@@ -176,7 +159,7 @@ def test_a_site_that_reconnects_within_rejoin_wait_takes_part_in_the_round(tmp_p
     # Prepare: site-1 is missing when round 2 begins and back 0.15 s later
     monkeypatch.setattr("server.strategy.REJOIN_POLL_S", 0.02)
     study = small_study(tmp_path, monkeypatch, num_rounds=2, rejoin_wait=60.0)
-    grid = ReturningGrid(build_client_app(study), 3, gone=FIRST_NODE + 1, from_round=2, away_s=0.15)
+    grid = LeavingGrid(build_client_app(study), 3, gone=FIRST_NODE + 1, from_round=2, away_s=0.15)
     events: list[dict] = []
     # Execute
     first, second = run_loopback_study(grid, study, Events(None, events.append))
