@@ -73,6 +73,11 @@ def test_ratios_compare_later_rounds_and_phases(runs):
     assert c["process"]["train_phase_ratio"] == pytest.approx(5.5 / 2.0)
     assert c["process"]["evaluate_phase_ratio"] == pytest.approx(2.5 / 0.7)
     assert c["subprocess"]["study_ratio"] == pytest.approx(5.0)
+    # the deployed runtime's own cost in seconds a round: 9 - 3, 30 - 3
+    assert c["process"]["overhead_s"] == pytest.approx(6.0)
+    assert c["subprocess"]["overhead_s"] == pytest.approx(27.0)
+    assert c["process"]["simulated_round_s"] == pytest.approx(3.0)
+    assert c["process"]["deployed_round_s"] == pytest.approx(9.0)
     # the phase ends with the slowest site's message: site 1 trains 3 s, site 0 evaluates 0.5 s
     own = c["process_owners"]
     assert own["train"]["seconds"] == pytest.approx(3.0)
@@ -117,7 +122,7 @@ def test_section_shows_ratios_owners_load_and_verdict(runs):
     text = "\n".join(page)
 
     assert "| 2 | 2.0 | 30.0 (15.00x) | 8.0 (4.00x) |" in text
-    assert "**9.0 (3.00x)**" in text and "**30.0 (10.00x)**" in text
+    assert "**9.0 (3.00x, +6.0 s)**" in text and "**30.0 (10.00x, +27.0 s)**" in text
     assert "9.5, 10.0, 11.0 before and 12.0, 11.0, 10.0 after" in text
     assert "| train phase | 5.50 | 0.10 | 2.70 | 0.20 | 2.50 |" in text
     assert "per site: 1, 1" in text
@@ -134,3 +139,38 @@ def test_section_without_results_says_how_to_measure():
     deploy_round_section({}, page.append)
     assert "run `medfed bench deploy-round`" in "\n".join(page)
     assert target_row({}) is None
+
+
+def test_section_shows_the_overhead_at_a_longer_round(runs, tmp_path):
+    # a 4x longer round: simulated rounds 2-3 average 12 s, deployed 18.5 s
+    sim = _study(tmp_path / "long-sim", [30.0, 11.0, 13.0], [20.0, 9, 11], [2.0, 1.0, 1.0])
+    dep = _study(tmp_path / "long-proc", [40.0, 17.5, 19.5], [25.0, 13, 15], [6.0, 2.5, 2.5])
+    _tasks(dep / "deploy-logs", 0, 333, train_s=11.0, eval_s=0.5, rounds=3)
+    long_runs = {
+        "simulated": {"wall_s": 60.0, "rounds": read_run(sim)},
+        "process": {
+            "wall_s": 70.0,
+            "rounds": read_run(dep),
+            "tasks": read_tasks(dep / "deploy-logs", 1),
+        },
+    }
+    doc = _doc(runs)
+    doc["results"]["longer"] = {
+        "factor": 4,
+        "local_epochs": 4,
+        "runs": long_runs,
+        "compare": compare(long_runs),
+    }
+    page: list[str] = []
+    deploy_round_section({"deploy-round": doc}, page.append)
+    text = "\n".join(page)
+
+    assert "| the study's (1 local epoch) | 3.0 | 9.0 | +6.0 | 3.00x |" in text
+    assert "| 4x longer (4 local epochs) | 12.0 | 18.5 | +6.5 | 1.54x |" in text
+    assert "The simulated round grew 4.0x; the deployed overhead went from +6.0 to +6.5 s" in text
+
+
+def test_section_without_a_longer_run_leaves_that_table_out(runs):
+    page: list[str] = []
+    deploy_round_section({"deploy-round": _doc(runs)}, page.append)
+    assert "round length" not in "\n".join(page)

@@ -155,6 +155,10 @@ def compare(runs: dict[str, dict]) -> dict[str, Any]:
         by_round = {r["round"]: r for r in dep}
         out[variant] = {
             "round_ratio": mean(dep, "seconds") / mean(sim, "seconds"),
+            # the deployed runtime's own cost: seconds a round, not a ratio
+            "overhead_s": mean(dep, "seconds") - mean(sim, "seconds"),
+            "simulated_round_s": mean(sim, "seconds"),
+            "deployed_round_s": mean(dep, "seconds"),
             "per_round": {
                 str(r["round"]): by_round[r["round"]]["seconds"] / r["seconds"]
                 for r in sim
@@ -203,10 +207,16 @@ def run_deploy_round(
     overrides: tuple[str, ...] = (),
     repeats: int = 1,
     variants: tuple[str, ...] = tuple(VARIANTS),
+    longer: int = 4,
     progress: Progress = _quiet,
     work_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run the study simulated and deployed both ways, `repeats` times; the ratios."""
+    """Run the study simulated and deployed both ways, `repeats` times; the ratios.
+
+    With `longer` > 1 the study also runs simulated and with the executor at a
+    longer round (`longer` times its local epochs: the same data and messages,
+    more training), so that the page can show whether the deployed cost is a
+    fixed number of seconds a round or grows with the round."""
     if "simulated" not in variants:
         raise ValueError("deploy-round: the simulated variant is the baseline; keep it")
     load_before = os.getloadavg()
@@ -227,6 +237,23 @@ def run_deploy_round(
                 runs[variant] = run_variant(variant, study, sets, sites, work, env)
                 progress(f"deploy-round: {variant} took {runs[variant]['wall_s']:.0f} s")
             repeat_docs.append({"order": order, "runs": runs, "compare": compare(runs)})
+        longer_doc = None
+        if longer > 1 and "process" in variants:
+            epochs = _study(study, overrides).local_epochs * longer
+            long_sets = [*sets, "--set", f"local-epochs={epochs}"]
+            work = base / "longer"
+            work.mkdir(parents=True, exist_ok=True)
+            runs = {}
+            for variant in ("simulated", "process"):
+                progress(f"deploy-round: {longer}x local epochs, {VARIANTS[variant]}")
+                runs[variant] = run_variant(variant, study, long_sets, sites, work, env)
+                progress(f"deploy-round: {variant} took {runs[variant]['wall_s']:.0f} s")
+            longer_doc = {
+                "factor": longer,
+                "local_epochs": epochs,
+                "runs": runs,
+                "compare": compare(runs),
+            }
     finally:
         tmp.cleanup()
     load_after = os.getloadavg()
@@ -243,6 +270,7 @@ def run_deploy_round(
         "overrides": list(overrides),
         "wire_objects": wire_objects(study, overrides),
         "repeats": repeat_docs,
+        "longer": longer_doc,
         "summary": summary,
         "target_ratio": TARGET_RATIO,
         "load": {
@@ -261,12 +289,9 @@ def wire_objects(study: str, overrides: tuple[str, ...] = ()) -> dict[str, int]:
     from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
     from study import transport
-    from study.config import Study
     from study.task import build_model
 
-    sets = dict(kv.split("=", 1) for kv in overrides)
-    the_study = Study.from_toml(ROOT / study if not Path(study).is_absolute() else study, sets)
-    model = build_model(the_study.modality)
+    model = build_model(_study(study, overrides).modality)
     torch = sys.modules["torch"]
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # distinct values, as after training (equal Arrays are sent once)
@@ -280,6 +305,13 @@ def wire_objects(study: str, overrides: tuple[str, ...] = ()) -> dict[str, int]:
         "plain": len(get_all_nested_objects(plain)) + 1,  # + the message itself
         "packed": len(get_all_nested_objects(transport.pack(plain))) + 1,
     }
+
+
+def _study(study: str, overrides: tuple[str, ...] = ()):
+    from study.config import Study
+
+    sets = dict(kv.split("=", 1) for kv in overrides)
+    return Study.from_toml(ROOT / study if not Path(study).is_absolute() else study, sets)
 
 
 # ----------------------------------------------------------------------------- the page
@@ -306,7 +338,9 @@ def deploy_round_section(docs, add: Callable[[str], None]) -> None:
         return
     r = doc["results"]
     last = r["repeats"][-1]
-    runs, cmp_ = last["runs"], last["compare"]
+    # ratios and seconds derived again from the stored rounds: the page follows the code
+    runs = last["runs"]
+    cmp_ = compare(runs)
     later = cmp_["rounds_compared"]
     load = r["load"]
     over = ", ".join(r["overrides"]) or "none"
@@ -347,10 +381,17 @@ def deploy_round_section(docs, add: Callable[[str], None]) -> None:
     for v in ("subprocess", "process"):
         c = cmp_.get(v)
         m = _mean(dep[v][x]["seconds"] for x in later if x in dep.get(v, {})) if c else None
-        mean_row.append(f"**{m:.1f} ({c['round_ratio']:.2f}x)**" if c else "n/a")
+        mean_row.append(
+            f"**{m:.1f} ({c['round_ratio']:.2f}x, {_signed(c['overhead_s'])} s)**" if c else "n/a"
+        )
     rows.append(mean_row)
     head = ["round", "simulated s", "Flower subprocess s (ratio)", "medfed executor s (ratio)"]
     add(table(head, rows) + "\n")
+    add(
+        "In the mean row, the seconds after the ratio are the deployed round minus the "
+        "simulated round: the deployed runtime's own cost a round.\n"
+    )
+    _longer_section(r, cmp_, add)
     prow = []
     for phase in ("train", "evaluate"):
         key = f"{phase}_phase_s"
@@ -409,6 +450,49 @@ def deploy_round_section(docs, add: Callable[[str], None]) -> None:
         )
     add(_verdict(r, cmp_) + "\n")
     add(reproduce_line(doc, "deploy-round") + "\n")
+
+
+def _longer_section(r: dict, cmp_: dict, add: Callable[[str], None]) -> None:
+    """The executor's cost a round at the study's round length and at a longer round."""
+    longer = r.get("longer")
+    if not longer or "process" not in cmp_:
+        return
+    long_cmp = compare(longer["runs"])
+    base, long_ = cmp_["process"], long_cmp["process"]
+    epochs = longer["local_epochs"] // longer["factor"]
+    rows = [
+        [
+            f"the study's ({epochs} local epoch{'s' if epochs != 1 else ''})",
+            fmt(base["simulated_round_s"], 1),
+            fmt(base["deployed_round_s"], 1),
+            _signed(base["overhead_s"]),
+            f"{base['round_ratio']:.2f}x",
+        ],
+        [
+            f"{longer['factor']}x longer ({longer['local_epochs']} local epochs)",
+            fmt(long_["simulated_round_s"], 1),
+            fmt(long_["deployed_round_s"], 1),
+            _signed(long_["overhead_s"]),
+            f"{long_['round_ratio']:.2f}x",
+        ],
+    ]
+    grew = long_["simulated_round_s"] / base["simulated_round_s"]
+    add(
+        "The executor's cost is seconds a round, not a share of the round: the same study "
+        f"with {longer['factor']}x its local epochs (the same data and messages, more "
+        "training), simulated and deployed with the executor one after the other in this run, "
+        f"rounds {', '.join(map(str, long_cmp['rounds_compared']))}, mean. The "
+        f"simulated round grew {grew:.1f}x; the deployed overhead went from "
+        f"{_signed(base['overhead_s'])} to {_signed(long_['overhead_s'])} s, so the ratio "
+        "depends on how long the simulated round is, and the seconds are the figure that "
+        "travels.\n"
+    )
+    head = ["round length", "simulated s", "executor s", "overhead s", "ratio"]
+    add(table(head, rows) + "\n")
+
+
+def _signed(seconds: float) -> str:
+    return f"{seconds:+.1f}"
 
 
 def _wire_text(wire: dict | None) -> str:
