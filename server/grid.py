@@ -127,18 +127,28 @@ def exchange(
 
 def unpacked(reply: Message, sent: dict[str, Message]) -> Message:
     """`reply` with its packed records unpacked; a malformed packing (a site's
-    reply is hostile input) becomes that site's error reply, with the reason."""
+    reply is hostile input) becomes that site's error reply, with the reason.
+    Any exception unpacking it does (transport.unpack validates precisely and
+    raises TransportError; anything else it missed is caught here too): one
+    site's reply never ends the round or the study."""
     if not reply.has_content() or not transport.is_packed(reply.content):
         return reply
     try:
         reply.content = transport.unpack(reply.content)
         return reply
-    except transport.TransportError as exc:
+    except Exception as exc:  # noqa: BLE001 - hostile input: that site's error, with the reason
         original = sent.get(reply.metadata.reply_to_message_id)
         if original is None:
             raise
-        reason = f"node {reply.metadata.src_node_id}: reply not readable: {exc}"
+        why = str(exc) if isinstance(exc, transport.TransportError) else _describe(exc)
+        reason = f"node {reply.metadata.src_node_id}: reply not readable: {why}"
         return Message(Error(code=ErrorCode.UNKNOWN, reason=reason), reply_to=original)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"{type(exc).__name__}: {text}"
 
 
 def attribute_to_destination(reply: Message, sent_to: dict[str, int]) -> None:

@@ -13,7 +13,15 @@ ArrayRecord of one uint8 Array, the concatenation of the Arrays' serialized
 bytes (`Array.data`, unchanged), and records each Array's name, dtype, shape,
 serialization type and length in a ConfigRecord under `TRANSPORT_KEY`.
 `unpack` rebuilds the same Arrays, byte for byte, checking every field of
-that record first: a peer's message is hostile input. The server packs what
+that record first: a peer's message is hostile input. A layout is at most
+`MAX_LAYOUT_BYTES` of JSON nested at most `MAX_LAYOUT_DEPTH` deep (checked
+before it is parsed) with at most `MAX_ARRAYS` entries; each entry has a
+non-empty name, a dtype from `DTYPES` (what numpy names the little-endian or
+native numeric dtypes medfed sends, or "" with shape [] for Flower's legacy
+Parameters), the stype "numpy.ndarray" and a shape
+of at most `MAX_DIMS` non-negative ints whose values fit in the entry's bytes
+(sizes are Python ints, compared before anything is allocated). Anything
+else is a TransportError naming the record, the entry and what is wrong. The server packs what
 it sends and unpacks what it receives (`server.grid.exchange`); a site
 unpacks a packed message before any other mod or handler sees it and packs
 its reply only when it was asked in packed form (`client.client_app`), so a
@@ -27,6 +35,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import re
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
@@ -34,8 +44,24 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 TRANSPORT_KEY = "medfed.transport"
 PACKED = "packed"  # the one Array of a packed ArrayRecord
 SCHEMA = 1
-MAX_ARRAYS = 100_000  # per record: far above any model medfed builds
+# Caps on one record's layout (a site's reply is hostile input). medfed's models have
+# 26 (xray) and 36 (mri) tensors; a layout entry is about 100 bytes.
+MAX_ARRAYS = 4096  # entries per record
+MAX_LAYOUT_BYTES = 1 << 20  # characters of a record's layout JSON
+MAX_LAYOUT_DEPTH = 4  # {"arrays": [{"shape": [...]}]}: object, list, object, list
+MAX_DIMS = 32  # numpy allows 64
+MAX_NAME = 1024  # characters of an array's name
+STYPE = "numpy.ndarray"
+# numpy's names of the numeric dtypes in native (little-endian) order, as `Array.dtype`
+# has them; ">f8", "O" (Python objects) and structured dtypes are refused. Flower's
+# compat layer (legacy Parameters, SecAgg+) records no dtype or shape: dtype "" with
+# shape [] is accepted too, its .npy data read later with numpy's pickle-free loader
+DTYPES = frozenset(
+    ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+    + ("float16", "float32", "float64")
+)
 _FIELDS = {"name", "dtype", "shape", "stype", "bytes"}
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?')  # an unclosed string runs to the end
 
 
 class TransportError(ValueError):
@@ -106,9 +132,16 @@ def _unpack_record(key: str, record, layout) -> ArrayRecord:
         raise TransportError(f"{where}: expected an ArrayRecord holding one Array {PACKED!r}")
     if not isinstance(layout, str):
         raise TransportError(f"{where}: its layout is not a JSON string")
+    if len(layout) > MAX_LAYOUT_BYTES:
+        raise TransportError(
+            f"{where}: layout of {len(layout)} characters, more than {MAX_LAYOUT_BYTES} bytes"
+        )
+    depth = json_depth(layout)
+    if depth > MAX_LAYOUT_DEPTH:
+        raise TransportError(f"{where}: layout nested deeper than {MAX_LAYOUT_DEPTH} ({depth})")
     try:
         doc = json.loads(layout)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise TransportError(f"{where}: layout is not JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise TransportError(f"{where}: layout schema is not {SCHEMA}")
@@ -133,16 +166,40 @@ def _unpack_record(key: str, record, layout) -> ArrayRecord:
             raise TransportError(f"{where}: entry {i} must have exactly {sorted(_FIELDS)}")
         name, dtype, shape = entry["name"], entry["dtype"], entry["shape"]
         stype, size = entry["stype"], entry["bytes"]
-        if not isinstance(name, str) or name in names:
-            raise TransportError(f"{where}: entry {i}: name must be a unique string")
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
+            raise TransportError(
+                f"{where}: entry {i}: name must be a non-empty string of at most {MAX_NAME}"
+            )
+        if name in names:
+            raise TransportError(f"{where}: entry {i}: name must be a unique string ({name!r})")
         if not isinstance(dtype, str) or not isinstance(stype, str):
             raise TransportError(f"{where}: entry {i} ({name}): dtype and stype must be strings")
+        legacy = dtype == "" and shape == []  # Flower's compat Parameters: not recorded
+        if dtype not in DTYPES and not legacy:
+            raise TransportError(
+                f"{where}: entry {i} ({name}): dtype {dtype[:40]!r} is not one of "
+                + ", ".join(sorted(DTYPES))
+            )
+        if stype != STYPE:
+            raise TransportError(
+                f"{where}: entry {i} ({name}): stype {stype[:40]!r} is not {STYPE!r}"
+            )
         if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
         ):
             raise TransportError(f"{where}: entry {i} ({name}): shape must be non-negative ints")
+        if len(shape) > MAX_DIMS:
+            raise TransportError(
+                f"{where}: entry {i} ({name}): shape has {len(shape)} dimensions, "
+                f"more than {MAX_DIMS}"
+            )
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise TransportError(f"{where}: entry {i} ({name}): bytes must be an int >= 0")
+        if not legacy and not values_fit(shape, np.dtype(dtype).itemsize, size):
+            raise TransportError(
+                f"{where}: entry {i} ({name}): shape {_short(shape)} of {dtype} does not fit "
+                f"in its {size} bytes"
+            )
         if offset + size > len(blob):
             raise TransportError(
                 f"{where}: entry {i} ({name}) ends at byte {offset + size}, "
@@ -158,6 +215,36 @@ def _unpack_record(key: str, record, layout) -> ArrayRecord:
             f"{where}: layout covers {offset} bytes, the packed data has {len(blob)}"
         )
     return out
+
+
+def json_depth(text: str) -> int:
+    """How deep `text`'s JSON arrays and objects nest (brackets in strings are not
+    counted), found without parsing it: json.loads recurses once per level."""
+    skeleton = _JSON_STRING.sub('""', text).encode("utf-8", "surrogatepass")
+    codes = np.frombuffer(skeleton, dtype=np.uint8)
+    opens = (codes == ord("[")) | (codes == ord("{"))
+    closes = (codes == ord("]")) | (codes == ord("}"))
+    steps = opens.astype(np.int32) - closes.astype(np.int32)
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def values_fit(shape: list[int] | tuple[int, ...], itemsize: int, size: int) -> bool:
+    """Whether `shape`'s values of `itemsize` bytes fit in `size` bytes, with every
+    dimension at most `size` as well (a zero-sized shape cannot hide a huge one).
+    Python ints throughout, stopping as soon as the product passes `size`."""
+    total = 1
+    for d in shape:
+        if d > max(size, 1):
+            return False
+        total *= d
+        if total * itemsize > size:
+            return False
+    return True
+
+
+def _short(shape: list[int]) -> str:
+    text = str(tuple(shape))
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _npy_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
@@ -189,7 +276,7 @@ def array_problem(array: Array, dtype: str, shape: tuple[int, ...]) -> str | Non
         return str(exc)
     if got_dtype.hasobject or str(got_dtype) != dtype or got_shape != tuple(shape):
         return f"its data is {got_dtype} {got_shape}, it claims {dtype} {tuple(shape)}"
-    want = header + int(np.prod(shape, dtype=np.int64)) * got_dtype.itemsize
+    want = header + math.prod(shape) * got_dtype.itemsize  # Python ints: no overflow
     if len(array.data) != want:
         return f"its data is {len(array.data)} bytes, {dtype} {tuple(shape)} needs {want}"
     return None

@@ -254,3 +254,121 @@ def test_a_reply_whose_model_is_not_the_studys_fails_that_site_only(tmp_path, mo
     assert by_site["site-0"].ok and by_site["site-2"].ok
     bad = by_site["site-1"]
     assert not bad.ok and "model is not the study's" in bad.error and "head.weight" in bad.error
+
+
+# -- hostile layouts: bounded work, one error type, a reason --------------------------------
+
+
+def _set_entry(**fields):
+    return lambda d: d["arrays"][0].update(**fields)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_set_entry(dtype="O"), "dtype 'O' is not one of"),
+        (_set_entry(dtype=">f8"), "dtype '>f8' is not one of"),
+        (_set_entry(dtype="object"), "dtype 'object' is not one of"),
+        (_set_entry(stype="pickle"), "stype 'pickle' is not 'numpy.ndarray'"),
+        (_set_entry(name=""), "name must be a non-empty string"),
+        (_set_entry(shape=[10**4000]), "shape"),
+        (_set_entry(shape=[2**64]), "shape"),
+        (_set_entry(shape=[0, 2**64]), "shape"),
+        (_set_entry(shape=[1] * 100), "dimensions"),
+        (_set_entry(shape=[1.5]), "non-negative ints"),
+    ],
+)
+def test_a_layout_entry_outside_what_medfed_sends_is_refused(edit, message):
+    with pytest.raises(transport.TransportError, match="packed record 'arrays'") as err:
+        transport.unpack(_forge(model_content(), edit))
+    assert message in str(err.value)
+
+
+def _with_layout(text: str) -> RecordDict:
+    packed = transport.pack(model_content())
+    packed[transport.TRANSPORT_KEY]["arrays"] = text
+    return packed
+
+
+def test_a_deeply_nested_layout_is_refused_without_recursing():
+    wide = '{"schema": 1, "arrays": ' + "[" * 50 + "]" * 50 + "}"
+    for deep in ("[" * 200_000 + "]" * 200_000, wide):
+        with pytest.raises(transport.TransportError, match="nested deeper than"):
+            transport.unpack(_with_layout(deep))
+    # brackets inside strings are not nesting
+    doc = json.loads(transport.pack(model_content())[transport.TRANSPORT_KEY]["arrays"])
+    doc["arrays"][0]["name"] = name = '[[[[[[[[[[[[\\"{{{{{{{{{'
+    assert name in transport.unpack(_with_layout(json.dumps(doc)))["arrays"]
+
+
+def test_a_layout_over_its_size_caps_is_refused_at_once():
+    import time
+
+    entry = {"name": "", "dtype": "uint8", "shape": [0], "stype": "numpy.ndarray", "bytes": 0}
+    entries = [{**entry, "name": f"a{i}"} for i in range(100_000)]
+    text = json.dumps({"schema": 1, "arrays": entries})
+    t0 = time.perf_counter()
+    with pytest.raises(transport.TransportError, match=f"{transport.MAX_LAYOUT_BYTES} bytes"):
+        transport.unpack(_with_layout(text))
+    assert time.perf_counter() - t0 < 0.5
+    few = json.dumps({"schema": 1, "arrays": entries[: transport.MAX_ARRAYS + 1]})
+    assert len(few) <= transport.MAX_LAYOUT_BYTES
+    with pytest.raises(transport.TransportError, match=f"1..{transport.MAX_ARRAYS} entries"):
+        transport.unpack(_with_layout(few))
+
+
+def test_array_problem_computes_sizes_in_python_ints():
+    # the record and the .npy header agree on 2^64 values (np.prod in int64 overflowed)
+    import io
+
+    fp = io.BytesIO()
+    header = {"descr": "<f4", "fortran_order": False, "shape": (2**64,)}
+    np.lib.format.write_array_header_1_0(fp, header)
+    huge = Array(dtype="float32", shape=(2**64,), stype="numpy.ndarray", data=fp.getvalue())
+    problem = transport.array_problem(huge, "float32", (2**64,))
+    assert "float32 (18446744073709551616,) needs" in problem
+
+
+def _exchange_one(answer) -> Message:
+    [reply] = exchange(
+        OneSiteLink(answer),
+        [Message(model_content(), dst_node_id=7, message_type="train")],
+        timeout=5,
+        poll_s=0.0,
+    )
+    return reply
+
+
+@pytest.mark.parametrize(
+    "layout, reason",
+    [
+        ("[" * 200_000 + "]" * 200_000, "nested deeper than"),
+        (None, "does not fit"),  # shape (2^64,)
+    ],
+)
+def test_a_hostile_reply_becomes_that_sites_error_not_the_studys(monkeypatch, layout, reason):
+    set_task_identity(monkeypatch)
+
+    def hostile(msg):
+        content = transport.pack(model_content())
+        doc = json.loads(content[transport.TRANSPORT_KEY]["arrays"])
+        doc["arrays"][0]["shape"] = [2**64]
+        content[transport.TRANSPORT_KEY]["arrays"] = layout or json.dumps(doc)
+        return Message(content, reply_to=msg)
+
+    reply = _exchange_one(hostile)
+    assert reply.has_error() and reply.metadata.src_node_id == 7
+    assert "reply not readable" in reply.error.reason and reason in reply.error.reason
+
+
+def test_any_exception_unpacking_a_reply_is_that_sites_error(monkeypatch):
+    # what precise validation might still miss (here: a RecursionError) fails the site only
+    set_task_identity(monkeypatch)
+
+    def boom(content):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(transport, "unpack", boom)
+    reply = _exchange_one(lambda msg: Message(transport.pack(model_content()), reply_to=msg))
+    assert reply.has_error() and reply.metadata.src_node_id == 7
+    assert "reply not readable: RecursionError: maximum recursion" in reply.error.reason
