@@ -35,6 +35,7 @@ from encryption.container import (
     is_native_panic,
     open_container,
     read_body,
+    read_header,
     seal_container,
 )
 from encryption.keys import KEY_BYTES, derive_key, generate_key
@@ -168,7 +169,8 @@ class Encryptor(ABC):
         )
 
     def decrypt(self, blob: bytes) -> np.ndarray:
-        header, payload = open_container(self.container_key, blob, encrypted=self.aes_payload)
+        sealed = self._payload_sealed(read_header(blob))
+        header, payload = open_container(self.container_key, blob, encrypted=sealed)
         if header.method != self.name:
             raise ContainerError(
                 f"container holds method {header.method!r}, this encryptor is {self.name!r}"
@@ -211,6 +213,12 @@ class Encryptor(ABC):
             raise ValueError(f"{self.name} has no state, got keys {sorted(state)}")
 
     # -- for subclasses ---------------------------------------------------
+    def _payload_sealed(self, header: Header) -> bool:
+        """Whether a container's payload is AES-GCM ciphertext (else GMAC only);
+        `header` is not authenticated yet, but the tag covers it either way. A
+        method that changed its sealing reads its older containers here."""
+        return self.aes_payload
+
     @property
     def container_key(self) -> bytes:
         """AEAD key of this method's containers (HKDF of the site key)."""

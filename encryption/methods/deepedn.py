@@ -22,6 +22,17 @@ Where we chose:
 - The cipher image is what is sent: G(x) quantised to uint8 (images of
   <= 8 bits) or uint16, honest bytes; training rounds it with a
   straight-through gradient so F learns to invert the quantised cipher.
+- Sealed by the key version (not in the papers): the key only seeds the
+  weights and the target domain, and a new key version (`rotate-every`)
+  keeps version 0's weights, so F of one version decodes every version's
+  cipher image. The container therefore encrypts the cipher image with
+  AES-256-GCM under the version's site key (`aes_payload`, header field
+  `seal = "aes-gcm"`): a grantee of an older version, or anyone holding
+  the weights alone, reads nothing of a newer container. Containers of the
+  first version (no `seal` field: the cipher image stored as is, GMAC
+  only) still decode. `cipher_image` opens the seal with this encryptor's
+  key and returns G(x): the security metrics and attacks measure the
+  learned transform, what the papers evaluate.
 - preset "paper": ngf 64, 9 residual blocks, PatchGAN ndf 64 (faithful,
   heavy). Default: same structure, ngf 8, 2 residual blocks, ndf 16,
   trained on 64 px random crops, under a time limit.
@@ -61,7 +72,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encryption.base import FitReport
-from encryption.container import Header, read_body, require_extra
+from encryption.container import Header, open_container, read_body, require_extra
 from encryption.keys import derive_seed
 from encryption.nn import (
     ResBlock,
@@ -130,7 +141,7 @@ class DeepEdn(TorchEncryptor):
     name = "deepedn"
     lossless = False
     deterministic = True
-    aes_payload = False
+    aes_payload = True  # the cipher image, sealed by the key version (docstring)
     defaults = {
         "epochs": 150,
         "min_steps": 30,
@@ -259,7 +270,11 @@ class DeepEdn(TorchEncryptor):
                 x, _ = pad_to_multiple(self._to_net(images[sl]), _DOWN)
                 parts.append(from_unit(enc(x), cipher_bits, cipher_dtype))
         cipher = np.concatenate(parts)
-        extra = {"cipher_dtype": cipher_dtype, "cipher_shape": list(cipher.shape)}
+        extra = {
+            "cipher_dtype": cipher_dtype,
+            "cipher_shape": list(cipher.shape),
+            "seal": "aes-gcm",
+        }
         return cipher.astype(np.dtype(cipher_dtype).newbyteorder("<")).tobytes(), extra
 
     def _cipher_array(
@@ -284,9 +299,21 @@ class DeepEdn(TorchEncryptor):
         cipher = np.frombuffer(payload, dtype=cipher_dtype).reshape(shape)
         return cipher.astype(cipher_dtype.newbyteorder("="))
 
+    def _payload_sealed(self, header: Header) -> bool:
+        """A container of the first version (no `seal` field) holds the cipher
+        image as is, authenticated only; later ones hold it AES-GCM-sealed."""
+        if "seal" not in header.extra:
+            return False
+        require_extra(header, self.name, "seal", "aes-gcm")
+        return True
+
     def cipher_image(self, blob: bytes) -> np.ndarray:
-        """The cipher image cropped to the plaintext size, as uint8 (top 8 bits of uint16)."""
+        """The cipher image G(x) cropped to the plaintext size, as uint8 (top 8
+        bits of uint16). Under the seal (opened with this encryptor's key):
+        what the learned transform alone shows, as the papers measure it."""
         header, payload = read_body(blob)
+        if self._payload_sealed(header):
+            header, payload = open_container(self.container_key, blob, encrypted=True)
         cipher = self._cipher_array(header, payload)[..., : header.shape[2], : header.shape[3]]
         return (cipher >> 8).astype(np.uint8) if cipher.dtype == np.uint16 else cipher.copy()
 
