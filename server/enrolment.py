@@ -6,10 +6,21 @@ it was configured with and, when the study has grants, its identity
 certificate, which the server relays to the site's grantors and grantees). From then on the server knows a site by
 the node it enrolled from, and a node that joins later (a hospital whose
 SuperNode restarted gets a new node id) is asked when it first appears.
+
+A hello reply is hostile input: one that is not a well-formed identity (no
+`identity` record, a site that is not an int in 0..num-sites-1, a certificate
+that is not bytes, an error status) is refused with the reason, never an
+exception. Before the first round that is an EnrolmentError naming the node
+(every site must be there); later it is a `refused` event, and that node is
+not asked again. An enrolled site keeps its node while that node is
+connected: a later node claiming the same site is refused (a `refused`
+event) and takes the site over only once the enrolled node has gone (a
+hospital whose SuperNode restarted).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 
@@ -20,6 +31,7 @@ from study.config import Study
 
 HELLO = "query.hello"
 SITE_WAIT_S = 300.0  # how long to wait for every hospital's SuperNode to connect
+log = logging.getLogger(__name__)
 
 
 class EnrolmentError(RuntimeError):
@@ -34,6 +46,14 @@ class SiteDirectory:
         # are still that site's (never sampled again)
         self.retired: dict[int, int] = {}
         self.certificates: dict[int, bytes] = {}  # site -> identity certificate (PEM)
+        # nodes whose hello was refused (malformed, or an error): node -> reason; never asked
+        # again (a restarted SuperNode comes back with a new node id)
+        self.refused: dict[int, str] = {}
+        # nodes that said which site they are while that site's node was still connected:
+        # node -> site; one takes the site over once its node has gone
+        self.claims: dict[int, int] = {}
+        self._offered: dict[int, bytes] = {}  # node -> the certificate its hello carried
+        self._announced: set[int] = set()  # claimants whose refusal was logged
 
     def site_of(self, node: int) -> int | str:
         if node in self.node_site:
@@ -57,6 +77,12 @@ class SiteDirectory:
                 )
             time.sleep(1.0)
         found = self._hello(grid, nodes, timeout_s=max(0.0, deadline - time.monotonic()) + 60)
+        refused = [node for node in nodes if node in self.refused]
+        if refused:
+            raise EnrolmentError(
+                "enrolment refused "
+                + "; ".join(f"node {node}: {self.refused[node]}" for node in refused)
+            )
         missing = [node for node in nodes if node not in found]
         if missing:
             raise EnrolmentError(
@@ -70,18 +96,59 @@ class SiteDirectory:
                 "give each SuperNode its own --node-config partition-id"
             )
         self.node_site = found
+        for node, site in found.items():
+            if node in self._offered:
+                self.certificates[site] = self._offered.pop(node)
 
     def refresh(self, grid: Grid) -> None:
-        """Enrol nodes that joined since the last round (a restarted hospital)."""
-        new = [node for node in _all_nodes(grid) if node not in self.node_site]
-        if not new:
-            return
-        for node, site in self._hello(grid, new, timeout_s=self.study.round_timeout).items():
-            for old in [o for o, s in self.node_site.items() if s == site]:
+        """Enrol nodes that joined since the last round (a restarted hospital). A node
+        whose hello is refused, or that claims a site whose node is still connected,
+        is logged as a `refused` event (the grid's events, when it has them); the
+        study goes on without it."""
+        connected = _all_nodes(grid)
+        online = set(connected)
+        known = self.node_site.keys() | self.refused.keys() | self.claims.keys()
+        new = [node for node in connected if node not in known]
+        if new:
+            before = set(self.refused)
+            self.claims.update(self._hello(grid, new, timeout_s=self.study.round_timeout))
+            for node in [n for n in self.refused if n not in before]:
+                self._refuse(grid, node, None, self.refused[node])
+        for node in [n for n in self.claims if n in online]:
+            site = self.claims[node]
+            holders = [o for o, s in self.node_site.items() if s == site]
+            present = [o for o in holders if o in online]
+            if present:
+                if node not in self._announced:
+                    self._announced.add(node)
+                    self._refuse(
+                        grid,
+                        node,
+                        site,
+                        f"it says it is site {site}, whose node {present[0]} is still "
+                        "connected; it may take the site over once that node has gone",
+                    )
+                continue
+            del self.claims[node]
+            for old in holders:
                 self.retired[old] = self.node_site.pop(old)  # back on a new node
             self.node_site[node] = site
+            if node in self._offered:
+                self.certificates[site] = self._offered.pop(node)
+
+    def _refuse(self, grid: Grid, node: int, site: int | None, reason: str) -> None:
+        name = None if site is None else f"site-{site}"
+        log.warning("enrolment: node %s refused: %s", node, reason)
+        events = getattr(grid, "events", None)
+        if events is not None:
+            events.emit("refused", node=node, site=name, reason=reason)
 
     def _hello(self, grid: Grid, nodes: Iterable[int], *, timeout_s: float) -> dict[int, int]:
+        """Ask `nodes` which site they are: {node: site} for the well-formed answers
+        (a certificate an answer carries is kept aside until the node is enrolled).
+        A malformed answer or an error status is put in `refused` with the reason;
+        a node that does not answer, or whose answer is Flower's error, is neither
+        (it is asked again when it is next seen)."""
         messages = [
             Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type=HELLO)
             for node in nodes
@@ -91,22 +158,45 @@ class SiteDirectory:
             node = reply.metadata.src_node_id
             if reply.has_error():
                 continue
-            status = reply.content.get("status")
-            if status is not None and status.get("error"):
-                raise EnrolmentError(
-                    f"site {status.get('site')} could not enrol: {status['error']}"
-                )
-            identity = reply.content["identity"]
-            site, of = int(identity["site"]), int(identity["sites"])
-            if of != self.study.num_sites or not 0 <= site < of:
-                raise EnrolmentError(
-                    f"a SuperNode says it is partition {site} of {of}; the study has num-sites "
-                    f"= {self.study.num_sites}: fix its --node-config"
-                )
+            try:
+                site, certificate = self._identity(reply.content)
+            except EnrolmentError as exc:
+                self.refused[node] = str(exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - hostile input: refused, with the reason
+                self.refused[node] = f"malformed hello reply ({type(exc).__name__}: {exc})"
+                continue
             found[node] = site
-            if "certificate" in identity:
-                self.certificates[site] = bytes(identity["certificate"])
+            if certificate is not None:
+                self._offered[node] = certificate
         return found
+
+    def _identity(self, content: RecordDict) -> tuple[int, bytes | None]:
+        """The site and certificate a hello reply states; EnrolmentError says what is wrong."""
+        status = content.get("status")
+        if isinstance(status, ConfigRecord) and status.get("error"):
+            raise EnrolmentError(f"site {status.get('site')!r} could not enrol: {status['error']}")
+        identity = content.get("identity")
+        if not isinstance(identity, ConfigRecord):
+            raise EnrolmentError("its hello reply has no 'identity' record")
+        values = {}
+        for key in ("site", "sites"):
+            value = identity.get(key)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise EnrolmentError(
+                    f"its identity's {key!r} is {str(value)[:40]!r}, not an integer"
+                )
+            values[key] = value
+        site, of = values["site"], values["sites"]
+        if of != self.study.num_sites or not 0 <= site < of:
+            raise EnrolmentError(
+                f"it says it is partition {site} of {of}; the study has num-sites "
+                f"= {self.study.num_sites}: fix its --node-config"
+            )
+        certificate = identity.get("certificate")
+        if certificate is not None and not isinstance(certificate, bytes):
+            raise EnrolmentError(f"its identity's certificate is a {type(certificate).__name__}")
+        return site, certificate
 
 
 def _all_nodes(grid: Grid) -> list[int]:

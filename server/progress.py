@@ -10,6 +10,8 @@ listener. Events, by `event`:
     start   {"rounds", "sites", "from_round"}
     waiting {"round", "sites": names of study sites not connected, "seconds": the most
              the round waits for them (rejoin-wait) before it begins without them}
+    refused {"node", "site" (the site it claimed, or null), "reason"}: a node that joined
+             was not enrolled (a malformed hello, or a site whose node is still connected)
     reply   {"round", "phase" (train | evaluate), "done", "of"}
     round   {"line": a rounds.jsonl line}
     done    {"summary": summary.json}
@@ -25,7 +27,7 @@ from typing import Any
 
 from study.schema import SchemaError, append_jsonl, dumps, loads
 
-EVENT_KINDS = ("start", "waiting", "reply", "round", "done", "stopped")
+EVENT_KINDS = ("start", "waiting", "refused", "reply", "round", "done", "stopped")
 Listener = Callable[[dict[str, Any]], None]
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import time
 
-from flwr.app import ConfigRecord, Message, RecordDict
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 from loopback_grid import (
@@ -17,7 +18,7 @@ from loopback_grid import (
 )
 
 from client.client_app import build_client_app
-from server.enrolment import SiteDirectory
+from server.enrolment import EnrolmentError, SiteDirectory
 from server.grid import ReportingGrid
 from server.progress import Events
 from study.config import Study
@@ -182,3 +183,161 @@ def test_the_progress_display_says_which_sites_a_round_waits_for():
     # Assert
     assert display.round == 3
     assert "round 3: waiting up to 30 s for site-1, site-2 to reconnect" in console.export_text()
+
+
+# -- enrolment: a node's hello is hostile input ------------------------------------------
+
+
+def _hello_reply(site=None, sites=2, **extra) -> RecordDict:
+    fields = {"sites": sites, **extra} if site is None else {"site": site, "sites": sites, **extra}
+    return RecordDict({"identity": ConfigRecord(fields)})
+
+
+class HelloGrid:
+    """Nodes that answer the enrolment message with `answers[node]` (its content); the
+    connected nodes are `connected` (every answering node unless told)."""
+
+    def __init__(self, answers: dict[int, RecordDict], connected: list[int] | None = None):
+        self.answers, self.asked, self.seen = answers, [], []
+        self.connected = list(answers) if connected is None else connected
+        self.events = Events(None, self.seen.append)
+
+    def get_node_ids(self):
+        return list(self.connected)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        out = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            self.asked.append(node)
+            msg.metadata.__dict__["_message_id"] = f"hello-{len(self.asked)}"
+            reply = Message(self.answers[node], reply_to=msg)
+            reply.metadata.__dict__["_src_node_id"] = node
+            out.append(reply)
+        return out
+
+
+MALFORMED_HELLOS = [
+    (RecordDict({}), "no 'identity'"),
+    (RecordDict({"config": ConfigRecord({"site": 1})}), "no 'identity'"),
+    (_hello_reply(), "'site'"),
+    (RecordDict({"identity": ConfigRecord({"site": 1})}), "'sites'"),
+    (_hello_reply(site="x"), "'site'"),
+    (_hello_reply(site=1.5), "'site'"),
+    (_hello_reply(site=True), "'site'"),
+    (_hello_reply(site=1, sites=3), "partition 1 of 3"),
+    (_hello_reply(site=7), "partition 7 of 2"),
+    (_hello_reply(site=1, certificate=5), "certificate"),
+    (RecordDict({"status": ConfigRecord({"site": 1, "error": "no key"})}), "no key"),
+]
+
+
+def test_initial_enrolment_names_the_node_whose_hello_is_malformed(monkeypatch):
+    # Prepare
+    set_task_identity(monkeypatch)
+    for bad, reason in MALFORMED_HELLOS:
+        grid = HelloGrid({11: _hello_reply(site=0), 22: bad})
+        directory = SiteDirectory(Study(num_sites=2))
+        # Execute / Assert: an EnrolmentError naming the node and what is wrong
+        with pytest.raises(EnrolmentError, match="node 22") as err:
+            directory.enrol_all(grid, wait_s=1.0)
+        assert reason in str(err.value), (reason, str(err.value))
+
+
+def test_a_malformed_hello_from_a_node_that_joins_later_is_refused_and_logged(monkeypatch):
+    # Prepare: sites 0 and 1 enrolled; node 33 joins and answers nonsense
+    set_task_identity(monkeypatch)
+    for bad, reason in MALFORMED_HELLOS:
+        directory = SiteDirectory(Study(num_sites=2))
+        directory.node_site = {11: 0, 22: 1}
+        grid = HelloGrid({11: _hello_reply(0), 22: _hello_reply(1), 33: bad})
+        # Execute: two rounds' refresh
+        directory.refresh(grid)
+        directory.refresh(grid)
+        # Assert: refused once, with the reason, asked once; the sites keep their nodes
+        assert directory.node_site == {11: 0, 22: 1}
+        assert grid.asked == [33]
+        [event] = grid.seen
+        assert event["event"] == "refused" and event["node"] == 33
+        assert reason in event["reason"], (reason, event)
+
+
+def test_a_second_claimant_of_a_connected_site_is_refused_until_that_sites_node_is_gone(
+    monkeypatch,
+):
+    # Prepare: site 1 enrolled from node 22 (with its certificate); node 33 claims site 1
+    set_task_identity(monkeypatch)
+    directory = SiteDirectory(Study(num_sites=2))
+    directory.node_site = {11: 0, 22: 1}
+    directory.certificates = {1: b"site-1 certificate"}
+    answers = {33: _hello_reply(1, certificate=b"another certificate")}
+    grid = HelloGrid(answers, connected=[11, 22, 33])
+    # Execute: node 22 still connected
+    directory.refresh(grid)
+    # Assert: refused and logged; site 1 is still node 22's, its certificate unchanged
+    assert directory.node_site == {11: 0, 22: 1}
+    assert directory.certificates == {1: b"site-1 certificate"}
+    [event] = grid.seen
+    assert (event["event"], event["node"], event["site"]) == ("refused", 33, "site-1")
+    assert "node 22" in event["reason"] and "still connected" in event["reason"]
+    directory.refresh(grid)  # not asked again, not logged again
+    assert grid.asked == [33] and len(grid.seen) == 1
+    # Execute: node 22 gone (a restarting hospital), node 33 still there
+    grid.connected = [11, 33]
+    directory.refresh(grid)
+    # Assert: node 33 is site 1 now; node 22's late replies are still site 1's
+    assert directory.node_site == {11: 0, 33: 1}
+    assert directory.site_of(22) == 1
+    assert directory.certificates == {1: b"another certificate"}
+    assert grid.asked == [33]
+
+
+def test_two_new_nodes_claiming_one_missing_site_enrol_only_the_first():
+    directory = SiteDirectory(Study(num_sites=2))
+    directory.node_site = {11: 0, 22: 1}
+    directory._hello = lambda grid, nodes, timeout_s: {33: 1, 44: 1}
+    grid = HelloGrid({}, connected=[11, 33, 44])
+    directory.refresh(grid)
+    assert directory.node_site == {11: 0, 33: 1}
+    assert [(e["node"], e["site"]) for e in grid.seen] == [(44, "site-1")]
+
+
+class ImpostorGrid(LoopbackGrid):
+    """A loopback federation that a fourth node joins once round 1 has sent its
+    evaluation, claiming to be partition 1 (site-1, whose node is still connected)."""
+
+    IMPOSTOR = FIRST_NODE + 3
+
+    def __init__(self, app, num_nodes: int) -> None:
+        super().__init__(app, num_nodes)
+        self.evaluates = 0
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        self.evaluates += sum(m.metadata.message_type == "evaluate" for m in messages)
+        if self.evaluates and self.IMPOSTOR not in self.contexts:
+            real = self.contexts[FIRST_NODE + 1]
+            self.contexts[self.IMPOSTOR] = Context(
+                run_id=1,
+                node_id=self.IMPOSTOR,
+                node_config=dict(real.node_config),
+                state=RecordDict(),
+                run_config=dict(real.run_config),
+            )
+        return super().push_messages(messages)
+
+
+def test_a_node_claiming_an_enrolled_site_cannot_take_its_place_in_a_study(tmp_path, monkeypatch):
+    # Prepare
+    study = small_study(tmp_path, monkeypatch, num_rounds=2, rejoin_wait=0.0)
+    grid = ImpostorGrid(build_client_app(study), 3)
+    events: list[dict] = []
+    # Execute
+    first, second = run_loopback_study(grid, study, Events(None, events.append))
+    # Assert: every site trained in both rounds from its own node; the impostor was refused
+    for record in (first, second):
+        assert [(s.site, s.ok) for s in record.sites] == [(f"site-{i}", True) for i in range(3)]
+    trained = [m.metadata.dst_node_id for m in grid.delivered if m.metadata.message_type == "train"]
+    assert ImpostorGrid.IMPOSTOR not in trained and trained.count(FIRST_NODE + 1) == 2
+    refused = [e for e in events if e["event"] == "refused"]
+    assert [(e["node"], e["site"]) for e in refused] == [(ImpostorGrid.IMPOSTOR, "site-1")]
