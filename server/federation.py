@@ -55,6 +55,8 @@ def run_study(
     arrays = ArrayRecord(build_model(study.modality).state_dict())
     template = {k: a.numpy() for k, a in arrays.items()}
     ckpt = results.resume(template, archive) if study.resume else None
+    if ckpt is not None and ckpt.warning:  # taken on --trust-checkpoint
+        events.emit("warning", message=ckpt.warning)
     if not study.resume:
         results.start()
     write_json(out / "data-report.json", study_data_report(study))

@@ -16,6 +16,8 @@ listener. Events, by `event`:
     round   {"line": a rounds.jsonl line}
     done    {"summary": summary.json}
     stopped {"round", "reason"}
+    warning {"message"}: something the operator chose to accept (a checkpoint taken
+             on --trust-checkpoint), said once
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 from study.schema import SchemaError, append_jsonl, dumps, loads
 
-EVENT_KINDS = ("start", "waiting", "refused", "reply", "round", "done", "stopped")
+EVENT_KINDS = ("start", "waiting", "refused", "reply", "round", "done", "stopped", "warning")
 Listener = Callable[[dict[str, Any]], None]
 
 

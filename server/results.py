@@ -23,12 +23,13 @@ import numpy as np
 from server.archive import Archive
 from server.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from server.report import write_report
-from study.config import Study
+from study.config import UPPER_BOUNDS, Study
 from study.privacy import epsilon_spent
 from study.schema import (
     BYTE_KINDS,
     SCHEMA,
     RoundRecord,
+    SchemaError,
     Summary,
     append_jsonl,
     iter_jsonl,
@@ -79,16 +80,15 @@ class ResultWriter:
     def resume(self, model_template: dict[str, np.ndarray], archive: Archive) -> Checkpoint | None:
         """The last round with a verified checkpoint, after checking every file
         it depends on; only then are later rounds dropped from the files."""
-        rounds = read_rounds(self.out)  # SchemaError names a damaged line
-        phases = (
-            [doc for _, doc in iter_jsonl(self.phases_path)] if self.phases_path.exists() else []
-        )
+        rounds = read_resumed_rounds(self.rounds_path)  # SchemaError names file, line, field
+        phases = read_resumed_phases(self.phases_path)
         index = archive.index()  # SchemaError names a damaged line
         done = {r.round for r in rounds}
         ckpt = None
         for rnd in reversed(self.checkpoints.rounds()):
             if rnd in done:
-                ckpt = self.checkpoints.load(rnd, model_template)  # CheckpointError says why
+                # CheckpointError says why; --trust-checkpoint accepts another key's
+                ckpt = self.checkpoints.load(rnd, model_template, trust=self.study.trust_checkpoint)
                 break
         if ckpt is None:
             if rounds:
@@ -190,6 +190,111 @@ class ResultWriter:
         )
 
 
+# -- files read back on resume, validated as hostile -------------------------------
+_MAX_LINE_SITES = 1024 + 1  # num-sites' upper bound, and the auditor
+_NAME_LEN = 256
+
+
+def _check_round_line(doc: object, where: str) -> None:
+    """A rounds.jsonl line by field type and bound (SchemaError names the field)."""
+
+    def bad(name: str, why: str) -> SchemaError:
+        return SchemaError(f"{where}: field {name!r}: {why}")
+
+    if not isinstance(doc, dict):
+        raise SchemaError(f"{where}: not a round record (a JSON object)")
+    for name in ("round", "sites", "totals", "global", "seconds"):
+        if name not in doc:
+            raise bad(name, "missing")
+    if type(doc["round"]) is not int or not 1 <= doc["round"] <= UPPER_BOUNDS["num-rounds"]:
+        raise bad("round", f"{doc['round']!r} is not a round number")
+    if not _is_seconds(doc["seconds"]):
+        raise bad("seconds", f"{doc['seconds']!r} is not a number of seconds")
+    _check_counts(doc["totals"], bad, "totals")
+    _check_metrics(doc["global"], bad, "global")
+    sites = doc["sites"]
+    if not isinstance(sites, list) or len(sites) > _MAX_LINE_SITES:
+        raise bad("sites", "not a list of site records")
+    for i, site in enumerate(sites):
+        name = f"sites[{i}]"
+        if not isinstance(site, dict):
+            raise bad(name, "not a site record")
+        if not isinstance(site.get("site"), str) or not 0 < len(site["site"]) <= _NAME_LEN:
+            raise bad(f"{name}.site", "not a site name")
+        if not isinstance(site.get("ok"), bool):
+            raise bad(f"{name}.ok", "not true or false")
+        if not (site.get("error") is None or isinstance(site["error"], str)):
+            raise bad(f"{name}.error", "not text or null")
+        if type(site.get("examples")) is not int or site["examples"] < 0:
+            raise bad(f"{name}.examples", "not a count")
+        _check_counts(site.get("bytes"), bad, f"{name}.bytes")
+        _check_metrics(site.get("recon"), bad, f"{name}.recon")
+        seconds = site.get("seconds")
+        if not isinstance(seconds, dict) or not all(_is_seconds(v) for v in seconds.values()):
+            raise bad(f"{name}.seconds", "not a mapping of seconds")
+        peers = site.get("peers", {})
+        if not isinstance(peers, dict):
+            raise bad(f"{name}.peers", "not a mapping of peers")
+        for peer, values in peers.items():
+            _check_metrics(values, bad, f"{name}.peers.{peer}")
+
+
+def _is_seconds(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1e12
+
+
+def _check_counts(doc: object, bad, name: str) -> None:
+    if not isinstance(doc, dict) or not all(
+        type(v) is int and 0 <= v < 2**63 for v in doc.values()
+    ):
+        raise bad(name, "not a mapping of byte counts")
+
+
+def _check_metrics(doc: object, bad, name: str) -> None:
+    """Metrics: numbers, null (undefined) and true/false ("exact")."""
+    if not isinstance(doc, dict) or not all(
+        v is None or isinstance(v, int | float) for v in doc.values()
+    ):
+        raise bad(name, "not a mapping of metrics (numbers or null)")
+
+
+def read_resumed_rounds(path: Path) -> list[RoundRecord]:
+    """rounds.jsonl as a resume reads it back: every line checked by field type and
+    bound, rounds strictly increasing; SchemaError names the file, line and field."""
+    if not path.exists():
+        return []
+    out: list[RoundRecord] = []
+    for number, doc in iter_jsonl(path):
+        where = f"{path}, line {number}"
+        _check_round_line(doc, where)
+        if out and doc["round"] <= out[-1].round:
+            raise SchemaError(f"{where}: field 'round': {doc['round']} follows {out[-1].round}")
+        try:
+            out.append(RoundRecord.from_json(doc))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SchemaError(f"{where}: not a round record ({exc})") from None
+    return out
+
+
+def read_resumed_phases(path: Path) -> list[dict]:
+    """phases.jsonl as a resume reads it back: a round number and seconds per phase."""
+    if not path.exists():
+        return []
+    out = []
+    for number, doc in iter_jsonl(path):
+        where = f"{path}, line {number}"
+        if not isinstance(doc, dict):
+            raise SchemaError(f"{where}: not a phases record (a JSON object)")
+        rnd = doc.get("round")
+        if type(rnd) is not int or not 1 <= rnd <= UPPER_BOUNDS["num-rounds"]:
+            raise SchemaError(f"{where}: field 'round': {rnd!r} is not a round number")
+        for key, value in doc.items():
+            if key != "round" and (len(key) > _NAME_LEN or not _is_seconds(value)):
+                raise SchemaError(f"{where}: field {key[:80]!r}: {value!r} is not seconds")
+        out.append(doc)
+    return out
+
+
 def _slowest_upload_s(rounds: list[RoundRecord], mbps: float) -> float:
     if not rounds:
         return 0.0
@@ -198,15 +303,48 @@ def _slowest_upload_s(rounds: list[RoundRecord], mbps: float) -> float:
 
 
 def privacy_spent(study: Study, record: RoundRecord) -> dict:
-    """The (epsilon, delta) spent after this round (study/privacy.py). For
+    """The (epsilon, delta) spent after this round (study/privacy.py).
+
+    Central modes: the strategy put the round's `aggregation_weights` and
+    `effective_noise_multiplier` in `record.extra["privacy"]`; epsilon
+    composes that multiplier with the ones the earlier rounds recorded in
+    rounds.jsonl (a round before these fields: the study's multiplier). For
     local-dpsgd each site has its own guarantee (its number of images sets
     the sampling rate); the worst site's is reported, with every site's."""
+    aggregation = dict(record.extra.get("privacy") or {})
     if study.dp != "local-dpsgd":
-        return epsilon_spent(study, record.round).to_json()
-    per_site = {
-        s.site: epsilon_spent(study, record.round, num_examples=s.examples)
-        for s in record.sites
+        if "effective_noise_multiplier" not in aggregation:
+            return epsilon_spent(study, record.round).to_json()
+        earlier = {
+            r.round: (r.extra.get("privacy") or {}).get(
+                "effective_noise_multiplier", study.dp_noise_multiplier
+            )
+            for r in read_rounds(Path(study.out_dir))
+            if r.round < record.round
+        }
+        history = [earlier.get(n, study.dp_noise_multiplier) for n in range(1, record.round)]
+        history.append(aggregation["effective_noise_multiplier"])
+        spent = epsilon_spent(study, record.round, noise_multipliers=history)
+        return {**spent.to_json(), **aggregation}
+    # the noise is in each site's DP-SGD steps: the server's weighting does not change it
+    aggregation = {
+        "aggregation_weights": "examples",
+        "effective_noise_multiplier": study.dp_noise_multiplier,
+    }
+    # a site fraction-train left out of this round keeps the count it last trained on
+    examples = {
+        s.site: s.examples
+        for r in [*read_rounds(Path(study.out_dir)), record]
+        if r.round <= record.round
+        for s in r.sites
         if s.examples > 0
     }
+    per_site = {
+        site: epsilon_spent(study, record.round, num_examples=n) for site, n in examples.items()
+    }
     worst = max(per_site.values(), key=lambda p: p.epsilon)
-    return {**worst.to_json(), "sites": {k: v.epsilon for k, v in per_site.items()}}
+    return {
+        **worst.to_json(),
+        **aggregation,
+        "sites": {k: v.epsilon for k, v in per_site.items()},
+    }

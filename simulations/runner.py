@@ -46,7 +46,8 @@ def check_resumable(study: Study) -> None:
     if rounds:
         torch.manual_seed(study.seed)
         template = {k: v.numpy() for k, v in build_model(study.modality).state_dict().items()}
-        store.load(rounds[-1], template)
+        # validated, not yet re-signed: the ServerApp re-signs a trusted one and says so
+        store.load(rounds[-1], template, trust=study.trust_checkpoint, resign=False)
 
 
 def backend_config(study: Study) -> dict:

@@ -144,6 +144,9 @@ class Study:
     # connected (stopped, or restarting); after that it begins without it
     rejoin_wait: float = 30.0
     resume: bool = False  # set by `medfed run --resume`: continue from the last checkpoint
+    # set by `--trust-checkpoint`: resume from a checkpoint signed by a key this operator
+    # does not hold (validated, then re-signed; docs/SECURITY.md)
+    trust_checkpoint: bool = False
 
     # -- construction -----------------------------------------------------
     @classmethod

@@ -3,12 +3,28 @@
 Real-layout phantoms written to disk live in study.data (see the data
 tests); these are for unit tests of the encryption library, which must not
 depend on the rest of the project.
+
+The operator's checkpoint key store (server/keystore.py) is a temporary folder
+for the whole session, set in the environment before any test or fixture runs
+(subprocesses, Ray workers and deployed ServerApps inherit it): no test writes
+into the real home directory.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import numpy as np
 import pytest
+
+_KEY_HOME = tempfile.mkdtemp(prefix="medfed-test-keys-")
+os.environ["MEDFED_KEY_HOME"] = _KEY_HOME
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(_KEY_HOME, ignore_errors=True)
 
 
 def smooth_images(n: int, channels: int, size: int, bits: int, seed: int = 0) -> np.ndarray:

@@ -18,7 +18,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from simulations.commands.run import ProgressDisplay, add_study_args, load_study, result_table
+from simulations.commands.run import (
+    ProgressDisplay,
+    add_resume_args,
+    add_study_args,
+    load_study,
+    result_table,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "every process again (also on Ctrl-C or error).",
     )
     add_study_args(loc)
+    add_resume_args(loc)
     loc.add_argument(
         "--sites",
         type=int,
@@ -105,6 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(e.g. the docker-compose demo) and wait for its results.",
     )
     add_study_args(sb)
+    add_resume_args(sb)
     sb.add_argument("--superlink", required=True, metavar="HOST:PORT")
     tls = sb.add_mutually_exclusive_group(required=True)
     tls.add_argument("--root-certificates", metavar="CA", help="CA certificate of the SuperLink")
@@ -148,7 +156,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(args: argparse.Namespace):
-    return load_study(args.study, args.overrides, args.out)
+    return load_study(
+        args.study,
+        args.overrides,
+        args.out,
+        getattr(args, "resume", False),
+        getattr(args, "trust_checkpoint", False),
+    )
 
 
 def _round_printer(study, console: Console):

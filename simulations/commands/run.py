@@ -1,4 +1,4 @@
-"""`medfed run [STUDY.toml] [--set key=value ...] [--out DIR] [--resume]`"""
+"""`medfed run [STUDY.toml] [--set key=value ...] [--out DIR] [--resume [--trust-checkpoint]]`"""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from rich import box
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -26,11 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "on Flower's simulation engine (Ray), then print its results.",
     )
     add_study_args(p)
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue a killed study from its last completed round",
-    )
+    add_resume_args(p)
     p.add_argument("--quiet", action="store_true", help="no live progress, only the result table")
     p.set_defaults(func=main)
 
@@ -51,12 +48,36 @@ def add_study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output folder (default: the study's out-dir)")
 
 
-def load_study(path: str, overrides: list[str], out: str | None, resume: bool = False) -> Study:
+def add_resume_args(p: argparse.ArgumentParser) -> None:
+    """--resume and --trust-checkpoint: shared by run and deploy local / submit."""
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed study from its last completed round",
+    )
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="with --resume: accept a checkpoint signed by a key you do not hold (another "
+        "operator's run, a folder an older medfed wrote); its content is validated, then "
+        "re-signed with your key (docs/SECURITY.md)",
+    )
+
+
+def load_study(
+    path: str,
+    overrides: list[str],
+    out: str | None,
+    resume: bool = False,
+    trust_checkpoint: bool = False,
+) -> Study:
     values = parse_overrides(overrides)
     if out:
         values["out-dir"] = out
     if resume:
         values["resume"] = True
+    if trust_checkpoint:
+        values["trust-checkpoint"] = True
     study = Study.from_toml(path, values)
     return study.replace(out_dir=str(Path(study.out_dir).absolute()))
 
@@ -65,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
     from simulations.supervise import run_study_process
 
     # a StudyError is a ValueError: the CLI prints it as one line
-    study = load_study(args.study, args.overrides, args.out, args.resume)
+    study = load_study(args.study, args.overrides, args.out, args.resume, args.trust_checkpoint)
     console = Console(stderr=True)
     console.print(
         f"[bold]medfed[/] study [cyan]{study.name}[/]: {study.num_sites} sites x "
@@ -199,5 +220,7 @@ class ProgressDisplay:
             self.round, self.phase, self.done = line["round"] + 1, "train", 0
         elif kind == "stopped":
             self.console.print(f"round {event['round']}: study stopped: {event['reason']}")
+        elif kind == "warning":
+            self.console.print(f"[yellow]warning:[/] {escape(event['message'])}")
         if self.live:
             self.live.update(self._render())
