@@ -486,3 +486,22 @@ def test_run_config_file_round_trips_the_study():
     assert Study.from_mapping(doc) == study
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert set(doc) <= set(declared)  # flwr run rejects undeclared keys
+
+
+def test_the_serverapps_checkpoint_key_store_is_a_volume_outside_the_run_folder(compose, services):
+    """The ServerApp runs in the superlink container and signs the study's checkpoints:
+    its key store (MEDFED_KEY_HOME, server/keystore.py) is a named volume of its own,
+    not the results folder it protects, and no other container sees it."""
+    env = services["superlink"]["environment"]
+    home = env["MEDFED_KEY_HOME"]
+    assert env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"  # the shared env is kept
+    assert env["MEDFED_DATA_HOME"] == "/data"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["superlink"]["volumes"]}
+    assert mounts.get(home) == "superlink-keys" and "superlink-keys" in compose["volumes"]
+    for dst, src in mounts.items():  # not inside a mounted run folder, nor holding one
+        if src.startswith("./runs") or dst.startswith("/app"):
+            assert not home.startswith(dst.rstrip("/") + "/") and not dst.startswith(home)
+    for name, svc in services.items():
+        if name != "superlink":
+            assert "MEDFED_KEY_HOME" not in svc["environment"], name
+            assert not any(v.startswith("superlink-keys:") for v in svc.get("volumes", [])), name
