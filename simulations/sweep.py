@@ -21,7 +21,10 @@ a product cannot express (e.g. SecAgg+ needs exchange = none):
     exchange = "none"
 
 A key a point does not set keeps the base study's value, and the comparison
-shows it. An optional [privacy] table adds the attacks of
+shows it. A sweep has at most `MAX_POINTS` (10,000) points: a larger grid is refused
+at once, with its count, before any point is built (the points of a grid
+are expanded lazily, one combination at a time). An optional [privacy]
+table adds the attacks of
 `simulations.privacy_probe` to every row (update inversion and the
 ciphertext's known-plaintext attack):
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 import itertools
 import math
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,8 @@ from study.config import Study, StudyError
 from study.schema import Summary, write_json
 
 SWEEP_KEYS = {"name", "study", "out-dir", "set", "grid", "point", "privacy"}
+# the most studies one sweep may plan: 25 keys of 2 values are 33,554,432 points
+MAX_POINTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,17 @@ class Sweep:
                 raise StudyError(f"{path}: grid.{key} must be a non-empty list, got {values!r}")
         if not isinstance(explicit, list) or not all(isinstance(p, dict) and p for p in explicit):
             raise StudyError(f"{path}: each [[point]] must be a table of study keys")
+        count = len(explicit) or math.prod(len(values) for values in grid.values())
+        if count > MAX_POINTS:
+            what = (
+                f"{len(explicit):,} [[point]] tables"
+                if explicit
+                else " x ".join(str(len(v)) for v in grid.values()) + " values"
+            )
+            raise StudyError(
+                f"{path}: the sweep has {count:,} points ({what}), more than {MAX_POINTS:,}; "
+                "split it into smaller sweeps or fix the values"
+            )
         privacy = doc.get("privacy")
         if privacy is not None and not isinstance(privacy, dict):
             raise StudyError(f"{path}: [privacy] must be a table")
@@ -96,11 +113,14 @@ class Sweep:
             explicit=tuple(dict(p) for p in explicit),
             privacy=None if privacy is None else PrivacyProbe.from_table(privacy, str(path)),
         )
-        labels = [sweep.label(p) for p in sweep.points()]
-        twice = sorted({x for x in labels if labels.count(x) > 1})
+        seen: set[str] = set()
+        twice: set[str] = set()
+        for point in sweep.iter_points():
+            label = sweep.label(point)
+            (twice if label in seen else seen).add(label)
         if twice:
-            raise StudyError(f"{path}: the same point twice: {', '.join(twice)}")
-        for point in sweep.points():  # validate every study before running any
+            raise StudyError(f"{path}: the same point twice: {', '.join(sorted(twice))}")
+        for point in sweep.iter_points():  # validate every study before running any
             sweep.study(point)
         return sweep
 
@@ -111,13 +131,29 @@ class Sweep:
             return list(self.grid)
         return list(dict.fromkeys(k for p in self.explicit for k in p))
 
-    def points(self) -> list[dict[str, Any]]:
+    @property
+    def count(self) -> int:
+        """How many points (studies) the sweep has, computed without building them."""
         if self.explicit:
-            return [dict(p) for p in self.explicit]
+            return len(self.explicit)
+        return math.prod(len(values) for values in self.grid.values())
+
+    def iter_points(self) -> Iterator[dict[str, Any]]:
+        """The points one at a time: a grid's combinations are never all built at once."""
+        if self.explicit:
+            yield from (dict(p) for p in self.explicit)
+            return
         keys = list(self.grid)
-        return [
-            dict(zip(keys, combo, strict=True)) for combo in itertools.product(*self.grid.values())
-        ]
+        for combo in itertools.product(*self.grid.values()):
+            yield dict(zip(keys, combo, strict=True))
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every point, as a list (at most MAX_POINTS: `from_toml` refuses more)."""
+        if self.count > MAX_POINTS:
+            raise StudyError(
+                f"sweep {self.name!r}: {self.count:,} points, more than {MAX_POINTS:,}"
+            )
+        return list(self.iter_points())
 
     @staticmethod
     def label(point: dict[str, Any]) -> str:

@@ -173,3 +173,70 @@ def test_trade_off_table_of_a_privacy_sweep(tmp_path):
     assert trade_off_table(sweep, [{"dp": "none", "auroc": 0.7}]) is None
     text = write_comparison(sweep, [row]).read_text()
     assert "| none | 0.71 | inf | 2.50 | 24.4 (16.2) | - |" in text
+
+
+PLAN_UNDER_LIMIT = """
+import resource, sys, time
+from simulations.sweep import Sweep
+from study.config import StudyError
+limit = 2 * 2**30
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+t0 = time.perf_counter()
+try:
+    Sweep.from_toml(sys.argv[1])
+except StudyError as exc:
+    print("REFUSED", round(time.perf_counter() - t0, 3), exc)
+else:
+    print("ACCEPTED")
+"""
+
+
+def test_a_grid_over_the_point_limit_is_refused_at_once_within_2_gb(tmp_path):
+    """25 keys of 2 values each are 2^25 points: refused with the count before any
+    point is built (the whole product once took 10 GB), in a process whose address
+    space is limited to 2 GB."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from simulations.sweep import MAX_POINTS
+
+    (tmp_path / "base.toml").write_text(BASE)
+    keys = "".join(f"key-{i} = [1, 2]\n" for i in range(25))
+    (tmp_path / "sweep.toml").write_text(f'study = "base.toml"\n[grid]\n{keys}')
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", PLAN_UNDER_LIMIT, str(tmp_path / "sweep.toml")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    word, seconds, message = done.stdout.strip().split(" ", 2)
+    assert word == "REFUSED" and float(seconds) < 1.0, done.stdout
+    assert "33,554,432 points" in message and f"{MAX_POINTS:,}" in message
+    assert "sweep.toml" in message
+
+
+def test_points_are_expanded_lazily_and_the_limit_holds_for_point_lists(tmp_path):
+    import itertools
+
+    from simulations.sweep import MAX_POINTS
+
+    (tmp_path / "base.toml").write_text(BASE)
+    (tmp_path / "sweep.toml").write_text(
+        'study = "base.toml"\n[grid]\nlocal-epochs = [1, 2, 3]\nbatch-size = [8, 16]\n'
+    )
+    sweep = Sweep.from_toml(tmp_path / "sweep.toml")
+    lazy = sweep.iter_points()
+    assert not isinstance(lazy, list) and sweep.count == 6
+    assert list(itertools.islice(lazy, 2)) == [
+        {"local-epochs": 1, "batch-size": 8},
+        {"local-epochs": 1, "batch-size": 16},
+    ]
+    assert sweep.points() == list(sweep.iter_points()) and len(sweep.points()) == 6
+    many = "".join(f"[[point]]\nseed = {i}\n" for i in range(MAX_POINTS + 1))
+    (tmp_path / "sweep.toml").write_text(f'study = "base.toml"\n{many}')
+    with pytest.raises(StudyError, match=f"{MAX_POINTS + 1:,} points"):
+        Sweep.from_toml(tmp_path / "sweep.toml")
