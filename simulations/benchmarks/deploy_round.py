@@ -477,22 +477,31 @@ def _longer_section(r: dict, cmp_: dict, add: Callable[[str], None]) -> None:
         ],
     ]
     grew = long_["simulated_round_s"] / base["simulated_round_s"]
+    # proportional would be base overhead x grew; half of that or less reads as fixed
+    fixed = long_["overhead_s"] <= max(base["overhead_s"], 0.0) * (1 + grew) / 2 + 0.5
     add(
-        "The executor's cost is seconds a round, not a share of the round: the same study "
+        "Is the executor's cost seconds a round, or a share of the round? The same study "
         f"with {longer['factor']}x its local epochs (the same data and messages, more "
         "training), simulated and deployed with the executor one after the other in this run, "
-        f"rounds {', '.join(map(str, long_cmp['rounds_compared']))}, mean. The "
-        f"simulated round grew {grew:.1f}x; the deployed overhead went from "
-        f"{_signed(base['overhead_s'])} to {_signed(long_['overhead_s'])} s, so the ratio "
-        "depends on how long the simulated round is, and the seconds are the figure that "
-        "travels.\n"
+        f"rounds {', '.join(map(str, long_cmp['rounds_compared']))}, mean: the simulated round "
+        f"grew {grew:.1f}x and the deployed overhead went from {_signed(base['overhead_s'])} "
+        f"to {_signed(long_['overhead_s'])} s. "
+        + (
+            "It did not grow with the round, so the ratio falls as rounds get longer: the "
+            "seconds a round are the figure that travels, the ratio holds only for this "
+            "round length."
+            if fixed
+            else "It grew with the round: the ratio is the figure that travels."
+        )
+        + " One run each, on a shared machine: differences under a second are within its "
+        "noise.\n"
     )
     head = ["round length", "simulated s", "executor s", "overhead s", "ratio"]
     add(table(head, rows) + "\n")
 
 
 def _signed(seconds: float) -> str:
-    return f"{seconds:+.1f}"
+    return f"{round(seconds, 1) + 0.0:+.1f}"  # + 0.0: no "-0.0"
 
 
 def _wire_text(wire: dict | None) -> str:
