@@ -66,7 +66,13 @@ UPPER_BOUNDS: dict[str, float] = {
     "dp-clipping-norm": 1e6,
     "secagg-clipping-range": 1e6,
     "secagg-quantization-range": 2**31,
+    "rotate-every": 100_000,  # num-rounds' bound: rotating less often is not rotating
 }
+# `seed` seeds numpy (whose legacy seeding takes < 2^32) and torch, and each site's
+# training seed is derived from it (seed * 100003 + round * 1009 + site < 2^63)
+MAX_SEED = 2**32 - 1
+# link-mbps: each hospital uplink's Mbit/s (1 kbit/s to 1 Tbit/s: upload times stay finite)
+LINK_MBPS_RANGE = (0.001, 1e6)
 BOOLEAN_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -233,6 +239,8 @@ class Study:
         for key in ("share-per-round", "method-epochs", "seed", "rotate-every", "rejoin-wait"):
             if getattr(self, key.replace("-", "_")) < 0:
                 raise bad(key, "must be 0 or more")
+        if self.seed > MAX_SEED:
+            raise bad("seed", f"0 to {MAX_SEED} (numpy and torch seeding)")
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -294,8 +302,18 @@ class Study:
             raise StudyError(
                 f"link-mbps = {self.link_mbps!r} is not allowed: comma-separated Mbit/s, e.g. '10,100,1000'"
             ) from None
-        if not speeds or min(speeds) <= 0:
+        low, high = LINK_MBPS_RANGE
+        if not speeds:
             raise StudyError(f"link-mbps = {self.link_mbps!r} is not allowed: positive speeds")
+        if not all(math.isfinite(s) for s in speeds):
+            raise StudyError(
+                f"link-mbps = {self.link_mbps!r} is not allowed: finite speeds (not NaN or infinity)"
+            )
+        if not all(low <= s <= high for s in speeds):
+            raise StudyError(
+                f"link-mbps = {self.link_mbps!r} is not allowed: positive speeds, each {low:g} "
+                f"to {high:g} Mbit/s"
+            )
         return speeds
 
     def key_version(self, server_round: int) -> int:
@@ -371,6 +389,11 @@ class Study:
                 raise StudyError(f"fault-sites: site {site} is outside 0..{self.num_sites - 1}")
             if not 0 <= stall <= 3600:
                 raise StudyError(f"fault-sites: stall={stall:g} must be 0 to 3600 seconds")
+            if rnd is not None and not 1 <= rnd <= UPPER_BOUNDS["num-rounds"]:
+                raise StudyError(
+                    f"fault-sites: round={str(rnd)[:20]} must be at least 1 and at most "
+                    f"{UPPER_BOUNDS['num-rounds']:g}"
+                )
             plan[site] = Fault(rnd, stall, kind)
         return plan
 
@@ -389,10 +412,15 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
             value = kind(value)
         except ValueError:
             raise StudyError(f"{source}: {key} = {value!r} is not a {kind.__name__}") from None
-    if kind is float and not math.isfinite(value):
-        raise StudyError(f"{source}: {key} = {value!r} is not allowed: a finite number")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # a TOML integer has no size limit
+            raise StudyError(
+                f"{source}: {key} = {str(value)[:20]}... is not allowed: a finite number"
+            ) from None
+    if kind is float and isinstance(value, float) and not math.isfinite(value):
+        raise StudyError(f"{source}: {key} = {value!r} is not allowed: a finite number")
     if kind is int and isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):

@@ -134,3 +134,59 @@ def test_booleans_accept_the_usual_spellings(tmp_path):
     path = write(tmp_path, "num-sites = 3\n")
     for text, expected in (("TRUE", True), ("yes", True), ("0", False), ("False", False)):
         assert Study.from_toml(path, {"resume": text}).resume is expected
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragments"),
+    [
+        # numpy's and torch's seeding, and the seeds derived per site and round, need < 2^32
+        ("seed", str(10**15), ["seed", "1000000000000000", "0 to 4294967295"]),
+        ("seed", str(2**32), ["seed", "0 to 4294967295"]),
+        ("link-mbps", "nan", ["link-mbps", "'nan'", "finite"]),
+        ("link-mbps", "1e400", ["link-mbps", "finite"]),
+        ("link-mbps", "10,inf", ["link-mbps", "finite"]),
+        ("link-mbps", "0", ["link-mbps", "0.001"]),
+        ("link-mbps", "1e-300", ["link-mbps", "0.001"]),
+        ("link-mbps", "1e7", ["link-mbps", "1e+06"]),
+        ("rotate-every", str(2**63), ["rotate-every", "at most"]),
+        ("learning-rate", "1" + "0" * 400, ["learning-rate", "finite"]),
+        ("fault-sites", "1:round=0", ["fault-sites", "round", "at least 1"]),
+        ("fault-sites", "1:round=" + "9" * 30, ["fault-sites", "round"]),
+    ],
+)
+def test_every_numeric_setting_has_finite_bounds(tmp_path, key, value, fragments):
+    path = write(tmp_path, "num-sites = 3\n")
+    with pytest.raises(StudyError) as info:
+        Study.from_toml(path, parse_overrides([f"{key}={value}"]))
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+
+
+def test_numeric_bounds_hold_for_toml_values_too(tmp_path):
+    # a TOML integer has no size limit: an int too large for a float is not a float
+    for text, key in (
+        (f"learning-rate = {10**400}\n", "learning-rate"),
+        (f"seed = {2**64}\n", "seed"),
+        ('link-mbps = "nan,10"\n', "link-mbps"),
+    ):
+        with pytest.raises(StudyError, match=key):
+            Study.from_toml(write(tmp_path, "num-sites = 3\n" + text))
+    top = Study.from_toml(write(tmp_path, f"num-sites = 3\nseed = {2**32 - 1}\n"))
+    assert top.seed == 2**32 - 1
+    assert Study(link_mbps="0.001,1e6").link_speeds_mbps == (0.001, 1e6)
+
+
+def test_the_largest_seed_seeds_every_consumer():
+    # what the study's seed feeds: numpy generators, torch, and each site's training seed
+    import numpy as np
+    import torch
+
+    from client.site import Site
+
+    study = Study(seed=2**32 - 1, num_sites=1024, num_rounds=100_000)
+    np.random.default_rng([study.seed, 31337, study.num_sites])
+    torch.manual_seed(study.seed)
+    site = Site.__new__(Site)
+    site.study, site.site_id = study, study.num_sites - 1
+    torch.Generator().manual_seed(site.train_seed(study.num_rounds))
+    np.random.seed(study.seed)  # noqa: NPY002 - the legacy seeding takes < 2^32
