@@ -27,6 +27,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_STATE
 from flwr.compat.common import recorddict_compat as compat
 
 from study.config import Study
+from study.privacy import CENTRAL_MODES
 
 CLIPPED_METRIC = "secagg-clipped"  # the server's name for it: server.secagg.CLIPPED_METRIC
 
@@ -76,12 +77,14 @@ def _fit_through_train_handler(legacy: Message, context: Context, call_next, stu
             "the secure sum (lower learning-rate)"
         )
     metrics = dict(reply.content["metrics"])
-    examples = int(metrics["num-examples"])
-    metrics[CLIPPED_METRIC] = _clipped_values(trained, examples, context)
+    # the protocol weights a site by num_examples; under a central dp mode every
+    # site weighs 1, the mean the noise is calibrated for (study.privacy)
+    weight = 1 if study.dp in CENTRAL_MODES else int(metrics["num-examples"])
+    metrics[CLIPPED_METRIC] = _clipped_values(trained, weight, context)
     fitres = FitRes(
         status=Status(code=Code.OK, message="Success"),
         parameters=ndarrays_to_parameters(trained),
-        num_examples=examples,
+        num_examples=weight,
         metrics=metrics,
     )
     out = compat.fitres_to_recorddict(fitres, keep_input=False)

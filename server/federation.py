@@ -30,6 +30,7 @@ from server.results import ResultWriter, privacy_spent
 from server.secagg import strategy_class  # secure-aggregation = secagg+: SecAgg+ rounds
 from server.strategy import RoundState, StudyStopped, build_strategy
 from study.config import Study
+from study.privacy import check_privacy
 from study.schema import RoundRecord, Summary, write_json
 from study.secure_aggregation import check_secure_aggregation
 from study.task import build_model, evaluate
@@ -48,6 +49,7 @@ def run_study(
     grid: Grid, study: Study, *, events: Events, holdout: HoldoutSource = study_holdout
 ) -> StudyOutcome:
     check_secure_aggregation(study)  # refused combinations stop before any file is written
+    check_privacy(study)
     out = Path(study.out_dir).absolute()
     results = ResultWriter(out, study)
     archive = Archive(out / "archive")

@@ -158,11 +158,19 @@ class ResultWriter:
         for r in rounds:
             for s in r.sites:
                 entry = per_site.setdefault(
-                    s.site, {**dict.fromkeys(BYTE_KINDS, 0), "rounds_ok": 0, "rounds_failed": 0}
+                    s.site,
+                    {
+                        **dict.fromkeys(BYTE_KINDS, 0),
+                        "rounds_ok": 0,
+                        "rounds_not_sampled": 0,
+                        "rounds_failed": 0,
+                    },
                 )
                 for k in BYTE_KINDS:
                     entry[k] += s.bytes[k]
-                entry["rounds_ok" if s.ok else "rounds_failed"] += 1
+                # ok: trained; not sampled (fraction-train) is neither ok nor failed
+                kind = "rounds_failed" if not s.ok else "rounds_ok" if s.sampled else None
+                entry[kind or "rounds_not_sampled"] += 1
         speeds = self.study.link_speeds_mbps
         n = len(rounds)
         extra = (

@@ -19,6 +19,9 @@ One round:
    max_weight is the largest site's count (no weight above 1, the finest
    quantisation that never clips a model within the range). The counts are
    no secret under SecAgg+: Flower's FitRes carries num_examples in the clear.
+   Under a central `dp` mode every site weighs 1 instead (client.secagg sends
+   a FitRes num_examples of 1, max_weight is 1): the DP noise is calibrated
+   for the unweighted mean (study.privacy).
 3. `SecAggPlusWorkflow` runs unchanged with a `LegacyContext` whose legacy
    strategy, `_LegacyBridge`, returns the sampled sites with a FitIns of the
    global model and that config, and receives the unmasked weighted mean.
@@ -89,8 +92,17 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from server.grid import ReportingGrid, exchange
-from server.strategy import MedfedStrategy, RoundState, StudyStopped, array_bytes, message_bytes
+from server.strategy import (
+    MedfedStrategy,
+    RoundState,
+    StudyStopped,
+    array_bytes,
+    dp_aggregation,
+    message_bytes,
+    uniform_weights,
+)
 from study.config import Study
+from study.privacy import CENTRAL_MODES
 from study.schema import RoundRecord
 from study.secure_aggregation import (
     MIN_SITES,
@@ -170,6 +182,8 @@ class SecAggPlusStrategy(MedfedStrategy):
         sites = len(nodes)
         threshold = reconstruction_threshold(self.study, sites)
         max_weight = max((self.examples[self.directory.site_of(n)] for n in nodes), default=1)
+        if self.study.dp in CENTRAL_MODES:  # every site weighs 1 (client.secagg): a plain sum
+            max_weight = 1
         self.protocol = {
             "protocol": "secagg+",
             "sites_sampled": sites,
@@ -312,6 +326,12 @@ class _LegacyBridge(LegacyStrategy):
             )
             for _, fitres in summed
         ]
+        if owner.study.dp in CENTRAL_MODES:
+            # the protocol weighted each site by its FitRes num_examples (1 under
+            # these modes, client.secagg); the copies of the mean weigh 1 each
+            replies = uniform_weights(replies)
+            weights = [float(fitres.num_examples) for _, fitres in summed]
+            state.privacy = dp_aggregation(owner.study, owner.inner, weights)
         t0 = time.perf_counter()
         self.result, _ = owner.inner.aggregate_train(state.round, replies)
         state.aggregate_s = time.perf_counter() - t0
@@ -466,7 +486,8 @@ class StageGrid(Grid):
         entry.bytes["model_up"] += sum(len(b) for b in masked)
         fitres = compat.recorddict_to_fitres(reply.content, keep_input=True)
         metrics = fitres.metrics
-        entry.examples = int(fitres.num_examples)
+        # under a central dp mode the protocol's weight is 1, the count is in the metrics
+        entry.examples = int(metrics.get("num-examples", fitres.num_examples))
         entry.seconds = {
             "encrypt": float(metrics.get("encrypt-s", 0.0)),
             "train": float(metrics.get("train-s", 0.0)),

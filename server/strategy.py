@@ -12,7 +12,12 @@ Around the wrapped strategy it
   it out of the replies, so the wrapped strategy sees only model and metrics;
 - records a site that fails, sends an error or does not reply within
   `round-timeout` as failed, with the reason, and stops the study when fewer
-  than `min-sites` sites replied;
+  than `min-sites` of the sampled sites replied; a site that `fraction-train`
+  left out of a round is recorded `sampled: false`, not failed;
+- under a central `dp` mode, has the wrapped strategy average the sites'
+  clipped updates with equal weights and the DP wrapper noise that mean for
+  the sites that replied, and records the round's aggregation weights and
+  effective noise multiplier (study/privacy.py);
 - ends each round in `end_round` (Flower's `evaluate_fn`): held-out metrics,
   the rounds.jsonl line, a checkpoint and a progress event.
 Sites are known by the node they enrolled from (`SiteDirectory`); a reply
@@ -43,6 +48,7 @@ from study.config import STRATEGIES, Study
 from study.schema import RoundRecord, SiteRecord
 
 REJOIN_POLL_S = 1.0  # how often a round waiting for a missing site looks again
+NOT_CONNECTED = "took no part in this round's training (not connected when it began)"
 
 
 class StudyStopped(RuntimeError):
@@ -89,10 +95,19 @@ def with_differential_privacy(study: Study, strategy: Strategy) -> Strategy:
     For client-adaptive the clipped-count noise is max(sites / 20, z) (Andrew
     et al. recommend sites / 20, which Flower cannot split below z with few
     sites; Flower then adds the matching, larger noise to the updates).
-    """
-    from study.privacy import sites_sampled
 
+    Flower's noise, z * C / n, covers one site's influence only on an
+    unweighted mean of n clipped updates, so under these modes `strategy`
+    weights every site by UNIFORM_WEIGHT (1 for each, `uniform_weights`)
+    instead of its number of examples, and `MedfedStrategy` tells the wrapper
+    how many updates it averages each round (`dp_aggregation`).
+    """
+    from study.privacy import CENTRAL_MODES, UNIFORM_WEIGHT, check_privacy, sites_sampled
+
+    check_privacy(study)
     z, c, n = study.dp_noise_multiplier, study.dp_clipping_norm, sites_sampled(study)
+    if study.dp in CENTRAL_MODES:
+        strategy.weighted_by_key = UNIFORM_WEIGHT  # a FedAvg (check_privacy)
     if study.dp == "client-fixed":
         return flwr_strategies.DifferentialPrivacyClientSideFixedClipping(strategy, z, c, n)
     if study.dp == "server-fixed":
@@ -102,6 +117,42 @@ def with_differential_privacy(study: Study, strategy: Strategy) -> Strategy:
             strategy, z, n, initial_clipping_norm=c, clipped_count_stddev=max(n / 20, z)
         )
     return strategy
+
+
+def uniform_weights(replies: list[Message]) -> list[Message]:
+    """The replies, each weighing 1 for the study's strategy (UNIFORM_WEIGHT)."""
+    from study.privacy import UNIFORM_WEIGHT
+
+    for reply in replies:
+        reply.content["metrics"][UNIFORM_WEIGHT] = 1.0
+    return replies
+
+
+def dp_aggregation(study: Study, wrapper: Strategy, weights: list[float]) -> dict:
+    """Tell Flower's DP wrapper that this round averages len(weights) updates
+    (its noise is z * C over that many), and the round's `privacy` entries:
+    how the updates were weighted and the noise multiplier that gave
+    (study.privacy.effective_noise_multiplier)."""
+    from study.privacy import effective_noise_multiplier
+
+    wrapper.num_sampled_clients = len(weights)
+    count_noise = getattr(wrapper, "clipped_count_stddev", None)
+    return {
+        "aggregation_weights": "uniform" if len(set(weights)) == 1 else "examples",
+        "effective_noise_multiplier": effective_noise_multiplier(
+            wrapper.noise_multiplier,
+            wrapper.num_sampled_clients,
+            weights,
+            clipped_count_stddev=count_noise if study.dp == "client-adaptive" else None,
+        ),
+    }
+
+
+def reply_weights(strategy: Strategy, replies: list[Message]) -> list[float]:
+    """Each reply's weight in the mean: the metric the (wrapped) strategy weights by."""
+    inner = getattr(strategy, "strategy", strategy)
+    key = getattr(inner, "weighted_by_key", "num-examples")
+    return [float(r.content["metrics"][key]) for r in replies]
 
 
 def message_bytes(msg: Message) -> int:
@@ -136,6 +187,8 @@ class RoundState:
     sites: dict[int | str, SiteRecord] = field(default_factory=dict)
     sent_train: set[int] = field(default_factory=set)
     shared_counts: dict[int | str, float] = field(default_factory=dict)
+    missing: set[int | str] = field(default_factory=set)  # study sites not connected
+    privacy: dict = field(default_factory=dict)  # central dp: the aggregation's weights, noise
     train_loss: dict[int | str, float] = field(default_factory=dict)
     fed_metrics: dict[str, float] = field(default_factory=dict)
     aggregate_s: float = 0.0
@@ -189,9 +242,10 @@ class MedfedStrategy(Strategy):
         self.state = state = RoundState(rnd, started=started)
         self.model_layout = {name: (a.dtype, tuple(a.shape)) for name, a in arrays.items()}
         # a study site still not connected (a hospital that stopped, or restarts slowly)
-        # is in this round's record, failed with that reason (round_record)
+        # is in this round's record, failed with that reason
+        state.missing = set(missing)
         for site in missing:
-            state.site(site)
+            state.site(site).error = NOT_CONNECTED
         out = []
         for msg in self.inner.configure_train(rnd, arrays, config, grid):
             msg = self._attach_peers(msg)
@@ -259,20 +313,25 @@ class MedfedStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         state = self.state
         good = self._account_train_replies(list(replies))
-        if len(good) < self.study.min_sites:
+        if len(good) < self.study.min_sites:  # of the sampled sites
             failed = [s.to_json() for s in state.sites.values() if not s.ok]
             reason = (
                 f"only {len(good)} site(s) replied in round {state.round}; "
                 f"min-sites is {self.study.min_sites}"
             )
             raise StudyStopped(
-                f"round {state.round}: only {len(good)} of {len(state.sent_train)} sites "
-                f"replied (min-sites = {self.study.min_sites}). Failures: "
+                f"round {state.round}: only {len(good)} of {len(state.sent_train)} sampled "
+                f"sites replied (min-sites = {self.study.min_sites}). Failures: "
                 + "; ".join(f"{f['site']}: {f['error']}" for f in failed),
                 round=state.round,
                 reason=reason,
                 failed=failed,
             )
+        from study.privacy import CENTRAL_MODES
+
+        if self.study.dp in CENTRAL_MODES:
+            good = uniform_weights(good)
+            state.privacy = dp_aggregation(self.study, self.inner, reply_weights(self.inner, good))
         t0 = time.perf_counter()
         result = self.inner.aggregate_train(state.round, good)
         state.aggregate_s = time.perf_counter() - t0
@@ -432,18 +491,26 @@ class MedfedStrategy(Strategy):
 
     def round_record(self, global_metrics: dict) -> RoundRecord:
         state = self.state
-        for entry in state.sites.values():
-            if not entry.ok and entry.error is None:
-                entry.error = "took no part in this round's training (not connected when it began)"
+        sampled = {self.directory.site_of(node) for node in state.sent_train}
+        for key, entry in state.sites.items():
+            if entry.ok or entry.error is not None:
+                continue
+            if key in sampled or key in state.missing:
+                entry.error = NOT_CONNECTED
+            else:  # connected, evaluated, but fraction-train left it out: not a failure
+                entry.ok, entry.sampled = True, False
         glob = {
             **global_metrics,
             **{f"fed_{k}": v for k, v in state.fed_metrics.items()},
             **recon_summary(state),
             **train_summary(state),
         }
-        return RoundRecord.build(
+        record = RoundRecord.build(
             state.round, state.sites.values(), glob, time.perf_counter() - state.started
         )
+        if state.privacy:  # completed by server.results.privacy_spent
+            record.extra["privacy"] = dict(state.privacy)
+        return record
 
 
 def _by_site(keys: Iterable[int | str]) -> list[int | str]:

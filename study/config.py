@@ -289,9 +289,11 @@ class Study:
         methods = list_encryptors()
         if self.method not in methods:
             raise bad("method", "one of " + ", ".join(methods))
+        from study.privacy import check_privacy
         from study.secure_aggregation import check_secure_aggregation
 
         check_secure_aggregation(self, source)
+        check_privacy(self, source)  # dp with consortium, or with a strategy that does not average
 
     # -- derived ----------------------------------------------------------
     @property

@@ -2,22 +2,31 @@
 
 The numbers come from a maintained accountant, Opacus' RDP accountant
 (Mironov 2017; Mironov, Talwar and Zhang 2019 for the subsampled Gaussian),
-never from a formula of our own. What is accounted, per `dp` mode:
+never from a formula of our own; the tests check them against a second,
+independent one (Google's dp-accounting). What is accounted, per `dp` mode:
 
 - `client-fixed`, `client-adaptive`, `server-fixed` (Flower's DP wrappers,
-  McMahan et al. 2018): one subsampled Gaussian mechanism per round over
-  sites. The sensitivity of the sum of clipped updates is the clipping norm C,
-  the noise on the sum has standard deviation z * C, the sampling rate is the
-  share of sites trained per round (Flower samples max(int(N * fraction-train),
-  min-sites) of the N sites). The guarantee is site-level (a whole hospital's
-  contribution) and holds for everyone who sees the noised global model: the
-  sites and the public, NOT the server, which sees each update before the
-  noise is added. For `client-adaptive` Flower splits the budget between the
-  update noise and the noisy clipped-count (Andrew et al. 2021), so that the
-  two together equal one Gaussian mechanism with the nominal multiplier z:
-  that z is what is accounted. Flower samples a fixed number of sites without
-  replacement; the accountant assumes Poisson sampling with the same rate,
-  the usual approximation of DP-FedAvg.
+  McMahan et al. 2018): one Gaussian mechanism per round over sites. Each
+  site's update is clipped to norm C and the server averages the clipped
+  updates of the m sites that replied with EQUAL weights (`UNIFORM_WEIGHT`,
+  server.strategy; not FedAvg's example weights), so one site moves the mean
+  by at most C / m; the noise on the mean has standard deviation z * C / m
+  (Flower's wrapper, told m). The noise multiplier of the release is then z
+  itself. Each round records the multiplier its aggregation actually had,
+  `effective_noise_multiplier` (noise / (C * the largest share one site had
+  in the mean), `effective_noise_multiplier` below), and the epsilon composes
+  those recorded values. No amplification by sampling: Flower samples a fixed
+  number of sites without replacement from Python's `random` (seeded by the
+  study), the sites learn whether they were sampled and rounds.jsonl records
+  it, so the sampling is neither Poisson nor secret; every round counts as a
+  full release (sampling rate 1, as Flower's own accountant requires). The
+  guarantee is site-level (a whole hospital's contribution) and holds for
+  everyone who sees the noised global model: the sites and the public, NOT
+  the server, which sees each update before the noise is added. For
+  `client-adaptive` Flower splits the budget between the update noise and the
+  noisy clipped-count (Andrew et al. 2021) so that the two together equal
+  one Gaussian mechanism with the nominal multiplier z. These modes need a
+  strategy whose server step reads only the mean (`MEAN_STRATEGIES`).
 - `local-dpsgd` (Opacus inside each site's training, Abadi et al. 2016):
   sample-level DP for one image of a site, against every observer including
   the server. Each local step is a Poisson-subsampled Gaussian with sample
@@ -26,14 +35,26 @@ never from a formula of our own. What is accounted, per `dp` mode:
   A site may not be sampled every round; counting every round is the
   conservative bound (the server knows whom it sampled, so sampling gives no
   amplification against it).
+
+No `dp` mode combines with `exchange = consortium` (`conflicts`): a site
+would train, with its DP, on images other sites shared, so an image's
+privacy cost would be spent at several sites and nothing adds those up.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from study.config import Study
+from study.config import Study, StudyError
+
+# modes whose noise the server adds to the mean of the sites' clipped updates
+CENTRAL_MODES = ("client-fixed", "client-adaptive", "server-fixed")
+# the metric the study's strategy weights by under a central mode: 1 for every site
+UNIFORM_WEIGHT = "dp-uniform-weight"
+# strategies whose server step uses only the (noised) mean of the sites' updates
+MEAN_STRATEGIES = ("FedAvg", "FedProx", "FedAvgM", "FedAdam", "FedYogi", "FedAdagrad")
 
 # Who the guarantee of each mode protects against (written beside every epsilon).
 PROTECTS_AGAINST = {
@@ -69,6 +90,10 @@ class PrivacySpent:
     steps: int
     accountant: str
     protects_against: str
+    # the round's own aggregation (rounds.jsonl): "uniform" or "examples", and the
+    # noise multiplier it had; None where not recorded (dp = none)
+    aggregation_weights: str | None = None
+    effective_noise_multiplier: float | None = None
 
     def to_json(self) -> dict:
         """JSON-safe: an infinite epsilon is written as null."""
@@ -106,27 +131,100 @@ def mechanism(study: Study, rounds_done: int, *, num_examples: int | None = None
         return Mechanism(z, 1.0 / per_epoch, rounds_done * study.local_epochs * per_epoch, "sample")
     if study.dp == "none":
         return Mechanism(0.0, 1.0, rounds_done, "site")
-    return Mechanism(z, sites_sampled(study) / study.num_sites, rounds_done, "site")
+    # a fixed-size, seeded, recorded sample of sites: no amplification (module docstring)
+    return Mechanism(z, 1.0, rounds_done, "site")
+
+
+def effective_noise_multiplier(
+    noise_multiplier: float,
+    noised_for: int,
+    weights: Sequence[float],
+    *,
+    clipped_count_stddev: float | None = None,
+) -> float:
+    """The noise multiplier one aggregation actually had.
+
+    Flower's wrappers add noise of standard deviation noise_multiplier * C /
+    `noised_for` to the aggregate; with `weights` (one per averaged update) a
+    site whose share of the mean is w_max moves it by up to C * w_max, so the
+    release's multiplier is noise_multiplier / (noised_for * w_max): the
+    nominal one for equal weights over `noised_for` sites, less for anything
+    else. `clipped_count_stddev` (client-adaptive): the clipped-count noise,
+    a second Gaussian release of sensitivity 1/2 per site, composed with the
+    first as one mechanism (Andrew et al. 2021, as Flower splits it).
+    """
+    if not weights or noised_for < 1:
+        raise ValueError("an aggregation needs at least one update and one site")
+    if min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"aggregation weights must be non-negative, not all 0: {weights}")
+    if noise_multiplier <= 0:
+        return 0.0
+    share = max(weights) / sum(weights)
+    z = noise_multiplier / (noised_for * share)
+    if clipped_count_stddev:
+        z = (z**-2 + (2 * clipped_count_stddev) ** -2) ** -0.5
+    return float(z)
+
+
+def conflicts(study: Study) -> list[str]:
+    """Why this study's `dp` cannot be accounted as configured (empty: it can)."""
+    if study.dp == "none":
+        return []
+    out = []
+    if study.exchange == "consortium":
+        out.append(
+            f"dp = {study.dp} cannot be combined with exchange = consortium: sites train on "
+            "the images other sites shared, so one image's privacy cost is spent at several "
+            "sites and no accountant adds those up; set exchange = none or archive, or dp = none"
+        )
+    if study.dp in CENTRAL_MODES and study.strategy not in MEAN_STRATEGIES:
+        out.append(
+            f"dp = {study.dp} cannot be combined with strategy = {study.strategy}: its noise is "
+            "calibrated to one site's share of the mean of the clipped updates, and "
+            f"{study.strategy} does not take that mean; use one of {', '.join(MEAN_STRATEGIES)} "
+            "(or dp = local-dpsgd)"
+        )
+    return out
+
+
+def check_privacy(study: Study, source: str = "study") -> None:
+    """Raise StudyError naming the keys a study's `dp` cannot be combined with."""
+    problems = conflicts(study)
+    if problems:
+        raise StudyError(f"{source}: " + "; ".join(problems))
 
 
 def epsilon_spent(
-    study: Study, rounds_done: int, *, num_examples: int | None = None
+    study: Study,
+    rounds_done: int,
+    *,
+    num_examples: int | None = None,
+    noise_multipliers: Sequence[float] | None = None,
 ) -> PrivacySpent:
     """The (epsilon, dp-delta) spent after `rounds_done` rounds of `study`.
 
     Opacus' RDPAccountant with its default orders; epsilon is 0 before the
-    first round and infinite when dp = none or the noise multiplier is 0.
+    first round and infinite when dp = none or a noise multiplier is 0.
+    `noise_multipliers`: each round's effective multiplier as recorded (one
+    per round, central modes); without it every round had the study's z.
     """
     from opacus.accountants import RDPAccountant
 
     mech = mechanism(study, rounds_done, num_examples=num_examples)
-    if study.dp == "none" or mech.noise_multiplier == 0:
+    per_round = mech.steps // rounds_done if rounds_done else 0
+    if noise_multipliers is None:
+        history = [(mech.noise_multiplier, mech.sample_rate, mech.steps)]
+    elif len(noise_multipliers) != rounds_done:
+        raise ValueError(f"{len(noise_multipliers)} noise multipliers for {rounds_done} rounds")
+    else:
+        history = [(float(z), mech.sample_rate, per_round) for z in noise_multipliers]
+    if study.dp == "none" or any(z <= 0 for z, _, _ in history):
         epsilon = 0.0 if rounds_done == 0 else math.inf
     elif mech.steps == 0:
         epsilon = 0.0
     else:
         accountant = RDPAccountant()
-        accountant.history = [(mech.noise_multiplier, mech.sample_rate, mech.steps)]
+        accountant.history = history
         epsilon = float(accountant.get_epsilon(delta=study.dp_delta))
     return PrivacySpent(
         dp=study.dp,

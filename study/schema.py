@@ -168,10 +168,13 @@ def _zero_seconds() -> dict[str, float]:
 @dataclass
 class SiteRecord:
     """One site in one round. A site is not ok until its reply was accounted:
-    one whose reply never came stays failed, with the reason in `error`."""
+    one whose reply never came stays failed, with the reason in `error`. A
+    site that `fraction-train` did not sample this round has `sampled` false
+    and is ok (nothing was asked of it but evaluation): not a failure."""
 
     site: str
     ok: bool = False
+    sampled: bool = True
     error: str | None = None
     bytes: dict[str, int] = field(default_factory=_zero_bytes)
     recon: dict[str, float] = field(default_factory=_nan_recon)
@@ -185,6 +188,7 @@ class SiteRecord:
         doc = {
             "site": self.site,
             "ok": self.ok,
+            "sampled": self.sampled,
             "error": self.error,
             "bytes": dict(self.bytes),
             "recon": dict(self.recon),
@@ -201,6 +205,7 @@ class SiteRecord:
         return cls(
             site=doc["site"],
             ok=bool(doc["ok"]),
+            sampled=bool(doc.get("sampled", True)),  # before sampling was recorded: all were
             error=doc.get("error"),
             bytes={k: int(v) for k, v in doc["bytes"].items()},
             recon=recon,
@@ -235,6 +240,20 @@ class RoundRecord:
     @property
     def ok_sites(self) -> list[SiteRecord]:
         return [s for s in self.sites if s.ok]
+
+    @property
+    def sampled_sites(self) -> list[SiteRecord]:
+        """The sites asked to train this round (fraction-train)."""
+        return [s for s in self.sites if s.sampled]
+
+    @property
+    def trained_sites(self) -> list[SiteRecord]:
+        """The sampled sites whose training reply was accounted."""
+        return [s for s in self.sites if s.sampled and s.ok]
+
+    @property
+    def failed_sites(self) -> list[SiteRecord]:
+        return [s for s in self.sites if not s.ok]
 
     def to_json(self) -> dict[str, Any]:
         return {

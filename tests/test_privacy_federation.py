@@ -89,3 +89,88 @@ def test_local_dpsgd_reports_the_worst_site_s_epsilon(tmp_path):
 
 def _refuse(name: str):
     raise ValueError(f"not strict JSON: {name}")
+
+
+# -- client-side DP over unequal sites, on the loopback grid (no Ray) --------------------
+def _loopback(tmp_path, monkeypatch, **changes):
+    from loopback_grid import LoopbackGrid, small_study
+
+    from client.client_app import build_client_app
+
+    settings = dict(
+        num_sites=5,
+        min_sites=2,
+        fraction_train=0.5,
+        partition="quantity-skew",
+        dirichlet_alpha=1.0,
+        phantom_patients=60,
+        dp="client-fixed",
+        dp_clipping_norm=0.5,
+    )
+    study = small_study(tmp_path, monkeypatch, **{**settings, **changes})
+    return study, LoopbackGrid(build_client_app(study), study.num_sites)
+
+
+def test_client_fixed_averages_the_clipped_updates_uniformly(tmp_path, monkeypatch):
+    """With no noise the new global model is the unweighted mean of the clipped
+    models the sampled sites sent, although their training sets differ in size."""
+    from loopback_grid import run_loopback_study
+
+    seen: dict[str, list] = {"replies": [], "examples": [], "aggregate": []}
+    account = strategy_module.MedfedStrategy._account_train_replies
+    aggregate = strategy_module.MedfedStrategy.aggregate_train
+
+    def spy_account(self, replies):
+        good = account(self, replies)
+        for reply in good:
+            seen["replies"].append(
+                {k: a.numpy().copy() for k, a in reply.content["arrays"].items()}
+            )
+            seen["examples"].append(int(reply.content["metrics"]["num-examples"]))
+        return good
+
+    def spy_aggregate(self, server_round, replies):
+        arrays, metrics = aggregate(self, server_round, replies)
+        seen["aggregate"].append({k: a.numpy().copy() for k, a in arrays.items()})
+        return arrays, metrics
+
+    monkeypatch.setattr(strategy_module.MedfedStrategy, "_account_train_replies", spy_account)
+    monkeypatch.setattr(strategy_module.MedfedStrategy, "aggregate_train", spy_aggregate)
+    study, grid = _loopback(tmp_path, monkeypatch, dp_noise_multiplier=0.0, fraction_train=0.6)
+    # Execute
+    (record,) = run_loopback_study(grid, study)
+    # Assert: three sites of different sizes, averaged with equal weights
+    examples = seen["examples"]
+    assert len(examples) == 3 and len(set(examples)) > 1, examples
+    (got,) = seen["aggregate"]
+    for name, value in got.items():
+        uniform = np.mean([r[name] for r in seen["replies"]], axis=0)
+        np.testing.assert_allclose(value, uniform, rtol=1e-5, atol=1e-7)
+    # ...which is not the example-weighted mean the study's FedAvg would take
+    first = next(iter(got))
+    pairs = zip(examples, seen["replies"], strict=True)
+    weighted = sum(e * r[first] for e, r in pairs) / sum(examples)
+    assert not np.allclose(got[first], weighted, rtol=1e-5, atol=1e-7)
+    privacy = record.extra["privacy"]
+    assert privacy["aggregation_weights"] == "uniform"
+    assert privacy["effective_noise_multiplier"] == 0.0 and privacy["epsilon"] is None
+
+
+def test_client_fixed_epsilon_is_dp_accounting_s_for_the_recorded_parameters(tmp_path, monkeypatch):
+    """The issue's study (5 sites, fraction-train 0.5, z = 1, 3 rounds), small: the
+    epsilon in rounds.jsonl is what dp-accounting computes from what it records."""
+    from loopback_grid import run_loopback_study
+    from test_privacy import dp_accounting_epsilon
+
+    study, grid = _loopback(tmp_path, monkeypatch, num_rounds=3, dp_noise_multiplier=1.0)
+    rounds = run_loopback_study(grid, study)
+    history = []
+    for record in rounds:
+        privacy = record.extra["privacy"]
+        assert privacy["aggregation_weights"] == "uniform"
+        assert privacy["effective_noise_multiplier"] == pytest.approx(1.0, rel=1e-12)
+        history.append((privacy["effective_noise_multiplier"], privacy["sample_rate"], 1))
+        expected = dp_accounting_epsilon(history, privacy["delta"])
+        assert privacy["epsilon"] == pytest.approx(expected, rel=1e-9)
+        assert privacy["steps"] == record.round
+    assert rounds[-1].extra["privacy"]["epsilon"] == pytest.approx(9.01, abs=0.01)
