@@ -590,7 +590,9 @@ def check_manifest(
         or set(model) != set(template)
     ):
         raise bad("model", "does not name the arrays of the study's model")
-    members = {f"model/{k}": Member(a.shape, (a.dtype,)) for k, a in template.items()}
+    # the global model as the strategy left it: FedOpt's (FedAdam, FedYogi, FedAdagrad)
+    # arithmetic makes float64 of a float32 model, which the next round sends on
+    members = {f"model/{k}": Member(a.shape, _model_dtypes(a.dtype)) for k, a in template.items()}
     # strategy state: fields of STATE_FIELDS; arrays shaped like the model's
     state = doc["strategy"]
     if not isinstance(state, dict):
@@ -635,6 +637,13 @@ def check_manifest(
 
 
 # -- the arrays, member by member -------------------------------------------------------
+_FLOATS = tuple(np.dtype(t) for t in ("<f2", "<f4", "<f8"))
+
+
+def _model_dtypes(dtype: np.dtype) -> tuple[np.dtype, ...]:
+    return _FLOATS if dtype.kind == "f" else (dtype,)
+
+
 def _nbytes(member: Member) -> int:
     itemsize = max(d.itemsize for d in member.dtypes) if member.dtypes else 8
     return math.prod(member.shape) * itemsize

@@ -521,3 +521,53 @@ def test_every_supported_strategys_state_round_trips_through_the_allow_list(
         assert len(fresh_inner.momentum_vector) == len(tmpl)
     if dp == "client-adaptive":
         assert fresh.clipping_norm == 0.375
+
+
+# -- the resume paths: the preflight of `medfed run --resume` and the ServerApp ----------
+def test_the_resume_preflight_refuses_a_forged_checkpoint(run):
+    """`medfed run --resume` checks the last checkpoint before Ray starts
+    (simulations.runner.check_resumable): the attack stops there, in one line."""
+    from simulations.runner import check_resumable
+    from simulations.supervise import explain
+
+    study, store = run
+    out = store.dir.parent
+    for rnd in (1, 2):
+        append_jsonl(out / "rounds.jsonl", round_line(rnd))
+    forge(store, 2, secrets.token_bytes(32))
+    with pytest.raises(CheckpointError) as info:
+        check_resumable(study.replace(resume=True, num_rounds=3))
+    line = explain(info.value)
+    assert "round-2.json" in line and "--trust-checkpoint" in line and "\n" not in line
+
+
+def test_a_trusted_resume_re_signs_and_says_so_in_a_warning_event(tmp_path, monkeypatch):
+    """A run copied from another operator: refused; with --trust-checkpoint it
+    continues, re-signed, with a `warning` progress event."""
+    from loopback_grid import LoopbackGrid, run_loopback_study, small_study
+
+    from client.client_app import build_client_app
+    from server.progress import Events
+    from simulations.runner import check_resumable
+
+    monkeypatch.setenv("MEDFED_KEY_HOME", str(tmp_path / "their-keys"))
+    study = small_study(tmp_path, monkeypatch, num_rounds=1)
+    run_loopback_study(LoopbackGrid(build_client_app(study), study.num_sites), study)
+    monkeypatch.setenv("MEDFED_KEY_HOME", str(tmp_path / "my-keys"))
+    resumed = study.replace(resume=True, num_rounds=2)
+    with pytest.raises(CheckpointError, match="--trust-checkpoint"):
+        check_resumable(resumed)
+    trusted = resumed.replace(trust_checkpoint=True)
+    check_resumable(trusted)  # validates; the ServerApp re-signs
+    events: list[dict] = []
+    grid = LoopbackGrid(build_client_app(trusted), trusted.num_sites)
+    rounds = run_loopback_study(grid, trusted, Events(None, events.append))
+    assert [r.round for r in rounds] == [1, 2]
+    warnings = [e for e in events if e["event"] == "warning"]
+    assert len(warnings) == 1 and "round-1.json" in warnings[0]["message"]
+    check_resumable(resumed)  # round 2 was written, and round 1 re-signed, with my key
+    out = Path(study.out_dir)
+    from server.keystore import KeyStore
+
+    mine = KeyStore(tmp_path / "my-keys").signing_key(create=False)[0]
+    assert {manifest_of(CheckpointStore(out, study), r)["key_id"] for r in (1, 2)} == {mine}
