@@ -31,7 +31,7 @@ from encryption import Encryptor, get_encryptor
 from encryption.grants import open_grant, seal_grant
 from encryption.identity import Identity
 from encryption.keys import generate_key, load_key_bundle, save_key_bundle
-from encryption.material import DecryptionMaterial
+from encryption.material import DecryptionMaterial, MaterialError
 from encryption.pki import verify_identity_certificate
 from encryption.private_files import write_private_file
 from study.config import Study
@@ -42,6 +42,10 @@ _GRANT_NAME = re.compile(r"(?P<grantor>[A-Za-z0-9][A-Za-z0-9._-]{0,63})\.v(?P<ve
 
 class NoGrantError(ValueError):
     """This site holds no grant for what it was asked to decrypt."""
+
+
+class GrantMaterialError(ValueError):
+    """A grant this site holds opened, but the decryption material in it is not usable."""
 
 
 @dataclass
@@ -152,7 +156,12 @@ class SiteKeys:
                 f"(grants held: {held})"
             )
         material = self._open(grantor, version, blob_path.read_bytes(), cert_path.read_bytes())
-        return DecryptionMaterial.from_bytes(material).encryptor()
+        try:
+            return DecryptionMaterial.from_bytes(material).encryptor()
+        except MaterialError as exc:
+            raise GrantMaterialError(
+                f"{self.name}: the grant of {grantor}'s key version {version} is refused: {exc}"
+            ) from None
 
     def _open(self, grantor: str, version: int, blob: bytes, grantor_cert: bytes) -> bytes:
         return open_grant(

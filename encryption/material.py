@@ -14,7 +14,13 @@ A value is a JSON scalar (null, bool, number, string) or a tagged array:
 `["tensor", dtype, shape, offset, length]` and
 `["ndarray", dtype, shape, offset, length]`; offsets point into the data
 section, little-endian, in order, with no gap and nothing left over.
-Reading checks every offset, length, shape and dtype before it allocates.
+Reading checks every offset, length, shape (at most `MAX_DIMS` dimensions,
+each at most `MAX_DIM`) and dtype before it allocates. The bytes come from
+another party: `from_bytes` ends in the material or in MaterialError, never
+in another exception (JSON nested too deep for the parser, a number too long
+to convert, a shape numpy or torch refuses: each is MaterialError with the
+reason), and `encryptor()` raises MaterialError for a method or state that
+does not load.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ MAGIC = b"MFDM"
 VERSION = 1
 _PREFIX = struct.Struct(">4sBI")
 MAX_DEPTH = 32
+MAX_DIMS = 32  # dimensions of a tensor or array (numpy allows 64)
+MAX_DIM = 2**31 - 1  # the largest dimension (zero-sized arrays could otherwise claim any)
 # numpy dtype names allowed for tensors and arrays (little-endian on the wire)
 _NUMPY_DTYPES = (
     "bool", "uint8", "int8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
@@ -74,12 +82,19 @@ class DecryptionMaterial:
         return cls(bytes(encryptor.key), encryptor.name, encryptor.state_dict())
 
     def encryptor(self) -> Encryptor:
-        """A working encryptor for these containers: `get_encryptor(method, key)` + state."""
+        """A working encryptor for these containers: `get_encryptor(method, key)` + state.
+        MaterialError when the method is unknown or its state does not load."""
         from encryption.registry import get_encryptor
 
-        enc = get_encryptor(self.method, key=self.key)
-        if self.state:
-            enc.load_state_dict(self.state)
+        try:
+            enc = get_encryptor(self.method, key=self.key)
+            if self.state:
+                enc.load_state_dict(self.state)
+        except Exception as exc:  # noqa: BLE001 - material from another party: one error type
+            raise MaterialError(
+                f"decryption material: method {self.method[:40]!r} with this state does not "
+                f"load ({_describe(exc)})"
+            ) from None
         return enc
 
     def to_bytes(self) -> bytes:
@@ -95,6 +110,16 @@ class DecryptionMaterial:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DecryptionMaterial:
+        """The material `data` holds; MaterialError (only) when it holds none."""
+        try:
+            return cls._from_bytes(data)
+        except MaterialError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - what the checks below missed: one error type
+            raise MaterialError(f"decryption material: unreadable ({_describe(exc)})") from None
+
+    @classmethod
+    def _from_bytes(cls, data: bytes) -> DecryptionMaterial:
         data = bytes(data)
         if len(data) < _PREFIX.size:
             raise MaterialError(f"decryption material: {len(data)} bytes is too short")
@@ -110,8 +135,8 @@ class DecryptionMaterial:
             )
         try:
             doc = json.loads(data[_PREFIX.size : end].decode())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise MaterialError(f"decryption material: bad JSON ({exc})") from None
+        except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, a number too long
+            raise MaterialError(f"decryption material: bad JSON ({_describe(exc)})") from None
         if not isinstance(doc, dict) or set(doc) != {"key", "method", "state"}:
             raise MaterialError(
                 "decryption material: the JSON must have exactly key, method, state"
@@ -128,6 +153,12 @@ class DecryptionMaterial:
         if not isinstance(state, dict):
             raise MaterialError("decryption material: the state must be a dict")
         return cls(key, doc["method"], state)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(exc).__name__}: {text}"
 
 
 def _check_little_endian() -> None:
@@ -234,9 +265,16 @@ class _Reader:
 
     def _array(self, tag: str, dtype: Any, shape: Any, at: Any, length: Any) -> Any:
         if not isinstance(shape, list) or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_DIM for s in shape
         ):
-            raise MaterialError(f"decryption material: bad {tag} shape {shape!r}")
+            raise MaterialError(
+                f"decryption material: bad {tag} shape {str(shape)[:60]} "
+                f"(dimensions are ints 0 to {MAX_DIM})"
+            )
+        if len(shape) > MAX_DIMS:
+            raise MaterialError(
+                f"decryption material: {tag} of {len(shape)} dimensions, more than {MAX_DIMS}"
+            )
         if tag == "ndarray":
             if dtype not in _NUMPY_DTYPES:
                 raise MaterialError(f"decryption material: array dtype {dtype!r} is not allowed")
