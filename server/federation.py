@@ -19,7 +19,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
-from server.archive import Archive
+from server.archive import Archive, ArchiveError
 from server.checkpoint import restore_strategy
 from server.enrolment import SiteDirectory
 from server.grants import GrantBroker
@@ -45,6 +45,24 @@ class StudyOutcome:
     arrays: dict[str, np.ndarray]  # the final global model
 
 
+def pending_shares(
+    archive: Archive, digests: dict[int, tuple[str, str]], last_round: int
+) -> tuple[dict[int, tuple[bytes, bytes]], list[str]]:
+    """The shares of the checkpointed round that a resumed consortium sends on,
+    each read from the archive verified (a regular file whose sha256 is its
+    name); a share whose object is missing, a link or altered is not sent,
+    and the reason is returned."""
+    pending, skipped = {}, []
+    for site, (images, labels) in sorted(digests.items()):
+        try:
+            pending[site] = (archive.get(images), archive.get(labels))
+        except (ArchiveError, FileNotFoundError) as exc:
+            skipped.append(
+                f"site-{site}'s share of round {last_round} is not sent to its peers: {exc}"
+            )
+    return pending, skipped
+
+
 def run_study(
     grid: Grid, study: Study, *, events: Events, holdout: HoldoutSource = study_holdout
 ) -> StudyOutcome:
@@ -68,12 +86,14 @@ def run_study(
     reporting.admit = lambda node: node in directory.node_site
 
     inner = build_strategy(study)
-    done, pending = 0, {}
+    done, pending, warnings = 0, {}, []
     if ckpt is not None:
         done = ckpt.round
         arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in ckpt.model.items()})
         restore_strategy(inner, ckpt.strategy, ckpt.strategy_arrays)
-        pending = {s: (archive.get(i), archive.get(j)) for s, (i, j) in ckpt.pending_share.items()}
+        pending, warnings = pending_shares(archive, ckpt.pending_share, done)
+    grants = GrantBroker.for_study(study, archive)
+    warnings += grants.warnings + grants.policy_warnings(done + 1)
     held: list = []
     rounds: list[RoundRecord] = []
 
@@ -95,6 +115,8 @@ def run_study(
         record = strategy.round_record(metrics)
         if study.dp != "none":
             record.extra["privacy"] = privacy_spent(study, record)
+        if warnings and not rounds:  # what the start warned of, in the first round's record
+            record.extra["warnings"] = list(warnings)
         phases = {
             "train_round": reporting.phase_seconds.get((state.round, "train"), 0.0),
             "aggregate": state.aggregate_s,
@@ -115,13 +137,15 @@ def run_study(
         study,
         directory=directory,
         archive=archive,
-        grants=GrantBroker.for_study(study, archive),
+        grants=grants,
         end_round=end_round,
         round_offset=done,
         pending_share=pending,
         events=events,
     )
     events.emit("start", rounds=study.num_rounds, sites=study.num_sites, from_round=done + 1)
+    for message in warnings:
+        events.emit("warning", message=message)
     try:
         result = strategy.start(
             grid=reporting,

@@ -5,6 +5,13 @@ can read none of them. An identity that was granted a site's key versions
 (`grants` policy, e.g. "0->auditor") opens those grants with its own private
 key and decrypts exactly the containers of those versions; everything else
 stays unreadable and is listed as such.
+
+The archive is read as hostile (whoever could write it may have): each index
+line is checked field by field before a value names a file, objects are read
+only as verified regular files of the archive (server.archive), and a bad
+line, a missing or altered object, or a grant or container that does not
+open is reported in `skipped` (file and line, or the object) and passed
+over; the rest is still opened.
 """
 
 from __future__ import annotations
@@ -31,6 +38,13 @@ class OpenedArchive:
     labels: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
     unreadable: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     grants: list[tuple[str, int]] = field(default_factory=list)  # (grantor, version) opened
+    skipped: list[str] = field(default_factory=list)  # each entry passed over, and why
+
+
+# What an entry that cannot be used raises: ArchiveError (a link, an altered or
+# misnamed object), GrantError, MaterialError and ContainerError are ValueErrors;
+# a missing or unreadable file an OSError.
+_UNUSABLE = (ValueError, OSError)
 
 
 def open_archive(run: str | Path, identity_key: str | Path) -> OpenedArchive:
@@ -42,39 +56,51 @@ def open_archive(run: str | Path, identity_key: str | Path) -> OpenedArchive:
             f"{identity_key}: an identity of study {me.study!r}; {run} is study {study.name!r}"
         )
     archive = Archive(run / "archive")
-    index = archive.index()
-    result = OpenedArchive(me.name)
+    index, problems = archive.read_index()
+    result = OpenedArchive(me.name, skipped=[f"skipped: {p}" for p in problems])
     materials: dict[tuple[str, int], DecryptionMaterial] = {}
     for entry in index:
-        if entry.get("kind") == "grant" and entry.get("grantee") == me.name:
-            grantor, version = entry["site"], int(entry["key_version"])
-            cert = archive.certificate(grantor)
-            if cert is None:
-                raise FileNotFoundError(f"{run}/archive/certificates/{grantor}.crt is missing")
-            blob = archive.get(entry["sha256"])
-            material = open_grant(
-                blob,
-                identity=me,
-                grantor=grantor,
-                grantor_cert=cert,
-                study=study.name,
-                key_version=version,
-            )
-            materials[(grantor, version)] = DecryptionMaterial.from_bytes(material)
+        if entry["kind"] == "grant" and entry["grantee"] == me.name:
+            grantor, version = entry["site"], entry["key_version"]
+            what = f"grant of {grantor} key version {version} (object {entry['sha256']})"
+            try:
+                cert = archive.certificate(grantor)
+                if cert is None:
+                    raise FileNotFoundError(f"{run}/archive/certificates/{grantor}.crt is missing")
+                material = open_grant(
+                    archive.get(entry["sha256"]),
+                    identity=me,
+                    grantor=grantor,
+                    grantor_cert=cert,
+                    study=study.name,
+                    key_version=version,
+                )
+                materials[(grantor, version)] = DecryptionMaterial.from_bytes(material)
+            except _UNUSABLE as exc:
+                result.skipped.append(f"skipped {what}: {exc}")
+                continue
             result.grants.append((grantor, version))
-    by_round: dict[tuple[str, int], dict[str, bytes]] = defaultdict(dict)
+    by_round: dict[tuple[str, int], dict[str, str]] = defaultdict(dict)
     for entry in index:
-        if entry.get("kind") in ("images", "labels"):
-            by_round[(entry["site"], int(entry["round"]))][entry["kind"]] = entry["sha256"]
+        if entry["kind"] in ("images", "labels"):
+            by_round[(entry["site"], entry["round"])][entry["kind"]] = entry["sha256"]
     for (site, rnd), digests in sorted(by_round.items()):
         material = materials.get((site, study.key_version(rnd)))
         if material is None or "images" not in digests:
             result.unreadable[site].append(rnd)
             continue
-        enc = material.encryptor()
-        result.decrypted[(site, rnd)] = enc.decrypt(archive.get(digests["images"]))
-        if "labels" in digests:
-            labels = get_encryptor("aes-gcm", material.key).decrypt(archive.get(digests["labels"]))
+        try:
+            images = material.encryptor().decrypt(archive.get(digests["images"]))
+            labels = None
+            if "labels" in digests:
+                aes = get_encryptor("aes-gcm", material.key)
+                labels = aes.decrypt(archive.get(digests["labels"]))
+        except _UNUSABLE as exc:
+            result.skipped.append(f"skipped {site} round {rnd}: {exc}")
+            result.unreadable[site].append(rnd)
+            continue
+        result.decrypted[(site, rnd)] = images
+        if labels is not None:
             result.labels[(site, rnd)] = labels
     return result
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import stat
 import struct
 
@@ -454,3 +455,118 @@ def test_malformed_material(damage):
 
 def test_errors_are_value_errors():
     assert issubclass(GrantError, ValueError) and issubclass(MaterialError, ValueError)
+
+
+# --------------------------------------------------------------------------- the server's broker
+def _broker(study, root):
+    from server.archive import Archive
+    from server.grants import GrantBroker
+
+    return GrantBroker(study, Archive(root / "archive"))
+
+
+def _enrolled(broker, ids):
+    for i in range(3):
+        broker.enrol(i, ids[f"site-{i}"].certificate_pem)
+    return broker
+
+
+def _sent(record) -> list[str]:
+    return sorted(k for k in (record or {}) if k.startswith("grant/"))
+
+
+def test_a_grantee_removed_on_resume_is_delivered_nothing(world, tmp_path):
+    """Site 0 sealed grants to sites 1 and 2 in round 1; the study resumes with
+    site 1 removed: site 1 gets none of them, site 2 gets its own once, and
+    the delivered set survives a second resume."""
+    from flwr.app import ConfigRecord
+
+    from study.config import Study
+
+    _, ids, _ = world
+    study = Study(
+        name=STUDY, num_sites=3, exchange="consortium", grants="0->1,0->2", out_dir=str(tmp_path)
+    )
+    first = _enrolled(_broker(study, tmp_path), ids)
+    asked = first.outgoing(0, 1)
+    assert asked["request-grantees"] == "site-1,site-2"
+    sealed = {g: _grant(ids, grantee=g, key_version=0) for g in ("site-1", "site-2")}
+    assert first.incoming(0, 1, ConfigRecord(sealed)) > 0
+    # the study stops after round 1 and resumes without 0->1
+    after = study.replace(grants="0->2", resume=True)
+    resumed = _enrolled(_broker(after, tmp_path), ids)
+    assert _sent(resumed.outgoing(1, 2)) == []
+    assert _sent(resumed.outgoing(2, 2)) == ["grant/site-0/0"]
+    resumed.confirmed(1)
+    resumed.confirmed(2)
+    assert resumed.policy_warnings(2) == []  # site 1 never held site 0's key
+    again = _enrolled(_broker(after, tmp_path), ids)
+    assert again.delivered == {("site-0", "site-2", 0)} and again.warnings == []
+    assert _sent(again.outgoing(2, 3)) == [] and _sent(again.outgoing(1, 3)) == []
+    lines = (tmp_path / "archive" / "grants-delivered.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == [
+        {"grantor": "site-0", "grantee": "site-2", "key_version": 0, "round": 2}
+    ]
+
+
+def test_removing_a_grantee_that_holds_the_key_says_what_it_cannot_revoke(world, tmp_path):
+    from flwr.app import ConfigRecord
+
+    from study.config import Study
+
+    _, ids, _ = world
+    study = Study(
+        name=STUDY, num_sites=3, exchange="consortium", grants="0->2", out_dir=str(tmp_path)
+    )
+    broker = _enrolled(_broker(study, tmp_path), ids)
+    broker.outgoing(0, 1)
+    broker.incoming(0, 1, ConfigRecord({"site-2": _grant(ids, grantee="site-2", key_version=0)}))
+    assert _sent(broker.outgoing(2, 2)) == ["grant/site-0/0"]
+    broker.confirmed(2)
+    removed = _enrolled(_broker(study.replace(grants="2->0", resume=True), tmp_path), ids)
+    [warning] = removed.policy_warnings(3)
+    assert "site-2 is no longer a grantee of site-0" in warning
+    assert "rotate-every = 0 nothing is revoked" in warning
+    # with key versions, it keeps only the version in use, until that version ends
+    rotating = study.replace(grants="2->0", resume=True, rotate_every=3)
+    removed = _enrolled(_broker(rotating, tmp_path), ids)
+    [warning] = removed.policy_warnings(3)
+    assert "holds its key version 0, in use until round 3" in warning
+    assert removed.policy_warnings(4) == []
+
+
+def test_the_delivered_record_is_read_as_hostile(world, tmp_path):
+    from study.config import Study
+
+    _, ids, _ = world
+    study = Study(
+        name=STUDY, num_sites=3, exchange="consortium", grants="0->2", out_dir=str(tmp_path)
+    )
+    _broker(study, tmp_path)  # a new study: an empty record
+    path = tmp_path / "archive" / "grants-delivered.jsonl"
+    assert path.read_text() == ""
+    good = {"grantor": "site-0", "grantee": "site-2", "key_version": 0, "round": 2}
+    bad = [
+        {**good, "grantor": "../ca"},
+        {**good, "grantee": "../auditor"},
+        {**good, "key_version": "0"},
+        {**good, "round": -1},
+        {**good, "extra": 1},
+        [good],
+    ]
+    path.write_text("".join(json.dumps(d) + "\n" for d in [good, *bad]) + "{oops\n")
+    broker = _broker(study, tmp_path)
+    assert broker.delivered == {("site-0", "site-2", 0)}
+    assert len(broker.warnings) == len(bad) + 1
+    for number, warning in enumerate(broker.warnings, 2):
+        assert warning.startswith(f"skipped: {path}, line {number}: "), warning
+    assert "grantor: site '../ca' is not a site name" in broker.warnings[0]
+    assert "key_version '0' is not an integer" in broker.warnings[2]
+    # a link in its place is removed, never read nor appended through
+    secret = tmp_path / "secret"
+    secret.write_text("do not touch\n")
+    path.unlink()
+    path.symlink_to(secret)
+    broker = _broker(study, tmp_path)
+    assert "is a link: removed, not read" in broker.warnings[0]
+    assert secret.read_text() == "do not touch\n" and not path.is_symlink()

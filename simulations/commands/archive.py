@@ -49,6 +49,11 @@ def main_open(args: argparse.Namespace) -> int:
             ",".join(map(str, missing)) or "-",
         )
     Console().print(table)
+    if opened.skipped:  # a damaged or hostile entry is passed over, the rest is opened
+        err = Console(stderr=True, highlight=False)
+        err.print(f"{len(opened.skipped)} archive entries skipped:", markup=False)
+        for reason in opened.skipped:
+            err.print(f"  {reason}", markup=False)
     if args.out:
         written = write_opened(opened, args.out)
         Console(stderr=True).print(f"{len(written)} containers decrypted into {args.out}")
