@@ -113,14 +113,17 @@ def write_report(out: Path) -> Path:
         lines += [
             "## Per round",
             "",
-            "| round | sites ok | ciphertext up (B) | ciphertext down (B) | model up (B) | "
+            "| round | sites trained / sampled | not sampled | ciphertext up (B) | "
+            "ciphertext down (B) | model up (B) | "
             f"model down (B) | {metric} (held-out) | {metric} (federated) | recon PSNR worst (dB) | s |",
-            "| " + " | ".join(["---"] * 10) + " |",
+            "| " + " | ".join(["---"] * 11) + " |",
         ]
         for r in rounds:
             g, t = r.global_, r.totals
+            left_out = len(r.sites) - len(r.sampled_sites)
             lines.append(
-                f"| {r.round} | {len(r.ok_sites)}/{len(r.sites)} | {t['ciphertext_up']} | "
+                f"| {r.round} | {len(r.trained_sites)}/{len(r.sampled_sites)} | {left_out} | "
+                f"{t['ciphertext_up']} | "
                 f"{t['ciphertext_down']} | {t['model_up']} | {t['model_down']} | "
                 f"{_fmt(g.get(metric, math.nan))} | {_fmt(g.get('fed_' + metric, math.nan))} | "
                 f"{_fmt(g.get('recon_psnr_worst', math.nan))} | {r.seconds:.1f} |"
@@ -134,11 +137,17 @@ def write_report(out: Path) -> Path:
         ]
         if has_recon:
             lines += ["![reconstruction PSNR per site](recon_psnr.png)", ""]
-        failed = [(r.round, s.site, s.error) for r in rounds for s in r.sites if not s.ok]
+        failed = [(r.round, s.site, s.error) for r in rounds for s in r.failed_sites]
         if failed:
             lines += (
                 ["## Failed sites", ""] + [f"- round {r}, {s}: {e}" for r, s, e in failed] + [""]
             )
+        if any(len(r.sampled_sites) < len(r.sites) for r in rounds):
+            lines += [
+                f"Sites not sampled (fraction-train = {config.get('fraction-train', 1.0):g}) "
+                "took no part in that round's training and are not failures.",
+                "",
+            ]
     lines += ["## Totals", "", "| kind | bytes | per round |", "| --- | --- | --- |"]
     for k, v in summary.bytes.items():
         lines.append(f"| {k} | {v} | {summary.bytes_per_round[k]:.0f} |")

@@ -231,6 +231,8 @@ def _check_round_line(doc: object, where: str) -> None:
             raise bad(f"{name}.site", "not a site name")
         if not isinstance(site.get("ok"), bool):
             raise bad(f"{name}.ok", "not true or false")
+        if not isinstance(site.get("sampled", True), bool):
+            raise bad(f"{name}.sampled", "not true or false")
         if not (site.get("error") is None or isinstance(site["error"], str)):
             raise bad(f"{name}.error", "not text or null")
         if type(site.get("examples")) is not int or site["examples"] < 0:

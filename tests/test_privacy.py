@@ -145,3 +145,18 @@ def test_central_dp_needs_a_strategy_that_averages():
         Study(dp="server-fixed", strategy="FedMedian").validate()
     Study(dp="local-dpsgd", strategy="FedMedian").validate()  # noise inside each site
     Study(dp="client-fixed", strategy="FedProx").validate()
+
+
+def test_a_sweep_crossing_dp_with_consortium_is_refused_before_it_runs(tmp_path):
+    from simulations.sweep import Sweep
+
+    (tmp_path / "base.toml").write_text('name = "base"\nnum-sites = 3\n')
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(
+        'study = "base.toml"\n[grid]\ndp = ["none", "local-dpsgd"]\n'
+        'exchange = ["none", "consortium"]\n'
+    )
+    with pytest.raises(
+        StudyError, match="dp = local-dpsgd cannot be combined with exchange = consortium"
+    ):
+        Sweep.from_toml(sweep)

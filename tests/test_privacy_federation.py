@@ -174,3 +174,22 @@ def test_client_fixed_epsilon_is_dp_accounting_s_for_the_recorded_parameters(tmp
         assert privacy["epsilon"] == pytest.approx(expected, rel=1e-9)
         assert privacy["steps"] == record.round
     assert rounds[-1].extra["privacy"]["epsilon"] == pytest.approx(9.01, abs=0.01)
+
+
+def test_under_secagg_client_fixed_sums_the_sites_with_equal_weights(tmp_path, monkeypatch):
+    """SecAgg+ weights each site by the num_examples of its FitRes: under a central
+    dp mode that is 1, so the noise is calibrated for the sum the server unmasks;
+    the site's real count is still recorded."""
+    from loopback_grid import run_loopback_study
+
+    study, grid = _loopback(
+        tmp_path, monkeypatch, num_sites=3, min_sites=3, fraction_train=1.0,
+        secure_aggregation="secagg+", dp_noise_multiplier=1.0,
+    )  # fmt: skip
+    (record,) = run_loopback_study(grid, study)
+    privacy = record.extra["privacy"]
+    assert privacy["aggregation_weights"] == "uniform"
+    assert privacy["effective_noise_multiplier"] == pytest.approx(1.0, rel=1e-12)
+    assert record.extra["secure_aggregation"]["max_weight"] == 1
+    examples = [s.examples for s in record.sites]
+    assert all(e > 0 for e in examples) and len(set(examples)) > 1, examples

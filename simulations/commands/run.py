@@ -128,7 +128,7 @@ def result_table(study: Study, rounds: list[RoundRecord] | None = None) -> Table
     )
     grants = any(line.totals.get("grant_up") or line.totals.get("grant_down") for line in lines)
     privacy = any("privacy" in line.extra for line in lines)
-    columns = ["round", "sites\nok", "ciphertext MB\nup / down", "model MB\nup / down"]
+    columns = ["round", "sites ok\n/ sampled", "ciphertext MB\nup / down", "model MB\nup / down"]
     columns += ["grants kB\nup / down"] if grants else []
     columns += [f"held-out\n{short}", f"fed\n{short}", "PSNR\nmin dB"]
     columns += ["epsilon"] if privacy else []
@@ -138,7 +138,7 @@ def result_table(study: Study, rounds: list[RoundRecord] | None = None) -> Table
         g, t = line.global_, line.totals
         row = [
             str(line.round),
-            f"{len(line.ok_sites)}/{len(line.sites)}",
+            f"{len(line.trained_sites)}/{len(line.sampled_sites)}",
             f"{_mb(t['ciphertext_up'])} / {_mb(t['ciphertext_down'])}",
             f"{_mb(t['model_up'])} / {_mb(t['model_down'])}",
         ]
@@ -211,9 +211,14 @@ class ProgressDisplay:
             self.bytes += sum(
                 sum(s["bytes"][k] for k in ("message_up", "message_down")) for s in line["sites"]
             )
-            ok = sum(s["ok"] for s in line["sites"])
+            # a site fraction-train did not sample is neither ok nor failed
+            sampled = [s for s in line["sites"] if s.get("sampled", True)]
+            ok = sum(s["ok"] for s in sampled)
             failed = [f"{s['site']} ({s['error']})" for s in line["sites"] if not s["ok"]]
-            msg = f"round {line['round']} done: {ok} sites ok, {line['seconds']:.1f} s"
+            left_out = len(line["sites"]) - len(sampled)
+            msg = f"round {line['round']} done: {ok} sites ok"
+            msg += f", {left_out} not sampled" if left_out else ""
+            msg += f", {line['seconds']:.1f} s"
             if failed:
                 msg += "; failed: " + "; ".join(failed)
             self.console.print(msg)
