@@ -156,24 +156,35 @@ def test_client_fixed_averages_the_clipped_updates_uniformly(tmp_path, monkeypat
     assert privacy["effective_noise_multiplier"] == 0.0 and privacy["epsilon"] is None
 
 
-def test_client_fixed_epsilon_is_dp_accounting_s_for_the_recorded_parameters(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dp", ["client-fixed", "client-adaptive", "server-fixed", "local-dpsgd"])
+def test_epsilon_is_dp_accounting_s_for_the_recorded_parameters(dp, tmp_path, monkeypatch):
     """The issue's study (5 sites, fraction-train 0.5, z = 1, 3 rounds), small: the
     epsilon in rounds.jsonl is what dp-accounting computes from what it records."""
     from loopback_grid import run_loopback_study
     from test_privacy import dp_accounting_epsilon
 
-    study, grid = _loopback(tmp_path, monkeypatch, num_rounds=3, dp_noise_multiplier=1.0)
+    study, grid = _loopback(tmp_path, monkeypatch, num_rounds=3, dp=dp, dp_noise_multiplier=1.0)
     rounds = run_loopback_study(grid, study)
     history = []
     for record in rounds:
         privacy = record.extra["privacy"]
+        z = privacy["effective_noise_multiplier"]
+        if dp == "local-dpsgd":  # each DP-SGD step, Poisson-sampled inside the worst site
+            assert privacy["aggregation_weights"] == "examples" and z == 1.0
+            reference = dp_accounting_epsilon(
+                [(z, privacy["sample_rate"], privacy["steps"])], privacy["delta"]
+            )
+            # the libraries' RDP orders differ: a few parts in a thousand
+            assert privacy["epsilon"] == pytest.approx(reference, rel=5e-3)
+            continue
         assert privacy["aggregation_weights"] == "uniform"
-        assert privacy["effective_noise_multiplier"] == pytest.approx(1.0, rel=1e-12)
-        history.append((privacy["effective_noise_multiplier"], privacy["sample_rate"], 1))
+        assert z == pytest.approx(1.0, rel=1e-12)
+        history.append((z, privacy["sample_rate"], 1))
         expected = dp_accounting_epsilon(history, privacy["delta"])
         assert privacy["epsilon"] == pytest.approx(expected, rel=1e-9)
-        assert privacy["steps"] == record.round
-    assert rounds[-1].extra["privacy"]["epsilon"] == pytest.approx(9.01, abs=0.01)
+        assert privacy["steps"] == record.round and privacy["sample_rate"] == 1.0
+    if dp != "local-dpsgd":
+        assert rounds[-1].extra["privacy"]["epsilon"] == pytest.approx(9.01, abs=0.01)
 
 
 def test_under_secagg_client_fixed_sums_the_sites_with_equal_weights(tmp_path, monkeypatch):
