@@ -122,3 +122,39 @@ def _relabel(blob: bytes, extra: dict) -> bytes:
     raw = replace(header, extra=extra).to_bytes()
     prefix = struct.pack(">4sBH", b"MFED", 1, len(raw)) + raw + nonce + struct.pack(">Q", len(body))
     return prefix + body + tag
+
+
+@pytest.mark.slow
+def test_a_study_resumed_without_a_grantee_delivers_it_nothing(tmp_path, monkeypatch):
+    """A consortium stops after round 1, when site 0's grants are sealed but
+    not yet delivered; it resumes with site 1 removed from site 0's grantees:
+    site 1 never holds site 0's key, site 2 does. Removing site 2 as well once
+    it holds the study's only key version (rotate-every = 0) is said at the
+    start of the next resume and in its first round record."""
+    from client.site import Site
+    from simulations.runner import run_simulated_study
+    from study.schema import read_rounds
+
+    monkeypatch.setenv("MEDFED_DATA_HOME", str(tmp_path / "data"))
+    out = tmp_path / "run"
+    before = Study(
+        name="revocation", num_sites=3, num_rounds=1, min_sites=1, image_size=32,
+        phantom_patients=48, phantom_size=64, share_per_round=4, holdout_images=16,
+        exchange="consortium", grants="0->1,0->2,1->0,2->0", out_dir=str(out),
+    ).replace()  # fmt: skip
+    run_simulated_study(before)
+    after = before.replace(num_rounds=2, grants="0->2,1->0,2->0", resume=True)
+    result = run_simulated_study(after)
+    assert [r.round for r in result.rounds] == [2]
+    assert all(s.ok for s in result.rounds[0].sites), result.rounds[0].sites
+    assert "site-0" not in dict(Site(after, 1, 3).keys.held_grants())
+    assert ("site-0", 0) in Site(after, 2, 3).keys.held_grants()
+    assert "warnings" not in result.rounds[0].extra
+
+    last = after.replace(num_rounds=3, grants="1->0,2->0")
+    run_simulated_study(last)
+    [record] = [r for r in read_rounds(out) if r.round == 3]
+    [warning] = record.extra["warnings"]
+    assert "site-2 is no longer a grantee of site-0" in warning and "rotate-every = 0" in warning
+    events = (out / "events.jsonl").read_text()
+    assert "site-2 is no longer a grantee of site-0" in events
