@@ -8,7 +8,10 @@ Everything here lives in the site's own state folder and nowhere else:
                            (learned weights), mode 0600. Version 0 is made by
                            fitting the encryptor; a later version (rotate-every)
                            keeps the weights and gets a new site key, so a
-                           grantee of the old versions cannot read the new one
+                           grantee of the old versions cannot read the new one:
+                           every method's containers depend on the site key
+                           (deepedn, whose weights alone would decode them,
+                           seals its cipher image with it; tests/test_revocation.py)
     grants/<grantor>.v<N>.grant   grants this site received, sealed as they
                            came (opened with the identity key when needed)
 

@@ -2,6 +2,7 @@
 
     archive/objects/<sha[:2]>/<sha256>   one container or grant per file, as received
     archive/certificates/<identity>.crt  the identities' certificates (public)
+    archive/grants-delivered.jsonl       the grants delivered (server.grants)
     archive/index.jsonl                  one line per stored object: sha256, site,
                                          round, kind (images | labels | grant),
                                          bytes, method and shape (containers),
