@@ -361,3 +361,165 @@ def test_a_crashed_worker_is_restarted_and_the_round_reports_it(tmp_path):
     tasks = [json.loads(x) for x in (logs / "executor-site-1.tasks.jsonl").open()]
     assert len({t["pid"] for t in tasks}) == 2  # the worker before the crash, and after
     assert "died (exit 70); restarting it" in (logs / "executor-site-1.log").read_text()
+
+
+# ------------------------------------------------------------- a worker killed mid-reply
+KILLED_CLIENT = '''\
+"""Site 1 (partition-id 1) dies while sending its first reply: after the reply's
+message reached the SuperNode, before any of its objects (SIGKILL, as from outside)."""
+import os
+import signal
+import time
+
+import flwr.supernode.runtime.run_clientapp as runtime
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg, context):
+    part = int(context.node_config["partition-id"])
+    if part == 1 and int(msg.content["config"]["step"]) == 0:
+        def die(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        runtime.push_objects = die  # push_message calls it after sending the message
+    else:
+        time.sleep(3)  # the others answer after site 1's broken reply was sent
+    result = ConfigRecord({"partition": part, "pid": os.getpid()})
+    return Message(content=RecordDict({"result": result}), reply_to=msg)
+'''
+
+TIMED_SERVER = '''\
+"""`steps` train messages to every node, each step waiting at most `timeout` s (a
+round-timeout); writes which node answered what, and when, to `out`."""
+import json
+import time
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = context.run_config
+    deadline = time.monotonic() + 120
+    nodes = []
+    while len(nodes) < int(cfg["nodes"]) and time.monotonic() < deadline:
+        nodes = sorted(grid.get_node_ids())
+        time.sleep(0.2)
+    rows = []
+    for step in range(int(cfg["steps"])):
+        msgs = [
+            Message(content=RecordDict({"config": ConfigRecord({"step": step})}),
+                    message_type="train", dst_node_id=n)
+            for n in nodes
+        ]
+        ids = list(grid.push_messages(msgs))
+        t0 = time.monotonic()
+        got = {}
+        while len(got) < len(ids) and time.monotonic() < t0 + float(cfg["timeout"]):
+            for r in grid.pull_messages([i for i in ids if i not in got]):
+                got[r.metadata.reply_to_message_id] = (r, time.monotonic() - t0)
+            time.sleep(0.1)
+        for mid, node in zip(ids, nodes):
+            row = {"step": step, "node": node}
+            if mid in got:
+                r, row["seconds"] = got[mid]
+                if r.has_error():
+                    row["error"] = [int(r.error.code), r.error.reason]
+                else:
+                    row.update(dict(r.content["result"]))
+            rows.append(row)
+    with open(str(cfg["out"]), "w") as fh:
+        json.dump(rows, fh)
+'''
+
+
+@pytest.mark.slow
+def test_a_worker_killed_while_replying_fails_only_its_site(tmp_path, monkeypatch):
+    """An executor worker killed after its reply's message reached the SuperNode and
+    before the reply's objects did: Flower's SuperNode forwarded the incomplete reply
+    and waited for its objects forever, and the ServerApp's pull of it waited for the
+    SuperLink's push session to expire (180 s) while the other sites' replies waited
+    behind it: a round-timeout shorter than that failed every site. Now only that site
+    fails (Flower's ClientApp-crashed error, once no object came for the stall time),
+    the others answer in seconds, and the site is back for the next message."""
+    monkeypatch.setenv("MEDFED_SUPERNODE_REPLY_STALL_S", "10")
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "pyproject.toml").write_text(
+        PYPROJECT.format(clientapp="probeclient:app").replace(
+            'plan = "train"', "steps = 2\ntimeout = 60.0\nnodes = 3"
+        )
+    )
+    (app / "probeclient.py").write_text(KILLED_CLIENT)
+    (app / "probeserver.py").write_text(TIMED_SERVER)
+    out = tmp_path / "rows.json"
+    with LocalFederation(3, log_dir=tmp_path / "logs", start_timeout=120) as fed:
+        fed.start()
+        res = fed.flwr("run", str(app), fed.connection, "--run-config", f"out='{out}'", timeout=120)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        deadline = time.monotonic() + 400
+        while not out.is_file() and time.monotonic() < deadline:
+            fed.keep_alive()
+            time.sleep(0.5)
+        time.sleep(0.2)  # written in full
+        rows = json.loads(out.read_text())
+        worker_log = fed.executors()[1].log_text()
+    node_of = {r["partition"]: r["node"] for r in rows if "partition" in r}
+    by = {(r["step"], r["node"]): r for r in rows}
+    first = [by.get((0, node_of.get(p)), {}) for p in (0, 2)]
+    # the other sites' replies came in seconds, not after site 1's broken one
+    assert all("error" not in r and r.get("seconds", 1e9) < 30 for r in first), rows
+    (broken,) = [r for r in rows if r["step"] == 0 and r not in first]
+    assert broken.get("error", [None])[0] == 8, rows  # CLIENT_APP_CRASHED, within the step
+    assert "never reached the SuperNode" in broken["error"][1]
+    second = [r for r in rows if r["step"] == 1]
+    assert sorted(r.get("partition", -1) for r in second) == [0, 1, 2], rows  # site 1 is back
+    assert "died (exit -9); restarting it" in worker_log
+
+
+SUPERVISE_STUCK_WORKER = """
+import argparse, sys
+from simulations.deploy import executor
+executor.STOP_GRACE_S = 2.0
+executor._worker_argv = lambda args: [sys.executable, "-c", (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('worker ignores SIGTERM', flush=True); time.sleep(600)")]
+args = argparse.Namespace(supernode="127.0.0.1:1")
+sys.exit(executor.supervise(args, []))
+"""
+
+
+def test_the_supervisor_honours_sigterm_with_a_worker_that_does_not(tmp_path):
+    """SIGTERM to `medfed deploy executor` while its worker does not stop (one stuck in
+    a pull, or ignoring SIGTERM): the supervisor waited for the worker forever (its loop
+    did not look at the stop request); now it kills the worker after STOP_GRACE_S and
+    exits."""
+    log = tmp_path / "supervisor.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SUPERVISE_STUCK_WORKER],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent,
+            start_new_session=True,
+        )
+    try:
+        _wait_for(log, "worker ignores SIGTERM", 60)
+        (worker,) = descendants(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+        deadline = time.monotonic() + 10
+        while _cmdline(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _cmdline(worker)  # the worker was killed, not left behind
+        assert "still runs 2 s after SIGTERM; killing it" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -433,3 +433,232 @@ def test_deployment_bandwidth_equals_simulation(tmp_path):
     sa = json.loads((dep / "summary.json").read_text())
     sb = json.loads((sim / "summary.json").read_text())
     assert sa["bytes"] == sb["bytes"] and sa["bytes_per_site"] == sb["bytes_per_site"]
+
+
+# ------------------------------------------------------------------ a launcher killed -9
+def _sleeper(*words: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", *words],
+        start_new_session=True,
+    )
+
+
+def test_the_next_start_stops_only_what_pids_json_still_names(tmp_path):
+    """pids.json of a launcher killed with SIGKILL: the next start with that log folder
+    stops the processes it names that still run with the recorded start time and a
+    command medfed starts; a pid reused by another process (other start time) and a
+    process that is not medfed's are left alone."""
+    ours, reused, stranger = _sleeper("flower-supernode"), _sleeper("flwr"), _sleeper("other")
+    gone = _sleeper("flwr")
+    gone.kill()
+    gone.wait()
+    try:
+        for p in (ours, reused, stranger):
+            deadline = time.monotonic() + 10
+            while start_time(p.pid) is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        record = {
+            ours.pid: start_time(ours.pid),
+            reused.pid: start_time(reused.pid) - 1,  # the recorded process was another
+            stranger.pid: start_time(stranger.pid),  # right start time, not our command
+            gone.pid: 12345,
+        }
+        (logs / "pids.json").write_text(json.dumps({str(k): v for k, v in record.items()}))
+        said = []
+        with LocalFederation(1, log_dir=logs, echo=said.append) as fed:
+            assert ours.wait(timeout=15) == -signal.SIGTERM
+            assert reused.poll() is None and stranger.poll() is None
+            assert fed.components == []
+        assert said == [
+            f"stopped 1 process(es) an earlier deployment in {logs} left running (pids {ours.pid})"
+        ]
+    finally:
+        for p in (ours, reused, stranger):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_children_die_with_the_launcher(tmp_path):
+    """A child started with parent_death_signal gets SIGTERM when its parent is killed
+    with SIGKILL (Linux), so a killed launcher leaves nothing even before the next
+    start's clean-up."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    code = (
+        "import subprocess, sys, time\n"
+        "from simulations.deploy.processes import parent_death_signal\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],"
+        " preexec_fn=parent_death_signal())\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    child = int(parent.stdout.readline())
+    started = start_time(child)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while start_time(child) == started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert start_time(child) != started  # gone (reaped by init)
+
+
+def _free_ports(n: int) -> int:
+    for _ in range(50):
+        base = free_port()
+        if base < 65000 and not any(port_in_use(base + i) for i in range(n)):
+            return base
+    pytest.skip(f"no {n} consecutive free ports")
+
+
+def test_kill_9_of_deploy_local_leaves_nothing_after_the_next_start(tmp_path):
+    """`kill -9` of `medfed deploy local` once its study runs (SuperLink, SuperNode,
+    executor, SuperExec and ServerApp up), then the same command again with the same
+    --out and --port: it starts (the ports are free) and completes, and no process of
+    the first run's pids.json is left, nor of the second's; the ports are free."""
+    out = tmp_path / "out"
+    pids = out / "deploy-logs" / "pids.json"
+    port = _free_ports(2)
+    common = ["deploy", "local", "--sites", "1", "--port", str(port), "--out", str(out)]
+    long_study = [x if x != "num-rounds=2" else "num-rounds=1000" for x in TINY]
+    stderr = tmp_path / "first.err"
+    with open(stderr, "wb") as err_fh:
+        first = subprocess.Popen(
+            [MEDFED, *common, *long_study],
+            cwd=tmp_path,
+            env=_env(tmp_path),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err_fh,
+            start_new_session=True,
+        )
+    seen: dict[str, int | None] = {}
+    try:
+        deadline = time.monotonic() + 300
+        started = False  # the ServerApp runs the study
+        while not started and time.monotonic() < deadline and first.poll() is None:
+            started = any(e.get("event") == "start" for e in _events(out))
+            time.sleep(0.2)
+        assert first.poll() is None and started, stderr.read_text()[-2000:]
+        while time.monotonic() < deadline:  # the launcher has recorded the ServerApp
+            seen = json.loads(pids.read_text())
+            if any("flwr-serverapp" in _cmdline(int(p)) for p in seen):
+                break
+            time.sleep(0.2)
+        assert len(seen) >= 5, seen  # SuperLink, SuperNode, executor, its worker, flwr run ...
+        first.kill()  # SIGKILL: no finally, no atexit, no signal handler
+        first.wait()
+        one_round = [x if x != "num-rounds=2" else "num-rounds=1" for x in TINY]
+        res = _medfed([*common, *one_round], tmp_path, timeout=600)
+    finally:
+        _stop_leftovers(first, pids)
+        left = [int(p) for p, t in seen.items() if t is not None and start_time(int(p)) == t]
+        for pid in left:  # after a failure: the first run's leftovers, by pid
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "all processes stopped" in " ".join(res.stderr.split())
+    assert left == [], left
+    assert _none_running(pids)
+    assert not any(port_in_use(port + i) for i in range(2))
+
+
+# ------------------------------------------------------------ a hospital's process killed
+def _events(out: Path) -> list[dict]:
+    path = out / "events.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            rows.append(json.loads(line))
+    return rows
+
+
+@pytest.mark.slow
+def test_a_killed_supernode_fails_its_site_and_the_study_goes_on(tmp_path):
+    """3 sites, min-sites 2: site 1's SuperNode is killed (SIGKILL from outside) while
+    site 1 trains in round 2 (a stall keeps it busy) and both other sites have replied.
+    The deployment used to stop the whole study ("SuperNode site-1 was killed by signal
+    SIGKILL from outside medfed"); now round 2 records site 1 failed with the reason,
+    its SuperNode is started again, and the study completes."""
+    out = tmp_path / "out"
+    study = [x for x in TINY if x != "num-rounds=2"]
+    study += ["--set", "num-rounds=3", "--set", "min-sites=2"]
+    study += ["--set", "fault-sites=1:round=2:stall=90"]
+    stderr = tmp_path / "medfed.err"
+    pids = out / "deploy-logs" / "pids.json"
+    with open(stderr, "wb") as err_fh:
+        proc = subprocess.Popen(
+            [MEDFED, "deploy", "local", "--sites", "3", "--out", str(out), *study],
+            cwd=tmp_path,
+            env=_env(tmp_path),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err_fh,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 600
+        replied = False
+        while not replied and time.monotonic() < deadline and proc.poll() is None:
+            replied = any(
+                e.get("event") == "reply"
+                and e.get("round") == 2
+                and e.get("phase") == "train"
+                and e.get("done") == 2
+                for e in _events(out)
+            )
+            time.sleep(0.3)
+        assert replied, stderr.read_text()[-3000:]
+        (node,) = [
+            int(p)
+            for p in json.loads(pids.read_text())
+            if "simulations.deploy.supernode" in _cmdline(int(p))
+            and "partition-id=1 " in _cmdline(int(p))
+        ]
+        os.kill(node, signal.SIGKILL)
+        assert proc.wait(timeout=900) == 0, stderr.read_text()[-4000:]
+    finally:
+        _stop_leftovers(proc, pids)
+    err = " ".join(stderr.read_text().split())
+    assert "SuperNode site-1 was killed by signal SIGKILL from outside medfed" in err
+    assert "starting it again" in err
+    rounds = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    by_site = [{s["site"]: s for s in r["sites"]} for r in rounds]
+    assert all(s["ok"] for s in by_site[0].values())
+    assert by_site[1]["site-0"]["ok"] and by_site[1]["site-2"]["ok"]
+    assert not by_site[1]["site-1"]["ok"] and by_site[1]["site-1"]["error"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["rounds"] == 3
+    assert _none_running(pids)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_deploy_local_takes_resume(tmp_path):
+    """`medfed deploy local --resume` means what `medfed run --resume` does (and what
+    `--set resume=true` already did): the study's resume key is set."""
+    import argparse
+
+    from simulations.commands import deploy
+
+    parser = argparse.ArgumentParser()
+    deploy.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["deploy", "local", "--resume", "--out", str(tmp_path)])
+    assert deploy._load(args).resume is True
+    args = parser.parse_args(["deploy", "local", "--set", "resume=true", "--out", str(tmp_path)])
+    assert deploy._load(args).resume is True
+    args = parser.parse_args(["deploy", "local", "--out", str(tmp_path)])
+    assert deploy._load(args).resume is False

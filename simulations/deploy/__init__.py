@@ -9,7 +9,11 @@ ServerApp and ClientApp are the very same code as in simulation, so the
 result files (config.json, rounds.jsonl, summary.json, report.md) are too.
 
 Every process is started in its own process group and stopped on exit,
-error, Ctrl-C or SIGTERM (finally + atexit + signal handler).
+error, Ctrl-C or SIGTERM (finally + atexit + signal handler); killed with
+SIGKILL, its processes get SIGTERM from the kernel (PR_SET_PDEATHSIG) and the
+next start with the same log folder stops what its pids.json still names.
+A hospital's SuperNode or executor that stops during a study is started again
+(`LocalFederation.keep_alive`): that site fails the round, not the study.
 
 Modules, in the order they build on each other:
 

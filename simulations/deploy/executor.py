@@ -65,6 +65,7 @@ GONE_AFTER_S = 10.0  # the SuperNode unreachable this long after it was reached:
 CONNECT_WAIT_S = 300.0  # how long to wait for the SuperNode's Runtime API at start
 RESTART_WINDOW_S = 60.0  # the supervisor gives up after this many worker deaths in it ...
 RESTART_LIMIT = 5  # ... (a worker that cannot start would otherwise loop forever)
+STOP_GRACE_S = 15.0  # after SIGTERM, a child still running this long is killed
 OBJECT_POLL_S = 0.05  # first wait for a message object the SuperNode is still receiving
 PRELOAD = ("numpy", "torch")
 REFUSED = 3  # the worker's exit status when the SuperNode refuses it: not restarted  # imported at start, before the first task arrives
@@ -85,6 +86,7 @@ class _Current:
     task_id: int
     lost: bool = False
     in_app: bool = False
+    pulling: bool = False  # fetching its input or loading the app: a stop may interrupt it
 
 
 @dataclass
@@ -249,7 +251,11 @@ class Worker:
         def stop(signum, frame) -> None:
             self._stop.set()
             cur = self._current
-            if cur is not None and cur.in_app:
+            # a task is interrupted while it pulls its input or runs the app (a pull
+            # waits up to flwr's 2 hours for objects that may never come), never
+            # while its reply is being pushed: a half-sent reply would be worse
+            if cur is not None and (cur.in_app or cur.pulling):
+                cur.in_app = cur.pulling = False
                 raise KeyboardInterrupt(f"signal {signum}")
 
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -307,11 +313,13 @@ class Worker:
         seconds = dict.fromkeys(("pull_s", "load_s", "app_s", "push_s"), 0.0)
         try:
             heartbeat.start()
+            current.pulling = True
             message, context, run, fab = pull_task_input(client)
             t1 = time.perf_counter()
             seconds["pull_s"] = t1 - t0
             app, seconds["load_s"] = self._app(run, fab)
             self._threads(context)
+            current.pulling = False
             current.in_app = True
             t1 = time.perf_counter()
             try:
@@ -336,7 +344,7 @@ class Worker:
             if message:
                 reply = Message(Error(code=e_code, reason=reason), reply_to=message)
         finally:
-            current.in_app = False
+            current.in_app = current.pulling = False
             t1 = time.perf_counter()
             if reply is not None and context is not None and not current.lost:
                 try:
@@ -534,18 +542,26 @@ def supervise(args: argparse.Namespace, supernode_argv: list[str]) -> int:
     def say(text: str) -> None:
         print(f"medfed executor: {text}", file=sys.stderr, flush=True)
 
+    from simulations.deploy.processes import parent_death_signal
+
     if supernode_argv:
         from simulations.deploy.supernode import supernode_command
 
-        procs["supernode"] = subprocess.Popen(supernode_command(supernode_argv))
+        procs["supernode"] = subprocess.Popen(
+            supernode_command(supernode_argv), preexec_fn=parent_death_signal()
+        )
         say(f"started the SuperNode (pid {procs['supernode'].pid})")
     deaths: list[float] = []
     code = 0
     try:
         while not stopping.is_set():
-            procs["worker"] = worker = subprocess.Popen(_worker_argv(args))
+            procs["worker"] = worker = subprocess.Popen(
+                _worker_argv(args), preexec_fn=parent_death_signal()
+            )
             say(f"worker pid {worker.pid} serves the SuperNode at {args.supernode}")
             while worker.poll() is None:
+                if stopping.is_set():  # SIGTERM: the finally below stops the children,
+                    break  # killing any that is still running after STOP_GRACE_S
                 node = procs["supernode"]
                 if node is not None and node.poll() is not None:
                     say(f"the SuperNode stopped (exit {node.returncode}); stopping the worker")
@@ -573,12 +589,14 @@ def supervise(args: argparse.Namespace, supernode_argv: list[str]) -> int:
             say(f"worker pid {worker.pid} died (exit {worker.returncode}); restarting it")
     finally:
         on_signal(signal.SIGTERM, None)
+        deadline = time.monotonic() + STOP_GRACE_S
         for proc in procs.values():
             if proc is None:
                 continue
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                say(f"pid {proc.pid} still runs {STOP_GRACE_S:g} s after SIGTERM; killing it")
                 proc.kill()
                 proc.wait()
     return code

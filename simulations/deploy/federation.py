@@ -4,7 +4,17 @@ Isolation `process` (the default): each SuperNode runs with `--isolation
 process` beside one long-lived medfed executor (simulations/deploy/executor.py)
 that runs its ClientApp messages in one process, keeping imports and the
 site's shard; `subprocess` is Flower's own: a new `flwr-clientapp` process per
-message."""
+message.
+
+A hospital's process that stops while a study runs (a SuperNode or an executor
+killed from outside, or one that crashed) is that hospital's failure, not the
+study's: `keep_alive` starts it again, as a hospital's operator would, and the
+server records the site failed in the round it missed (Flower's "Node
+Unavailable", or the round-timeout) and takes it back once it has reconnected
+(`rejoin-wait`); the study stops only when fewer than `min-sites` reply. A site
+whose process stops `RESTART_LIMIT` times within `RESTART_WINDOW_S` is not
+started again and the deployment stops with the reason; the SuperLink stopping
+always stops it."""
 
 from __future__ import annotations
 
@@ -29,14 +39,18 @@ from simulations.deploy.processes import (
     alive,
     descendants,
     free_port,
+    parent_death_signal,
     port_in_use,
     start_time,
+    stop_leftovers,
     stop_processes,
 )
 
 # process: one medfed executor per SuperNode runs every message; subprocess: Flower's
 # SuperExec starts a flwr-clientapp process per message
 ISOLATIONS = ("process", "subprocess")
+RESTART_LIMIT = 3  # a site's SuperNode or executor started again at most this often ...
+RESTART_WINDOW_S = 300.0  # ... within this many seconds; then the deployment stops
 
 
 class LocalFederation:
@@ -59,6 +73,7 @@ class LocalFederation:
         echo: Callable[[str], None] = print,
         start_timeout: float = 120.0,
         isolation: str = "process",
+        restart: bool = True,
     ) -> None:
         if sites < 1:
             raise ValueError(f"--sites = {sites}: need at least 1 site")
@@ -96,6 +111,8 @@ class LocalFederation:
         self._old_handlers: dict[int, object] = {}
         self._stopped = False
         self._seen: dict[int, int | None] = {}  # every descendant seen: pid -> start time
+        self.restart = restart  # start a site's stopped process again while a study runs
+        self._restarts: dict[str, list[float]] = {}  # component name -> restart times
 
     # -- environment --------------------------------------------------------------
     def env(self, home: Path) -> dict[str, str]:
@@ -121,10 +138,17 @@ class LocalFederation:
             )
         return found
 
-    def _start(self, name: str, argv: list[str], home: Path) -> Component:
+    def _start(
+        self, name: str, argv: list[str], home: Path, *, replace: Component | None = None
+    ) -> Component:
+        """Start one component (its own process group, SIGTERM when this process dies);
+        `replace`: the stopped component it takes the place of (its log is appended to)."""
         home.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name.lower().replace(' ', '-')}.log"
-        fh = open(log, "wb")  # noqa: SIM115 - the child writes to it; closed by the OS on exit
+        fh = open(log, "ab" if replace else "wb")  # noqa: SIM115 - closed below; the child keeps it
+        if replace is not None:
+            fh.write(f"\n--- medfed: {name} started again ---\n".encode())
+            fh.flush()
         proc = subprocess.Popen(
             argv,
             stdout=fh,
@@ -133,13 +157,21 @@ class LocalFederation:
             env=self.env(home),
             cwd=str(home),
             start_new_session=True,
+            preexec_fn=parent_death_signal(),
         )
         fh.close()
         comp = Component(name, proc, log)
-        self.components.append(comp)
-        self._seen.setdefault(proc.pid, start_time(proc.pid))
-        self._write_pids()
+        if replace is not None:
+            self.components[self.components.index(replace)] = comp
+        else:
+            self.components.append(comp)
+        self.track(proc.pid)
         return comp
+
+    def track(self, pid: int) -> None:
+        """Record a process this federation started (pids.json), e.g. `flwr run`."""
+        self._seen.setdefault(pid, start_time(pid))
+        self._write_pids()
 
     def _write_pids(self) -> None:
         """<log dir>/pids.json: every process started or seen (pid -> start time), for checks."""
@@ -149,6 +181,7 @@ class LocalFederation:
 
     # -- lifecycle ------------------------------------------------------------------
     def __enter__(self) -> LocalFederation:
+        self.stop_leftovers()
         atexit.register(self.stop)
         for sig in (signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(ValueError, OSError):  # not the main thread
@@ -160,6 +193,18 @@ class LocalFederation:
 
     def _on_signal(self, signum, frame) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
+
+    def stop_leftovers(self) -> list[int]:
+        """Stop what a deployment with this log folder left running when it was killed
+        (SIGKILL: it could not clean up): the processes its pids.json names that still
+        run with the recorded start time and a command medfed starts."""
+        pids = stop_leftovers(self.log_dir / "pids.json")
+        if pids:
+            self.echo(
+                f"stopped {len(pids)} process(es) an earlier deployment in {self.log_dir} "
+                f"left running (pids {', '.join(map(str, pids))})"
+            )
+        return pids
 
     def check_ports(self) -> None:
         """DeployError naming the component whose port another program holds."""
@@ -282,6 +327,18 @@ class LocalFederation:
         self, i: int, *, root_certificates: Path | None = None, private_key: Path | None = None
     ) -> Component:
         """SuperNode of site i; `root_certificates` / `private_key` replace the federation's."""
+        node = self._start(
+            f"SuperNode site-{i}",
+            self._supernode_argv(i, root_certificates, private_key),
+            self.work / f"site-{i}-home",
+        )
+        if self.isolation == "process":
+            self.start_executor(i)
+        return node
+
+    def _supernode_argv(
+        self, i: int, root_certificates: Path | None = None, private_key: Path | None = None
+    ) -> list[str]:
         argv = [
             self.tool("flower-supernode"),
             "--superlink",
@@ -308,17 +365,17 @@ class LocalFederation:
             argv.append("--insecure")
         from simulations.deploy.supernode import supernode_command
 
-        node = self._start(
-            f"SuperNode site-{i}", supernode_command(argv), self.work / f"site-{i}-home"
-        )
-        if self.isolation == "process":
-            self.start_executor(i)
-        return node
+        return supernode_command(argv)
 
     def start_executor(self, i: int) -> Component:
         """The long-lived executor beside SuperNode i: it runs every ClientApp message of
         that SuperNode in one process (its own FLWR_HOME is the SuperNode's)."""
-        argv = [
+        return self._start(
+            f"executor site-{i}", self._executor_argv(i), self.work / f"site-{i}-home"
+        )
+
+    def _executor_argv(self, i: int) -> list[str]:
+        return [
             sys.executable,
             "-m",
             "simulations.cli",
@@ -329,7 +386,6 @@ class LocalFederation:
             "--task-log",
             str(self.task_log(i).absolute()),
         ]
-        return self._start(f"executor site-{i}", argv, self.work / f"site-{i}-home")
 
     def task_log(self, i: int) -> Path:
         """One JSON line per message executor i ran (pid, type, status, seconds)."""
@@ -341,24 +397,61 @@ class LocalFederation:
     def executors(self) -> list[Component]:
         return [c for c in self.components if c.name.startswith("executor")]
 
-    def check_alive(self) -> None:
-        """Raise DeployError naming the first component that stopped, and why."""
+    def _note_descendants(self) -> None:
         before = len(self._seen)
         for comp in self.components:
             for pid in descendants(comp.proc.pid):
                 self._seen.setdefault(pid, start_time(pid))
         if len(self._seen) != before:
             self._write_pids()
+
+    @staticmethod
+    def _how(comp: Component) -> str:
+        code = comp.proc.returncode
+        if code < 0:
+            return f"was killed by signal {signal.Signals(-code).name} from outside medfed"
+        return f"stopped (exit {code})"
+
+    def check_alive(self) -> None:
+        """Raise DeployError naming the first component that stopped, and why."""
+        self._note_descendants()
         for comp in self.components:
             if comp.exited():
-                code = comp.proc.returncode
-                if code < 0:
-                    how = f"was killed by signal {signal.Signals(-code).name} from outside medfed"
-                else:
-                    how = f"stopped (exit {code})"
                 raise DeployError(
-                    f"{comp.name} {how}: {diagnose(comp.log_text())} (full log: {comp.log})"
+                    f"{comp.name} {self._how(comp)}: {diagnose(comp.log_text())} "
+                    f"(full log: {comp.log})"
                 )
+
+    def keep_alive(self) -> None:
+        """The watch while a study runs: a site's SuperNode or executor that stopped is
+        started again (see the module's docstring); DeployError when the SuperLink
+        stopped, when restarts are off, or when a site's process keeps stopping."""
+        self._note_descendants()
+        for comp in list(self.components):
+            if not comp.exited():
+                continue
+            site = comp.name.rpartition(" ")[2]
+            if comp.name == "SuperLink" or not self.restart or not site.startswith("site-"):
+                self.check_alive()
+            now = time.monotonic()
+            times = [t for t in self._restarts.get(comp.name, []) if now - t < RESTART_WINDOW_S]
+            if len(times) >= RESTART_LIMIT:
+                raise DeployError(
+                    f"{comp.name} {self._how(comp)}, the {len(times) + 1}th time in "
+                    f"{RESTART_WINDOW_S:.0f} s; not started again: "
+                    f"{diagnose(comp.log_text())} (full log: {comp.log})"
+                )
+            self._restarts[comp.name] = [*times, now]
+            self.echo(
+                f"{comp.name} {self._how(comp)}; starting it again (the study goes on while "
+                f"min-sites hold: a round {site} misses records it failed)"
+            )
+            i = int(site.removeprefix("site-"))
+            if comp.name.startswith("SuperNode"):
+                argv = self._supernode_argv(i)
+            else:
+                argv = self._executor_argv(i)
+            self._start(comp.name, argv, self.work / f"{site}-home", replace=comp)
 
     def wait_nodes_online(self) -> None:
         deadline = time.monotonic() + self.start_timeout

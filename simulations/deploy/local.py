@@ -74,11 +74,12 @@ def run_local_deployment(
             app_dir=app_dir,
             work=fed.work,
             env=fed.env(fed.flwr_home),
-            watch=fed.check_alive,
+            watch=fed.keep_alive,  # a site's stopped process is started again
             progress=progress,
             timeout=timeout,
             flwr=fed.tool("flwr"),
             log=fed.log_dir / "flwr-run.log",
+            started=fed.track,
         )
     summary = dict(sub.summary)
     summary["wall_seconds"] = time.perf_counter() - t0

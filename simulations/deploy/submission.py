@@ -17,6 +17,7 @@ from server.progress import EventFollower
 from simulations.deploy.app import default_app_dir, stage_app
 from simulations.deploy.diagnosis import ANSI
 from simulations.deploy.errors import ENV, DeployError
+from simulations.deploy.processes import parent_death_signal
 from study.config import Study
 from study.schema import read_summary
 
@@ -65,12 +66,14 @@ def submit_study(
     timeout: float = 3600.0,
     flwr: str = "flwr",
     log: Path | None = None,
+    started: Callable[[int], None] | None = None,
 ) -> Submission:
     """`flwr run <staged app> <connection> --run-config <study> --stream`; wait for summary.json.
 
     `watch` is called about every 0.2 s and may raise (a component died);
     `progress` gets every progress event the ServerApp writes to events.jsonl
-    (server.progress: the same events a simulated study gives its listener).
+    (server.progress: the same events a simulated study gives its listener);
+    `started` gets the pid of `flwr run` (LocalFederation records it in pids.json).
     """
     out = Path(study.out_dir)
     if not out.is_absolute():
@@ -92,7 +95,10 @@ def submit_study(
             env=env,
             cwd=str(work),
             start_new_session=True,
+            preexec_fn=parent_death_signal(),
         )
+    if started is not None:
+        started(proc.pid)
     deadline = time.monotonic() + timeout
     finished = False  # this submission's study ended ("done" event), not an earlier one
     try:
