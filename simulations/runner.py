@@ -31,17 +31,17 @@ def prepare_data(study: Study) -> Path:
 
 
 def check_resumable(study: Study) -> None:
-    """A resumed study's last checkpoint must verify before Ray starts
-    (CheckpointError says why it cannot)."""
+    """A resumed study's rounds.jsonl and last checkpoint must verify before Ray
+    starts (SchemaError names the line, CheckpointError says why it cannot)."""
     import torch
 
     from server.checkpoint import CheckpointStore
-    from study.schema import read_rounds
+    from server.results import read_resumed_rounds
     from study.task import build_model
 
     out = Path(study.out_dir)
     store = CheckpointStore(out, study)
-    done = {r.round for r in read_rounds(out)}
+    done = {r.round for r in read_resumed_rounds(out / "rounds.jsonl")}
     rounds = [r for r in store.rounds() if r in done]
     if rounds:
         torch.manual_seed(study.seed)

@@ -571,3 +571,14 @@ def test_a_trusted_resume_re_signs_and_says_so_in_a_warning_event(tmp_path, monk
 
     mine = KeyStore(tmp_path / "my-keys").signing_key(create=False)[0]
     assert {manifest_of(CheckpointStore(out, study), r)["key_id"] for r in (1, 2)} == {mine}
+
+
+def test_the_resume_preflight_reads_rounds_jsonl_as_strictly_as_the_server(run):
+    from simulations.runner import check_resumable
+
+    study, store = run
+    out = store.dir.parent
+    append_jsonl(out / "rounds.jsonl", round_line(1))
+    append_jsonl(out / "rounds.jsonl", {**round_line(2), "round": "2"})
+    with pytest.raises(SchemaError, match=r"rounds\.jsonl, line 2: field 'round'"):
+        check_resumable(study.replace(resume=True))
