@@ -259,6 +259,8 @@ def _npy_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
             raise ValueError(f"npy format version {version} is not 1.0 or 2.0")
     except ValueError as exc:
         raise TransportError(f"not an .npy array ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - numpy parses the header text with tokenize
+        raise TransportError(f"not an .npy array ({type(exc).__name__}: {exc})") from None
     return dtype, tuple(shape), fp.tell()
 
 

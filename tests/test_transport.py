@@ -9,6 +9,8 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from loopback_grid import LoopbackGrid, run_loopback_study, set_task_identity, small_study
 
 from client.client_app import build_client_app, transport_mod
@@ -372,3 +374,140 @@ def test_any_exception_unpacking_a_reply_is_that_sites_error(monkeypatch):
     reply = _exchange_one(lambda msg: Message(transport.pack(model_content()), reply_to=msg))
     assert reply.has_error() and reply.metadata.src_node_id == 7
     assert "reply not readable: RecursionError: maximum recursion" in reply.error.reason
+
+
+# -- property: whatever a site's reply holds, the study goes on without that site --------
+
+_LAYOUT_FIELDS = sorted(transport._FIELDS)
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=12,
+)
+_mutations = st.one_of(
+    st.tuples(st.just("field"), st.integers(0, 25), st.sampled_from(_LAYOUT_FIELDS), _json_values),
+    st.tuples(st.just("layout"), _json_values.map(json.dumps)),
+    st.tuples(st.just("layout"), st.text(max_size=80)),
+    st.tuples(st.just("nest"), st.integers(5, 300_000)),
+    st.tuples(st.just("entries"), st.sampled_from(["drop", "repeat", "extra-key", "schema"])),
+    st.tuples(st.just("blob"), st.integers(-64, 64).filter(bool)),
+    st.tuples(st.just("header"), st.integers(0, 9), st.integers(0, 255)),
+)
+
+
+def _mutate(content: RecordDict, mutation: tuple) -> None:
+    """`content` (a packed train reply) made unusable by `mutation`, in place."""
+    layouts = content[transport.TRANSPORT_KEY]
+    doc = json.loads(layouts["arrays"])
+    kind, *args = mutation
+    if kind == "field":
+        i, name, value = args
+        if doc["arrays"][i][name] == value:
+            value = [value]  # a change, always
+        doc["arrays"][i][name] = value
+    elif kind == "layout":
+        doc = args[0]
+    elif kind == "nest":
+        doc = "[" * args[0] + "]" * args[0]
+    elif kind == "entries":
+        edit = args[0]
+        if edit == "drop":
+            doc["arrays"].pop(3)
+        elif edit == "repeat":
+            doc["arrays"].append(doc["arrays"][0])
+        elif edit == "extra-key":
+            doc["arrays"][5]["pickle"] = True
+        else:
+            doc["schema"] = 0
+    else:
+        data = bytearray(content["arrays"][transport.PACKED].data)
+        if kind == "blob":
+            data = data[: args[0]] if args[0] < 0 else data + bytes(args[0])
+        elif data[args[0]] == args[1]:
+            data[args[0]] ^= 0xFF
+        else:
+            data[args[0]] = args[1]
+        packed = content["arrays"][transport.PACKED]
+        content["arrays"] = ArrayRecord(
+            {
+                transport.PACKED: Array(
+                    dtype=packed.dtype, shape=packed.shape, stype=packed.stype, data=bytes(data)
+                )
+            }
+        )
+        return
+    layouts["arrays"] = doc if isinstance(doc, str) else json.dumps(doc)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(mutation=_mutations)
+def test_whatever_a_reply_holds_the_server_reads_it_as_that_sites_error_or_refuses_it(
+    monkeypatch, mutation
+):
+    # the server's reply path (server.grid.exchange) on one mutated train reply
+    set_task_identity(monkeypatch)
+    sent = model_content()["arrays"]
+    layout = {name: (a.dtype, tuple(a.shape)) for name, a in sent.items()}
+
+    def mutated(msg):
+        content = transport.pack(model_content())
+        _mutate(content, mutation)
+        return Message(content, reply_to=msg)
+
+    reply = _exchange_one(mutated)
+    assert reply.metadata.src_node_id == 7
+    if reply.has_error():
+        assert "reply not readable" in reply.error.reason, reply.error.reason
+    else:  # it unpacked (a renamed, retyped or reshaped array): the model check refuses it
+        got = reply.content["arrays"]
+        assert set(got.keys()) != set(layout) or any(
+            transport.array_problem(got[name], *layout[name]) for name in layout
+        ), mutation
+
+
+_runs = iter(range(10**6))
+
+
+@settings(
+    max_examples=2,  # a study each (about 5 s); the exchange-level property above runs many
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(st.lists(_mutations, min_size=4, max_size=4))
+def test_whatever_a_sites_reply_holds_the_study_goes_on_and_records_why(
+    tmp_path, monkeypatch, mutations
+):
+    # Prepare: sites 1 and 2 mutate each train reply; site 0 is honest
+    out = tmp_path / f"run-{next(_runs)}"
+    study = small_study(tmp_path, monkeypatch, num_rounds=2, min_sites=1, out_dir=str(out))
+    honest = build_client_app(study)
+    pending = list(mutations)
+
+    def hostile(message, context):
+        reply = honest(message, context)
+        if message.metadata.message_type == "train" and context.node_id != 1001:
+            _mutate(reply.content, pending.pop())
+        return reply
+
+    # Execute
+    records = run_loopback_study(LoopbackGrid(hostile, study.num_sites), study)
+    # Assert: both rounds ran; site-0 trained; each hostile site failed, with a reason
+    assert [r.round for r in records] == [1, 2] and not pending
+    for record in records:
+        by_site = {s.site: s for s in record.sites}
+        assert by_site["site-0"].ok
+        for name in ("site-1", "site-2"):
+            bad = by_site[name]
+            assert not bad.ok, (mutations, name)
+            assert "reply not readable" in bad.error or "model is not the study's" in bad.error
+
+
+def test_a_packed_array_whose_npy_header_does_not_parse_is_a_transport_error():
+    content = transport.pack(model_content())
+    _mutate(content, ("header", 8, 1))  # numpy's header parser raised a TokenError
+    with pytest.raises(transport.TransportError, match="not an .npy array"):
+        transport.unpack(content)
