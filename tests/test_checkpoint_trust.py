@@ -582,3 +582,13 @@ def test_the_resume_preflight_reads_rounds_jsonl_as_strictly_as_the_server(run):
     append_jsonl(out / "rounds.jsonl", {**round_line(2), "round": "2"})
     with pytest.raises(SchemaError, match=r"rounds\.jsonl, line 2: field 'round'"):
         check_resumable(study.replace(resume=True))
+
+
+def test_the_test_suite_keeps_its_keys_out_of_the_home_directory(monkeypatch):
+    """tests/conftest.py points MEDFED_KEY_HOME at a temporary folder for the session."""
+    from server.keystore import key_home
+
+    home = Path(os.environ["MEDFED_KEY_HOME"])
+    assert key_home() == home.absolute() and home.name.startswith("medfed-test-keys-")
+    monkeypatch.delenv("MEDFED_KEY_HOME")
+    assert key_home() != home.absolute()  # the operator's own store is left alone
