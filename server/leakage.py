@@ -11,7 +11,11 @@ public training seed):
   the weight row's update divided by its bias' update. With several images a
   row mixes those whose ReLU unit fired; rows that only one image activated
   repeat that image exactly, so identical row-images are grouped and the
-  largest groups are returned. Works on the `mlp` reference model.
+  largest groups are returned. Under Adam the update is first inverted element
+  by element and every element weighted by the precision float32 left it
+  (`adam_step_gradient`: steps saturated at the full learning rate carry
+  none), and the image is the weighted rank-one fit of the rows
+  (`rank_one_fit`). Works on the `mlp` reference model.
 - `invert_update` (Geiping et al. 2020, "Inverting Gradients"): optimise
   candidate images so that the update they would produce, simulated step by
   step through the site's own training (its batches, loss, optimizer, the
@@ -29,9 +33,13 @@ medfed's sites train with Adam, whose first step from a fresh state moves
 each weight by about -lr * sign(g): the magnitudes of the gradient are all
 but lost (only where |g| is near Adam's eps of 1e-8 do they survive float32
 rounding). Both attacks model this honestly: the analytic one inverts Adam's
-first step element by element, the optimisation one simulates Adam with a
-smoothed sign (`adam_eps` of the attacker, much larger than the site's) so
-that the objective has a gradient. `optimizer = "sgd"` gives the setting of
+first step element by element and reads the image from the elements whose
+step is not saturated, weighted by their float32 precision (a constant
+gradient over several steps is read as one step of lr x steps; where every
+element saturated, as after several steps on bright pixels, little is left to
+read); the optimisation one simulates Adam with a smoothed sign (`adam_eps`
+of the attacker, much larger than the site's) so that the objective has a
+gradient. `optimizer = "sgd"` gives the setting of
 the papers (FedSGD / FedAvg with SGD), in which the update is a scaled sum of
 gradients.
 
@@ -147,6 +155,70 @@ def first_linear_layer(model: nn.Module) -> tuple[str, str] | None:
     return None
 
 
+def adam_step_gradient(
+    delta: torch.Tensor,
+    before: torch.Tensor,
+    learning_rate: float,
+    eps: float = ADAM_EPS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient behind an Adam step and its standard deviation, element by
+    element (float64).
+
+    One step from a fresh state is delta = -lr * g / (|g| + eps), so
+    |g| = eps * r / (1 - r) with r = |delta| / lr (adam_first_step_gradient).
+    What limits the inversion is float32: the site's new weight
+    `before + delta` is rounded to its float32 spacing u, and the step itself
+    to a few parts in 2^24, so r lies within h = u / (2 lr) + 1e-7 r of its
+    observed value, and |g| within the interval that r - h and r + h give; the
+    deviation is that interval's width / sqrt(12) (uniform rounding error).
+    An element whose r + h reaches 1 is saturated (the step is within rounding
+    of the full lr: |g| far above eps, unbounded above): its deviation is
+    infinite and it carries no weight. The deviation is smallest for |g| near
+    eps and grows as |g| / eps beyond it: the precision criterion the analytic
+    attack weighs elements by.
+    """
+    before = before.float()
+    after = before + delta.float()  # what the site holds after its step, in float32
+    step = after.double() - before.double()
+    r = (-step / learning_rate).clamp(-1 + 1e-12, 1 - 1e-12)
+    gradient = eps * r / (1 - r.abs())
+    spacing = (torch.nextafter(after.abs(), torch.tensor(math.inf)) - after.abs()).double()
+    half_width = spacing / (2 * learning_rate) + 1e-7 * r.abs()
+    low = (r.abs() - half_width).clamp_min(0.0)
+    high = r.abs() + half_width
+    saturated = high >= 1.0
+    high = high.clamp_max(1 - 1e-12)
+    deviation = eps * (high / (1 - high) - low / (1 - low)) / math.sqrt(12)
+    deviation[saturated] = math.inf
+    return gradient, deviation
+
+
+def rank_one_fit(
+    gradient: torch.Tensor, deviation: torch.Tensor, iterations: int = 30
+) -> torch.Tensor | None:
+    """The image x of rows that one image alone produced: each such row of the
+    first layer's gradient, bias first, is beta_i * [1, x]. Weighted least
+    squares (weights 1 / deviation^2) of that rank-one model over all rows at
+    once, by alternating the row factors beta and the image; the bias column
+    fixes the scale (x_0 = 1). `gradient`, `deviation`: (rows, 1 + pixels).
+    Returns the pixels (float64), or None when no element carries weight."""
+    weight = deviation.pow(-2)
+    weight[~torch.isfinite(weight)] = 0.0
+    if not bool((weight[:, 0] > 0).any()) or not bool((weight[:, 1:] > 0).any()):
+        return None
+    beta = gradient[:, 0].clone()
+    x = torch.ones(gradient.shape[1], dtype=torch.float64)
+    for _ in range(iterations):
+        x = (weight * gradient * beta[:, None]).sum(0) / (weight * beta[:, None] ** 2).sum(
+            0
+        ).clamp_min(1e-300)
+        if not bool(torch.isfinite(x[0])) or x[0] == 0:
+            return None
+        x = x / x[0]
+        beta = (weight * gradient * x).sum(1) / (weight * x * x).sum(1).clamp_min(1e-300)
+    return x[1:] if bool(torch.isfinite(x).all()) else None
+
+
 def analytic_recovery(
     update: Mapping[str, torch.Tensor],
     training: LocalTraining,
@@ -154,17 +226,45 @@ def analytic_recovery(
     num_images: int,
     image_shape: tuple[int, ...],
     *,
+    global_state: Mapping[str, torch.Tensor] | None = None,
     group_tolerance: float = 1e-3,
+    group_distance: float = 3.0,
 ) -> np.ndarray:
     """Images read back from a fully connected first layer's update.
 
-    Each row i with a non-zero bias update gives the candidate image
-    dW_i / db_i. Candidates equal within `group_tolerance` (RMS on [0, 1]) are
-    grouped; the `num_images` largest groups (then the largest bias updates)
-    are returned, each the mean of its group. For one image and no group of
-    two (Adam's inverted step is noisy), the median over all rows is returned.
-    Returns float64 (num_images, *image_shape), clipped to [0, 1].
+    SGD: each row i with a non-zero bias update gives the candidate image
+    dW_i / db_i, exact for a row one image alone activated. Candidates equal
+    within `group_tolerance` (RMS on [0, 1]) are grouped; the `num_images`
+    largest groups (then the largest bias updates) are returned, each the mean
+    of its group; for one image and no group of two, the median over all rows.
+
+    Adam (the sites' optimizer; `global_state`, the weights the server sent,
+    is then required): the step is inverted element by element
+    (adam_step_gradient, with lr x local steps as the learning rate: a
+    constant gradient over T steps moves a weight by T * lr * g / (|g| + eps)),
+    and every element is weighted by the precision float32 leaves it. Elements
+    whose step saturated at the full learning rate (|g| far above Adam's eps)
+    get weight 0; those with |g| near eps count most. The selection criterion
+    is thus per element, not per row: a row whose bias saturated still
+    contributes its dark pixels, whose gradients are small. One image: the
+    image is the weighted rank-one fit of all active rows (rank_one_fit).
+    Several: each row's own estimate (row / bias) is compared with the rows
+    already grouped, most precise rows first; a row joins the first group whose
+    leader it matches to within `group_distance` in mean squared difference
+    per pixel over the summed variances (about 1 for two rows of the same
+    image), else it leads a new group; the `num_images` largest groups are fitted
+    rank-one. Where nothing is left to fit (every element saturated, as after
+    several Adam steps on bright pixels), the SGD reading of the inverted steps
+    is returned. Returns float64 (num_images, *image_shape), clipped to [0, 1].
     """
+    if training.optimizer == "adam":
+        if global_state is None:
+            raise ValueError("analytic attack on an Adam update: pass global_state")
+        recovered = _adam_recovery(
+            update, training, layer, num_images, global_state, group_distance
+        )
+        if recovered is not None:
+            return recovered.clamp(0, 1).reshape(num_images, *image_shape).numpy()
     gw = gradient_estimate(update[layer[0]], training).double()
     gb = gradient_estimate(update[layer[1]], training).double()
     active = gb.abs() > gb.abs().max() * 1e-9
@@ -195,6 +295,58 @@ def analytic_recovery(
             picks.append(ranked[len(picks) % len(ranked)])
         images = torch.stack([rows[group == g].mean(dim=0) for g in picks])
     return images.clamp(0, 1).reshape(num_images, *image_shape).numpy()
+
+
+def _adam_recovery(
+    update: Mapping[str, torch.Tensor],
+    training: LocalTraining,
+    layer: tuple[str, str],
+    num_images: int,
+    global_state: Mapping[str, torch.Tensor],
+    group_distance: float,
+) -> torch.Tensor | None:
+    """analytic_recovery under Adam: (num_images, pixels) float64, or None
+    when no active row has an element Adam's step left unsaturated."""
+    lr = training.learning_rate * training.steps(num_images)
+    gw, sw = adam_step_gradient(update[layer[0]], torch.as_tensor(global_state[layer[0]]), lr)
+    gb, sb = adam_step_gradient(update[layer[1]], torch.as_tensor(global_state[layer[1]]), lr)
+    active = update[layer[1]] != 0
+    if not bool(active.any()):
+        raise ValueError("analytic attack: the first layer's bias did not change (no active row)")
+    gradient = torch.cat([gb[:, None], gw.flatten(1)], 1)[active]
+    deviation = torch.cat([sb[:, None], sw.flatten(1)], 1)[active]
+    if num_images == 1:
+        x = rank_one_fit(gradient, deviation)
+        return None if x is None else x[None]
+    ratio = gradient[:, 1:] / gradient[:, :1]
+    variance = (deviation[:, 1:] ** 2 + ratio**2 * deviation[:, :1] ** 2) / gradient[:, :1] ** 2
+    precision = variance.pow(-1).nan_to_num(nan=0.0, posinf=0.0).sum(1)
+    group = torch.full((len(gradient),), -1, dtype=torch.long)
+    leaders: list[int] = []
+    for i in torch.argsort(precision, descending=True).tolist():
+        for g, lead in enumerate(leaders):
+            summed = variance[i] + variance[lead]
+            both = torch.isfinite(summed)
+            if bool(both.any()):
+                distance = ((ratio[i] - ratio[lead]) ** 2 / summed)[both].mean()
+                if float(distance) < group_distance:
+                    group[i] = g
+                    break
+        else:
+            group[i] = len(leaders)
+            leaders.append(i)
+    sizes = torch.bincount(group, minlength=len(leaders))
+    ranked = torch.argsort(sizes, descending=True, stable=True).tolist()
+    picks = ranked[:num_images]
+    while len(picks) < num_images:  # fewer groups than images: repeat the largest
+        picks.append(ranked[len(picks) % len(ranked)])
+    images = []
+    for g in picks:
+        x = rank_one_fit(gradient[group == g], deviation[group == g])
+        if x is None:
+            return None
+        images.append(x)
+    return torch.stack(images)
 
 
 # -------------------------------------------------------------- optimisation

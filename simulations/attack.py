@@ -31,6 +31,7 @@ generator so that results are reproducible.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -49,6 +50,15 @@ CENTRAL_DP = ("client-fixed", "client-adaptive", "server-fixed")
 # "holdout": the server's held-out images (what the coordinator has; never the
 # attacked site's) fit the optimisation attack's image prior; "none": raw pixels
 PRIORS = ("holdout", "none")
+# Bounds of `medfed attack updates`' numbers (its --help states them): far above
+# any useful setting, low enough that a typo cannot start an attack of days
+MAX_ROUND = 1000
+MAX_BATCH_SIZE = 4096
+MAX_ITERATIONS = 100_000  # --iterations and --pixel-iterations
+MAX_RESTARTS = 100
+MAX_TV_WEIGHT = 1000.0
+MAX_PRIOR_COMPONENTS = 4096
+MAX_SEED = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -70,15 +80,29 @@ class AttackPlan:
     seed: int = 0  # seeds the choice of images and the simulated DP noise
 
     def check(self) -> None:
+        """Every setting within its range (the MAX_* bounds); a ValueError
+        names the flag, the value and the range."""
         s = self.study
-        if self.attacked_round < 1:
-            raise ValueError(f"--round {self.attacked_round}: rounds start at 1")
+        inv = self.inversion
+        for flag, value, least, most in (
+            ("--round", self.attacked_round, 1, MAX_ROUND),
+            *(("--batch-sizes", b, 1, MAX_BATCH_SIZE) for b in self.batch_sizes),
+            ("--iterations", inv.iterations, 1, MAX_ITERATIONS),
+            ("--restarts", inv.restarts, 1, MAX_RESTARTS),
+            ("--prior-components", inv.prior_components, 0, MAX_PRIOR_COMPONENTS),
+            ("--pixel-iterations", inv.pixel_iterations, 0, MAX_ITERATIONS),
+            ("--seed", self.seed, 0, MAX_SEED),
+            ("--seed", inv.seed, 0, MAX_SEED),
+        ):
+            if not least <= value <= most:
+                raise ValueError(f"{flag} {value}: from {least} to {most}")
+        if not (math.isfinite(inv.tv_weight) and 0 <= inv.tv_weight <= MAX_TV_WEIGHT):
+            raise ValueError(
+                f"--tv-weight {inv.tv_weight}: a finite number from 0 to {MAX_TV_WEIGHT:g}"
+            )
         for site in self.sites:
             if not 0 <= site < s.num_sites:
                 raise ValueError(f"--sites: site {site} is outside 0..{s.num_sites - 1}")
-        for b in self.batch_sizes:
-            if b < 1:
-                raise ValueError(f"--batch-sizes: {b} is not a positive number of images")
         for m in self.models:
             if m not in MODEL_ARCHS:
                 raise ValueError(f"--model {m!r}: one of {', '.join(MODEL_ARCHS)}")
@@ -88,17 +112,6 @@ class AttackPlan:
         for a in self.attacks:
             if a not in ("analytic", "optimisation"):
                 raise ValueError(f"--attacks {a!r}: analytic or optimisation")
-        inv = self.inversion
-        for flag, value, least in (
-            ("--iterations", inv.iterations, 1),
-            ("--restarts", inv.restarts, 1),
-            ("--prior-components", inv.prior_components, 0),
-            ("--pixel-iterations", inv.pixel_iterations, 0),
-        ):
-            if value < least:
-                raise ValueError(f"{flag} {value}: must be at least {least}")
-        if not inv.tv_weight >= 0:
-            raise ValueError(f"--tv-weight {inv.tv_weight}: must be 0 or more")
         if self.prior not in PRIORS:
             raise ValueError(f"--prior {self.prior!r}: one of {', '.join(PRIORS)}")
         if self.local_optimizer not in OPTIMIZERS:
@@ -452,7 +465,9 @@ def _attack(plan, arch, global_state, seen, training, originals, targets, prior,
     layer = leakage.first_linear_layer(model)
     if layer is not None and "analytic" in plan.attacks:
         t0 = time.perf_counter()
-        recon = leakage.analytic_recovery(seen, training, layer, b, originals.shape[1:])
+        recon = leakage.analytic_recovery(
+            seen, training, layer, b, originals.shape[1:], global_state=global_state
+        )
         yield _entry(
             base, "analytic", recon, originals, time.perf_counter() - t0, "none", say, label
         )

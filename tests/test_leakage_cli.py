@@ -247,6 +247,48 @@ def test_attack_updates_rejects_bad_input_with_one_line(study_file, tmp_path, ca
     assert rc == 2 and "mlp is attacked in round 1 only" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--tv-weight", "inf", "--tv-weight inf: a finite number from 0 to 1000"),
+        ("--tv-weight", "nan", "--tv-weight nan: a finite number from 0 to 1000"),
+        ("--tv-weight", "-0.5", "--tv-weight -0.5: a finite number from 0 to 1000"),
+        ("--tv-weight", "1e9", "--tv-weight 1000000000.0: a finite number from 0 to 1000"),
+        ("--iterations", "100000000", "--iterations 100000000: from 1 to 100000"),
+        ("--iterations", "0", "--iterations 0: from 1 to 100000"),
+        ("--pixel-iterations", "100001", "--pixel-iterations 100001: from 0 to 100000"),
+        ("--restarts", "1000", "--restarts 1000: from 1 to 100"),
+        ("--prior-components", "-1", "--prior-components -1: from 0 to 4096"),
+        ("--prior-components", "5000", "--prior-components 5000: from 0 to 4096"),
+        ("--round", "0", "--round 0: from 1 to 1000"),
+        ("--round", "1001", "--round 1001: from 1 to 1000"),
+        ("--seed", "-1", "--seed -1: from 0 to 2147483647"),
+        ("--seed", "4294967296", "--seed 4294967296: from 0 to 2147483647"),
+        ("--batch-sizes", "1,5000", "--batch-sizes 5000: from 1 to 4096"),
+        ("--batch-sizes", "0", "--batch-sizes 0: from 1 to 4096"),
+    ],
+)
+def test_attack_updates_bounds_its_numeric_flags(
+    study_file, tmp_path, capsys, flag, value, message
+):
+    # Execute: one out-of-range value, nothing else unusual (no attack runs)
+    rc = main(["attack", "updates", str(study_file), flag, value, "--out", str(tmp_path / "x")])
+    # Assert: one error line that names the flag and its range
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_attack_updates_help_states_the_bounds(capsys):
+    from simulations import attack
+
+    with pytest.raises(SystemExit):
+        main(["attack", "updates", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for bound in (attack.MAX_ITERATIONS, attack.MAX_RESTARTS, attack.MAX_TV_WEIGHT):
+        assert f"at most {bound:g}" in text
+
+
 @pytest.mark.slow
 def test_federated_dp_points_are_the_studies_own_auroc_and_epsilon(
     tmp_path, data_home, monkeypatch

@@ -26,13 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     from simulations.commands.run import add_study_args
 
     add_study_args(u)
-    u.add_argument("--round", type=int, default=1, help="round to attack (default 1)")
+    u.add_argument("--round", type=int, default=1, help="round to attack, at most 1000 (default 1)")
     u.add_argument("--sites", default="0", help="sites to attack, e.g. 0,2 (default 0)")
     u.add_argument(
         "--batch-sizes",
         default="1",
-        help="images per attacked update, e.g. 1,4,16; each gives local-epochs x "
-        "ceil(b / batch-size) local steps (default 1)",
+        help="images per attacked update, e.g. 1,4,16, each at most 4096; each gives "
+        "local-epochs x ceil(b / batch-size) local steps (default 1)",
     )
     u.add_argument(
         "--model",
@@ -59,9 +59,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="which attacks: analytic (models with a fully connected first layer), "
         "optimisation, or both (default both)",
     )
-    u.add_argument("--iterations", type=int, help="optimisation iterations per restart")
-    u.add_argument("--restarts", type=int, help="optimisation restarts (best objective kept)")
-    u.add_argument("--tv-weight", type=float, help="total-variation prior weight")
+    u.add_argument(
+        "--iterations", type=int, help="optimisation iterations per restart, at most 100000"
+    )
+    u.add_argument(
+        "--restarts", type=int, help="optimisation restarts (best objective kept), at most 100"
+    )
+    u.add_argument(
+        "--tv-weight", type=float, help="total-variation prior weight, 0 to at most 1000"
+    )
     u.add_argument(
         "--prior",
         choices=("holdout", "none"),
@@ -69,11 +75,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the optimisation attack's image prior: holdout (principal components of the "
         "server's held-out images) or none (raw pixels from noise) (default holdout)",
     )
-    u.add_argument("--prior-components", type=int, help="principal components of the prior")
     u.add_argument(
-        "--pixel-iterations", type=int, help="pixel-level refinement after the prior's descent"
+        "--prior-components", type=int, help="principal components of the prior, at most 4096"
     )
-    u.add_argument("--seed", type=int, default=0, help="seeds image choice, restarts, noise")
+    u.add_argument(
+        "--pixel-iterations",
+        type=int,
+        help="pixel-level refinement after the prior's descent, at most 100000",
+    )
+    u.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds image choice, restarts, noise: 0 to at most 2147483647 (default 0)",
+    )
     u.set_defaults(func=main)
 
 
