@@ -160,3 +160,28 @@ def test_a_sweep_crossing_dp_with_consortium_is_refused_before_it_runs(tmp_path)
         StudyError, match="dp = local-dpsgd cannot be combined with exchange = consortium"
     ):
         Sweep.from_toml(sweep)
+
+
+@pytest.mark.parametrize("dp", ["client-fixed", "client-adaptive", "server-fixed"])
+def test_the_wrapper_noises_for_the_updates_it_averages(dp):
+    """build_strategy weights by UNIFORM_WEIGHT; a round where 3 of 4 sampled sites
+    replied tells Flower's wrapper 3 (its noise is z C / 3: multiplier z), and an
+    aggregation by examples would be recorded as such, with its lower multiplier."""
+    from server.strategy import build_strategy, dp_aggregation
+    from study.privacy import UNIFORM_WEIGHT
+
+    study = Study(dp=dp, num_sites=4, min_sites=2, dp_noise_multiplier=1.0)
+    wrapper = build_strategy(study)
+    assert wrapper.strategy.weighted_by_key == UNIFORM_WEIGHT
+    assert wrapper.num_sampled_clients == 4
+    uniform = dp_aggregation(study, wrapper, [1.0, 1.0, 1.0])
+    assert wrapper.num_sampled_clients == 3
+    assert uniform["aggregation_weights"] == "uniform"
+    assert uniform["effective_noise_multiplier"] == pytest.approx(1.0, rel=1e-12)
+    by_examples = dp_aggregation(study, wrapper, [300.0, 100.0, 100.0])
+    assert by_examples["aggregation_weights"] == "examples"
+    lower = by_examples["effective_noise_multiplier"]
+    if dp == "client-adaptive":  # the clipped-count noise keeps part of the budget
+        assert 0.5 < lower < 0.65
+    else:  # one site holds 3/5 of the mean: z / (3 * 0.6)
+        assert lower == pytest.approx(1.0 / 1.8, rel=1e-12)
