@@ -15,12 +15,15 @@ exception. Before the first round that is an EnrolmentError naming the node
 not asked again. An enrolled site keeps its node while that node is
 connected: a later node claiming the same site is refused (a `refused`
 event) and takes the site over only once the enrolled node has gone (a
-hospital whose SuperNode restarted).
+hospital whose SuperNode restarted). A later node that does not answer
+delays a round by at most HELLO_WAIT_S, and is asked again no sooner than
+HELLO_RETRY_S.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable
 
@@ -31,6 +34,12 @@ from study.config import Study
 
 HELLO = "query.hello"
 SITE_WAIT_S = 300.0  # how long to wait for every hospital's SuperNode to connect
+# A node that joins later: the most a round waits for it to say which site it is (a
+# SuperNode answers in seconds, a restarted one within a minute; round-timeout if
+# shorter), and how long before a node that did not answer is asked again: a silent
+# node delays a round by at most HELLO_WAIT_S once every HELLO_RETRY_S
+HELLO_WAIT_S = 120.0
+HELLO_RETRY_S = 600.0
 log = logging.getLogger(__name__)
 
 
@@ -54,6 +63,7 @@ class SiteDirectory:
         self.claims: dict[int, int] = {}
         self._offered: dict[int, bytes] = {}  # node -> the certificate its hello carried
         self._announced: set[int] = set()  # claimants whose refusal was logged
+        self._unanswered: dict[int, float] = {}  # node -> when its hello went unanswered
 
     def site_of(self, node: int) -> int | str:
         if node in self.node_site:
@@ -108,10 +118,22 @@ class SiteDirectory:
         connected = _all_nodes(grid)
         online = set(connected)
         known = self.node_site.keys() | self.refused.keys() | self.claims.keys()
-        new = [node for node in connected if node not in known]
+        now = time.monotonic()
+        new = [
+            node
+            for node in connected
+            if node not in known and now - self._unanswered.get(node, -math.inf) >= HELLO_RETRY_S
+        ]
         if new:
             before = set(self.refused)
-            self.claims.update(self._hello(grid, new, timeout_s=self.study.round_timeout))
+            wait = min(self.study.round_timeout, HELLO_WAIT_S)
+            found = self._hello(grid, new, timeout_s=wait)
+            self.claims.update(found)
+            for node in new:
+                if node in found or node in self.refused:
+                    self._unanswered.pop(node, None)
+                else:  # no answer (or Flower's error reply): asked again after HELLO_RETRY_S
+                    self._unanswered[node] = now
             for node in [n for n in self.refused if n not in before]:
                 self._refuse(grid, node, None, self.refused[node])
         for node in [n for n in self.claims if n in online]:

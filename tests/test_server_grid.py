@@ -341,3 +341,29 @@ def test_a_node_claiming_an_enrolled_site_cannot_take_its_place_in_a_study(tmp_p
     assert ImpostorGrid.IMPOSTOR not in trained and trained.count(FIRST_NODE + 1) == 2
     refused = [e for e in events if e["event"] == "refused"]
     assert [(e["node"], e["site"]) for e in refused] == [(ImpostorGrid.IMPOSTOR, "site-1")]
+
+
+def test_a_node_that_never_answers_its_hello_costs_a_round_a_bounded_wait(monkeypatch):
+    # Prepare: node 33 connects and never answers (a hostile or broken SuperNode)
+    set_task_identity(monkeypatch)
+    directory = SiteDirectory(Study(num_sites=2, round_timeout=3600.0))
+    directory.node_site = {11: 0, 22: 1}
+    grid = HelloGrid({}, connected=[11, 22, 33])
+    waits = []
+
+    def silent(messages, *, timeout=None):
+        waits.append(timeout)
+        grid.asked += [m.metadata.dst_node_id for m in messages]
+        return []
+
+    grid.send_and_receive = silent
+    # Execute: rounds' refreshes, then again once the retry interval has passed
+    directory.refresh(grid)
+    directory.refresh(grid)
+    monkeypatch.setattr("server.enrolment.HELLO_RETRY_S", 0.0)
+    directory.refresh(grid)
+    # Assert: asked twice in all, each time waiting at most HELLO_WAIT_S, not round-timeout
+    from server.enrolment import HELLO_WAIT_S
+
+    assert grid.asked == [33, 33] and waits == [HELLO_WAIT_S, HELLO_WAIT_S]
+    assert directory.node_site == {11: 0, 22: 1}
