@@ -53,8 +53,12 @@ from study.config import Study, StudyError
 CENTRAL_MODES = ("client-fixed", "client-adaptive", "server-fixed")
 # the metric the study's strategy weights by under a central mode: 1 for every site
 UNIFORM_WEIGHT = "dp-uniform-weight"
-# strategies whose server step uses only the (noised) mean of the sites' updates
-MEAN_STRATEGIES = ("FedAvg", "FedProx", "FedAvgM", "FedAdam", "FedYogi", "FedAdagrad")
+# strategies whose new global model is the mean of the sites' updates, which Flower's
+# DP wrapper then noises (FedAvgM as medfed builds it: server momentum 0, learning
+# rate 1). Not FedAdam, FedYogi, FedAdagrad: the wrapper noises their optimiser's
+# output, whose moments hold every earlier round's un-noised mean and whose step
+# divides by them, so one site moves it by far more than C / n
+MEAN_STRATEGIES = ("FedAvg", "FedProx", "FedAvgM")
 
 # Who the guarantee of each mode protects against (written beside every epsilon).
 PROTECTS_AGAINST = {
@@ -181,7 +185,8 @@ def conflicts(study: Study) -> list[str]:
         out.append(
             f"dp = {study.dp} cannot be combined with strategy = {study.strategy}: its noise is "
             "calibrated to one site's share of the mean of the clipped updates, and "
-            f"{study.strategy} does not take that mean; use one of {', '.join(MEAN_STRATEGIES)} "
+            f"{study.strategy}'s new model is not that mean (Flower adds the noise after the "
+            f"strategy's server step); use one of {', '.join(MEAN_STRATEGIES)} "
             "(or dp = local-dpsgd)"
         )
     return out

@@ -145,6 +145,10 @@ def test_central_dp_needs_a_strategy_that_averages():
         Study(dp="server-fixed", strategy="FedMedian").validate()
     Study(dp="local-dpsgd", strategy="FedMedian").validate()  # noise inside each site
     Study(dp="client-fixed", strategy="FedProx").validate()
+    # the noise would go on the server optimiser's output, not on the mean
+    with pytest.raises(StudyError, match="strategy = FedAdam"):
+        Study(dp="client-adaptive", strategy="FedAdam").validate()
+    Study(dp="local-dpsgd", strategy="FedAdam").validate()
 
 
 def test_a_sweep_crossing_dp_with_consortium_is_refused_before_it_runs(tmp_path):
