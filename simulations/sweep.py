@@ -91,10 +91,15 @@ class Sweep:
             raise StudyError(f"{path}: each [[point]] must be a table of study keys")
         count = len(explicit) or math.prod(len(values) for values in grid.values())
         if count > MAX_POINTS:
+            sizes = [len(v) for v in grid.values()]
             what = (
                 f"{len(explicit):,} [[point]] tables"
                 if explicit
-                else " x ".join(str(len(v)) for v in grid.values()) + " values"
+                else " x ".join(map(str, sizes)) + " values"
+                if len(sizes) <= 6
+                else f"{len(sizes)} keys of {min(sizes)} to {max(sizes)} values".replace(
+                    f" {min(sizes)} to {min(sizes)} values", f" {min(sizes)} values each"
+                )
             )
             raise StudyError(
                 f"{path}: the sweep has {count:,} points ({what}), more than {MAX_POINTS:,}; "
