@@ -135,16 +135,7 @@ class Archive:
         try:
             self.get(digest)
         except (ArchiveError, FileNotFoundError):
-            for folder in (self.objects, path.parent):
-                if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-                    folder.unlink()  # a planted link is replaced, never written through
-                folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{digest}.tmp")
-            tmp.unlink(missing_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(blob)
-            os.replace(tmp, path)
+            self._write(path, blob)
         method, shape = None, None
         if kind != "grant":
             try:
@@ -168,12 +159,30 @@ class Archive:
     def put_certificate(self, identity: str, pem: bytes) -> None:
         """Keep an identity's certificate (public) beside the grants it signs or
         receives, so a grantee can check the grants it reads from the archive."""
-        path = self.root / "certificates" / f"{identity}.crt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.is_file() or path.read_bytes() != pem:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(pem)
-            os.replace(tmp, path)
+        check_identity_name(identity)
+        try:
+            if self.certificate(identity) == pem:
+                return
+        except ArchiveError:
+            pass  # a link or an oversized file in its place: replaced below
+        self._write(self.root / "certificates" / f"{identity}.crt", pem)
+
+    def _write(self, path: Path, data: bytes) -> None:
+        """Write `path` (below the archive root) atomically, never through a link:
+        a link or file planted where a folder or the temporary file goes is
+        replaced."""
+        folders = path.parent.relative_to(self.root).parts
+        for depth in range(1, len(folders) + 1):
+            folder = self.root.joinpath(*folders[:depth])
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                folder.unlink()
+            folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
 
     def certificate(self, identity: str) -> bytes | None:
         """The certificate kept for `identity` (a checked identity name), read as a

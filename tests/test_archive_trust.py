@@ -58,6 +58,31 @@ def test_an_object_replaced_by_a_link_is_refused(archive, tmp_path):
     assert (tmp_path / "ca" / "ca.key").read_bytes() == SECRET
 
 
+def test_a_certificate_is_never_written_or_read_through_a_link(archive, tmp_path):
+    secret = tmp_path / "ca" / "ca.key"
+    folder = archive.root / "certificates"
+    folder.mkdir(parents=True)
+    for tmp in (".site-0.crt.tmp", "site-0.tmp"):  # where a write may go first
+        (folder / tmp).symlink_to(secret)
+    (folder / "site-1.crt").symlink_to(secret)
+    assert archive.certificate("site-0") is None
+    with pytest.raises(ArchiveError, match=r"site-1.crt is a link"):
+        archive.certificate("site-1")
+    archive.put_certificate("site-0", b"PEM 0")
+    archive.put_certificate("site-1", b"PEM 1")
+    assert archive.certificate("site-0") == b"PEM 0" and archive.certificate("site-1") == b"PEM 1"
+    assert secret.read_bytes() == SECRET
+    # a linked certificates folder is replaced, not written into
+    folder.rename(tmp_path / "old-certificates")
+    folder.symlink_to(tmp_path / "ca", target_is_directory=True)
+    archive.put_certificate("site-2", b"PEM 2")
+    assert not folder.is_symlink() and sorted(p.name for p in (tmp_path / "ca").iterdir()) == [
+        "ca.key"
+    ]
+    with pytest.raises(ValueError, match="identity name"):
+        archive.certificate("../ca/ca")
+
+
 def test_a_linked_object_folder_is_refused(archive, tmp_path):
     digest = hashlib.sha256(SECRET).hexdigest()  # even with the right name
     archive.objects.mkdir(parents=True)
