@@ -154,10 +154,25 @@ def test_a_later_round_is_attacked_with_the_federations_final_model(
     assert doc["attacks"][0]["local_steps"] == 1
 
 
+def _key(p):
+    return (
+        p["model"],
+        p["attack"],
+        p["local_optimizer"],
+        p["defense"],
+        p["observer"],
+        p["batch_size"],
+    )
+
+
 def test_leakage_benchmark_writes_its_results_and_section(tmp_path, monkeypatch, data_home):
     # Prepare: the benchmark at toy settings on the module's phantoms
     from simulations.benchmarks.common import load_results
-    from simulations.benchmarks.leakage import auroc_epsilon_points, run_leakage
+    from simulations.benchmarks.leakage import (
+        auroc_epsilon_points,
+        remeasure_analytic,
+        run_leakage,
+    )
     from simulations.benchmarks.report import render_report
     from simulations.benchmarks.sections_leakage import leakage_section
     from simulations.benchmarks.suite import BENCHMARKS, run_benchmark
@@ -195,6 +210,23 @@ def test_leakage_benchmark_writes_its_results_and_section(tmp_path, monkeypatch,
     assert (tmp_path / "bench" / "leakage_epsilon.png").is_file()
     assert "`auroc_points` hook" in text  # AUROC against epsilon: the hook is named while empty
     assert "leakage" in BENCHMARKS
+    # Execute: re-measure only the analytic rows, in place
+    before = load_results(results)["leakage"]["results"]["modalities"]["xray"]
+    remeasure_analytic(results)
+    after = load_results(results)["leakage"]["results"]
+    # Assert: the same rows in the same order; the optimisation rows untouched, the
+    # analytic ones measured again (the attack is deterministic: same numbers here)
+    rows = after["modalities"]["xray"]["points"]
+    assert [_key(p) for p in rows] == [_key(p) for p in before["points"]]
+    for old, new in zip(before["points"], rows, strict=True):
+        assert new == old if old["model"] == "study" else new["psnr"] == pytest.approx(old["psnr"])
+    curve = after["modalities"]["xray"]["epsilon_curve"]
+    assert [(c["model"], c["noise_multiplier"]) for c in curve] == [
+        (c["model"], c["noise_multiplier"]) for c in before["epsilon_curve"]
+    ]
+    assert after["analytic_remeasured"]["command"].endswith("--analytic-only")
+    text = render_report(results, tmp_path / "BENCHMARKS.md", tmp_path / "bench").read_text()
+    assert "rows (model `mlp`, both tables and the epsilon curve) were re-measured" in text
     hooked = run_leakage(
         modalities=(), timing_sizes=(), auroc_points=lambda _: [(float("inf"), 0.71), (2.0, 0.66)]
     )

@@ -27,7 +27,10 @@ HOW_TO_READ = (
     "the study model (the CNN for X-rays, the U-Net for MRI); its prior is the principal "
     "components of the server's held-out images, "
     "never the site's. The analytic attack (row / bias ratio of a fully connected first "
-    "layer, Adam's first step inverted) attacks the `mlp` reference model. One X-ray's "
+    "layer) attacks the `mlp` reference model; under Adam it inverts the step element by "
+    "element, weighs each element by the precision float32 left it (a step saturated at the "
+    "full learning rate carries none) and fits the image to all rows at once (rank one), "
+    "batches grouped by rows that agree within their noise. One X-ray's "
     "findings come back from the update (iDLG); batches and MRI masks are given to the "
     "attacker (an upper bound). PSNR and SSIM on [0, 1], each reconstruction matched one to "
     "one to its real image (Hungarian assignment), averaged over the attacked batches.\n\n"
@@ -361,5 +364,15 @@ def leakage_section(
             "step and back-propagates through it to the image: its cost in training steps of the "
             "same model, timed round-robin in the same process (median, min..max, repeats), "
             "holds on another machine where the absolute seconds do not.\n"
+        )
+    redone = r.get("analytic_remeasured")
+    if redone:
+        m = redone.get("machine", {})
+        gpus = ", ".join(m.get("gpus") or []) or "no GPU"
+        add(
+            f"The analytic attack's rows (model `mlp`, both tables and the epsilon curve) were "
+            f"re-measured on {redone['created']} with `{redone['command']}` "
+            f"({redone['seconds']:.0f} s; {m.get('cpu_count', '?')} cores, {gpus}); every "
+            "other number, and the pictures, are from the run below.\n"
         )
     add(reproduce_line(doc, "leakage") + "\n")
