@@ -440,7 +440,6 @@ def main(grid: Grid, context: Context) -> None:
 '''
 
 
-@pytest.mark.slow
 def test_a_worker_killed_while_replying_fails_only_its_site(tmp_path, monkeypatch):
     """An executor worker killed after its reply's message reached the SuperNode and
     before the reply's objects did: Flower's SuperNode forwarded the incomplete reply
