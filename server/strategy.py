@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.serverapp import strategy as flwr_strategies
@@ -78,6 +78,9 @@ def build_strategy(study: Study) -> Strategy:
     }
     if "proximal_mu" in params:
         options["proximal_mu"] = study.proximal_mu
+    if "client_learning_rate" in params:  # QFedAvg: the sites' step size and loss key
+        options["client_learning_rate"] = study.learning_rate
+        options["train_loss_key"] = "train-loss"
     return with_differential_privacy(
         study, cls(**{k: v for k, v in options.items() if k in params})
     )
@@ -333,9 +336,21 @@ class MedfedStrategy(Strategy):
             good = uniform_weights(good)
             state.privacy = dp_aggregation(self.study, self.inner, reply_weights(self.inner, good))
         t0 = time.perf_counter()
-        result = self.inner.aggregate_train(state.round, good)
+        arrays, metrics = self.inner.aggregate_train(state.round, good)
         state.aggregate_s = time.perf_counter() - t0
-        return result
+        return self._as_sent(arrays), metrics
+
+    def _as_sent(self, arrays: ArrayRecord | None) -> ArrayRecord | None:
+        """The aggregate in the dtypes of the model sent: FedOpt's update multiplies by
+        a float64 step, and the sites (which train in the model's own dtypes) would
+        then reply in dtypes the next round refuses."""
+        if arrays is None or not self.model_layout:
+            return arrays
+        out = ArrayRecord()
+        for name, array in arrays.items():
+            dtype = self.model_layout.get(name, (array.dtype, None))[0]
+            out[name] = array if array.dtype == dtype else Array(array.numpy().astype(dtype))
+        return out
 
     def _model_problem(self, arrays) -> str | None:
         """Why a train reply's model cannot be aggregated with the global model sent
