@@ -254,8 +254,10 @@ def analytic_recovery(
     per pixel over the summed variances (about 1 for two rows of the same
     image), else it leads a new group; the `num_images` largest groups are fitted
     rank-one. Where nothing is left to fit (every element saturated, as after
-    several Adam steps on bright pixels), the SGD reading of the inverted steps
-    is returned. Returns float64 (num_images, *image_shape), clipped to [0, 1].
+    several Adam steps on bright pixels: the update then holds little more
+    than the gradient's signs), the rows of the first step's inversion are
+    read as under SGD (median or groups). Returns float64
+    (num_images, *image_shape), clipped to [0, 1].
     """
     if training.optimizer == "adam":
         if global_state is None:
