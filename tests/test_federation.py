@@ -20,7 +20,7 @@ from simulations.runner import run_simulated_study
 from study.config import Study
 from study.schema import read_rounds as read_records
 
-SITE_KEYS = {"site", "ok", "error", "bytes", "recon", "examples", "seconds"}
+SITE_KEYS = {"site", "ok", "sampled", "error", "bytes", "recon", "examples", "seconds"}
 BYTE_KEYS = {
     "ciphertext_up",
     "ciphertext_down",
@@ -110,7 +110,8 @@ def test_rounds_jsonl_has_exact_schema(archive_run):
             assert set(s) == SITE_KEYS and set(s["bytes"]) == BYTE_KEYS
             assert set(s["recon"]) == {"mse", "psnr", "ssim", "exact"}
             assert set(s["seconds"]) == {"encrypt", "train", "decrypt"}
-            assert s["ok"] is True and s["error"] is None and s["examples"] > 0
+            assert s["ok"] is True and s["sampled"] is True
+            assert s["error"] is None and s["examples"] > 0
             # AES-GCM is exact
             assert (
                 s["recon"]["mse"] == 0.0
