@@ -170,12 +170,17 @@ def test_analytic_attack_on_the_demo_reads_far_more_than_the_median_over_rows(
 ):
     # Prepare: the demo study, one image per seed, the sites' Adam (one local step)
     monkeypatch.setenv("MEDFED_DATA_HOME", str(tmp_path / "data"))
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     study = Study.from_toml(
         "simulations/studies/demo.toml",
         {"image-size": image_size, "out-dir": str(tmp_path / "run")},
     )
-    for start, update, training, originals in analytic_cases(study, seeds):
+    try:
+        cases = list(analytic_cases(study, seeds))
+    finally:
+        torch.set_num_threads(threads)
+    for start, update, training, originals in cases:
         # Execute
         new, median, unsaturated = analytic_readings(start, update, training, originals)
         # Assert: measured 61.5 against 44.2 dB (demo), 67.4 / 56.2 against 37.3 / 34.4
