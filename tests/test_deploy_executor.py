@@ -522,3 +522,46 @@ def test_the_supervisor_honours_sigterm_with_a_worker_that_does_not(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_a_killed_executor_is_started_again(tmp_path):
+    """An executor killed from outside while a study runs: the deployment's watch
+    (keep_alive) starts it again and says so, its worker died with it (parent-death
+    signal), the new one serves the next message; stopped a 4th time within the
+    window, it is not started again and the deployment stops with the reason."""
+    from simulations.deploy import DeployError
+    from simulations.deploy.processes import alive
+
+    app = _app(tmp_path / "app")
+    said: list[str] = []
+    with LocalFederation(1, log_dir=tmp_path / "logs", start_timeout=120) as fed:
+        fed.start()
+        fed.echo = said.append
+        old = fed.executors()[0].proc
+        (worker,) = descendants(old.pid)
+        os.kill(old.pid, signal.SIGKILL)
+        old.wait(timeout=30)
+        fed.keep_alive()
+        assert fed.executors()[0].proc is not old
+        assert said == [
+            "executor site-0 was killed by signal SIGKILL from outside medfed; starting it "
+            "again (the study goes on while min-sites hold: a round site-0 misses records "
+            "it failed)"
+        ]
+        deadline = time.monotonic() + 15
+        while alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(worker)  # SIGTERM when its supervisor died
+        rows = _run(fed, app, tmp_path / "after.json", "train")
+        assert [("error" in r, r["node-count"]) for r in rows] == [(False, 1)]
+        for _ in range(2):
+            proc = fed.executors()[0].proc
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            fed.keep_alive()
+        proc = fed.executors()[0].proc
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        with pytest.raises(DeployError, match=r"\(4 times within 300 s\); not started again"):
+            fed.keep_alive()
+    assert fed.pids() == []

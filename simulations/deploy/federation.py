@@ -437,8 +437,8 @@ class LocalFederation:
             times = [t for t in self._restarts.get(comp.name, []) if now - t < RESTART_WINDOW_S]
             if len(times) >= RESTART_LIMIT:
                 raise DeployError(
-                    f"{comp.name} {self._how(comp)}, the {len(times) + 1}th time in "
-                    f"{RESTART_WINDOW_S:.0f} s; not started again: "
+                    f"{comp.name} {self._how(comp)} ({len(times) + 1} times within "
+                    f"{RESTART_WINDOW_S:.0f} s); not started again: "
                     f"{diagnose(comp.log_text())} (full log: {comp.log})"
                 )
             self._restarts[comp.name] = [*times, now]
