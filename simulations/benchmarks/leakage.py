@@ -579,5 +579,11 @@ def _point_key(p: Mapping[str, Any]) -> tuple:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--analytic-only"]:
-        sys.exit(f"usage: {ANALYTIC_COMMAND} (re-measures the analytic rows of leakage.json)")
+        sys.exit(
+            f"usage: {ANALYTIC_COMMAND} (re-measures the analytic rows of leakage.json, "
+            "then re-renders docs/BENCHMARKS.md as `medfed bench report` does)"
+        )
+    from simulations.benchmarks.report import render_report
+
     remeasure_analytic(progress=print)
+    print(f"wrote {render_report()}")
