@@ -583,11 +583,14 @@ def _events(out: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_a_killed_supernode_fails_its_site_and_the_study_goes_on(tmp_path):
-    """3 sites, min-sites 2: site 1's SuperNode is killed (SIGKILL from outside) while
-    site 1 trains in round 2 (a stall keeps it busy) and both other sites have replied.
+    """3 sites, min-sites 2, TLS and SuperNode authentication: site 1's SuperNode is
+    killed (SIGKILL from outside) while site 1 trains in round 2 (a stall keeps it busy)
+    and both other sites have replied.
     The deployment used to stop the whole study ("SuperNode site-1 was killed by signal
     SIGKILL from outside medfed"); now round 2 records site 1 failed with the reason,
-    its SuperNode is started again, and the study completes."""
+    its SuperNode is started again once the SuperLink counts the old node as gone (its
+    key activates one node at a time), site 1 trains in round 3 and the study
+    completes."""
     out = tmp_path / "out"
     study = [x if x != "num-rounds=2" else "num-rounds=3" for x in TINY]
     study += ["--set", "min-sites=2"]
@@ -596,7 +599,7 @@ def test_a_killed_supernode_fails_its_site_and_the_study_goes_on(tmp_path):
     pids = out / "deploy-logs" / "pids.json"
     with open(stderr, "wb") as err_fh:
         proc = subprocess.Popen(
-            [MEDFED, "deploy", "local", "--sites", "3", "--out", str(out), *study],
+            [MEDFED, "deploy", "local", "--sites", "3", "--tls", "--out", str(out), *study],
             cwd=tmp_path,
             env=_env(tmp_path),
             stdin=subprocess.DEVNULL,
@@ -629,7 +632,7 @@ def test_a_killed_supernode_fails_its_site_and_the_study_goes_on(tmp_path):
         _stop_leftovers(proc, pids)
     err = " ".join(stderr.read_text().split())
     assert "SuperNode site-1 was killed by signal SIGKILL from outside medfed" in err
-    assert "starting it again" in err
+    assert "starting it again in 62 s, once the SuperLink counts its node as gone" in err
     rounds = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2, 3]
     by_site = [{s["site"]: s for s in r["sites"]} for r in rounds]

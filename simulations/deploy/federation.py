@@ -51,6 +51,10 @@ from simulations.deploy.processes import (
 ISOLATIONS = ("process", "subprocess")
 RESTART_LIMIT = 3  # a site's SuperNode or executor started again at most this often ...
 RESTART_WINDOW_S = 300.0  # ... within this many seconds; then the deployment stops
+# with SuperNode authentication a node's key activates only one node at a time: the
+# SuperLink must first count the stopped node as gone (no heartbeat for flwr's
+# HEARTBEAT_PATIENCE x HEARTBEAT_DEFAULT_INTERVAL = 60 s), else "Failed to activate"
+NODE_GONE_S = 62.0
 
 
 class LocalFederation:
@@ -113,6 +117,7 @@ class LocalFederation:
         self._seen: dict[int, int | None] = {}  # every descendant seen: pid -> start time
         self.restart = restart  # start a site's stopped process again while a study runs
         self._restarts: dict[str, list[float]] = {}  # component name -> restart times
+        self._due: dict[str, float] = {}  # component name -> when to start it again
 
     # -- environment --------------------------------------------------------------
     def env(self, home: Path) -> dict[str, str]:
@@ -441,11 +446,20 @@ class LocalFederation:
                     f"{RESTART_WINDOW_S:.0f} s); not started again: "
                     f"{diagnose(comp.log_text())} (full log: {comp.log})"
                 )
+            if comp.name not in self._due:
+                wait = NODE_GONE_S if comp.name.startswith("SuperNode") and self.certs else 0.0
+                self._due[comp.name] = now + wait
+                later = (
+                    f" in {wait:.0f} s, once the SuperLink counts its node as gone" if wait else ""
+                )
+                self.echo(
+                    f"{comp.name} {self._how(comp)}; starting it again{later} (the study goes "
+                    f"on while min-sites hold: a round {site} misses records it failed)"
+                )
+            if now < self._due[comp.name]:
+                continue
+            del self._due[comp.name]
             self._restarts[comp.name] = [*times, now]
-            self.echo(
-                f"{comp.name} {self._how(comp)}; starting it again (the study goes on while "
-                f"min-sites hold: a round {site} misses records it failed)"
-            )
             i = int(site.removeprefix("site-"))
             if comp.name.startswith("SuperNode"):
                 argv = self._supernode_argv(i)
