@@ -59,6 +59,46 @@ class StudyStopped(RuntimeError):
         self.round, self.reason, self.failed = round, reason, failed
 
 
+# a train reply's metrics: name -> (lowest, highest) it may be; recon-* only with shares.
+# Counts and seconds must be finite; what a site measured (its loss, the reconstruction)
+# may be NaN or infinite, an honest report (a diverged loss, an exact PSNR) that the
+# round record shows as such.
+REPLY_METRICS = {
+    "num-examples": (0, 2**31),
+    "encrypt-s": (0.0, 1e7),
+    "train-s": (0.0, 1e7),
+    "decrypt-s": (0.0, 1e7),
+    "train-loss": (-math.inf, math.inf),
+}
+SHARE_METRICS = {
+    "recon-mse": (0.0, math.inf),
+    "recon-psnr": (-math.inf, math.inf),
+    "recon-ssim": (-1.0, 1.0),
+    "shared-images": (0, 2**31),
+}
+MEASURED = {"train-loss", "recon-mse", "recon-psnr", "recon-ssim"}
+
+
+def reply_metrics(metrics, *, shared: bool) -> dict[str, float]:
+    """The numbers a train reply must carry, checked (ValueError names the metric):
+    present, numbers, within bounds (a measurement may also be NaN)."""
+    if not isinstance(metrics, MetricRecord):
+        raise ValueError("no metrics record")
+    wanted = {**REPLY_METRICS, **(SHARE_METRICS if shared else {})}
+    out = {}
+    for name, (low, high) in wanted.items():
+        if name not in metrics:
+            raise ValueError(f"metric {name!r} is missing")
+        value = metrics[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"metric {name!r} is not a number")
+        value = float(value)
+        if not (low <= value <= high or (name in MEASURED and math.isnan(value))):
+            raise ValueError(f"metric {name!r} = {value:g} is outside [{low:g}, {high:g}]")
+        out[name] = value
+    return out
+
+
 def build_strategy(study: Study) -> Strategy:
     """The Flower strategy the study names, configured from the study."""
     if study.strategy not in STRATEGIES:
@@ -381,65 +421,14 @@ class MedfedStrategy(Strategy):
             if reply.has_error():
                 entry.error = f"flower error {reply.error.code}: {reply.error.reason}"
                 continue
-            content = reply.content
             entry.bytes["message_up"] += message_bytes(reply)
-            status = content.get("status")
-            claimed = status.get("site") if status is not None else None
-            if claimed is None or int(claimed) != site:
-                entry.error = (
-                    f"the reply claims site {claimed!r} but came from the node enrolled as "
-                    f"site {site}; refused"
-                )
-                continue
-            if status.get("error"):
-                entry.error = str(status["error"])
-                continue
-            problem = self._model_problem(content.get("arrays"))
+            try:
+                problem = self._account_reply(reply, site, entry, shares)
+            except Exception as exc:  # noqa: BLE001 - a site's reply is hostile input
+                problem = f"the reply is malformed ({type(exc).__name__}: {exc}); refused"
             if problem:
-                entry.error = f"the reply's model is not the study's ({problem}); refused"
+                entry.error, entry.ok = problem, False
                 continue
-            metrics = content["metrics"]
-            entry.bytes["model_up"] += array_bytes(content["arrays"])
-            entry.examples = int(metrics["num-examples"])
-            entry.seconds = {
-                "encrypt": float(metrics["encrypt-s"]),
-                "train": float(metrics["train-s"]),
-                "decrypt": float(metrics["decrypt-s"]),
-            }
-            if "grants" in content:
-                try:
-                    entry.bytes["grant_up"] += self.grants.incoming(
-                        site, state.round, content["grants"]
-                    )
-                except GrantRefused as exc:
-                    entry.error = str(exc)
-                    continue
-                del content["grants"]
-            state.train_loss[site] = float(metrics["train-loss"])
-            if "shared" in content:
-                images_ct, labels_ct = content["shared"]["images"], content["shared"]["labels"]
-                entry.bytes["ciphertext_up"] += len(images_ct) + len(labels_ct)
-                entry.recon = {
-                    "mse": float(metrics["recon-mse"]),
-                    "psnr": float(metrics["recon-psnr"]),
-                    "ssim": float(metrics["recon-ssim"]),
-                }
-                state.shared_counts[site] = float(metrics["shared-images"])
-                self.archive.put(
-                    images_ct, site=entry.site, server_round=state.round, kind="images"
-                )
-                self.archive.put(
-                    labels_ct, site=entry.site, server_round=state.round, kind="labels"
-                )
-                shares[site] = (images_ct, labels_ct)
-                del content["shared"]  # strategies see only the model and metrics
-            if "peers" in status:
-                try:
-                    entry.peers = self._peer_records(status)
-                except (KeyError, TypeError, ValueError) as exc:
-                    entry.error = f"the reply's peers status is malformed ({exc}); refused"
-                    continue
-            del content["status"]
             entry.ok = True
             self.grants.confirmed(site)
             good.append((site, reply))
@@ -456,6 +445,65 @@ class MedfedStrategy(Strategy):
             }
         good.sort(key=lambda item: item[0])  # fixed order: reproducible float sums
         return [m for _, m in good]
+
+    def _account_reply(
+        self, reply: Message, site: int, entry: SiteRecord, shares: dict
+    ) -> str | None:
+        """Account one site's train reply (bytes, metrics, grants, shared images);
+        why it is refused, or None. Everything is read and checked before anything
+        is kept (train loss, archive, shares), so a refused reply leaves no trace
+        but its bytes and its error; any exception is the caller's refusal."""
+        state, content = self.state, reply.content
+        status = content.get("status")
+        claimed = status.get("site") if status is not None else None
+        if not isinstance(claimed, int) or isinstance(claimed, bool) or claimed != site:
+            return (
+                f"the reply claims site {claimed!r} but came from the node enrolled as "
+                f"site {site}; refused"
+            )
+        if status.get("error"):
+            return str(status["error"])
+        problem = self._model_problem(content.get("arrays"))
+        if problem:
+            return f"the reply's model is not the study's ({problem}); refused"
+        values = reply_metrics(content.get("metrics"), shared="shared" in content)
+        shared = None
+        if "shared" in content:
+            images_ct, labels_ct = content["shared"]["images"], content["shared"]["labels"]
+            if not isinstance(images_ct, bytes) or not isinstance(labels_ct, bytes):
+                return "the reply's shared images are not bytes; refused"
+            shared = (images_ct, labels_ct)
+        peers = None
+        if "peers" in status:
+            try:
+                peers = self._peer_records(status)
+            except (KeyError, TypeError, ValueError) as exc:
+                return f"the reply's peers status is malformed ({exc}); refused"
+        if "grants" in content:
+            try:
+                entry.bytes["grant_up"] += self.grants.incoming(
+                    site, state.round, content["grants"]
+                )
+            except GrantRefused as exc:
+                return str(exc)
+            del content["grants"]
+        entry.bytes["model_up"] += array_bytes(content["arrays"])
+        entry.examples = int(values["num-examples"])
+        entry.seconds = {k: values[f"{k}-s"] for k in ("encrypt", "train", "decrypt")}
+        state.train_loss[site] = values["train-loss"]
+        if shared is not None:
+            images_ct, labels_ct = shared
+            entry.bytes["ciphertext_up"] += len(images_ct) + len(labels_ct)
+            entry.recon = {k: values[f"recon-{k}"] for k in ("mse", "psnr", "ssim")}
+            state.shared_counts[site] = values["shared-images"]
+            self.archive.put(images_ct, site=entry.site, server_round=state.round, kind="images")
+            self.archive.put(labels_ct, site=entry.site, server_round=state.round, kind="labels")
+            shares[site] = shared
+            del content["shared"]  # strategies see only the model and metrics
+        if peers is not None:
+            entry.peers = peers
+        del content["status"]
+        return None
 
     def _peer_records(self, status: ConfigRecord) -> dict[str, dict[str, float]]:
         """A site's report of the peers' images it decrypted, with the
