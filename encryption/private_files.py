@@ -8,6 +8,8 @@ treated as leaked and not used: fix the mode (or rotate the key) first.
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,6 +20,36 @@ K = TypeVar("K")
 
 class KeyFilePermissionError(PermissionError):
     """A private key file that group or others may read or write."""
+
+
+class UnsafeFileError(OSError):
+    """A file that is not read: a link, not a regular file, too large, or refused by
+    the caller's check of its status (the message says which, without the path)."""
+
+
+def read_regular_file(
+    path: str | os.PathLike,
+    cap: int,
+    check: Callable[[os.stat_result], str | None] | None = None,
+) -> bytes:
+    """At most `cap` bytes of the regular file `path`, opened without following a
+    link (the last component). OSError when it cannot be opened; UnsafeFileError
+    when it is not a regular file, is larger than `cap` (before or while it is
+    read), or `check` (given the open file's status) returns a reason."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeFileError("not a regular file")
+        reason = check(st) if check is not None else None
+        if reason:
+            raise UnsafeFileError(reason)
+        if st.st_size > cap:
+            raise UnsafeFileError(f"{st.st_size} bytes, more than the {cap} it may hold")
+        data = fh.read(cap + 1)
+    if len(data) > cap:
+        raise UnsafeFileError("grew while it was read")
+    return data
 
 
 def write_private_file(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> Path:

@@ -40,7 +40,6 @@ import io
 import math
 import os
 import re
-import stat
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
+from encryption.private_files import UnsafeFileError, read_regular_file
 from server.keystore import KEY_ID, KeyStore, KeyStoreError
 from study.config import UPPER_BOUNDS, Study
 from study.schema import SCHEMA, SchemaError, dumps, loads
@@ -511,24 +511,14 @@ def _hmac(key: bytes, manifest: dict[str, Any]) -> str:
 
 
 def _read_file(path: Path, cap: int, what: str = "checkpoint manifest") -> bytes:
-    """A regular file's bytes, refused (CheckpointError) when larger than `cap`."""
+    """A regular file's bytes (no link), refused (CheckpointError) when larger than
+    `cap`, the most a checkpoint of this study can hold."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        return read_regular_file(path, cap)
+    except UnsafeFileError as exc:
+        raise CheckpointError(f"{path}: {exc}; not read") from None
     except OSError as exc:
         raise CheckpointError(f"{path}: unreadable {what}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise CheckpointError(f"{path}: not a regular file")
-        if st.st_size > cap:
-            raise CheckpointError(
-                f"{path}: {st.st_size} bytes, more than a checkpoint of this study can "
-                f"hold ({cap}); not read"
-            )
-        data = fh.read(cap + 1)
-    if len(data) > cap:
-        raise CheckpointError(f"{path}: grew while it was read; not read")
-    return data
 
 
 # -- the manifest, field by field ---------------------------------------------------------

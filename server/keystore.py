@@ -33,6 +33,8 @@ import secrets
 import stat
 from pathlib import Path
 
+from encryption.private_files import UnsafeFileError, read_regular_file
+
 KEY_HOME_ENV = "MEDFED_KEY_HOME"
 KEY_BYTES = 32
 SIGNING_KEY = "checkpoint.key"
@@ -131,22 +133,22 @@ class KeyStore:
 
     @staticmethod
     def _read(path: Path) -> bytes:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as exc:
-            raise KeyStoreError(f"{path}: cannot read the key ({exc.strerror or exc})") from None
-        with os.fdopen(fd, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise KeyStoreError(f"{path}: not a regular file")
+        def private(st: os.stat_result) -> str | None:
             if st.st_mode & 0o077:
-                raise KeyStoreError(
-                    f"{path}: others may read this key (mode {stat.S_IMODE(st.st_mode):o}): "
+                return (
+                    f"others may read this key (mode {stat.S_IMODE(st.st_mode):o}): "
                     f"run `chmod 600 {path}`"
                 )
             if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
-                raise KeyStoreError(f"{path}: belongs to another user (uid {st.st_uid})")
-            key = fh.read(KEY_BYTES + 1)
+                return f"belongs to another user (uid {st.st_uid})"
+            return None
+
+        try:
+            key = read_regular_file(path, KEY_BYTES, private)
+        except UnsafeFileError as exc:
+            raise KeyStoreError(f"{path}: {exc}") from None
+        except OSError as exc:
+            raise KeyStoreError(f"{path}: cannot read the key ({exc.strerror or exc})") from None
         if len(key) != KEY_BYTES:
             raise KeyStoreError(f"{path}: not a medfed key ({KEY_BYTES} bytes)")
         return key
