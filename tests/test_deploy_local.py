@@ -516,12 +516,12 @@ def _free_ports(n: int) -> int:
     pytest.skip(f"no {n} consecutive free ports")
 
 
-@pytest.mark.slow  # two deployments one after the other: 1 to 2 minutes on 2 cores
 def test_kill_9_of_deploy_local_leaves_nothing_after_the_next_start(tmp_path):
     """`kill -9` of `medfed deploy local` once its study runs (SuperLink, SuperNode,
     executor, SuperExec and ServerApp up), then the same command again with the same
     --out and --port: it starts (the ports are free) and completes, and no process of
-    the first run's pids.json is left, nor of the second's; the ports are free."""
+    the first run's pids.json is left, nor of the second's; the ports are free.
+    (Two small deployments: 31 s on an idle 2-core machine, 114 s at load 10.)"""
     out = tmp_path / "out"
     pids = out / "deploy-logs" / "pids.json"
     port = _free_ports(2)
