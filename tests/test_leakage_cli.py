@@ -352,3 +352,46 @@ def test_federated_dp_points_are_the_studies_own_auroc_and_epsilon(
         epsilon_spent(study, 1, num_examples=s.examples).epsilon for s in run.rounds[0].sites
     )
     assert dp_eps == pytest.approx(worst)
+
+
+def test_auroc_epsilon_is_re_measured_in_place_with_the_recorded_studies(tmp_path, monkeypatch):
+    # Prepare: a leakage result file as the suite writes it, with its auroc_studies
+    from simulations.benchmarks import leakage
+    from simulations.benchmarks.common import SCHEMA, load_results, write_result
+    from simulations.benchmarks.sections_leakage import leakage_section
+
+    results = tmp_path / "results"
+    studies = {"modes": {"client-fixed": [0.1]}}
+    old = {
+        "schema": SCHEMA,
+        "benchmark": "leakage",
+        "command": "medfed bench leakage",
+        "created": "2026-11-30T00:00:00+00:00",
+        "seconds": 1.0,
+        "settings": {"auroc_studies": studies},
+        "results": {"modalities": {}, "auroc_epsilon": [{"epsilon": 5.0, "auroc": 0.4}]},
+    }
+    write_result(old, results)
+    asked = []
+
+    def studies_run(progress, **kwargs):  # the federated studies, as recorded
+        asked.append(kwargs)
+        return [(float("inf"), 0.9, "none", 0.0), (7.5, 0.6, "client-fixed", 0.1)]
+
+    monkeypatch.setattr(leakage, "federated_dp_points", studies_run)
+    # Execute
+    leakage.remeasure_auroc_epsilon(results)
+    # Assert: the recorded studies ran again; their points replace the old; the page says so
+    assert asked == [studies]
+    after = load_results(results)["leakage"]["results"]
+    assert after["auroc_epsilon"] == [
+        {"epsilon": 7.5, "auroc": 0.6, "dp": "client-fixed", "noise_multiplier": 0.1},
+        {"epsilon": None, "auroc": 0.9, "dp": "none", "noise_multiplier": 0.0},
+    ]
+    assert after["auroc_remeasured"]["command"].endswith("--auroc-epsilon-only")
+    assert old["results"]["auroc_epsilon"] != after["auroc_epsilon"]
+    lines: list[str] = []
+    leakage_section(load_results(results), lines.append, tmp_path / "plots", Path("plots"))
+    text = "\n".join(lines)
+    assert "The studies of AUROC against epsilon (client-side DP now averages" in text
+    assert "| client-fixed | 0.10 | 7.50 | 0.600 |" in text

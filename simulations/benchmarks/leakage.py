@@ -577,13 +577,49 @@ def _point_key(p: Mapping[str, Any]) -> tuple:
     )
 
 
+AUROC_COMMAND = "python -m simulations.benchmarks.leakage --auroc-epsilon-only"
+
+
+def remeasure_auroc_epsilon(
+    results_dir: Path | None = None, progress: Progress = _quiet
+) -> dict[str, Any]:
+    """Re-run the federated studies of AUROC against epsilon (`federated_dp_points`)
+    with the settings the leakage result file records (`auroc_studies`), leaving
+    every attack number as it was: for when only how a study trains with DP
+    changed (client-side DP averaging the sites with equal weights). The file's
+    results gain `auroc_remeasured` (command, date, seconds, machine), which the
+    section states. Returns the document."""
+    from simulations.benchmarks.common import RESULTS_DIR, machine_info, write_result
+    from study.schema import loads
+
+    path = Path(results_dir or RESULTS_DIR) / "leakage.json"
+    doc = loads(path.read_text(), source=str(path))
+    studies = doc["settings"].get("auroc_studies")
+    if not studies:
+        raise ValueError(f"{path}: settings.auroc_studies is missing: nothing to re-measure")
+    t0 = time.perf_counter()
+    points = federated_dp_points(progress, **studies)
+    doc["results"]["auroc_epsilon"] = auroc_epsilon_points(points)
+    doc["results"]["auroc_remeasured"] = {
+        "command": AUROC_COMMAND,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+        "seconds": time.perf_counter() - t0,
+        "machine": machine_info(),
+    }
+    write_result(doc, path.parent)
+    return doc
+
+
+PARTIAL = {"--analytic-only": remeasure_analytic, "--auroc-epsilon-only": remeasure_auroc_epsilon}
+
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--analytic-only"]:
+    if len(sys.argv) != 2 or sys.argv[1] not in PARTIAL:
         sys.exit(
-            f"usage: {ANALYTIC_COMMAND} (re-measures the analytic rows of leakage.json, "
-            "then re-renders docs/BENCHMARKS.md as `medfed bench report` does)"
+            f"usage: {ANALYTIC_COMMAND} (re-measures the analytic rows of leakage.json) or "
+            f"{AUROC_COMMAND} (re-runs the studies of AUROC against epsilon); either then "
+            "re-renders docs/BENCHMARKS.md as `medfed bench report` does"
         )
     from simulations.benchmarks.report import render_report
 
-    remeasure_analytic(progress=print)
+    PARTIAL[sys.argv[1]](progress=print)
     print(f"wrote {render_report()}")

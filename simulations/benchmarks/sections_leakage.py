@@ -365,14 +365,20 @@ def leakage_section(
             "same model, timed round-robin in the same process (median, min..max, repeats), "
             "holds on another machine where the absolute seconds do not.\n"
         )
-    redone = r.get("analytic_remeasured")
-    if redone:
-        m = redone.get("machine", {})
+    partial = [
+        ("analytic_remeasured", "The analytic attack's rows (model `mlp`, both tables and "
+         "the epsilon curve)"),
+        ("auroc_remeasured", "The studies of AUROC against epsilon (client-side DP now "
+         "averages the sites with equal weights)"),
+    ]  # fmt: skip
+    redone = [(r[key], what) for key, what in partial if r.get(key)]
+    for run, what in redone:
+        m = run.get("machine", {})
         gpus = ", ".join(m.get("gpus") or []) or "no GPU"
         add(
-            f"The analytic attack's rows (model `mlp`, both tables and the epsilon curve) were "
-            f"re-measured on {redone['created']} with `{redone['command']}` "
-            f"({redone['seconds']:.0f} s; {m.get('cpu_count', '?')} cores, {gpus}); every "
-            "other number, and the pictures, are from the run below.\n"
+            f"{what} were re-measured on {run['created']} with `{run['command']}` "
+            f"({run['seconds']:.0f} s; {m.get('cpu_count', '?')} cores, {gpus}).\n"
         )
+    if redone:
+        add("Every other number, and the pictures, are from the run below.\n")
     add(reproduce_line(doc, "leakage") + "\n")
