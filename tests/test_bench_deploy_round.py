@@ -141,44 +141,12 @@ def test_section_without_results_says_how_to_measure():
     assert target_row({}) is None
 
 
-def test_section_shows_the_overhead_at_a_longer_round(runs, tmp_path):
-    # a 4x longer round: simulated rounds 2-3 average 12 s, deployed 18.5 s
-    sim = _study(tmp_path / "long-sim", [30.0, 11.0, 13.0], [20.0, 9, 11], [2.0, 1.0, 1.0])
-    dep = _study(tmp_path / "long-proc", [40.0, 17.5, 19.5], [25.0, 13, 15], [6.0, 2.5, 2.5])
-    _tasks(dep / "deploy-logs", 0, 333, train_s=11.0, eval_s=0.5, rounds=3)
-    long_runs = {
-        "simulated": {"wall_s": 60.0, "rounds": read_run(sim)},
-        "process": {
-            "wall_s": 70.0,
-            "rounds": read_run(dep),
-            "tasks": read_tasks(dep / "deploy-logs", 1),
-        },
-    }
-    doc = _doc(runs)
-    doc["results"]["longer"] = {
-        "factor": 4,
-        "local_epochs": 4,
-        "runs": long_runs,
-        "compare": compare(long_runs),
-    }
-    page: list[str] = []
-    deploy_round_section({"deploy-round": doc}, page.append)
-    text = "\n".join(page)
-
-    assert "| the study's (1 local epoch) | 3.0 | 9.0 | +6.0 | 3.00x |" in text
-    assert "| 4x longer (4 local epochs) | 12.0 | 18.5 | +6.5 | 1.54x |" in text
-    assert "grew 4.0x and the deployed overhead went from +6.0 to +6.5 s. It did not grow" in text
-
-
-def test_section_without_a_longer_run_leaves_that_table_out(runs):
-    page: list[str] = []
-    deploy_round_section({"deploy-round": _doc(runs)}, page.append)
-    assert "round length" not in "\n".join(page)
-
-
-def test_longer_round_whose_overhead_grows_says_so(runs, tmp_path):
-    sim = _study(tmp_path / "long-sim", [30.0, 11.0, 13.0], [20.0, 9, 11], [2.0, 1.0, 1.0])
-    dep = _study(tmp_path / "long-proc", [60.0, 35.0, 37.0], [45.0, 30, 32], [6.0, 2.5, 2.5])
+def _with_longer_round(runs, folder: Path, deployed_round_s: list[float]) -> dict:
+    """The page's document with a 4x longer round: simulated rounds 2-3 average 12 s,
+    the executor's rounds are `deployed_round_s`."""
+    sim = _study(folder / "long-sim", [30.0, 11.0, 13.0], [20.0, 9, 11], [2.0, 1.0, 1.0])
+    train_s = [s - 6.0 for s in deployed_round_s]
+    dep = _study(folder / "long-proc", deployed_round_s, train_s, [6.0, 2.5, 2.5])
     _tasks(dep / "deploy-logs", 0, 333, train_s=11.0, eval_s=0.5, rounds=3)
     long_runs = {
         "simulated": {"wall_s": 60.0, "rounds": read_run(sim)},
@@ -190,9 +158,29 @@ def test_longer_round_whose_overhead_grows_says_so(runs, tmp_path):
     }
     doc = _doc(runs)
     doc["results"]["longer"] = {"factor": 4, "local_epochs": 4, "runs": long_runs}
+    return doc
+
+
+def _page(doc) -> str:
     page: list[str] = []
     deploy_round_section({"deploy-round": doc}, page.append)
-    text = "\n".join(page)
+    return "\n".join(page)
+
+
+def test_section_shows_the_overhead_at_a_longer_round(runs, tmp_path):
+    text = _page(_with_longer_round(runs, tmp_path, [40.0, 17.5, 19.5]))
+
+    assert "| the study's (1 local epoch) | 3.0 | 9.0 | +6.0 | 3.00x |" in text
+    assert "| 4x longer (4 local epochs) | 12.0 | 18.5 | +6.5 | 1.54x |" in text
+    assert "grew 4.0x and the deployed overhead went from +6.0 to +6.5 s. It did not grow" in text
+
+
+def test_section_without_a_longer_run_leaves_that_table_out(runs):
+    assert "round length" not in _page(_doc(runs))
+
+
+def test_longer_round_whose_overhead_grows_says_so(runs, tmp_path):
+    text = _page(_with_longer_round(runs, tmp_path, [60.0, 35.0, 37.0]))
 
     # +6 s at 3 s rounds, +24 s at 12 s rounds: proportional
     assert "went from +6.0 to +24.0 s. It grew with the round" in text

@@ -519,7 +519,7 @@ def remeasure_analytic(
     import torch
 
     from server.leakage import InversionConfig
-    from simulations.benchmarks.common import RESULTS_DIR, machine_info, write_result
+    from simulations.benchmarks.common import RESULTS_DIR, write_result
     from study.schema import loads
 
     path = Path(results_dir or RESULTS_DIR) / "leakage.json"
@@ -556,14 +556,21 @@ def remeasure_analytic(
                 ] + [p for p in _epsilon_curve(curve, entries) if p["model"] == "mlp"]
     finally:
         torch.set_num_threads(threads)
-    results["analytic_remeasured"] = {
-        "command": ANALYTIC_COMMAND,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-        "seconds": time.perf_counter() - t0,
-        "machine": machine_info(),
-    }
+    results["analytic_remeasured"] = _remeasured(ANALYTIC_COMMAND, t0)
     write_result(doc, path.parent)
     return doc
+
+
+def _remeasured(command: str, started: float) -> dict[str, Any]:
+    """What a partial re-measure records in the result file: how, when, how long, where."""
+    from simulations.benchmarks.common import machine_info
+
+    return {
+        "command": command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+        "seconds": time.perf_counter() - started,
+        "machine": machine_info(),
+    }
 
 
 def _point_key(p: Mapping[str, Any]) -> tuple:
@@ -589,7 +596,7 @@ def remeasure_auroc_epsilon(
     changed (client-side DP averaging the sites with equal weights). The file's
     results gain `auroc_remeasured` (command, date, seconds, machine), which the
     section states. Returns the document."""
-    from simulations.benchmarks.common import RESULTS_DIR, machine_info, write_result
+    from simulations.benchmarks.common import RESULTS_DIR, write_result
     from study.schema import loads
 
     path = Path(results_dir or RESULTS_DIR) / "leakage.json"
@@ -600,12 +607,7 @@ def remeasure_auroc_epsilon(
     t0 = time.perf_counter()
     points = federated_dp_points(progress, **studies)
     doc["results"]["auroc_epsilon"] = auroc_epsilon_points(points)
-    doc["results"]["auroc_remeasured"] = {
-        "command": AUROC_COMMAND,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-        "seconds": time.perf_counter() - t0,
-        "machine": machine_info(),
-    }
+    doc["results"]["auroc_remeasured"] = _remeasured(AUROC_COMMAND, t0)
     write_result(doc, path.parent)
     return doc
 
