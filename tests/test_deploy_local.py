@@ -69,6 +69,21 @@ def _medfed(args: list[str], tmp_path: Path, timeout: float = 600) -> subprocess
     )
 
 
+def _start_medfed(args: list[str], tmp_path: Path, stderr, **popen) -> subprocess.Popen:
+    """`medfed ARGS` in the background, its stderr to `stderr`, in its own process
+    group (like a terminal's foreground job)."""
+    return subprocess.Popen(
+        [MEDFED, *args],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        start_new_session=True,
+        **popen,
+    )
+
+
 def _running(pids_file: Path) -> list[int]:
     """Processes from pids.json that still run (same start time: not a reused pid)."""
     if not pids_file.is_file():
@@ -306,14 +321,10 @@ def test_ctrl_c_stops_everything(tmp_path):
     long_study = [x if x != "num-rounds=2" else "num-rounds=1000" for x in TINY]
     stderr = tmp_path / "medfed.err"
     with open(stderr, "wb") as err_fh:
-        proc = subprocess.Popen(
-            [MEDFED, "deploy", "local", "--sites", "1", "--out", str(out), *long_study],
-            cwd=tmp_path,
-            env=_env(tmp_path),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err_fh,
-            start_new_session=True,  # like a terminal's foreground job: its own process group
+        proc = _start_medfed(
+            ["deploy", "local", "--sites", "1", "--out", str(out), *long_study],
+            tmp_path,
+            err_fh,
             preexec_fn=_default_sigint,
         )
     try:
@@ -529,15 +540,7 @@ def test_kill_9_of_deploy_local_leaves_nothing_after_the_next_start(tmp_path):
     long_study = [x if x != "num-rounds=2" else "num-rounds=1000" for x in TINY]
     stderr = tmp_path / "first.err"
     with open(stderr, "wb") as err_fh:
-        first = subprocess.Popen(
-            [MEDFED, *common, *long_study],
-            cwd=tmp_path,
-            env=_env(tmp_path),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err_fh,
-            start_new_session=True,
-        )
+        first = _start_medfed([*common, *long_study], tmp_path, err_fh)
     seen: dict[str, int | None] = {}
     try:
         deadline = time.monotonic() + 300
@@ -598,14 +601,10 @@ def test_a_killed_supernode_fails_its_site_and_the_study_goes_on(tmp_path):
     stderr = tmp_path / "medfed.err"
     pids = out / "deploy-logs" / "pids.json"
     with open(stderr, "wb") as err_fh:
-        proc = subprocess.Popen(
-            [MEDFED, "deploy", "local", "--sites", "3", "--tls", "--out", str(out), *study],
-            cwd=tmp_path,
-            env=_env(tmp_path),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err_fh,
-            start_new_session=True,
+        proc = _start_medfed(
+            ["deploy", "local", "--sites", "3", "--tls", "--out", str(out), *study],
+            tmp_path,
+            err_fh,
         )
     try:
         deadline = time.monotonic() + 600

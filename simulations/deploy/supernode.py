@@ -66,26 +66,24 @@ class _IdleClock:
         time.sleep(self.idle_s if seconds == FLOWER_IDLE_WAIT_S else seconds)
 
 
-def idle_seconds() -> float:
-    text = os.environ.get("MEDFED_SUPERNODE_IDLE_S", str(DEFAULT_IDLE_S))
+def _env_seconds(name: str, default: float, high: float) -> float:
+    """Seconds from the environment variable `name` (`default` when unset), in (0, high]."""
+    text = os.environ.get(name, str(default))
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 < value <= FLOWER_IDLE_WAIT_S:
-        raise SystemExit(f"MEDFED_SUPERNODE_IDLE_S={text!r}: seconds in (0, {FLOWER_IDLE_WAIT_S}]")
+    if not 0 < value <= high:
+        raise SystemExit(f"{name}={text!r}: seconds in (0, {high}]")
     return value
+
+
+def idle_seconds() -> float:
+    return _env_seconds("MEDFED_SUPERNODE_IDLE_S", DEFAULT_IDLE_S, FLOWER_IDLE_WAIT_S)
 
 
 def reply_stall_seconds() -> float:
-    text = os.environ.get("MEDFED_SUPERNODE_REPLY_STALL_S", str(REPLY_STALL_S))
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 3600:
-        raise SystemExit(f"MEDFED_SUPERNODE_REPLY_STALL_S={text!r}: seconds in (0, 3600]")
-    return value
+    return _env_seconds("MEDFED_SUPERNODE_REPLY_STALL_S", REPLY_STALL_S, 3600)
 
 
 def patch_idle_wait(idle_s: float) -> None:
