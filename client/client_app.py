@@ -39,7 +39,7 @@ def _study(context: Context, study: Study | None) -> Study:
     return study or Study.from_mapping(dict(context.run_config), source="run config")
 
 
-# A long-lived app process (medfed's deployment executor, simulations/deploy/executor.py)
+# A long-lived app process (medfed's deployment executor, deploy/executor.py)
 # sets MEDFED_KEEP_SITES=1: a site's Site (decoded shard, keys) then serves every message
 # of its run instead of being rebuilt per message. Keyed by run, study and node; only the
 # current run's sites are kept. Off elsewhere (a simulation worker serves many sites).

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simulations.deploy import SERVER_NAMES, write_certificates  # noqa: E402
+from deploy import SERVER_NAMES, write_certificates  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@
     python deploy/profile_round.py --set image-size=32 --out runs/profile
 
 Runs the study three ways one after the other, with the same settings
-(simulations/benchmarks/deploy_round.py, also `medfed bench deploy-round`):
+(benchmarks/deploy_round.py, also `medfed bench deploy-round`):
 `medfed run STUDY` (Flower's simulation engine), `medfed deploy local STUDY
 --sites N --isolation subprocess` (a real SuperLink and N SuperNodes, a new
 flwr-clientapp process per message) and the same with `--isolation process`
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("MEDFED_DATA_HOME", str(out / "data"))
 
     sys.path.insert(0, str(ROOT))
-    from simulations.benchmarks.deploy_round import run_deploy_round
+    from benchmarks.deploy_round import run_deploy_round
 
     os.environ.setdefault("MEDFED_DATA_HOME", env["MEDFED_DATA_HOME"])
     bench = run_deploy_round(
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": bench,
     }
     (out / "profile.json").write_text(json.dumps(result, indent=2) + "\n")
-    from simulations.benchmarks.deploy_round import deploy_round_section
+    from benchmarks.deploy_round import deploy_round_section
 
     page: list[str] = []
     doc = {"results": bench, "command": "python deploy/profile_round.py", "created": "now"}

@@ -560,7 +560,7 @@ def write_picture(
     each panel gives its PSNR). MRI: the FLAIR channel."""
     import textwrap
 
-    from simulations.benchmarks.plots import _plt
+    from benchmarks.plots import _plt
 
     plt = _plt()
     groups: dict[tuple, list[dict]] = {}

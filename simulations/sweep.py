@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simulations.benchmarks.tables import table
+from benchmarks.tables import table
 from simulations.privacy_probe import PrivacyProbe
 from study.config import Study, StudyError
 from study.schema import Summary, write_json

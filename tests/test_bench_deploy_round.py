@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.benchmarks.deploy_round import (
+from benchmarks.deploy_round import (
     compare,
     deploy_round_section,
     read_run,

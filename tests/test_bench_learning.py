@@ -13,13 +13,13 @@ import pytest
 from conftest import smooth_images
 from PIL import Image
 
+from benchmarks.common import load_results, result_document, write_result
+from benchmarks.encryption import run_rate_distortion, site_images
+from benchmarks.learning_curves import assess, run_learning_curves, target_rows
+from benchmarks.pictures import COLUMNS, method_pictures
+from benchmarks.report import render_report
 from encryption.evaluate import evaluate
 from simulations import cli
-from simulations.benchmarks.common import load_results, result_document, write_result
-from simulations.benchmarks.encryption import run_rate_distortion, site_images
-from simulations.benchmarks.learning_curves import assess, run_learning_curves, target_rows
-from simulations.benchmarks.pictures import COLUMNS, method_pictures
-from simulations.benchmarks.report import render_report
 from simulations.commands import bench
 
 
@@ -225,8 +225,8 @@ def test_rate_distortion_pictures_reach_the_report(tmp_path):
 
 
 def test_training_options_reach_every_learned_method():
+    from benchmarks.encryption import _accepts
     from encryption.registry import encryptor_class
-    from simulations.benchmarks.encryption import _accepts
 
     for name in ("deepedn", "aae-scramble", "learned-codec-aes", "invertible"):
         assert _accepts(encryptor_class(name), "time_clock"), name

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from simulations.benchmarks.common import (
+from benchmarks.common import (
     PeakRss,
     load_results,
     machine_info,
@@ -20,14 +20,14 @@ from simulations.benchmarks.common import (
     time_interleaved,
     write_result,
 )
-from simulations.benchmarks.encryption import (
+from benchmarks.encryption import (
     codec_sizes,
     conv_throughput,
     flops_per_image,
     run_rate_distortion,
     run_speed,
 )
-from simulations.benchmarks.report import fmt, fmt_ratio, render_report, secure_verdict
+from benchmarks.report import fmt, fmt_ratio, render_report, secure_verdict
 from simulations.commands.bench_suite import add_bench_commands, main
 
 
@@ -122,7 +122,7 @@ def results_dir(tmp_path_factory):
     )
     # the federation sections are rendered from real (tiny) studies on Flower's
     # simulation engine, measured by the benchmark's own functions
-    from simulations.benchmarks.federation import run_bandwidth, run_overhead, run_scaling
+    from benchmarks.federation import run_bandwidth, run_overhead, run_scaling
 
     overhead = run_overhead(num_sites=2, num_rounds=2, patients=24, image_size=32)
     write_result(
@@ -260,7 +260,7 @@ def test_hook_into_medfed_bench(results_dir, tmp_path, monkeypatch):
 
 
 def test_report_table_rejects_a_row_of_the_wrong_width() -> None:
-    from simulations.benchmarks.report import table
+    from benchmarks.report import table
 
     assert table(["a", "b"], [["1", "2"]]).count("|") == 9
     with pytest.raises(ValueError, match="2 cells for 3 columns"):

@@ -1,4 +1,4 @@
-"""The long-lived ClientApp executor (simulations/deploy/executor.py) against Flower's own
+"""The long-lived ClientApp executor (deploy/executor.py) against Flower's own
 `flwr-clientapp`: the same replies, the same error replies, one process per site.
 
 A small Flower app (written to tmp_path; no torch) says which process ran
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.deploy import LocalFederation, descendants, free_port
+from deploy import LocalFederation, descendants, free_port
 
 MEDFED = str(Path(sys.executable).parent / "medfed")
 
@@ -261,9 +261,7 @@ def test_executor_runs_and_stops_with_its_supernode(tmp_path):
                     proc.send_signal(signal.SIGTERM)
                     assert proc.wait(timeout=60) == 0
                 else:
-                    supernode = next(
-                        p for p in children if "simulations.deploy.supernode" in _cmdline(p)
-                    )
+                    supernode = next(p for p in children if "deploy.supernode" in _cmdline(p))
                     os.kill(supernode, signal.SIGKILL)
                     assert proc.wait(timeout=60) == 128 + signal.SIGKILL  # as a shell says
                     assert "the SuperNode stopped" in log.read_text()
@@ -485,7 +483,7 @@ def test_a_worker_killed_while_replying_fails_only_its_site(tmp_path, monkeypatc
 
 SUPERVISE_STUCK_WORKER = """
 import argparse, sys
-from simulations.deploy import executor
+from deploy import executor
 executor.STOP_GRACE_S = 2.0
 executor._worker_argv = lambda args: [sys.executable, "-c", (
     "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
@@ -529,8 +527,8 @@ def test_a_killed_executor_is_started_again(tmp_path):
     (keep_alive) starts it again and says so, its worker died with it (parent-death
     signal), the new one serves the next message; stopped a 4th time within the
     window, it is not started again and the deployment stops with the reason."""
-    from simulations.deploy import DeployError
-    from simulations.deploy.processes import alive
+    from deploy import DeployError
+    from deploy.processes import alive
 
     app = _app(tmp_path / "app")
     said: list[str] = []

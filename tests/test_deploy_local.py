@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.deploy import (
+from deploy import (
     DeployError,
     LocalFederation,
     free_port,
@@ -500,7 +500,7 @@ def test_children_die_with_the_launcher(tmp_path):
         pytest.skip("PR_SET_PDEATHSIG is Linux's")
     code = (
         "import subprocess, sys, time\n"
-        "from simulations.deploy.processes import parent_death_signal\n"
+        "from deploy.processes import parent_death_signal\n"
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],"
         " preexec_fn=parent_death_signal())\n"
         "print(child.pid, flush=True)\n"
@@ -622,8 +622,7 @@ def test_a_killed_supernode_fails_its_site_and_the_study_goes_on(tmp_path):
         (node,) = [
             int(p)
             for p in json.loads(pids.read_text())
-            if "simulations.deploy.supernode" in _cmdline(int(p))
-            and "partition-id=1 " in _cmdline(int(p))
+            if "deploy.supernode" in _cmdline(int(p)) and "partition-id=1 " in _cmdline(int(p))
         ]
         os.kill(node, signal.SIGKILL)
         assert proc.wait(timeout=900) == 0, stderr.read_text()[-4000:]

@@ -23,14 +23,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from simulations.cli import build_parser
-from simulations.deploy import (
+from deploy import (
     Certificates,
     flwr_run_argv,
     run_config_toml,
     stage_app,
     write_certificates,
 )
+from simulations.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -322,7 +322,7 @@ def test_flwr_version_pinned_everywhere(services):
 
 def test_image_copies_the_app_and_ignores_secrets():
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
-    for pkg in ("encryption", "client", "server", "simulations"):
+    for pkg in ("encryption", "client", "server", "simulations", "deploy", "benchmarks"):
         assert f"COPY {pkg}/ {pkg}/" in dockerfile
     ignored = (ROOT / ".dockerignore").read_text().split()
     for path in ("deploy/certs", "data", "runs", ".venv"):

@@ -1,4 +1,4 @@
-"""simulations/deploy/supernode.py: flower-supernode with a shorter idle wait."""
+"""deploy/supernode.py: flower-supernode with a shorter idle wait."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from simulations.deploy import supernode
+from deploy import supernode
 
 
 def test_only_flower_s_idle_wait_is_shortened(monkeypatch):
@@ -31,7 +31,7 @@ def test_commands_and_settings():
     assert supernode.supernode_command(["/x/bin/flower-supernode", "--insecure"]) == [
         sys.executable,
         "-m",
-        "simulations.deploy.supernode",
+        "deploy.supernode",
         "--insecure",
     ]
     assert supernode.supernode_command(["other", "--a"]) == ["other", "--a"]
@@ -39,7 +39,7 @@ def test_commands_and_settings():
         ("MEDFED_SUPERNODE_REPLY_STALL_S", x) for x in ("0", "-1", "nan", "x")
     ]:
         res = subprocess.run(
-            [sys.executable, "-m", "simulations.deploy.supernode", "--help"],
+            [sys.executable, "-m", "deploy.supernode", "--help"],
             env={name: bad, "PATH": ""},
             capture_output=True,
             text=True,
@@ -47,7 +47,7 @@ def test_commands_and_settings():
         )
         assert res.returncode != 0 and name in res.stderr, bad
     res = subprocess.run(
-        [sys.executable, "-m", "simulations.deploy.supernode", "--help"],
+        [sys.executable, "-m", "deploy.supernode", "--help"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.deploy import free_port
+from deploy import free_port
 from study.schema import read_run
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""Key-grant identities made by `medfed deploy certs` (simulations/deploy/certificates.py):
+"""Key-grant identities made by `medfed deploy certs` (deploy/certificates.py):
 one folder per hospital and for the auditor, certified by the federation's CA."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import stat
 
 import pytest
 
+from deploy import DeployError, write_certificates
 from encryption.grants import open_grant, seal_grant
 from encryption.identity import CA_CERT, IDENTITY_CERT, IDENTITY_KEY, Identity
 from encryption.pki import UntrustedCertificateError
-from simulations.deploy import DeployError, write_certificates
 
 
 def test_identity_folders_per_site_and_auditor(tmp_path):

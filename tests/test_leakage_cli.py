@@ -167,15 +167,15 @@ def _key(p):
 
 def test_leakage_benchmark_writes_its_results_and_section(tmp_path, monkeypatch, data_home):
     # Prepare: the benchmark at toy settings on the module's phantoms
-    from simulations.benchmarks.common import load_results
-    from simulations.benchmarks.leakage import (
+    from benchmarks.common import load_results
+    from benchmarks.leakage import (
         auroc_epsilon_points,
         remeasure_analytic,
         run_leakage,
     )
-    from simulations.benchmarks.report import render_report
-    from simulations.benchmarks.sections_leakage import leakage_section
-    from simulations.benchmarks.suite import BENCHMARKS, run_benchmark
+    from benchmarks.report import render_report
+    from benchmarks.sections_leakage import leakage_section
+    from benchmarks.suite import BENCHMARKS, run_benchmark
 
     monkeypatch.setenv("MEDFED_DATA_HOME", str(data_home))
     results = tmp_path / "results"
@@ -326,7 +326,7 @@ def test_federated_dp_points_are_the_studies_own_auroc_and_epsilon(
     tmp_path, data_home, monkeypatch
 ):
     # Prepare: two tiny federated studies, without DP and with local DP-SGD at z = 1
-    from simulations.benchmarks.leakage import federated_dp_points
+    from benchmarks.leakage import federated_dp_points
     from study.config import Study
     from study.privacy import epsilon_spent
     from study.schema import read_run
@@ -356,9 +356,9 @@ def test_federated_dp_points_are_the_studies_own_auroc_and_epsilon(
 
 def test_auroc_epsilon_is_re_measured_in_place_with_the_recorded_studies(tmp_path, monkeypatch):
     # Prepare: a leakage result file as the suite writes it, with its auroc_studies
-    from simulations.benchmarks import leakage
-    from simulations.benchmarks.common import SCHEMA, load_results, write_result
-    from simulations.benchmarks.sections_leakage import leakage_section
+    from benchmarks import leakage
+    from benchmarks.common import SCHEMA, load_results, write_result
+    from benchmarks.sections_leakage import leakage_section
 
     results = tmp_path / "results"
     studies = {"modes": {"client-fixed": [0.1]}}

@@ -33,7 +33,7 @@ from study.task import DpSgd, build_model, to_float, train
 pytestmark = pytest.mark.slow
 
 # seed 0's image; the section of docs/BENCHMARKS.md states it and the spread over images
-from simulations.benchmarks.sections_leakage import STATED_PSNR_DB  # noqa: E402
+from benchmarks.sections_leakage import STATED_PSNR_DB  # noqa: E402
 
 
 @pytest.fixture(scope="module")

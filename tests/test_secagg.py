@@ -346,8 +346,8 @@ def test_clipped_values_stop_the_study_with_the_key(tmp_path, monkeypatch, data_
 
 
 def test_benchmark_section_is_rendered_from_the_recorded_result():
-    from simulations.benchmarks.common import load_results
-    from simulations.benchmarks.secagg import secagg_section
+    from benchmarks.common import load_results
+    from benchmarks.secagg import secagg_section
 
     docs = load_results(Path(__file__).resolve().parent.parent / "benchmarks" / "results")
     out: list[str] = []

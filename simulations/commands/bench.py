@@ -13,14 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from simulations.benchmarks.tables import fmt
+from benchmarks.tables import fmt
 from study.schema import dumps
 
 
 def site_split(source: str, n_fit: int, n_test: int, size: int, seed: int):
     """(fit images, evaluated images, bits) of one site, disjoint by patient
-    (`simulations.benchmarks.encryption.site_images`)."""
-    from simulations.benchmarks.encryption import site_images
+    (`benchmarks.encryption.site_images`)."""
+    from benchmarks.encryption import site_images
 
     return site_images(source, n_fit, n_test, size, seed)
 
@@ -147,7 +147,7 @@ def run_encryption(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(dumps(doc, indent=2) + "\n")  # strict JSON (study.schema)
         console.print(f"wrote {out}")
-        from simulations.benchmarks.pictures import method_pictures
+        from benchmarks.pictures import method_pictures
 
         png = method_pictures(
             pictures, bits, out.with_suffix(".png"), f"{args.data}, {args.size} px, {bits}-bit"

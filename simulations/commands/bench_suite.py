@@ -1,5 +1,5 @@
 """`medfed bench all|report|speed|rate-distortion|learning-curves|data|federation-overhead|
-federation-scaling|bandwidth|leakage|gpu`: the benchmark suite (simulations.benchmarks).
+federation-scaling|bandwidth|leakage|gpu`: the benchmark suite (benchmarks).
 
     medfed bench all [--quick] [--only a,b] [--results DIR] [--doc FILE]
     medfed bench report [--results DIR] [--doc FILE]
@@ -44,14 +44,14 @@ def _progress():
 
 
 def _render(args: argparse.Namespace) -> None:
-    from simulations.benchmarks.report import render_report
+    from benchmarks.report import render_report
 
     doc = render_report(Path(args.results), Path(args.doc), Path(args.doc).parent / "bench")
     print(f"wrote {doc}")
 
 
 def run_all(args: argparse.Namespace) -> int:
-    from simulations.benchmarks.suite import BENCHMARKS, run_suite
+    from benchmarks.suite import BENCHMARKS, run_suite
 
     names = None
     if args.only:
@@ -69,7 +69,7 @@ def run_all(args: argparse.Namespace) -> int:
 
 
 def run_one(args: argparse.Namespace) -> int:
-    from simulations.benchmarks.suite import run_benchmark
+    from benchmarks.suite import run_benchmark
 
     path = run_benchmark(
         args.benchmark_name, quick=args.quick, results_dir=Path(args.results), progress=_progress()

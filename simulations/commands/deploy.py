@@ -7,7 +7,7 @@
 - `submit`: submit a study to a running SuperLink (the docker-compose demo's
   one-shot `submit` service) and wait for its results;
 - `executor`: the long-lived ClientApp executor beside one SuperNode
-  (`--isolation process`), simulations/deploy/executor.py.
+  (`--isolation process`), deploy/executor.py.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "heartbeats. A command after `--` (the SuperNode) is started too, and the executor "
         "stops with it.",
     )
-    from simulations.deploy.executor import add_arguments
+    from deploy.executor import add_arguments
 
     add_arguments(ex)
     ex.add_argument(
@@ -171,8 +171,8 @@ def _round_printer(study, console: Console):
 
 
 def main_local(args: argparse.Namespace) -> int:
+    from deploy import DeployError, default_app_dir, run_local_deployment
     from simulations.cli import UserError
-    from simulations.deploy import DeployError, default_app_dir, run_local_deployment
 
     study = _load(args)
     if args.sites is not None and args.sites < 1:
@@ -216,8 +216,8 @@ def main_local(args: argparse.Namespace) -> int:
 
 
 def main_submit(args: argparse.Namespace) -> int:
+    from deploy import DeployError, default_app_dir, submit_study
     from simulations.cli import UserError
-    from simulations.deploy import DeployError, default_app_dir, submit_study
 
     study = _load(args)
     console = Console(stderr=True)
@@ -241,7 +241,7 @@ def main_submit(args: argparse.Namespace) -> int:
             lines.append(f'root-certificates = "{ca}"')
         (home / "config.toml").write_text("\n".join(lines) + "\n")
         if not args.insecure:
-            from simulations.deploy import probe_tls
+            from deploy import probe_tls
 
             try:
                 probe_tls(args.superlink, args.root_certificates)
@@ -269,7 +269,7 @@ def main_submit(args: argparse.Namespace) -> int:
 
 
 def main_executor(args: argparse.Namespace) -> int:
-    from simulations.deploy.executor import supervise, validate
+    from deploy.executor import supervise, validate
 
     command = list(args.supernode_command)
     if command[:1] == ["--"]:
@@ -279,8 +279,8 @@ def main_executor(args: argparse.Namespace) -> int:
 
 
 def main_register(args: argparse.Namespace) -> int:
+    from deploy import DeployError, register_keys
     from simulations.cli import UserError
-    from simulations.deploy import DeployError, register_keys
 
     try:
         for line in register_keys(
@@ -296,7 +296,7 @@ def main_register(args: argparse.Namespace) -> int:
 
 
 def main_certs(args: argparse.Namespace) -> int:
-    from simulations.deploy import SERVER_NAMES, write_certificates
+    from deploy import SERVER_NAMES, write_certificates
 
     study = args.study
     if study.endswith(".toml"):

@@ -9,7 +9,7 @@ from typing import Any
 
 from scipy.stats import chi2
 
-from simulations.benchmarks.tables import fmt, fmt_ratio, med, table
+from benchmarks.tables import fmt, fmt_ratio, med, table
 
 SECURITY_SOURCE = "phantom-xray"
 # learned encryptors' targets (issue): images/s at 128 x 128 and share of conv throughput
@@ -273,7 +273,7 @@ def targets(docs) -> str:
             )
     lc = docs.get("learning-curves")
     if lc and "sources" in lc["results"]:
-        from simulations.benchmarks.learning_curves import target_rows
+        from benchmarks.learning_curves import target_rows
 
         for label, target, got, how in target_rows(lc["results"]):
             met = "yes" if got is not None and got >= target else "no"
@@ -288,7 +288,7 @@ def targets(docs) -> str:
                     met,
                 ]
             )
-    from simulations.benchmarks.deploy_round import target_row
+    from benchmarks.deploy_round import target_row
 
     if (row := target_row(docs)) is not None:
         rows.append(row)

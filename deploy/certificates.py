@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from simulations.deploy.errors import SERVER_NAMES, DeployError
+from deploy.errors import SERVER_NAMES, DeployError
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from simulations.benchmarks.plots import plot_rate_distortion, plot_speed
-from simulations.benchmarks.tables import (
+from benchmarks.plots import plot_rate_distortion, plot_speed
+from benchmarks.tables import (
     failure_line,
     fmt,
     med,
@@ -24,7 +24,7 @@ from simulations.benchmarks.tables import (
     spread,
     table,
 )
-from simulations.benchmarks.verdicts import kpa_informative, secure_verdict
+from benchmarks.verdicts import kpa_informative, secure_verdict
 
 # torch-profiler categories of one encrypt call -> column headings
 _BREAKDOWN = {

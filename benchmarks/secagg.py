@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from simulations.benchmarks.common import summarize
-from simulations.benchmarks.tables import fmt, reproduce_line, shows_results, spread, table
+from benchmarks.common import summarize
+from benchmarks.tables import fmt, reproduce_line, shows_results, spread, table
 
 Progress = Callable[[str], None]
 MODES = ("none", "secagg+")
@@ -47,7 +47,7 @@ def run_secagg_overhead(
     progress: Progress = _quiet,
 ) -> dict[str, Any]:
     """Plain FedAvg and SecAgg+ studies side by side for each number of sites."""
-    from simulations.benchmarks.federation import _study, run_study
+    from benchmarks.federation import _study, run_study
     from study.schema import iter_jsonl
 
     if num_rounds < 2:

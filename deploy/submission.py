@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy.app import default_app_dir, stage_app
+from deploy.diagnosis import ANSI
+from deploy.errors import ENV, DeployError
+from deploy.processes import parent_death_signal
 from server.progress import EventFollower
-from simulations.deploy.app import default_app_dir, stage_app
-from simulations.deploy.diagnosis import ANSI
-from simulations.deploy.errors import ENV, DeployError
-from simulations.deploy.processes import parent_death_signal
 from study.config import Study
 from study.schema import read_summary
 

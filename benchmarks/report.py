@@ -13,24 +13,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from simulations.benchmarks.common import RESULTS_DIR, load_results
-from simulations.benchmarks.deploy_round import deploy_round_section
-from simulations.benchmarks.lossless_codecs import lossless_codecs_section
-from simulations.benchmarks.secagg import secagg_section
-from simulations.benchmarks.sections_encryption import (
+from benchmarks.common import RESULTS_DIR, load_results
+from benchmarks.deploy_round import deploy_round_section
+from benchmarks.lossless_codecs import lossless_codecs_section
+from benchmarks.secagg import secagg_section
+from benchmarks.sections_encryption import (
     rate_distortion_section,
     security_section,
     speed_section,
 )
-from simulations.benchmarks.sections_federation import (
+from benchmarks.sections_federation import (
     data_section,
     federation_section,
     gpu_section,
 )
-from simulations.benchmarks.sections_leakage import leakage_section
-from simulations.benchmarks.sections_learning import learning_curves_section
-from simulations.benchmarks.tables import fmt, fmt_ratio, table
-from simulations.benchmarks.verdicts import TARGET_NOTES, headline, secure_verdict, targets
+from benchmarks.sections_leakage import leakage_section
+from benchmarks.sections_learning import learning_curves_section
+from benchmarks.tables import fmt, fmt_ratio, table
+from benchmarks.verdicts import TARGET_NOTES, headline, secure_verdict, targets
 
 # names other modules and the tests import from here
 __all__ = [

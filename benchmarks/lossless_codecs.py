@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from simulations.benchmarks.tables import fmt, reproduce_line, shows_results, table
+from benchmarks.tables import fmt, reproduce_line, shows_results, table
 
 Progress = Callable[[str], None]
 
@@ -113,8 +113,8 @@ def run_lossless_codecs(
 ) -> dict[str, Any]:
     """`measure` on every source and size: `images` images of each corpus of the
     rate-distortion benchmark (`sample_images(source, images, size, 0)`)."""
+    from benchmarks.encryption import _images
     from encryption.methods import lossless_aes as rule
-    from simulations.benchmarks.encryption import _images
 
     out: dict[str, Any] = {}
     for source in sources:

@@ -9,8 +9,8 @@ encryption, a plain 64-channel 3x3 convolution for learned encryptors, a
 plain PyTorch loop for the federation), so ratios hold on noisy machines.
 """
 
-from simulations.benchmarks.common import RESULTS_DIR, load_results, machine_info, summarize
-from simulations.benchmarks.suite import BENCHMARKS, run_benchmark, run_suite
+from benchmarks.common import RESULTS_DIR, load_results, machine_info, summarize
+from benchmarks.suite import BENCHMARKS, run_benchmark, run_suite
 
 __all__ = [
     "BENCHMARKS",

@@ -31,8 +31,8 @@ def method_pictures(
     the cipher view is shown on its 0..255 scale; the difference of each row
     is scaled to its own maximum (written in the panel). Multi-channel images
     show channel 0."""
+    from benchmarks.plots import _plt
     from encryption.metrics.fidelity import psnr
-    from simulations.benchmarks.plots import _plt
 
     if not pictures:
         raise ValueError("no method pictures to draw")

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from simulations.benchmarks.plots import plot_bandwidth, plot_scaling
-from simulations.benchmarks.tables import (
+from benchmarks.plots import plot_bandwidth, plot_scaling
+from benchmarks.tables import (
     fmt,
     med,
     ratio_spread,

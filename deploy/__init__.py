@@ -30,18 +30,18 @@ Modules, in the order they build on each other:
 
 from __future__ import annotations
 
-from simulations.deploy.app import APP_PACKAGES, default_app_dir, stage_app
-from simulations.deploy.certificates import (
+from deploy.app import APP_PACKAGES, default_app_dir, stage_app
+from deploy.certificates import (
     Certificates,
     probe_tls,
     write_certificates,
     write_node_key,
 )
-from simulations.deploy.diagnosis import CAUSES, diagnose
-from simulations.deploy.errors import ENV, REPO_ROOT, SERVER_NAMES, DeployError
-from simulations.deploy.federation import LocalFederation
-from simulations.deploy.local import run_local_deployment
-from simulations.deploy.processes import (
+from deploy.diagnosis import CAUSES, diagnose
+from deploy.errors import ENV, REPO_ROOT, SERVER_NAMES, DeployError
+from deploy.federation import LocalFederation
+from deploy.local import run_local_deployment
+from deploy.processes import (
     Component,
     descendants,
     free_port,
@@ -49,8 +49,8 @@ from simulations.deploy.processes import (
     start_time,
     stop_processes,
 )
-from simulations.deploy.registration import register_keys
-from simulations.deploy.submission import (
+from deploy.registration import register_keys
+from deploy.submission import (
     Submission,
     flwr_run_argv,
     run_config_toml,

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from simulations.benchmarks.common import RESULTS_DIR, result_document, summarize, write_result
+from benchmarks.common import RESULTS_DIR, result_document, summarize, write_result
 
 Progress = Callable[[str], None]
 
@@ -25,26 +25,26 @@ def _methods() -> list[str]:
 
 
 def _speed(s: dict, progress: Progress) -> dict:
-    from simulations.benchmarks.encryption import run_speed
+    from benchmarks.encryption import run_speed
 
     return run_speed(_methods(), progress=progress, **s)
 
 
 def _rate_distortion(s: dict, progress: Progress, results_dir: Path = RESULTS_DIR) -> dict:
-    from simulations.benchmarks.encryption import run_rate_distortion
+    from benchmarks.encryption import run_rate_distortion
 
     # the method pictures go beside the result file (the report copies them)
     return run_rate_distortion(_methods(), progress=progress, pictures_dir=results_dir, **s)
 
 
 def _learning_curves(s: dict, progress: Progress) -> dict:
-    from simulations.benchmarks.learning_curves import run_learning_curves
+    from benchmarks.learning_curves import run_learning_curves
 
     return run_learning_curves(progress=progress, **s)
 
 
 def _lossless_codecs(s: dict, progress: Progress) -> dict:
-    from simulations.benchmarks.lossless_codecs import run_lossless_codecs
+    from benchmarks.lossless_codecs import run_lossless_codecs
 
     return run_lossless_codecs(progress=progress, **s)
 
@@ -64,32 +64,32 @@ def _data(s: dict, progress: Progress) -> dict:
 
 
 def _overhead(s: dict, progress: Progress) -> dict:
-    from simulations.benchmarks.federation import run_overhead
+    from benchmarks.federation import run_overhead
 
     return run_overhead(progress=progress, **s)
 
 
 def _scaling(s: dict, progress: Progress) -> dict:
-    from simulations.benchmarks.federation import run_scaling
+    from benchmarks.federation import run_scaling
 
     return run_scaling(progress=progress, **s)
 
 
 def _bandwidth(s: dict, progress: Progress) -> dict:
-    from simulations.benchmarks.federation import run_bandwidth
+    from benchmarks.federation import run_bandwidth
 
     return run_bandwidth(progress=progress, **s)
 
 
 def _leakage(s: dict, progress: Progress, results_dir: Path = RESULTS_DIR) -> dict:
-    from simulations.benchmarks.leakage import run_leakage
+    from benchmarks.leakage import run_leakage
 
     # the pictures of originals beside reconstructions go beside the result file
     return run_leakage(progress=progress, results_dir=results_dir, **s)
 
 
 def _secagg(s: dict, progress: Progress) -> dict:
-    from simulations.benchmarks.secagg import run_secagg_overhead
+    from benchmarks.secagg import run_secagg_overhead
 
     return run_secagg_overhead(progress=progress, **s)
 
@@ -102,8 +102,8 @@ def _gpu(s: dict, progress: Progress) -> dict:
     if not torch.cuda.is_available():
         progress("gpu: no CUDA device on this machine, skipped")
         return {"available": False, "reason": "no CUDA device (torch.cuda.is_available() is False)"}
-    from simulations.benchmarks.encryption import run_speed
-    from simulations.benchmarks.federation import run_overhead
+    from benchmarks.encryption import run_speed
+    from benchmarks.federation import run_overhead
 
     speed = run_speed(_methods(), device="cuda", progress=progress, **s["speed"])
     study = run_overhead(progress=progress, **s["overhead"])
@@ -116,7 +116,7 @@ def _gpu(s: dict, progress: Progress) -> dict:
 
 
 def _deploy_round(s: dict, progress: Progress) -> dict:
-    from simulations.benchmarks.deploy_round import run_deploy_round
+    from benchmarks.deploy_round import run_deploy_round
 
     return run_deploy_round(progress=progress, **s)
 

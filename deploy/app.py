@@ -7,7 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
-from simulations.deploy.errors import REPO_ROOT
+from deploy.errors import REPO_ROOT
 
 APP_PACKAGES = ("encryption", "study", "client", "server", "simulations")
 

@@ -181,7 +181,7 @@ def run_learning_curves(
     does not shrink. `jobs` > 1 runs the fits in that many worker processes of
     one torch thread each (small convolutions use one core better than two
     threads share it). A failing fit is recorded with its error; the others run."""
-    from simulations.benchmarks.encryption import site_images
+    from benchmarks.encryption import site_images
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:

@@ -165,13 +165,13 @@ def iteration_cost(study, inversion, repeats: int = 7) -> dict[str, Any]:
     cost that holds on a loaded machine."""
     import torch
 
+    from benchmarks.common import summarize, time_interleaved
     from server.leakage import (
         LocalTraining,
         cosine_distance,
         simulate_update,
         smooth_surrogate,
     )
-    from simulations.benchmarks.common import summarize, time_interleaved
     from study.task import _loss, build_model
 
     torch.manual_seed(0)
@@ -503,7 +503,7 @@ def _timing(tmp, modalities, patients, sizes, inversion, progress) -> list[dict]
     return rows
 
 
-ANALYTIC_COMMAND = "python -m simulations.benchmarks.leakage --analytic-only"
+ANALYTIC_COMMAND = "python -m benchmarks.leakage --analytic-only"
 
 
 def remeasure_analytic(
@@ -518,8 +518,8 @@ def remeasure_analytic(
     seconds, machine), which the section states. Returns the document."""
     import torch
 
+    from benchmarks.common import RESULTS_DIR, write_result
     from server.leakage import InversionConfig
-    from simulations.benchmarks.common import RESULTS_DIR, write_result
     from study.schema import loads
 
     path = Path(results_dir or RESULTS_DIR) / "leakage.json"
@@ -563,7 +563,7 @@ def remeasure_analytic(
 
 def _remeasured(command: str, started: float) -> dict[str, Any]:
     """What a partial re-measure records in the result file: how, when, how long, where."""
-    from simulations.benchmarks.common import machine_info
+    from benchmarks.common import machine_info
 
     return {
         "command": command,
@@ -584,7 +584,7 @@ def _point_key(p: Mapping[str, Any]) -> tuple:
     )
 
 
-AUROC_COMMAND = "python -m simulations.benchmarks.leakage --auroc-epsilon-only"
+AUROC_COMMAND = "python -m benchmarks.leakage --auroc-epsilon-only"
 
 
 def remeasure_auroc_epsilon(
@@ -596,7 +596,7 @@ def remeasure_auroc_epsilon(
     changed (client-side DP averaging the sites with equal weights). The file's
     results gain `auroc_remeasured` (command, date, seconds, machine), which the
     section states. Returns the document."""
-    from simulations.benchmarks.common import RESULTS_DIR, write_result
+    from benchmarks.common import RESULTS_DIR, write_result
     from study.schema import loads
 
     path = Path(results_dir or RESULTS_DIR) / "leakage.json"
@@ -621,7 +621,7 @@ if __name__ == "__main__":
             f"{AUROC_COMMAND} (re-runs the studies of AUROC against epsilon); either then "
             "re-renders docs/BENCHMARKS.md as `medfed bench report` does"
         )
-    from simulations.benchmarks.report import render_report
+    from benchmarks.report import render_report
 
     PARTIAL[sys.argv[1]](progress=print)
     print(f"wrote {render_report()}")

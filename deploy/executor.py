@@ -35,7 +35,7 @@ with Flower's reason strings. What differs, and why:
   installation (medfed sets FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION).
 
 Processes: `medfed deploy executor` is a small supervisor (no torch) that
-runs the worker (`python -m simulations.deploy.executor --worker ...`) and
+runs the worker (`python -m deploy.executor --worker ...`) and
 restarts it when it dies (a ClientApp that kills its process, e.g. the
 `crash` fault: the SuperNode then answers that task with Flower's "ClientApp
 crashed" error once its heartbeat stops, as with flwr-clientapp), and, given
@@ -512,7 +512,7 @@ def forget_shadowed_packages(project: Path) -> list[str]:
 
 # ------------------------------------------------------------------------- the supervisor
 def _worker_argv(args: argparse.Namespace) -> list[str]:
-    argv = [sys.executable, "-m", "simulations.deploy.executor", "--worker"]
+    argv = [sys.executable, "-m", "deploy.executor", "--worker"]
     argv += ["--supernode", args.supernode, "--poll", str(args.poll)]
     argv += ["--gone-after", str(args.gone_after), "--connect-wait", str(args.connect_wait)]
     if args.root_certificates:
@@ -542,10 +542,10 @@ def supervise(args: argparse.Namespace, supernode_argv: list[str]) -> int:
     def say(text: str) -> None:
         print(f"medfed executor: {text}", file=sys.stderr, flush=True)
 
-    from simulations.deploy.processes import parent_death_signal
+    from deploy.processes import parent_death_signal
 
     if supernode_argv:
-        from simulations.deploy.supernode import supernode_command
+        from deploy.supernode import supernode_command
 
         procs["supernode"] = subprocess.Popen(
             supernode_command(supernode_argv), preexec_fn=parent_death_signal()
@@ -661,7 +661,7 @@ def validate(args: argparse.Namespace) -> None:
 
 
 def worker_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m simulations.deploy.executor --worker")
+    p = argparse.ArgumentParser(prog="python -m deploy.executor --worker")
     p.add_argument("--worker", action="store_true", required=True)
     add_arguments(p)
     args = p.parse_args(argv)

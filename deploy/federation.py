@@ -1,7 +1,7 @@
 """`LocalFederation`: a SuperLink and one SuperNode per site as processes on 127.0.0.1.
 
 Isolation `process` (the default): each SuperNode runs with `--isolation
-process` beside one long-lived medfed executor (simulations/deploy/executor.py)
+process` beside one long-lived medfed executor (deploy/executor.py)
 that runs its ClientApp messages in one process, keeping imports and the
 site's shard; `subprocess` is Flower's own: a new `flwr-clientapp` process per
 message.
@@ -31,10 +31,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from simulations.deploy.certificates import Certificates, probe_tls, write_certificates
-from simulations.deploy.diagnosis import ANSI, diagnose
-from simulations.deploy.errors import ENV, REPO_ROOT, DeployError
-from simulations.deploy.processes import (
+from deploy.certificates import Certificates, probe_tls, write_certificates
+from deploy.diagnosis import ANSI, diagnose
+from deploy.errors import ENV, REPO_ROOT, DeployError
+from deploy.processes import (
     Component,
     alive,
     descendants,
@@ -368,7 +368,7 @@ class LocalFederation:
             ]
         else:
             argv.append("--insecure")
-        from simulations.deploy.supernode import supernode_command
+        from deploy.supernode import supernode_command
 
         return supernode_command(argv)
 

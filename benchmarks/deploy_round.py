@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from simulations.benchmarks.tables import fmt, reproduce_line, shows_results, table
+from benchmarks.tables import fmt, reproduce_line, shows_results, table
 
 Progress = Callable[[str], None]
 
@@ -40,7 +40,7 @@ VARIANTS = {
     "process": "deployed, medfed executor (one process per site)",
 }
 TARGET_RATIO = 3.0  # a deployed round at most 3x its simulated round
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _quiet(_: str) -> None:

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from simulations.benchmarks.common import ratio_stats, summarize, time_interleaved
-from simulations.benchmarks.lossless_codecs import candidate_bpp
+from benchmarks.common import ratio_stats, summarize, time_interleaved
+from benchmarks.lossless_codecs import candidate_bpp
 
 Progress = Callable[[str], None]
 
@@ -349,7 +349,7 @@ def run_rate_distortion(
     lossless codecs and raw size as references; on `security_sources` the full
     encryption.evaluate document (security statistics, known-plaintext attack)
     and, with `pictures_dir`, the method pictures there
-    (`rate-distortion-<source>.png`, see simulations.benchmarks.pictures).
+    (`rate-distortion-<source>.png`, see benchmarks.pictures).
     `fit_images`: learned methods fit on this many images of the same site,
     other patients than the `images` evaluated (default: as many); the attacker
     leaks as many pairs as there are evaluated images.
@@ -424,7 +424,7 @@ def run_rate_distortion(
                 )
             entry["evaluate"] = doc
             if pictures_dir is not None:
-                from simulations.benchmarks.pictures import method_pictures
+                from benchmarks.pictures import method_pictures
 
                 png = method_pictures(
                     pictures,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVER_NAMES = ("superlink", "localhost", "127.0.0.1")
 # set for every Flower process we start: no pip installs at run time, logs unbuffered
 ENV = {

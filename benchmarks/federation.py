@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from simulations.benchmarks.common import PeakRss, summarize
+from benchmarks.common import PeakRss, summarize
 
 Progress = Callable[[str], None]
 LINKS_MBPS = (10, 100, 1000)

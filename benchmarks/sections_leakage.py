@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from simulations.benchmarks.tables import fmt, reproduce_line, shows_results, spread, table
+from benchmarks.tables import fmt, reproduce_line, shows_results, spread, table
 
 # what tests/test_leakage_slow.py asserts on seed 0's 32 px phantom X-ray (no defence)
 STATED_PSNR_DB = 24.0
@@ -106,7 +106,7 @@ def _points_table(points: list[Mapping[str, Any]]) -> str:
 def plot_leakage_epsilon(results: Mapping[str, Any], path: Path) -> bool:
     """Leakage PSNR (gain over the mean guess, plain and aligned) against epsilon
     of local DP-SGD, one panel per modality; no defence drawn at the right edge."""
-    from simulations.benchmarks.plots import _plt
+    from benchmarks.plots import _plt
 
     mods = {m: r for m, r in results.get("modalities", {}).items() if r.get("epsilon_curve")}
     if not mods:
@@ -146,7 +146,7 @@ def plot_leakage_epsilon(results: Mapping[str, Any], path: Path) -> bool:
 
 def plot_auroc_epsilon(points: list[Mapping[str, Any]], path: Path) -> bool:
     """Macro AUROC of federated studies against their epsilon (the hook's points)."""
-    from simulations.benchmarks.plots import _plt
+    from benchmarks.plots import _plt
 
     finite = [p for p in points if p["epsilon"] is not None]
     if not finite:
@@ -322,7 +322,7 @@ def leakage_section(
         add(
             "Not measured yet: it needs federated studies trained with DP at several noise "
             "multipliers; their (epsilon, AUROC) points go in through the `auroc_points` hook of "
-            "`run_leakage` (`simulations/benchmarks/leakage.py`).\n"
+            "`run_leakage` (`benchmarks/leakage.py`).\n"
         )
     timing = r.get("timing") or []
     if timing:

@@ -10,8 +10,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from simulations.benchmarks.learning_curves import target_rows
-from simulations.benchmarks.tables import fmt, reproduce_line, shows_results, table
+from benchmarks.learning_curves import target_rows
+from benchmarks.tables import fmt, reproduce_line, shows_results, table
 
 
 def _verdict(flag: Any, why: str) -> str:
@@ -24,7 +24,7 @@ def plot_learning_curves(entry: Mapping[str, Any], source: str, path: Path) -> b
     images (dashed) against epochs, one colour per fit-set size, the unseen
     PSNR of the final weights as a dot at the end; a last panel: unseen PSNR
     against the number of training images."""
-    from simulations.benchmarks.plots import _plt
+    from benchmarks.plots import _plt
 
     methods = {
         label: m

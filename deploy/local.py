@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from simulations.deploy.errors import ENV
-from simulations.deploy.federation import LocalFederation
-from simulations.deploy.submission import submit_study
+from deploy.errors import ENV
+from deploy.federation import LocalFederation
+from deploy.submission import submit_study
 from study.config import Study
 
 

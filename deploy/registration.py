@@ -12,9 +12,9 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from simulations.deploy.certificates import probe_tls
-from simulations.deploy.diagnosis import ANSI, diagnose
-from simulations.deploy.errors import ENV, DeployError
+from deploy.certificates import probe_tls
+from deploy.diagnosis import ANSI, diagnose
+from deploy.errors import ENV, DeployError
 
 
 def register_keys(

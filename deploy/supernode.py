@@ -1,6 +1,6 @@
 """Flower's `flower-supernode`, with its idle wait between pulls shortened.
 
-    python -m simulations.deploy.supernode [flower-supernode's arguments]
+    python -m deploy.supernode [flower-supernode's arguments]
 
 Why: flwr 1.42's SuperNode loop (`flwr/supernode/start_client_internal.py`)
 sleeps a hard-coded 3 s whenever a pull from the SuperLink finds no message,
@@ -214,7 +214,7 @@ def patch_reply_guard(stall_s: float = REPLY_STALL_S) -> None:
 def supernode_command(argv: list[str]) -> list[str]:
     """`argv` with a leading `flower-supernode` (any path) run through this launcher."""
     if argv and os.path.basename(argv[0]) == "flower-supernode":
-        return [sys.executable, "-m", "simulations.deploy.supernode", *argv[1:]]
+        return [sys.executable, "-m", "deploy.supernode", *argv[1:]]
     return list(argv)
 
 

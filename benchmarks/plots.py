@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from simulations.benchmarks.tables import med
+from benchmarks.tables import med
 
 
 def _plt():
