@@ -14,6 +14,8 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from encryption.private_files import write_private_file
+
 KEY_BYTES = 32
 _SALT = b"medfed-v1"
 
@@ -37,20 +39,6 @@ def derive_seed(key: bytes, purpose: str) -> int:
     return int.from_bytes(derive_key(key, purpose, 8), "big")
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-
-
 def save_key_bundle(
     path: str | os.PathLike, key: bytes, method: str, state: dict[str, Any] | None = None
 ) -> Path:
@@ -61,7 +49,9 @@ def save_key_bundle(
     if len(key) != KEY_BYTES:
         raise ValueError(f"site key must be {KEY_BYTES} bytes")
     path = Path(path)
-    _write_private(path, DecryptionMaterial(bytes(key), method, dict(state or {})).to_bytes())
+    write_private_file(
+        path, DecryptionMaterial(bytes(key), method, dict(state or {})).to_bytes(), overwrite=True
+    )
     return path
 
 
