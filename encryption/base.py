@@ -39,7 +39,7 @@ from encryption.container import (
     seal_container,
 )
 from encryption.keys import KEY_BYTES, derive_key, generate_key
-from encryption.options import reject_fit_options
+from encryption.options import positive_ints, reject_fit_options
 
 
 @dataclass(frozen=True)
@@ -247,6 +247,28 @@ class Encryptor(ABC):
     @abstractmethod
     def _decrypt_payload(self, header: Header, payload: bytes) -> np.ndarray:
         """Payload bytes -> images with header.shape and header.dtype."""
+
+
+class LearnedLosslessEncryptor(Encryptor):
+    """Base of the learned lossless methods (bp-chaos, invertible): exact round
+    trips, one ciphertext per key and image, learned state that is key material,
+    and their own cipher-image as the payload (no AES). `_init_options` checks
+    the options every one of them takes."""
+
+    lossless = True
+    deterministic = True
+    learned = True
+    aes_payload = False
+
+    def _init_options(
+        self, key: bytes | None, unknown: dict[str, Any], device: str, **counts: Any
+    ) -> tuple[int, ...]:
+        """Set the key (the base class rejects `unknown` options) and the torch
+        `device`; `counts` (epochs, widths, sizes) as ints in the order given,
+        ValueError naming the method and every one below 1."""
+        Encryptor.__init__(self, key=key, **unknown)
+        self.device = device
+        return positive_ints(self.name, **counts)
 
 
 def payload_image(blob: bytes) -> np.ndarray:

@@ -194,6 +194,25 @@ CHECK_STEPS = 50  # a convergence check every epoch, or every so many optimiser 
 WARMUP_STEPS = 100  # the learning rates ramp up linearly from a tenth over these steps
 
 
+def latent_codec_defaults(infer_batch: int, **losses: Any) -> dict[str, Any]:
+    """The `defaults` of the convolutional latent codecs (aae-scramble,
+    learned-codec-aes): one fit budget, crop and network width, the method's
+    own loss options (`losses`), then its time limit, device and inference batch."""
+    return {
+        "epochs": 300,  # an upper bound: the convergence criterion or time limit ends the fit
+        "min_steps": 30,
+        "batch_size": 8,
+        "crop": 48,
+        "lr": 2e-3,
+        "nf": 32,
+        "latent_per_channel": 8,
+        **losses,
+        "time_limit_s": 240.0,
+        "device": "cpu",
+        "infer_batch": infer_batch,
+    }
+
+
 class Convergence:
     """The convergence criterion: a validation loss (lower is better) must
     improve on the best so far by `rel_tol` (1 %, about 0.04 dB of PSNR) to
@@ -432,10 +451,6 @@ class TorchEncryptor(Encryptor):
     def _batch_generator(self) -> torch.Generator:
         """The key-seeded generator of minibatches, crops and training noise."""
         return torch.Generator().manual_seed(derive_seed(self.key, f"{self.name}/batches") % 2**63)
-
-    def _total_steps(self, n_images: int) -> int:
-        """Optimiser steps a full fit takes (for learning-rate schedules)."""
-        return max(1, self._epochs(n_images) * -(-n_images // int(self.config["batch_size"])))
 
     def _split_validation(self, x_all: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(training images, validation images): `val_images` of the set, at most

@@ -63,6 +63,7 @@ from encryption.nn import (
     crop_to,
     from_unit,
     init_output_bias,
+    latent_codec_defaults,
     pad_to_multiple,
     psnr,
     quantize_ste,
@@ -107,20 +108,7 @@ class AaeScramble(TorchEncryptor):
     lossless = False
     deterministic = True
     aes_payload = False
-    defaults = {
-        "epochs": 300,  # an upper bound: the convergence criterion or time limit ends the fit
-        "min_steps": 30,
-        "batch_size": 8,
-        "crop": 48,
-        "lr": 2e-3,
-        "nf": 32,
-        "latent_per_channel": 8,
-        "ndf": 32,
-        "lambda_adv": 0.001,
-        "time_limit_s": 240.0,
-        "device": "cpu",
-        "infer_batch": 64,
-    }
+    defaults = latent_codec_defaults(infer_batch=64, ndf=32, lambda_adv=0.001)
 
     def _build(self, channels: int) -> nn.ModuleDict:
         c = self.config

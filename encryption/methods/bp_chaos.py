@@ -63,11 +63,11 @@ import numpy as np
 import torch
 
 from encryption import chaos, tagged_payload
-from encryption.base import Encryptor, FitReport, check_images
+from encryption.base import FitReport, LearnedLosslessEncryptor, check_images
 from encryption.container import ContainerError, Header, IntegrityError, read_body
 from encryption.keys import derive_key, derive_seed
 from encryption.lifting import WEIGHT_CLIP, ExactLifting, Predictor, masks, neighbours
-from encryption.options import positive_ints, reject_fit_options, require_fitted
+from encryption.options import reject_fit_options, require_fitted
 from encryption.registry import register_encryptor
 
 IV_BYTES = tagged_payload.MAC_BYTES
@@ -76,12 +76,8 @@ MAX_ROUNDS = 16  # chaos rounds a model or a container may ask for (bounds decry
 
 
 @register_encryptor
-class BpChaos(Encryptor):
+class BpChaos(LearnedLosslessEncryptor):
     name = "bp-chaos"
-    lossless = True
-    deterministic = True
-    learned = True
-    aes_payload = False
 
     def __init__(
         self,
@@ -96,9 +92,10 @@ class BpChaos(Encryptor):
         device: str = "cpu",
         **unknown: Any,
     ) -> None:
-        super().__init__(key=key, **unknown)  # the base class rejects unknown options
-        self.epochs, self.hidden, self.rounds, self.batch_size, self.samples = positive_ints(
-            self.name,
+        self.epochs, self.hidden, self.rounds, self.batch_size, self.samples = self._init_options(
+            key,
+            unknown,
+            device,
             epochs=epochs,
             hidden=hidden,
             rounds=rounds,
@@ -107,7 +104,7 @@ class BpChaos(Encryptor):
         )
         if self.rounds > MAX_ROUNDS:
             raise ValueError(f"{self.name}: rounds must be <= {MAX_ROUNDS}, got {rounds}")
-        self.plaintext_iv, self.device = bool(plaintext_iv), device
+        self.plaintext_iv = bool(plaintext_iv)
         self._nets: list[Predictor] | None = None
         self._lifting: ExactLifting | None = None
         self._sbox_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}

@@ -65,12 +65,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from encryption import tagged_payload
-from encryption.base import Encryptor, FitReport, check_images
+from encryption.base import FitReport, LearnedLosslessEncryptor, check_images
 from encryption.container import Header, IntegrityError, read_body, require_extra
 from encryption.coupling import circular_noise_loss, seeded_couplings, top_byte
 from encryption.keys import derive_key, derive_seed
 from encryption.nn import Convergence, TrainClock
-from encryption.options import positive_ints, reject_fit_options, require_fitted
+from encryption.options import reject_fit_options, require_fitted
 from encryption.registry import register_encryptor
 
 SQUEEZE = 8
@@ -78,12 +78,8 @@ CHUNK = 128  # images per call: larger convolutions run more efficiently
 
 
 @register_encryptor
-class Invertible(Encryptor):
+class Invertible(LearnedLosslessEncryptor):
     name = "invertible"
-    lossless = True
-    deterministic = True
-    learned = True
-    aes_payload = False
 
     def __init__(
         self,
@@ -99,11 +95,10 @@ class Invertible(Encryptor):
         device: str = "cpu",
         **unknown: Any,
     ) -> None:
-        super().__init__(key=key, **unknown)  # the base class rejects unknown options
-        self.epochs, self.layers, self.hidden, self.batch_size = positive_ints(
-            self.name, epochs=epochs, layers=layers, hidden=hidden, batch_size=batch_size
+        self.epochs, self.layers, self.hidden, self.batch_size = self._init_options(
+            key, unknown, device, epochs=epochs, layers=layers, hidden=hidden, batch_size=batch_size
         )
-        self.lr, self.time_limit_s, self.device = float(lr), float(time_limit_s), device
+        self.lr, self.time_limit_s = float(lr), float(time_limit_s)
         if time_clock not in ("wall", "cpu"):  # as in encryption.nn: wall or this process's CPU s
             raise ValueError(f"{self.name}: time_clock must be 'wall' or 'cpu', got {time_clock!r}")
         self.time_clock = time_clock

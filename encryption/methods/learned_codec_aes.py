@@ -58,6 +58,7 @@ from encryption.nn import (
     count_flops,
     crop_to,
     init_output_bias,
+    latent_codec_defaults,
     pad_to_multiple,
     psnr,
     to_unit,
@@ -163,20 +164,7 @@ class LearnedCodecAes(TorchEncryptor):
     lossless = False
     deterministic = False
     aes_payload = True
-    defaults = {
-        "epochs": 300,
-        "min_steps": 30,
-        "batch_size": 8,
-        "crop": 48,
-        "lr": 2e-3,
-        "nf": 32,
-        "latent_per_channel": 8,
-        "lam": 200.0,
-        "target_psnr_db": 40.0,
-        "time_limit_s": 240.0,
-        "device": "cpu",
-        "infer_batch": 16,
-    }
+    defaults = latent_codec_defaults(infer_batch=16, lam=200.0, target_psnr_db=40.0)
 
     def _build(self, channels: int) -> nn.ModuleDict:
         c = self.config
