@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from study.config import MODALITIES
 from study.data import cache
 from study.data.base import DatasetReader, LoadOptions
 from study.data.partition import partition_patients, stable_institution
@@ -31,7 +32,6 @@ from study.data.types import (
     empty_imageset,
 )
 
-MODALITIES = ("xray", "mri")
 HOLDOUT_FRACTION = 0.1
 
 
