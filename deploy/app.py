@@ -33,7 +33,7 @@ def stage_app(src: str | Path, dest: str | Path) -> Path:
     """
     import tomllib
 
-    from flwr.cli.build import build_pathspec
+    from deploy.flwr_internals import build_pathspec
 
     src, dest = Path(src), Path(dest)
     pyproject = src / "pyproject.toml"

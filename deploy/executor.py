@@ -117,14 +117,15 @@ class Worker:
 
     # -- clients ------------------------------------------------------------------
     def _certificates(self):
-        from flwr.supercore.tls import validate_and_resolve_root_certificates
+        from deploy.flwr_internals import validate_and_resolve_root_certificates
 
         return validate_and_resolve_root_certificates(self.root_certificates, self.insecure)
 
     def _retry(self, tries: int):
         """A bounded retry for transport hiccups; HTTP errors are final (no SIGINT)."""
         import httpx
-        from flwr.supercore.retry import RetryInvoker, exponential
+
+        from deploy.flwr_internals import RetryInvoker, exponential
 
         def giveup(exc: Exception) -> bool:
             if isinstance(exc, httpx.HTTPStatusError):
@@ -140,21 +141,22 @@ class Worker:
         )
 
     def _superexec_client(self):
-        from flwr.supercore.interceptors import (
+        from deploy.flwr_internals import (
+            ACQUIRE_TASK_METHOD,
+            RuntimeHttpClient,
             RuntimeVersionHttpInterceptor,
             SuperExecAuthHttpInterceptor,
         )
-        from flwr.supercore.runtime import RuntimeHttpClient
 
         interceptors = [RuntimeVersionHttpInterceptor(component_name="SuperExec")]
         if self.auth_secret_file:
-            from flwr.supercore.auth.superexec_secret import load_superexec_auth_secret
+            from deploy.flwr_internals import load_superexec_auth_secret
 
             secret = load_superexec_auth_secret(self.auth_secret_file)
             interceptors.append(
                 SuperExecAuthHttpInterceptor(
                     master_secret=secret,
-                    protected_methods=frozenset({"/flwr.proto.Runtime/AcquireTask"}),
+                    protected_methods=frozenset({ACQUIRE_TASK_METHOD}),
                 )
             )
         return RuntimeHttpClient.from_server_address(
@@ -166,12 +168,12 @@ class Worker:
         )
 
     def _task_client(self, token: str):
-        from flwr.supercore.interceptors import (
+        from deploy.flwr_internals import (
+            RuntimeHttpClient,
             RuntimeTokenHttpInterceptor,
+            RuntimeTracingInterceptor,
             RuntimeVersionHttpInterceptor,
         )
-        from flwr.supercore.runtime import RuntimeHttpClient
-        from flwr.supercore.runtime.tracing import RuntimeTracingInterceptor
 
         return RuntimeHttpClient.from_server_address(
             server_address=self.supernode,
@@ -190,9 +192,8 @@ class Worker:
         """Run tasks until the SuperNode goes away (0), cannot be reached (1) or refuses
         this executor (REFUSED, 3)."""
         import httpx
-        from flwr.proto.runtime_pb2 import AcquireTaskRequest
-        from flwr.supercore.constant import TaskType
-        from flwr.supercore.logger import log
+
+        from deploy.flwr_internals import AcquireTaskRequest, TaskType, log
 
         self._install_signals()
         os.environ["MEDFED_KEEP_SITES"] = "1"  # medfed's ClientApp keeps each site's shard
@@ -274,7 +275,8 @@ class Worker:
         import _thread
 
         import httpx
-        from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest
+
+        from deploy.flwr_internals import SendTaskHeartbeatRequest
 
         def fn() -> bool:
             try:
@@ -295,14 +297,18 @@ class Worker:
 
     # -- one task -----------------------------------------------------------------------
     def run_task(self, token: str, task) -> dict:
-        """One ClientApp task, as flwr.supernode.runtime.run_clientapp runs it."""
-        from flwr.app import Message
-        from flwr.app.error import Error
-        from flwr.clientapp.client_app import LoadClientAppError
-        from flwr.common.constant import ErrorCode, SubStatus
-        from flwr.supercore.heartbeat import HeartbeatSender
-        from flwr.supercore.logger import log
-        from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+        """One ClientApp task, as flwr-clientapp runs it (flwr's run_clientapp)."""
+        from flwr.app import Error, Message
+
+        from deploy.flwr_internals import (
+            ErrorCode,
+            HeartbeatSender,
+            LoadClientAppError,
+            SubStatus,
+            log,
+            push_message,
+            push_task_output,
+        )
 
         t0, started_at = time.perf_counter(), time.time()
         current = self._current = _Current(task.task_id)
@@ -390,9 +396,11 @@ class Worker:
 
     def _app(self, run, fab):
         """The ClientApp of this FAB: installed and loaded once, then kept."""
-        from flwr.cli.install import install_from_fab
-        from flwr.clientapp.utils import get_load_client_app_fn
-        from flwr.common.config import get_project_dir
+        from deploy.flwr_internals import (
+            get_load_client_app_fn,
+            get_project_dir,
+            install_from_fab,
+        )
 
         loaded = self._loaded
         if loaded is not None and loaded.fab_hash == fab.hash_str and loaded.project_dir.is_dir():
@@ -436,16 +444,19 @@ def pull_task_input(client):
     10 s): the task exists as soon as the SuperNode has the message's header, while it
     still receives the objects from the SuperLink; a fresh flwr-clientapp arrives seconds
     later and rarely waits, a warm executor always would (1 s, then 2 s more, measured)."""
-    from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
-    from flwr.proto.node_pb2 import Node
-    from flwr.proto.runtime_pb2 import PullAppMessagesRequest, PullTaskInputRequest
-    from flwr.supercore.constant import PULL_MAX_TIME
-    from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+    from deploy.flwr_internals import (
+        PULL_MAX_TIME,
+        Node,
+        PullAppMessagesRequest,
+        PullTaskInputRequest,
+        TaskIdentity,
+        context_from_proto,
+        fab_from_proto,
         make_confirm_message_received_fn_protobuf,
         make_pull_object_fn_protobuf,
+        pull_and_inflate_object_from_tree,
+        run_from_proto,
     )
-    from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
-    from flwr.supercore.task_identity import TaskIdentity
 
     res = client.PullTaskInput(PullTaskInputRequest())
     TaskIdentity.task_id = res.task_id

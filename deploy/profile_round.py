@@ -54,7 +54,8 @@ PROBE = textwrap.dedent(
     """
     import json, sys, time
     t = {"start": time.time()}
-    import flwr.supernode.runtime.run_clientapp  # what flwr-clientapp imports first
+    import importlib
+    importlib.import_module(sys.argv[4])  # what flwr-clientapp imports first
     t["flwr"] = time.time()
     import torch
     t["torch"] = time.time()
@@ -75,11 +76,14 @@ PROBE = textwrap.dedent(
 
 
 def _probe(study: str, sites: int, site_out: Path, env: dict, repeat: int) -> dict[str, float]:
+    sys.path.insert(0, str(ROOT))
+    from deploy.flwr_internals import CLIENTAPP_RUNTIME_MODULE as RUNTIME_MODULE
+
     steps: dict[str, list[float]] = {}
     for _ in range(repeat):
         spawned = time.time()
         res = subprocess.run(
-            [sys.executable, "-c", PROBE, study, str(sites), str(site_out)],
+            [sys.executable, "-c", PROBE, study, str(sites), str(site_out), RUNTIME_MODULE],
             capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
         )  # fmt: skip
         if res.returncode != 0:

@@ -88,17 +88,16 @@ def reply_stall_seconds() -> float:
 
 def patch_idle_wait(idle_s: float) -> None:
     """Give flwr's SuperNode loop the shorter idle wait (raises if flwr changed)."""
-    from flwr.supernode import start_client_internal as loop
+    from deploy.flwr_internals import FlwrInternalsError
+    from deploy.flwr_internals import supernode_loop as loop
 
-    if not isinstance(getattr(loop, "time", None), (type(time), _IdleClock)):
-        raise RuntimeError(
-            "flwr.supernode.start_client_internal no longer imports `time`: this launcher "
-            "was written for flwr 1.42; run flower-supernode directly"
+    if not isinstance(loop.time, (type(time), _IdleClock)):
+        raise FlwrInternalsError(
+            f"{loop.__name__}.time is no longer the `time` module: port patch_idle_wait "
+            "(deploy/supernode.py), or run flower-supernode directly"
         )
     loop.time = _IdleClock(idle_s)
-    pull = getattr(loop, "pull_objects", None)
-    if pull is None:
-        raise RuntimeError("flwr.supernode.start_client_internal has no pull_objects (flwr 1.42)")
+    pull = loop.pull_objects
     if not isinstance(pull, functools.partial):
         loop.pull_objects = functools.partial(
             pull, initial_backoff=OBJECT_BACKOFF_S, backoff_cap=10 * OBJECT_BACKOFF_S
@@ -107,7 +106,7 @@ def patch_idle_wait(idle_s: float) -> None:
 
 def missing_objects(store, tree) -> list[str]:
     """Object ids of `tree` (a message's ObjectTree) that `store` does not hold yet."""
-    from flwr.supercore.inflatable.inflatable_object import iterate_object_tree
+    from deploy.flwr_internals import iterate_object_tree
 
     return [t.object_id for t in iterate_object_tree(tree) if not store.get(t.object_id)]
 
@@ -131,10 +130,9 @@ def crashed_reply(message, missing: int, total: int):
     """Flower's "ClientApp crashed" error reply in place of `message`, a reply whose
     objects never all arrived: the same metadata (run, nodes, the message it answers,
     created-at and TTL), an error instead of content."""
-    from flwr.app import Error
-    from flwr.app.message.message import make_message
-    from flwr.app.metadata import Metadata
-    from flwr.common.constant import ErrorCode
+    from flwr.app import Error, Metadata
+
+    from deploy.flwr_internals import ErrorCode, make_message
 
     m = message.metadata
     metadata = Metadata(
@@ -164,12 +162,12 @@ def complete_replies_only(push_messages, stall_s: float = REPLY_STALL_S):
 
     @functools.wraps(push_messages)
     def guarded(*, state, object_store, send, push_object):
-        from flwr.supercore.inflatable.inflatable_object import (
+        from deploy.flwr_internals import (
             get_all_nested_objects,
             get_object_tree,
             iterate_object_tree,
+            log,
         )
-        from flwr.supercore.logger import log
 
         def send_complete(message, object_tree, *args):
             missing = wait_for_objects(object_store, object_tree, stall_s)
@@ -202,11 +200,9 @@ def complete_replies_only(push_messages, stall_s: float = REPLY_STALL_S):
 
 def patch_reply_guard(stall_s: float = REPLY_STALL_S) -> None:
     """Give flwr's SuperNode loop `complete_replies_only` (raises if flwr changed)."""
-    from flwr.supernode import start_client_internal as loop
+    from deploy.flwr_internals import supernode_loop as loop
 
-    push = getattr(loop, "_push_messages", None)
-    if push is None:
-        raise RuntimeError("flwr.supernode.start_client_internal has no _push_messages (flwr 1.42)")
+    push = loop._push_messages
     if not getattr(push, "medfed_guarded", False):
         loop._push_messages = complete_replies_only(push, stall_s)
 
@@ -221,7 +217,7 @@ def supernode_command(argv: list[str]) -> list[str]:
 def main() -> None:
     patch_idle_wait(idle_seconds())
     patch_reply_guard(reply_stall_seconds())
-    from flwr.supernode.cli import flower_supernode
+    from deploy.flwr_internals import flower_supernode
 
     sys.argv[0] = "flower-supernode"
     flower_supernode()
