@@ -17,13 +17,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from study import dp as _dp
+
 MODALITIES = ("xray", "mri")
 PARTITIONS = ("iid", "label-skew", "quantity-skew", "natural")
 EXCHANGES = ("none", "archive", "consortium")
 TRAIN_ON = ("plaintext", "decrypted")
 # differential privacy: Flower's client- or server-side clipping wrappers, or
-# sample-level DP-SGD inside each site's training
-DP_MODES = ("none", "client-fixed", "client-adaptive", "server-fixed", "local-dpsgd")
+# sample-level DP-SGD inside each site's training (the registry: study.dp)
+DP_MODES = _dp.DP_MODES
 SECURE_AGGREGATION = ("none", "secagg+")
 STRATEGIES = (
     "FedAvg",

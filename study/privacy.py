@@ -48,9 +48,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from study.config import Study, StudyError
+from study.dp import CENTRAL_MODES, MODES, dp_mode
 
-# modes whose noise the server adds to the mean of the sites' clipped updates
-CENTRAL_MODES = ("client-fixed", "client-adaptive", "server-fixed")
+# CENTRAL_MODES (imported from study.dp, the registry of the dp modes): the modes
+# whose noise the server adds to the mean of the sites' clipped updates
 # the metric the study's strategy weights by under a central mode: 1 for every site
 UNIFORM_WEIGHT = "dp-uniform-weight"
 # strategies whose new global model is the mean of the sites' updates, which Flower's
@@ -61,13 +62,7 @@ UNIFORM_WEIGHT = "dp-uniform-weight"
 MEAN_STRATEGIES = ("FedAvg", "FedProx", "FedAvgM")
 
 # Who the guarantee of each mode protects against (written beside every epsilon).
-PROTECTS_AGAINST = {
-    "none": "nobody",
-    "client-fixed": "holders of the global model (sites, the public); not the server",
-    "client-adaptive": "holders of the global model (sites, the public); not the server",
-    "server-fixed": "holders of the global model (sites, the public); not the server",
-    "local-dpsgd": "everyone who sees a site's update, the server included",
-}
+PROTECTS_AGAINST = {mode.name: mode.protects_against for mode in MODES}
 
 
 @dataclass(frozen=True)
@@ -120,23 +115,42 @@ def local_steps_per_epoch(num_examples: int, batch_size: int) -> int:
 
 
 def mechanism(study: Study, rounds_done: int, *, num_examples: int | None = None) -> Mechanism:
-    """The mechanism of `study` composed over `rounds_done` rounds.
+    """The mechanism of `study` composed over `rounds_done` rounds: its `dp`
+    mode's `accounting` (study.dp), one of the three functions below.
 
     `num_examples`: the site's number of training images (needed, and only
     used, for `local-dpsgd`; pass the largest site's count for a bound on all).
     """
     if rounds_done < 0:
         raise ValueError(f"rounds_done must be 0 or more, got {rounds_done}")
-    z = study.dp_noise_multiplier
-    if study.dp == "local-dpsgd":
-        if num_examples is None:
-            raise ValueError("dp = local-dpsgd: epsilon needs the site's num_examples")
-        per_epoch = local_steps_per_epoch(num_examples, study.batch_size)
-        return Mechanism(z, 1.0 / per_epoch, rounds_done * study.local_epochs * per_epoch, "sample")
-    if study.dp == "none":
-        return Mechanism(0.0, 1.0, rounds_done, "site")
-    # a fixed-size, seeded, recorded sample of sites: no amplification (module docstring)
-    return Mechanism(z, 1.0, rounds_done, "site")
+    return dp_mode(study.dp).mechanism(study, rounds_done, num_examples=num_examples)
+
+
+def no_mechanism(study: Study, rounds_done: int, *, num_examples: int | None = None) -> Mechanism:
+    """dp = none: nothing is noised (epsilon is infinite once a round ran)."""
+    return Mechanism(0.0, 1.0, rounds_done, "site")
+
+
+def site_mechanism(study: Study, rounds_done: int, *, num_examples: int | None = None) -> Mechanism:
+    """The central modes: one Gaussian release over sites per round, at sampling
+    rate 1 (a fixed-size, seeded, recorded sample of sites: no amplification,
+    module docstring)."""
+    return Mechanism(study.dp_noise_multiplier, 1.0, rounds_done, "site")
+
+
+def sample_mechanism(
+    study: Study, rounds_done: int, *, num_examples: int | None = None
+) -> Mechanism:
+    """local-dpsgd: Poisson-subsampled Gaussian steps of DP-SGD on one site's images."""
+    if num_examples is None:
+        raise ValueError(f"dp = {study.dp}: epsilon needs the site's num_examples")
+    per_epoch = local_steps_per_epoch(num_examples, study.batch_size)
+    return Mechanism(
+        study.dp_noise_multiplier,
+        1.0 / per_epoch,
+        rounds_done * study.local_epochs * per_epoch,
+        "sample",
+    )
 
 
 def effective_noise_multiplier(
