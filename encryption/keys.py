@@ -14,7 +14,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from encryption.private_files import write_private_file
+from encryption.private_files import read_private_file, write_private_file
 
 KEY_BYTES = 32
 _SALT = b"medfed-v1"
@@ -64,14 +64,7 @@ def load_key_bundle(path: str | os.PathLike) -> tuple[bytes, str, dict[str, Any]
     from encryption.material import MAGIC, DecryptionMaterial, MaterialError
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"key bundle not found: {path}")
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise PermissionError(
-            f"key bundle {path} is readable by others (mode {mode:o}); chmod 600 it"
-        )
-    data = path.read_bytes()
+    data = read_private_file(path, "key bundle")
     if not data.startswith(MAGIC):
         raise ValueError(
             f"{path}: not a medfed key bundle of this version (an older, pickle-based bundle "
