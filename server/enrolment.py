@@ -40,6 +40,7 @@ SITE_WAIT_S = 300.0  # how long to wait for every hospital's SuperNode to connec
 # node delays a round by at most HELLO_WAIT_S once every HELLO_RETRY_S
 HELLO_WAIT_S = 120.0
 HELLO_RETRY_S = 600.0
+REJOIN_POLL_S = 1.0  # how often a round waiting for a missing site looks again
 log = logging.getLogger(__name__)
 
 
@@ -69,6 +70,26 @@ class SiteDirectory:
         if node in self.node_site:
             return self.node_site[node]
         return self.retired.get(node, f"node-{node}")
+
+    def await_sites(self, grid: Grid, rnd: int, *, events=None) -> list[int]:
+        """Before round `rnd`: enrol the nodes that joined since the last round, and
+        wait up to `rejoin-wait` seconds for study sites with no connected node (a
+        hospital restarting is back within seconds), with one `waiting` event
+        naming them. Returns the sites still missing, which the round records failed."""
+        deadline = time.monotonic() + self.study.rejoin_wait
+        announced = False
+        while True:
+            self.refresh(grid)
+            connected = {self.site_of(node) for node in grid.get_node_ids()}
+            missing = [site for site in range(self.study.num_sites) if site not in connected]
+            left = deadline - time.monotonic()
+            if not missing or left <= 0:
+                return missing
+            if not announced and events is not None:
+                names = [f"site-{site}" for site in missing]
+                events.emit("waiting", round=rnd, sites=names, seconds=self.study.rejoin_wait)
+            announced = True
+            time.sleep(min(REJOIN_POLL_S, left))
 
     def enrol_all(self, grid: Grid, *, wait_s: float = SITE_WAIT_S) -> None:
         """Every site must be connected: a federation of another size would

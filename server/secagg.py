@@ -94,7 +94,6 @@ from flwr.serverapp.strategy import Result
 from server.grid import ReportingGrid, exchange
 from server.strategy import (
     MedfedStrategy,
-    RoundState,
     StudyStopped,
     array_bytes,
     dp_aggregation,
@@ -171,8 +170,7 @@ class SecAggPlusStrategy(MedfedStrategy):
     ) -> ArrayRecord:
         """One training round through SecAggPlusWorkflow; the new global arrays."""
         rnd = server_round + self.offset
-        self.directory.refresh(grid)
-        self.state = state = RoundState(rnd)
+        state = self._begin_round(rnd, grid)
         stages = StageGrid(grid, self)
         sampled = list(self.inner.configure_train(rnd, arrays, config, grid))
         nodes = [m.metadata.dst_node_id for m in sampled]

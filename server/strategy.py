@@ -47,7 +47,6 @@ from study import transport
 from study.config import STRATEGIES, Study
 from study.schema import RoundRecord, SiteRecord
 
-REJOIN_POLL_S = 1.0  # how often a round waiting for a missing site looks again
 NOT_CONNECTED = "took no part in this round's training (not connected when it began)"
 
 
@@ -278,17 +277,8 @@ class MedfedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         rnd = server_round + self.offset
-        started = time.perf_counter()  # a round's seconds include any wait for a site
-        missing = self._await_sites(rnd, grid)
-        for site, cert in self.directory.certificates.items():
-            self.grants.enrol(site, cert)
-        self.state = state = RoundState(rnd, started=started)
+        state = self._begin_round(rnd, grid)
         self.model_layout = {name: (a.dtype, tuple(a.shape)) for name, a in arrays.items()}
-        # a study site still not connected (a hospital that stopped, or restarts slowly)
-        # is in this round's record, failed with that reason
-        state.missing = set(missing)
-        for site in missing:
-            state.site(site).error = NOT_CONNECTED
         out = []
         for msg in self.inner.configure_train(rnd, arrays, config, grid):
             msg = self._attach_peers(msg)
@@ -296,24 +286,19 @@ class MedfedStrategy(Strategy):
             out.append(msg)
         return out
 
-    def _await_sites(self, rnd: int, grid: Grid) -> list[int]:
-        """Enrol the nodes that joined since the last round, and wait up to
-        rejoin-wait seconds for study sites with no connected node (a hospital
-        restarting is back within seconds). Returns the sites still missing."""
-        deadline = time.monotonic() + self.study.rejoin_wait
-        announced = False
-        while True:
-            self.directory.refresh(grid)
-            connected = {self.directory.site_of(node) for node in grid.get_node_ids()}
-            missing = [site for site in range(self.study.num_sites) if site not in connected]
-            left = deadline - time.monotonic()
-            if not missing or left <= 0:
-                return missing
-            if not announced and self.events is not None:
-                names = [f"site-{site}" for site in missing]
-                self.events.emit("waiting", round=rnd, sites=names, seconds=self.study.rejoin_wait)
-            announced = True
-            time.sleep(min(REJOIN_POLL_S, left))
+    def _begin_round(self, rnd: int, grid: Grid) -> RoundState:
+        """A new round's state, once the sites that went have had `rejoin-wait` seconds
+        to come back: a study site still not connected (a hospital that stopped, or
+        restarts slowly) is in this round's record, failed with that reason."""
+        started = time.perf_counter()  # a round's seconds include any wait for a site
+        missing = self.directory.await_sites(grid, rnd, events=self.events)
+        for site, cert in self.directory.certificates.items():
+            self.grants.enrol(site, cert)
+        self.state = state = RoundState(rnd, started=started)
+        state.missing = set(missing)
+        for site in missing:
+            state.site(site).error = NOT_CONNECTED
+        return state
 
     def _attach_peers(self, msg: Message) -> Message:
         """Consortium: give each site its peers' ciphertext of the last round."""

@@ -141,7 +141,7 @@ def test_a_round_waits_rejoin_wait_seconds_for_a_missing_site_then_begins_withou
     tmp_path, monkeypatch
 ):
     # Prepare: site-1 gone for good from round 2; the round waits at most 0.5 s for it
-    monkeypatch.setattr("server.strategy.REJOIN_POLL_S", 0.02)
+    monkeypatch.setattr("server.enrolment.REJOIN_POLL_S", 0.02)
     study = small_study(tmp_path, monkeypatch, num_rounds=2, rejoin_wait=0.5)
     grid = LeavingGrid(build_client_app(study), 3, gone=FIRST_NODE + 1, from_round=2)
     events: list[dict] = []
@@ -158,7 +158,7 @@ def test_a_round_waits_rejoin_wait_seconds_for_a_missing_site_then_begins_withou
 
 def test_a_site_that_reconnects_within_rejoin_wait_takes_part_in_the_round(tmp_path, monkeypatch):
     # Prepare: site-1 is missing when round 2 begins and back 0.15 s later
-    monkeypatch.setattr("server.strategy.REJOIN_POLL_S", 0.02)
+    monkeypatch.setattr("server.enrolment.REJOIN_POLL_S", 0.02)
     study = small_study(tmp_path, monkeypatch, num_rounds=2, rejoin_wait=60.0)
     grid = LeavingGrid(build_client_app(study), 3, gone=FIRST_NODE + 1, from_round=2, away_s=0.15)
     events: list[dict] = []
@@ -168,6 +168,30 @@ def test_a_site_that_reconnects_within_rejoin_wait_takes_part_in_the_round(tmp_p
     assert [(e["round"], e["sites"]) for e in _waiting(events)] == [(2, ["site-1"])]
     assert [(s.site, s.ok) for s in second.sites] == [(f"site-{i}", True) for i in range(3)]
     assert second.sites[1].bytes["message_down"] > 0
+
+
+def test_a_secagg_round_waits_rejoin_wait_seconds_for_a_missing_site(tmp_path, monkeypatch):
+    # Prepare: a SecAgg+ study (4 sites, at least 3 a round); site-1 is missing when
+    # round 2 begins and back 0.15 s later
+    monkeypatch.setattr("server.enrolment.REJOIN_POLL_S", 0.02)
+    study = small_study(
+        tmp_path,
+        monkeypatch,
+        num_sites=4,
+        min_sites=3,
+        num_rounds=2,
+        rejoin_wait=60.0,
+        secure_aggregation="secagg+",
+    )
+    grid = LeavingGrid(build_client_app(study), 4, gone=FIRST_NODE + 1, from_round=2, away_s=0.15)
+    events: list[dict] = []
+    # Execute
+    _, second = run_loopback_study(grid, study, Events(None, events.append))
+    # Assert: the secure round waited for it, as a plain round does, and it is in the sum
+    assert [(e["round"], e["sites"]) for e in _waiting(events)] == [(2, ["site-1"])]
+    assert [(s.site, s.ok) for s in second.sites] == [(f"site-{i}", True) for i in range(4)]
+    assert "site-1" in second.extra["secure_aggregation"]["summed"]
+    assert second.sites[1].bytes["model_up"] > 0
 
 
 def test_the_progress_display_says_which_sites_a_round_waits_for():
