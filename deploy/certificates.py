@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.errors import SERVER_NAMES, DeployError
+
+CA_NAME = "medfed federation CA"  # the common name of the federation's CA
 
 
 @dataclass(frozen=True)
@@ -90,14 +91,6 @@ def identity_names(sites: int) -> list[str]:
     return [f"site-{i}" for i in range(sites)] + [AUDITOR]
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(path, 0o600)
-
-
 def write_certificates(
     folder: str | Path,
     *,
@@ -119,29 +112,17 @@ def write_certificates(
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+    from encryption.pki import make_ca
+    from encryption.private_files import private_key_pem, write_private_file
+
     certs = Certificates(Path(folder))
     certs.folder.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     pem = serialization.Encoding.PEM
     if overwrite or not all(p.is_file() for p in (certs.ca, certs.server_cert, certs.server_key)):
-        ca_key = ec.generate_private_key(ec.SECP384R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "medfed federation CA")])
-        ca_cert = (
-            x509.CertificateBuilder()
-            .subject_name(ca_name)
-            .issuer_name(ca_name)
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
-            .not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-            .sign(ca_key, hashes.SHA384())
-        )
+        # the same CA as a study's (encryption/pki.py): EC P-384, path length 0
+        ca_key, ca_cert = make_ca(common_name=CA_NAME, days=days)
+        ca_name = ca_cert.subject
         names = list(names)
         sans: list[x509.GeneralName] = []
         for n in names:
@@ -168,17 +149,9 @@ def write_certificates(
         )
         certs.ca.write_bytes(ca_cert.public_bytes(pem))
         certs.server_cert.write_bytes(cert.public_bytes(pem))
-        _write_private(
-            certs.server_key,
-            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-        )
+        write_private_file(certs.server_key, private_key_pem(key), overwrite=True)
         # kept (0600) to certify identities of sites added later; never mount it in a container
-        _write_private(
-            certs.ca_key,
-            ca_key.private_bytes(
-                pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            ),
-        )
+        write_private_file(certs.ca_key, private_key_pem(ca_key), overwrite=True)
     for i in range(sites):
         if overwrite or not certs.node_key(i).is_file() or not certs.node_pub(i).is_file():
             write_node_key(certs.node_key(i), certs.node_pub(i))
@@ -230,14 +203,17 @@ def write_node_key(private_path: Path, public_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    from encryption.private_files import write_private_file
+
     key = ec.generate_private_key(ec.SECP384R1())
-    _write_private(
+    write_private_file(
         private_path,
         key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
         ),
+        overwrite=True,
     )
     public_path.write_bytes(
         key.public_key().public_bytes(

@@ -408,9 +408,23 @@ def test_certificate_chain(tmp_path):
     sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert set(sans.get_values_for_type(x509.DNSName)) == {"superlink", "localhost"}
     assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
-    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    for key in (certs.server_key, certs.node_key(0), certs.node_key(1)):
+    basic = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert basic.ca and basic.path_length == 0  # it signs leaves only
+    assert ca.subject.rfc4514_string() == "CN=medfed federation CA"
+    assert ca.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    assert isinstance(ca.public_key(), ec.EllipticCurvePublicKey)
+    assert ca.public_key().curve.name == "secp384r1"
+    assert (
+        x509.ExtendedKeyUsageOID.SERVER_AUTH
+        in server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    )
+    for key in (certs.server_key, certs.ca_key, certs.node_key(0), certs.node_key(1)):
         assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
+    # the CA key certifies the server certificate's issuer (kept for sites added later)
+    from encryption.private_files import load_private_key_file
+
+    ca_key = load_private_key_file(certs.ca_key, ec.EllipticCurvePrivateKey, "CA key")
+    assert ca_key.public_key().public_numbers() == ca.public_key().public_numbers()
     # node keys: what flower-supernode and `flwr supernode register` read
     from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 

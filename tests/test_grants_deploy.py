@@ -6,6 +6,7 @@ from __future__ import annotations
 import stat
 
 import pytest
+from cryptography.x509.oid import NameOID
 
 from deploy import DeployError, write_certificates
 from encryption.grants import open_grant, seal_grant
@@ -47,7 +48,12 @@ def test_identities_kept_added_and_reissued(tmp_path):
     # Assert
     assert same == crt0
     assert (certs.identity_dir("site-0") / IDENTITY_KEY).read_bytes() == key0  # key kept
-    assert Identity.load(certs.identity_dir("site-0"), identity="site-0", study="mri")
+    # a new certificate for the same key, naming the new study (load verifies both)
+    reissued = Identity.load(certs.identity_dir("site-0"), identity="site-0", study="mri")
+    assert (certs.identity_dir("site-0") / IDENTITY_CERT).read_bytes() != crt0
+    ou = reissued.certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    assert [a.value for a in ou] == ["mri"]
+    assert reissued.certificate_pem == (certs.identity_dir("site-0") / IDENTITY_CERT).read_bytes()
 
 
 def test_overwrite_rotates_ca_and_identities(tmp_path):
