@@ -35,10 +35,3 @@ def detect_reader(root: str | os.PathLike) -> DatasetReader:
         f"{', '.join(list_formats())} (NIH: Data_Entry_2017*.csv + images/; DICOM: *.dcm at any depth; "
         f"BraTS: <case>/<case>_t1.nii.gz ...)"
     )
-
-
-def reader_for_format(name: str) -> DatasetReader:
-    for reader in READERS:
-        if reader.format == name:
-            return reader()
-    raise ValueError(f"unknown dataset format {name!r}; valid: {', '.join(list_formats())}")
