@@ -134,9 +134,9 @@ def with_differential_privacy(study: Study, strategy: Strategy) -> Strategy:
     noise. The noise is on the aggregate, so these protect against whoever
     holds the global model, not against the server (study/privacy.py).
     local-dpsgd adds its noise inside each site's training instead.
-    For client-adaptive the clipped-count noise is max(sites / 20, z) (Andrew
-    et al. recommend sites / 20, which Flower cannot split below z with few
-    sites; Flower then adds the matching, larger noise to the updates).
+    The wrapper and the weights are the mode's entry in study.dp's registry
+    (`DpMode.wrap_strategy`: for client-adaptive the clipped-count noise is
+    max(sites / 20, z)).
 
     Flower's noise, z * C / n, covers one site's influence only on an
     unweighted mean of n clipped updates, so under these modes `strategy`
@@ -144,21 +144,19 @@ def with_differential_privacy(study: Study, strategy: Strategy) -> Strategy:
     instead of its number of examples, and `MedfedStrategy` tells the wrapper
     how many updates it averages each round (`dp_aggregation`).
     """
-    from study.privacy import CENTRAL_MODES, UNIFORM_WEIGHT, check_privacy, sites_sampled
+    from study.dp import dp_mode
+    from study.privacy import UNIFORM_WEIGHT, check_privacy, sites_sampled
 
     check_privacy(study)
-    z, c, n = study.dp_noise_multiplier, study.dp_clipping_norm, sites_sampled(study)
-    if study.dp in CENTRAL_MODES:
+    mode = dp_mode(study.dp)  # the registry: which wrapper, how the sites are weighted
+    if mode.aggregation_weights == "uniform":
         strategy.weighted_by_key = UNIFORM_WEIGHT  # a FedAvg (check_privacy)
-    if study.dp == "client-fixed":
-        return flwr_strategies.DifferentialPrivacyClientSideFixedClipping(strategy, z, c, n)
-    if study.dp == "server-fixed":
-        return flwr_strategies.DifferentialPrivacyServerSideFixedClipping(strategy, z, c, n)
-    if study.dp == "client-adaptive":
-        return flwr_strategies.DifferentialPrivacyClientSideAdaptiveClipping(
-            strategy, z, n, initial_clipping_norm=c, clipped_count_stddev=max(n / 20, z)
-        )
-    return strategy
+    return mode.wrap_strategy(
+        strategy,
+        noise_multiplier=study.dp_noise_multiplier,
+        clipping_norm=study.dp_clipping_norm,
+        sites=sites_sampled(study),
+    )
 
 
 def uniform_weights(replies: list[Message]) -> list[Message]:
