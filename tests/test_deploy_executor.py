@@ -149,12 +149,23 @@ def _run(fed: LocalFederation, app: Path, out: Path, plan: str) -> list[dict]:
         timeout=300,
     )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    deadline = time.monotonic() + 300
-    while not out.is_file() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.2)  # written in full
+    rows = _rows(out, 300)
     print(f"run {plan}: {time.monotonic() - t0:.1f} s")
-    return json.loads(out.read_text())
+    return rows
+
+
+def _rows(out: Path, timeout_s: float, while_waiting=lambda: None) -> list[dict]:
+    """The ServerApp's rows once `out` holds them in full (a JSON document that parses:
+    one still being written does not), within the deadline; `while_waiting` runs
+    between looks (e.g. the deployment's watch)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return json.loads(out.read_text())
+        except (OSError, ValueError):
+            assert time.monotonic() < deadline, f"{out}: no complete result in {timeout_s} s"
+        while_waiting()
+        time.sleep(0.2)
 
 
 def _probe(tmp_path: Path, isolation: str) -> tuple[list[dict], LocalFederation]:
@@ -265,7 +276,9 @@ def test_executor_runs_and_stops_with_its_supernode(tmp_path):
                     os.kill(supernode, signal.SIGKILL)
                     assert proc.wait(timeout=60) == 128 + signal.SIGKILL  # as a shell says
                     assert "the SuperNode stopped" in log.read_text()
-                time.sleep(0.5)
+                deadline = time.monotonic() + 30
+                while [p for p in children if _cmdline(p)] and time.monotonic() < deadline:
+                    time.sleep(0.1)
                 assert [p for p in children if _cmdline(p)] == []  # worker and SuperNode gone
             finally:
                 if proc.poll() is None:
@@ -461,12 +474,7 @@ def test_a_worker_killed_while_replying_fails_only_its_site(tmp_path, monkeypatc
         fed.start()
         res = fed.flwr("run", str(app), fed.connection, "--run-config", f"out='{out}'", timeout=120)
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-        deadline = time.monotonic() + 400
-        while not out.is_file() and time.monotonic() < deadline:
-            fed.keep_alive()
-            time.sleep(0.5)
-        time.sleep(0.2)  # written in full
-        rows = json.loads(out.read_text())
+        rows = _rows(out, 400, while_waiting=fed.keep_alive)
         worker_log = fed.executors()[1].log_text()
     node_of = {r["partition"]: r["node"] for r in rows if "partition" in r}
     by = {(r["step"], r["node"]): r for r in rows}

@@ -3,6 +3,7 @@ one-node cluster started with `ray start --head`, as a user would)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy.processes import alive, descendants, start_time, stop_processes
 from simulations.runner import run_simulated_study
 from study.config import Study
 
@@ -50,13 +52,34 @@ def ray_head():
     try:
         yield address, temp
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        subprocess.run(["pkill", "-f", str(temp)], check=False)
-        shutil.rmtree(temp, ignore_errors=True)
+        _stop_cluster(proc, temp)
+
+
+def _stop_cluster(head: subprocess.Popen, temp: Path) -> None:
+    """Stop the head and every process it started, by their PIDs: recorded (with
+    their start times, so that a reused PID is left alone) while they are still its
+    descendants, then SIGTERM, SIGKILL after 30 s. A process of this cluster (its
+    command names `temp`) that escaped the head's process tree fails the test (it is
+    not stopped by its name: the test says which PIDs it did not start)."""
+    started = {pid: start_time(pid) for pid in descendants(head.pid)}
+    stop_processes([head], started, grace_s=30)
+    left = [p for p, t in started.items() if t is not None and start_time(p) == t and alive(p)]
+    escaped = [p for p in _pids_naming(str(temp)) if p not in started]
+    shutil.rmtree(temp, ignore_errors=True)
+    assert left == [], f"Ray processes still running after SIGKILL: {left}"
+    assert escaped == [], f"Ray processes outside the head's process tree: {escaped}"
+
+
+def _pids_naming(text: str) -> list[int]:
+    """The running processes whose command line contains `text` (from /proc)."""
+    out = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace"
+            ) and alive(int(entry.name)):
+                out.append(int(entry.name))
+    return out
 
 
 def test_study_runs_on_an_existing_ray_cluster(ray_head, tmp_path):
