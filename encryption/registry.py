@@ -45,11 +45,12 @@ def _load_methods() -> None:
     for module in _METHOD_MODULES:
         try:
             importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            # A method module still being written is skipped; anything
-            # else missing (a dependency) is a real error.
-            if exc.name != module:
-                raise
+        except Exception as exc:  # a missing module, a dependency, an error in its code
+            raise ImportError(
+                f"encryption method module {module} cannot be imported "
+                f"({type(exc).__name__}: {exc}); fix it or take it out of "
+                "encryption.registry._METHOD_MODULES"
+            ) from exc
     _loaded = True
 
 
