@@ -18,6 +18,13 @@ from typing import Any
 
 from study.schema import dumps, loads
 
+Progress = Callable[[str], None]  # one line of progress, e.g. "speed: aes-gcm"
+
+
+def quiet(_: str) -> None:
+    """The progress callback that says nothing (every benchmark's default)."""
+
+
 SCHEMA = 1
 RESULTS_DIR = Path("benchmarks") / "results"
 PACKAGES = (

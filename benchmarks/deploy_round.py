@@ -30,9 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import Progress, quiet
 from benchmarks.tables import fmt, reproduce_line, shows_results, table
-
-Progress = Callable[[str], None]
 
 VARIANTS = {
     "simulated": "simulated (Ray)",
@@ -41,10 +40,6 @@ VARIANTS = {
 }
 TARGET_RATIO = 3.0  # a deployed round at most 3x its simulated round
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def _mean(values) -> float:
@@ -208,7 +203,7 @@ def run_deploy_round(
     repeats: int = 1,
     variants: tuple[str, ...] = tuple(VARIANTS),
     longer: int = 4,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
     work_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the study simulated and deployed both ways, `repeats` times; the ratios.

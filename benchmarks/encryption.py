@@ -13,23 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import ratio_stats, summarize, time_interleaved
+from benchmarks.common import Progress, quiet, ratio_stats, summarize, time_interleaved
 from benchmarks.lossless_codecs import candidate_bpp
+from study.data.sample import SOURCES, sample_images
 
-Progress = Callable[[str], None]
-
-SOURCES = ("phantom-xray", "phantom-mri", "pydicom-samples", "nibabel-samples")
+# the rate-distortion corpora: every image source but the DICOM copy of the X-ray
+# phantoms (the same pixels as phantom-xray in another container)
+RATE_DISTORTION_SOURCES = tuple(s for s in SOURCES if s != "phantom-xray-dicom")
 SPEED_BASELINE = "aes-gcm"
-
-
-def _quiet(_: str) -> None:
-    pass
-
-
-def _images(source: str, n: int, size: int, seed: int) -> tuple[np.ndarray, int]:
-    from study.data import sample_images
-
-    return sample_images(source, n, size, seed)
 
 
 def site_images(
@@ -53,7 +44,7 @@ def site_images(
     if n_fit < 1 or n_test < 1:
         raise ValueError(f"need at least one fit and one unseen image, got {n_fit} and {n_test}")
     if source in ("pydicom-samples", "nibabel-samples"):
-        images, bits = _images(source, n_fit + n_test, size, seed)
+        images, bits = sample_images(source, n_fit + n_test, size, seed)
         if len(images) < 2:
             raise ValueError(f"{source}: {len(images)} image(s), too few to split")
         cut = min(n_test, len(images) // 2)
@@ -203,7 +194,7 @@ def run_speed(
     fit_size: int = 32,
     fit_epochs: int = 1,
     device: str = "cpu",
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> dict[str, Any]:
     """Encrypt/decrypt throughput of every method, interleaved with aes-gcm in the
     same process, at `size` x `size`; for learned methods also FLOPs per image and
@@ -213,8 +204,8 @@ def run_speed(
     fitted for `fit_epochs` epoch(s), one optimiser step at least, on `fit_images`
     images of `fit_size` px (the networks are convolutional; fidelity is measured
     by the rate-distortion benchmark)."""
-    x, bits = _images("phantom-xray", images, size, 0)
-    fit_x, _ = _images("phantom-xray", fit_images, fit_size, 1)
+    x, bits = sample_images("phantom-xray", images, size, 0)
+    fit_x, _ = sample_images("phantom-xray", fit_images, fit_size, 1)
     raw_mb = x.nbytes / 1e6
     encs, blobs, fit_s = {}, {}, {}
     names = [SPEED_BASELINE, *[m for m in methods if m != SPEED_BASELINE]]
@@ -329,7 +320,7 @@ def rd_point(
 def run_rate_distortion(
     methods: list[str],
     *,
-    sources: tuple[str, ...] = SOURCES,
+    sources: tuple[str, ...] = RATE_DISTORTION_SOURCES,
     security_sources: tuple[str, ...] = ("phantom-xray",),
     size: int = 64,
     images: int = 16,
@@ -343,7 +334,7 @@ def run_rate_distortion(
     fit_images: int | None = None,
     variant_sources: tuple[str, ...] | None = None,
     pictures_dir: Path | None = None,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> dict[str, Any]:
     """Bits per pixel, PSNR and SSIM of every method on every image source, with the
     lossless codecs and raw size as references; on `security_sources` the full

@@ -7,23 +7,18 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import PeakRss, summarize
+from benchmarks.common import PeakRss, Progress, quiet, summarize
 
-Progress = Callable[[str], None]
 LINKS_MBPS = (10, 100, 1000)
 
 
-def _quiet(_: str) -> None:
-    pass
-
-
-def _study(out_dir: Path, **settings: Any):
+def benchmark_study(out_dir: Path, **settings: Any):
+    """A Study from snake_case settings (`num_sites=4`), writing to `out_dir`."""
     from study.config import Study
 
     values = {k.replace("_", "-"): v for k, v in settings.items()}
@@ -31,7 +26,7 @@ def _study(out_dir: Path, **settings: Any):
     return Study.from_mapping(values, source="benchmark")
 
 
-def run_study(study, progress: Progress = _quiet) -> dict[str, Any]:
+def run_study(study, progress: Progress = quiet) -> dict[str, Any]:
     """Run `study` on Flower's simulation engine; wall time, peak RSS, rounds."""
     from simulations.runner import prepare_data, run_simulated_study
 
@@ -64,19 +59,10 @@ def plain_loop(study) -> dict[str, Any]:
     code (client.site.Site, study.task) the ClientApp calls."""
     import torch
 
-    from study.data import ensure_dataset
-    from study.data.home import data_home
+    from study.data.home import study_data_root
 
     s = study
-    root = ensure_dataset(
-        s.modality,
-        s.data_dir or None,
-        cache_root=data_home(),
-        patients=s.phantom_patients,
-        institutions=s.num_sites,
-        seed=s.seed,
-        size=s.phantom_size,
-    )
+    root = study_data_root(s)
     # Each Ray worker trains with num-cpus torch threads; the loop does the same
     # (more threads than free cores make torch spin and the baseline meaningless).
     threads = torch.get_num_threads()
@@ -168,7 +154,7 @@ def run_overhead(
     patients: int = 120,
     image_size: int = 64,
     num_gpus: float = 0.0,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> dict[str, Any]:
     """Demo-like study on Flower vs the plain loop. Round 1 of the federation
     includes Ray's start-up and each site's first data load; the ratio uses
@@ -185,9 +171,9 @@ def run_overhead(
     )
     with tempfile.TemporaryDirectory(prefix="medfed-bench-") as tmp:
         progress(f"federation overhead: Flower study, {num_sites} sites x {num_rounds} rounds")
-        fed = run_study(_study(Path(tmp) / "fed", **settings))
+        fed = run_study(benchmark_study(Path(tmp) / "fed", **settings))
         progress("federation overhead: the same work in a plain PyTorch loop")
-        plain = plain_loop(_study(Path(tmp) / "plain", **settings))
+        plain = plain_loop(benchmark_study(Path(tmp) / "plain", **settings))
     fed_later, plain_later = fed["round_s"][1:], plain["round_s"][1:]
     ratios = [f / p for f, p in zip(fed_later, plain_later, strict=True)]
     return {
@@ -239,7 +225,7 @@ def run_scaling(
     image_size: int = 32,
     share_per_round: int = 2,
     budget_s: float = 1200.0,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> dict[str, Any]:
     """Wall time and peak memory (summed RSS of the process tree) of one round with
     `sites` simulated sites of small shards. A size whose predicted time (linear in
@@ -256,7 +242,7 @@ def run_scaling(
                     progress(f"scaling: skip {n} sites (predicted {predicted:.0f} s, over budget)")
                     continue
             progress(f"scaling: {n} sites")
-            study = _study(
+            study = benchmark_study(
                 Path(tmp) / f"sites-{n}",
                 num_sites=n,
                 num_rounds=1,
@@ -322,7 +308,7 @@ def run_bandwidth(
     share_per_round: int = 8,
     method: str = "aes-gcm",
     rounds: int = 2,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> dict[str, Any]:
     """Bytes of the last of `rounds` rounds (ciphertext, model, serialized messages; up
     and down; summed over sites) and the slowest site's upload seconds at 10/100/1000
@@ -333,7 +319,7 @@ def run_bandwidth(
         for size in image_sizes:
             for exchange in exchanges:
                 progress(f"bandwidth: exchange {exchange}, image size {size}")
-                study = _study(
+                study = benchmark_study(
                     Path(tmp) / f"{exchange}-{size}",
                     num_sites=num_sites,
                     num_rounds=rounds,

@@ -36,11 +36,7 @@ from typing import Any
 
 import numpy as np
 
-Progress = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
+from benchmarks.common import Progress, quiet
 
 
 def _study(tmp: Path, modality: str, patients: int, image_size: int, **extra):
@@ -63,7 +59,7 @@ def _study(tmp: Path, modality: str, patients: int, image_size: int, **extra):
 def _plan(
     study, out: Path, *, model, attack, defenses, batch_sizes, seed, inversion, optimizer="adam"
 ):
-    from simulations.attack import AttackPlan
+    from privacy.attack import AttackPlan
 
     return AttackPlan(
         study=study,
@@ -166,13 +162,14 @@ def iteration_cost(study, inversion, repeats: int = 7) -> dict[str, Any]:
     import torch
 
     from benchmarks.common import summarize, time_interleaved
-    from server.leakage import (
+    from privacy.updates import (
         LocalTraining,
         cosine_distance,
         simulate_update,
         smooth_surrogate,
     )
-    from study.task import _loss, build_model
+    from study.task import build_model
+    from study.task import loss as _loss
 
     torch.manual_seed(0)
     model = build_model(study.modality, image_size=study.image_size)
@@ -228,7 +225,7 @@ def auroc_epsilon_points(points: Iterable[tuple]) -> list[dict[str, Any]]:
 
 
 def federated_dp_points(
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
     *,
     study: str = "simulations/studies/demo.toml",
     settings: Mapping[str, Any] | None = None,
@@ -295,7 +292,7 @@ def run_leakage(
     results_dir: Path | None = None,
     auroc_points: Callable[[Progress], Iterable[tuple[float, float]]] | None = None,
     auroc_studies: Mapping[str, Any] | None = None,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> dict[str, Any]:
     """Run the leakage benchmark; returns the result document's `results`.
 
@@ -315,7 +312,7 @@ def run_leakage(
         def auroc_points(p: Progress) -> list[tuple[float, float, str, float]]:
             return federated_dp_points(p, **auroc_studies)
 
-    from server.leakage import InversionConfig
+    from privacy.updates import InversionConfig
 
     inversion = InversionConfig(
         iterations=iterations, restarts=restarts, prior_components=prior_components
@@ -365,7 +362,7 @@ def run_leakage(
     finally:
         torch.set_num_threads(threads)
     if results_dir is not None and picture_rows:
-        from simulations.attack import write_picture
+        from privacy.attack import write_picture
 
         results_dir.mkdir(parents=True, exist_ok=True)
         for modality in modalities:
@@ -487,7 +484,7 @@ def _timing(tmp, modalities, patients, sizes, inversion, progress) -> list[dict]
                 study, tmp / f"timing-{modality}-{size}", model="study", attack="optimisation",
                 defenses=("none",), batch_sizes=(1,), seed=0, inversion=inversion,
             )  # fmt: skip
-            (entry,) = _run(plan, _quiet)
+            (entry,) = _run(plan, quiet)
             rows.append(
                 {
                     "modality": modality,
@@ -507,7 +504,7 @@ ANALYTIC_COMMAND = "python -m benchmarks.leakage --analytic-only"
 
 
 def remeasure_analytic(
-    results_dir: Path | None = None, progress: Progress = _quiet
+    results_dir: Path | None = None, progress: Progress = quiet
 ) -> dict[str, Any]:
     """Re-measure the analytic attack's rows (model `mlp`) of the leakage result
     file in place, with the settings the file records (modalities, images,
@@ -519,7 +516,7 @@ def remeasure_analytic(
     import torch
 
     from benchmarks.common import RESULTS_DIR, write_result
-    from server.leakage import InversionConfig
+    from privacy.updates import InversionConfig
     from study.schema import loads
 
     path = Path(results_dir or RESULTS_DIR) / "leakage.json"
@@ -588,7 +585,7 @@ AUROC_COMMAND = "python -m benchmarks.leakage --auroc-epsilon-only"
 
 
 def remeasure_auroc_epsilon(
-    results_dir: Path | None = None, progress: Progress = _quiet
+    results_dir: Path | None = None, progress: Progress = quiet
 ) -> dict[str, Any]:
     """Re-run the federated studies of AUROC against epsilon (`federated_dp_points`)
     with the settings the leakage result file records (`auroc_studies`), leaving

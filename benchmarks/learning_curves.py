@@ -21,12 +21,12 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-Progress = Callable[[str], None]
+from benchmarks.common import Progress, quiet
 
 # label -> registry name and options; the paper preset is the faithful (GPU-sized) one
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -62,10 +62,6 @@ PAPERS: dict[str, str] = {
 TARGETS: dict[str, float] = {"deepedn": 24.0, "aae-scramble": 25.0}
 GAP_DB = 1.0  # fit minus unseen PSNR above this: the method still overfits its fit set
 COMPUTE_GAIN_DB = 0.2  # held-out PSNR gain over the last quarter of a fit cut by its budget
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def _torch_threads() -> int:
@@ -171,7 +167,7 @@ def run_learning_curves(
     min_cpu_s: float = 10.0,
     jobs: int = 1,
     seed: int = 0,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> dict[str, Any]:
     """Fits of every variant on nested fit sets of `sizes` images per source.
 

@@ -21,23 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import Progress, quiet
 from benchmarks.tables import fmt, reproduce_line, shows_results, table
+from study.data.sample import SOURCES, sample_images
 
-Progress = Callable[[str], None]
-
-SOURCES = (
-    "phantom-xray",
-    "phantom-xray-dicom",
-    "phantom-mri",
-    "pydicom-samples",
-    "nibabel-samples",
-)
 SIZES = (32, 64, 96, 128, 256)
 WITHIN = 0.03  # the target: lossless-aes within 3 % of the smallest candidate
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def candidate_bytes(images: np.ndarray, bits: int) -> dict[str, int]:
@@ -109,11 +98,10 @@ def run_lossless_codecs(
     sizes: tuple[int, ...] = SIZES,
     images: int = 24,
     repeats: int = 3,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> dict[str, Any]:
     """`measure` on every source and size: `images` images of each corpus of the
     rate-distortion benchmark (`sample_images(source, images, size, 0)`)."""
-    from benchmarks.encryption import _images
     from encryption.methods import lossless_aes as rule
 
     out: dict[str, Any] = {}
@@ -121,7 +109,7 @@ def run_lossless_codecs(
         out[source] = {}
         for size in sizes:
             try:
-                x, bits = _images(source, images, size, 0)
+                x, bits = sample_images(source, images, size, 0)
             except Exception as exc:  # noqa: BLE001 - a source missing here is recorded
                 out[source] = {"error": f"{type(exc).__name__}: {exc}"}
                 progress(f"lossless-codecs: {source} unavailable: {exc}")

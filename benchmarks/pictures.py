@@ -31,12 +31,12 @@ def method_pictures(
     the cipher view is shown on its 0..255 scale; the difference of each row
     is scaled to its own maximum (written in the panel). Multi-channel images
     show channel 0."""
-    from benchmarks.plots import _plt
     from encryption.metrics.fidelity import psnr
+    from server.report import pyplot
 
     if not pictures:
         raise ValueError("no method pictures to draw")
-    plt = _plt()
+    plt = pyplot()
     rows = len(pictures)
     fig, axes = plt.subplots(rows, len(COLUMNS), figsize=(2.0 * len(COLUMNS), 2.1 * rows),
                              squeeze=False)  # fmt: skip

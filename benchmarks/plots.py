@@ -11,15 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.tables import med
+from server.report import pyplot
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+# the old private name, until benchmarks/sections_leakage.py and simulations/attack.py
+# import server.report.pyplot
+_plt = pyplot
 
 
 def plot_rate_distortion(rd: Mapping[str, Any], path: Path) -> bool:
@@ -28,7 +24,7 @@ def plot_rate_distortion(rd: Mapping[str, Any], path: Path) -> bool:
     sources = {k: v for k, v in rd["sources"].items() if "methods" in v}
     if not sources:
         return False
-    plt = _plt()
+    plt = pyplot()
     cap = 60.0
     fig, axes = plt.subplots(2, len(sources), figsize=(4.2 * len(sources), 7), squeeze=False)
     for col, (source, entry) in enumerate(sources.items()):
@@ -65,7 +61,7 @@ def plot_rate_distortion(rd: Mapping[str, Any], path: Path) -> bool:
 
 def plot_speed(speed: Mapping[str, Any], path: Path) -> bool:
     methods = speed["methods"]
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     names = list(methods)
     vals = [med(methods[n]["encrypt_ratio_to_aes"]) for n in names]
@@ -93,7 +89,7 @@ def plot_scaling(scaling: Mapping[str, Any], path: Path) -> bool:
     pts = scaling["points"]
     if not pts:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, ax1 = plt.subplots(figsize=(6, 3.5))
     x = [p["sites"] for p in pts]
     ax1.plot(x, [p["round_s"] for p in pts], "o-", color="tab:blue")
@@ -113,7 +109,7 @@ def plot_bandwidth(bw: Mapping[str, Any], path: Path) -> bool:
     grid = bw["grid"]
     if not grid:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for exchange in dict.fromkeys(g["exchange"] for g in grid):
         rows = sorted((g["image_size"], g) for g in grid if g["exchange"] == exchange)

@@ -26,16 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import summarize
+from benchmarks.common import Progress, quiet, summarize
 from benchmarks.tables import fmt, reproduce_line, shows_results, spread, table
 
-Progress = Callable[[str], None]
 MODES = ("none", "secagg+")
 STAGES = ("setup", "share_keys", "collect_masked_vectors", "unmask")
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def run_secagg_overhead(
@@ -44,10 +39,10 @@ def run_secagg_overhead(
     num_rounds: int = 4,
     patients_per_site: int = 20,
     image_size: int = 32,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> dict[str, Any]:
     """Plain FedAvg and SecAgg+ studies side by side for each number of sites."""
-    from benchmarks.federation import _study, run_study
+    from benchmarks.federation import benchmark_study, run_study
     from study.schema import iter_jsonl
 
     if num_rounds < 2:
@@ -70,10 +65,10 @@ def run_secagg_overhead(
             for mode in MODES:
                 progress(f"secagg: {n} sites, secure-aggregation = {mode}")
                 out = Path(tmp) / f"{mode}-{n}"
-                studies[mode] = study = _study(out, secure_aggregation=mode, **settings)
+                studies[mode] = study = benchmark_study(out, secure_aggregation=mode, **settings)
                 run = run_study(study)
                 run["phases"] = [doc for _, doc in iter_jsonl(out / "phases.jsonl")]
-                run["round1_model"] = _checkpoint_model(out, 1)
+                run["round1_model"] = _checkpoint_model(study, 1)
                 runs[mode] = run
             progress(f"secagg: {n} sites, the sites' round-1 models recomputed for the reference")
             points.append(_point(n, runs, studies["secagg+"]))
@@ -88,9 +83,14 @@ def run_secagg_overhead(
     }
 
 
-def _checkpoint_model(out: Path, rnd: int) -> dict[str, np.ndarray]:
-    with np.load(out / "checkpoints" / f"round-{rnd}.npz", allow_pickle=False) as data:
-        return {k[len("model/") :]: data[k] for k in data.files if k.startswith("model/")}
+def _checkpoint_model(study, rnd: int) -> dict[str, np.ndarray]:
+    """The global model of round `rnd`, read through the checkpoint loader (which
+    checks the manifest's HMAC, the study hash and the arrays' digest)."""
+    from server.checkpoint import CheckpointStore
+    from study.task import build_model
+
+    template = {k: v.numpy() for k, v in build_model(study.modality).state_dict().items()}
+    return CheckpointStore(Path(study.out_dir), study).load(rnd, template).model
 
 
 def _point(n: int, runs: dict[str, dict], study) -> dict[str, Any]:

@@ -31,7 +31,7 @@ def data_section(docs, add: Callable[[str], None]) -> None:
         return
     r = doc["results"]
     rows = [[f"`{k}`", spread(v, 2)] for k, v in r["metrics"].items()]
-    add("From `study.data.bench.run_data_bench`, repeated; median (min..max, n).\n")
+    add("From `benchmarks.data.run_data_bench`, repeated; median (min..max, n).\n")
     add(table(["metric", "value"], rows) + "\n")
     add("Counts: " + ", ".join(f"{k} = {v}" for k, v in r["counts"].items()) + ".\n")
     add(reproduce_line(doc, "data") + "\n")

@@ -24,7 +24,7 @@ def plot_learning_curves(entry: Mapping[str, Any], source: str, path: Path) -> b
     images (dashed) against epochs, one colour per fit-set size, the unseen
     PSNR of the final weights as a dot at the end; a last panel: unseen PSNR
     against the number of training images."""
-    from benchmarks.plots import _plt
+    from server.report import pyplot
 
     methods = {
         label: m
@@ -33,7 +33,7 @@ def plot_learning_curves(entry: Mapping[str, Any], source: str, path: Path) -> b
     }
     if not methods:
         return False
-    plt = _plt()
+    plt = pyplot()
     cols = len(methods) + 1
     fig, axes = plt.subplots(1, cols, figsize=(3.6 * cols, 3.4), squeeze=False)
     colours = {}

@@ -9,13 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS_DIR, result_document, summarize, write_result
-
-Progress = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
+from benchmarks.common import RESULTS_DIR, Progress, quiet, result_document, summarize, write_result
 
 
 def _methods() -> list[str]:
@@ -50,7 +44,7 @@ def _lossless_codecs(s: dict, progress: Progress) -> dict:
 
 
 def _data(s: dict, progress: Progress) -> dict:
-    from study.data.bench import run_data_bench
+    from benchmarks.data import run_data_bench
 
     runs = []
     for i in range(s["repeats"]):
@@ -303,7 +297,7 @@ def run_benchmark(
     quick: bool = False,
     results_dir: Path = RESULTS_DIR,
     overrides: dict[str, Any] | None = None,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> Path:
     """Run one benchmark and write its result document; returns the file."""
     if name not in BENCHMARKS:
@@ -329,7 +323,7 @@ def run_suite(
     *,
     quick: bool = False,
     results_dir: Path = RESULTS_DIR,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> list[Path]:
     """Run the benchmarks in order (all by default); a failing benchmark is
     recorded in its result file and the suite goes on."""

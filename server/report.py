@@ -12,7 +12,9 @@ from study.schema import RoundRecord, read_run
 KINDS = ("ciphertext_up", "ciphertext_down", "model_up", "model_down")
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display): the one
+    way medfed's reports and benchmarks get it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,7 +24,7 @@ def _plt():
 
 
 def plot_bandwidth(rounds: list[RoundRecord], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     x = [r.round for r in rounds]
     bottom = [0.0] * len(rounds)
@@ -39,7 +41,7 @@ def plot_bandwidth(rounds: list[RoundRecord], path: Path) -> None:
 
 
 def plot_recon(rounds: list[RoundRecord], path: Path) -> bool:
-    plt = _plt()
+    plt = pyplot()
     series: dict[str, list[tuple[int, float]]] = {}
     for r in rounds:
         for s in r.sites:
@@ -65,7 +67,7 @@ def plot_recon(rounds: list[RoundRecord], path: Path) -> bool:
 
 
 def plot_task(rounds: list[RoundRecord], metric: str, path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     x = [r.round for r in rounds]
     for key, label in (

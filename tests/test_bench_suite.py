@@ -73,10 +73,28 @@ def test_codec_sizes_reference_lines():
     assert codec_sizes(noise.astype(np.uint16) * 16, 12)["raw"] == 16.0
 
 
-def test_peak_rss_samples_this_process():
-    with PeakRss(interval_s=0.01) as rss:
-        time.sleep(0.05)
-    assert rss.peak_bytes > 10_000_000
+def _samples_taken(rss: PeakRss, count: int, timeout_s: float = 10.0) -> None:
+    """Wait (with a deadline) until `rss` has taken `count` more samples."""
+    target, deadline = rss.samples + count, time.monotonic() + timeout_s
+    while rss.samples < target:
+        assert time.monotonic() < deadline, "PeakRss took no samples"
+        time.sleep(0.005)
+
+
+def test_peak_rss_sees_memory_allocated_in_the_measured_region():
+    # Prepare: the process tree's peak before anything is allocated
+    size = 256 * 2**20
+    with PeakRss(interval_s=0.005) as before:
+        _samples_taken(before, 2)
+    # Execute: a block of known size, resident (written), held until sampled
+    with PeakRss(interval_s=0.005) as rss:
+        block = np.ones(size, np.uint8)
+        _samples_taken(rss, 2)
+        del block
+    # Assert: the peak grew by about the block (pages of other allocations aside)
+    grown = rss.peak_bytes - before.peak_bytes
+    assert 0.9 * size <= grown <= size + 64 * 2**20, grown
+    assert rss.method == "psutil" and rss.samples >= 2
 
 
 def test_conv_throughput_counts_flops():

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 
+from benchmarks.data import run_data_bench
 from simulations.cli import main
 from study.data import sample_images
-from study.data.bench import run_data_bench
 
 REPORT_KEYS = ["format", "images", "subjects", "labels", "partitions", "skipped", "archives"]
 

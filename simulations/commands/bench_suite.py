@@ -23,7 +23,7 @@ HELP = {
     "rate-distortion": "bpp vs PSNR/SSIM on phantoms and package samples; security and KPA",
     "lossless-codecs": "lossless-aes's codec rule: every candidate codec's bytes and speed per corpus",
     "learning-curves": "learned methods: PSNR on fit and unseen images vs training images, epochs",
-    "data": "decode throughput of PNG, DICOM and NIfTI (study.data.bench)",
+    "data": "decode throughput of PNG, DICOM and NIfTI (benchmarks.data)",
     "federation-overhead": "Flower/Ray study vs the same work in a plain PyTorch loop",
     "federation-scaling": "wall time and peak memory with 8..512 simulated sites",
     "bandwidth": "bytes and upload time per round: exchange none/archive/consortium x sizes",
