@@ -18,14 +18,20 @@ A hospital's SuperNode or executor that stops during a study is started again
 Modules, in the order they build on each other:
 
 - `errors`: `DeployError`, the shared environment and server names;
+- `flwr_internals`: the one door to private flwr modules (version-checked);
 - `certificates`: CA, SuperLink certificate, SuperNode keys; `probe_tls`;
 - `app`: the app bundle `flwr run` submits (`stage_app`);
 - `processes`: ports, the process tree, stopping every process started;
 - `diagnosis`: a one-line cause from a component's log;
-- `federation`: `LocalFederation`, SuperLink + SuperNodes as processes;
+- `supervisor`: `Supervisor`, processes started, watched, restarted, stopped
+  (generic: no Flower);
+- `federation`: `LocalFederation`, the Flower topology (ports, certificates,
+  SuperLink / SuperNode / executor command lines, the `flwr` CLI) on a Supervisor;
 - `submission`: `submit_study` (`flwr run`, wait for summary.json);
 - `local`: `run_local_deployment`, the whole `medfed deploy local`;
-- `registration`: `register_keys` with a running SuperLink.
+- `registration`: `register_keys` with a running SuperLink;
+- `executor`, `supernode`: the long-lived ClientApp executor and the SuperNode
+  launcher (`medfed deploy executor`, `python -m deploy.supernode`).
 """
 
 from __future__ import annotations

@@ -14,16 +14,18 @@ Unavailable", or the round-timeout) and takes it back once it has reconnected
 (`rejoin-wait`); the study stops only when fewer than `min-sites` reply. A site
 whose process stops `RESTART_LIMIT` times within `RESTART_WINDOW_S` is not
 started again and the deployment stops with the reason; the SuperLink stopping
-always stops it."""
+always stops it.
+
+`LocalFederation` is the Flower topology (ports, certificates, the SuperLink's,
+SuperNodes' and executors' command lines, the `flwr` CLI); the processes
+themselves (start, logs, pids.json, signals, restarts, stop) are its
+`Supervisor`'s (deploy/supervisor.py), which knows nothing of Flower."""
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,17 +36,8 @@ from pathlib import Path
 from deploy.certificates import Certificates, probe_tls, write_certificates
 from deploy.diagnosis import ANSI, diagnose
 from deploy.errors import ENV, REPO_ROOT, DeployError
-from deploy.processes import (
-    Component,
-    alive,
-    descendants,
-    free_port,
-    parent_death_signal,
-    port_in_use,
-    start_time,
-    stop_leftovers,
-    stop_processes,
-)
+from deploy.processes import Component, free_port, port_in_use
+from deploy.supervisor import Restart, Supervisor
 
 # process: one medfed executor per SuperNode runs every message; subprocess: Flower's
 # SuperExec starts a flwr-clientapp process per message
@@ -61,7 +54,7 @@ class LocalFederation:
     """SuperLink + N SuperNodes as plain processes on 127.0.0.1; a context manager.
 
     Every process is stopped on leaving the `with` block, whatever happened,
-    and also by atexit and on SIGTERM/SIGHUP while it runs.
+    and also by atexit and on SIGTERM/SIGHUP while it runs (its `supervisor`).
     """
 
     def __init__(
@@ -89,7 +82,6 @@ class LocalFederation:
         self.work = Path(work) if work else Path(self._tmp)
         self.work.mkdir(parents=True, exist_ok=True)
         self.log_dir = Path(log_dir) if log_dir else self.work / "logs"
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         self.data_home = Path(data_home).absolute() if data_home else None
         if port:
             if not 0 < port <= 65535 - sites:
@@ -109,15 +101,53 @@ class LocalFederation:
         self.certs: Certificates | None = None
         if tls:
             self.certs = Certificates(Path(certs)) if certs else Certificates(self.work / "certs")
-        self.components: list[Component] = []
         self.flwr_home = self.work / "flwr-home"
         self.connection = "medfed-local"
-        self._old_handlers: dict[int, object] = {}
-        self._stopped = False
-        self._seen: dict[int, int | None] = {}  # every descendant seen: pid -> start time
-        self.restart = restart  # start a site's stopped process again while a study runs
-        self._restarts: dict[str, list[float]] = {}  # component name -> restart times
-        self._due: dict[str, float] = {}  # component name -> when to start it again
+        self.supervisor = Supervisor(
+            self.log_dir,
+            env=self.env,
+            echo=lambda text: self.echo(text),  # the echo of now (tests replace it)
+            describe=diagnose,
+            restart=restart,  # start a site's stopped SuperNode or executor again
+            restart_limit=RESTART_LIMIT,
+            restart_window_s=RESTART_WINDOW_S,
+            # the temporary FLWR_HOME and generated keys go with the processes
+            cleanup=lambda: shutil.rmtree(self._tmp, ignore_errors=True),
+        )
+
+    # -- the processes: the supervisor's ------------------------------------------------
+    @property
+    def components(self) -> list[Component]:
+        return self.supervisor.components
+
+    def track(self, pid: int) -> None:
+        """Record a process this federation started (pids.json), e.g. `flwr run`."""
+        self.supervisor.track(pid)
+
+    def __enter__(self) -> LocalFederation:
+        self.supervisor.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def check_alive(self) -> None:
+        """Raise DeployError naming the first component that stopped, and why."""
+        self.supervisor.check_alive()
+
+    def keep_alive(self) -> None:
+        """The watch while a study runs: a site's SuperNode or executor that stopped is
+        started again (see the module's docstring); DeployError when the SuperLink
+        stopped, when restarts are off, or when a site's process keeps stopping."""
+        self.supervisor.keep_alive()
+
+    def stop(self) -> None:
+        """Stop every process started here (and their children); idempotent."""
+        self.supervisor.stop()
+
+    def pids(self) -> list[int]:
+        """Every process this federation started that is still running (for checks)."""
+        return self.supervisor.pids()
 
     # -- environment --------------------------------------------------------------
     def env(self, home: Path) -> dict[str, str]:
@@ -143,74 +173,20 @@ class LocalFederation:
             )
         return found
 
-    def _start(
-        self, name: str, argv: list[str], home: Path, *, replace: Component | None = None
-    ) -> Component:
-        """Start one component (its own process group, SIGTERM when this process dies);
-        `replace`: the stopped component it takes the place of (its log is appended to)."""
-        home.mkdir(parents=True, exist_ok=True)
-        log = self.log_dir / f"{name.lower().replace(' ', '-')}.log"
-        fh = open(log, "ab" if replace else "wb")  # noqa: SIM115 - closed below; the child keeps it
-        if replace is not None:
-            fh.write(f"\n--- medfed: {name} started again ---\n".encode())
-            fh.flush()
-        proc = subprocess.Popen(
-            argv,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=self.env(home),
-            cwd=str(home),
-            start_new_session=True,
-            preexec_fn=parent_death_signal(),
+    def _site_restart(self, i: int, argv: Callable[[], list[str]], supernode: bool) -> Restart:
+        """How site i's SuperNode or executor is started again when it stops."""
+        # with SuperNode authentication its key activates one node at a time: wait until
+        # the SuperLink counts the stopped node as gone
+        wait = NODE_GONE_S if supernode and self.certs else 0.0
+        return Restart(
+            argv=argv,
+            delay_s=wait,
+            delay_reason="once the SuperLink counts its node as gone",
+            note=f"the study goes on while min-sites hold: a round site-{i} misses records "
+            "it failed",
         )
-        fh.close()
-        comp = Component(name, proc, log)
-        if replace is not None:
-            self.components[self.components.index(replace)] = comp
-        else:
-            self.components.append(comp)
-        self.track(proc.pid)
-        return comp
 
-    def track(self, pid: int) -> None:
-        """Record a process this federation started (pids.json), e.g. `flwr run`."""
-        self._seen.setdefault(pid, start_time(pid))
-        self._write_pids()
-
-    def _write_pids(self) -> None:
-        """<log dir>/pids.json: every process started or seen (pid -> start time), for checks."""
-        doc = {str(p): t for p, t in self._seen.items()}
-        with contextlib.suppress(OSError):
-            (self.log_dir / "pids.json").write_text(json.dumps(doc))
-
-    # -- lifecycle ------------------------------------------------------------------
-    def __enter__(self) -> LocalFederation:
-        self.stop_leftovers()
-        atexit.register(self.stop)
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            with contextlib.suppress(ValueError, OSError):  # not the main thread
-                self._old_handlers[sig] = signal.signal(sig, self._on_signal)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _on_signal(self, signum, frame) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    def stop_leftovers(self) -> list[int]:
-        """Stop what a deployment with this log folder left running when it was killed
-        (SIGKILL: it could not clean up): the processes its pids.json names that still
-        run with the recorded start time and a command medfed starts."""
-        pids = stop_leftovers(self.log_dir / "pids.json")
-        if pids:
-            self.echo(
-                f"stopped {len(pids)} process(es) an earlier deployment in {self.log_dir} "
-                f"left running (pids {', '.join(map(str, pids))})"
-            )
-        return pids
-
+    # -- the topology ---------------------------------------------------------------
     def check_ports(self) -> None:
         """DeployError naming the component whose port another program holds."""
         for name, port in [("SuperLink", self.port)] + [
@@ -284,7 +260,7 @@ class LocalFederation:
             ]
         else:
             argv.append("--insecure")
-        comp = self._start("SuperLink", argv, self.work / "superlink-home")
+        comp = self.supervisor.start("SuperLink", argv, self.work / "superlink-home")
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if comp.exited():
@@ -332,10 +308,12 @@ class LocalFederation:
         self, i: int, *, root_certificates: Path | None = None, private_key: Path | None = None
     ) -> Component:
         """SuperNode of site i; `root_certificates` / `private_key` replace the federation's."""
-        node = self._start(
+        node = self.supervisor.start(
             f"SuperNode site-{i}",
             self._supernode_argv(i, root_certificates, private_key),
             self.work / f"site-{i}-home",
+            # started again with the federation's certificates and key
+            restart=self._site_restart(i, lambda: self._supernode_argv(i), supernode=True),
         )
         if self.isolation == "process":
             self.start_executor(i)
@@ -375,8 +353,11 @@ class LocalFederation:
     def start_executor(self, i: int) -> Component:
         """The long-lived executor beside SuperNode i: it runs every ClientApp message of
         that SuperNode in one process (its own FLWR_HOME is the SuperNode's)."""
-        return self._start(
-            f"executor site-{i}", self._executor_argv(i), self.work / f"site-{i}-home"
+        return self.supervisor.start(
+            f"executor site-{i}",
+            self._executor_argv(i),
+            self.work / f"site-{i}-home",
+            restart=self._site_restart(i, lambda: self._executor_argv(i), supernode=False),
         )
 
     def _executor_argv(self, i: int) -> list[str]:
@@ -402,71 +383,6 @@ class LocalFederation:
     def executors(self) -> list[Component]:
         return [c for c in self.components if c.name.startswith("executor")]
 
-    def _note_descendants(self) -> None:
-        before = len(self._seen)
-        for comp in self.components:
-            for pid in descendants(comp.proc.pid):
-                self._seen.setdefault(pid, start_time(pid))
-        if len(self._seen) != before:
-            self._write_pids()
-
-    @staticmethod
-    def _how(comp: Component) -> str:
-        code = comp.proc.returncode
-        if code < 0:
-            return f"was killed by signal {signal.Signals(-code).name} from outside medfed"
-        return f"stopped (exit {code})"
-
-    def check_alive(self) -> None:
-        """Raise DeployError naming the first component that stopped, and why."""
-        self._note_descendants()
-        for comp in self.components:
-            if comp.exited():
-                raise DeployError(
-                    f"{comp.name} {self._how(comp)}: {diagnose(comp.log_text())} "
-                    f"(full log: {comp.log})"
-                )
-
-    def keep_alive(self) -> None:
-        """The watch while a study runs: a site's SuperNode or executor that stopped is
-        started again (see the module's docstring); DeployError when the SuperLink
-        stopped, when restarts are off, or when a site's process keeps stopping."""
-        self._note_descendants()
-        for comp in list(self.components):
-            if not comp.exited():
-                continue
-            site = comp.name.rpartition(" ")[2]
-            if comp.name == "SuperLink" or not self.restart or not site.startswith("site-"):
-                self.check_alive()
-            now = time.monotonic()
-            times = [t for t in self._restarts.get(comp.name, []) if now - t < RESTART_WINDOW_S]
-            if len(times) >= RESTART_LIMIT:
-                raise DeployError(
-                    f"{comp.name} {self._how(comp)} ({len(times) + 1} times within "
-                    f"{RESTART_WINDOW_S:.0f} s); not started again: "
-                    f"{diagnose(comp.log_text())} (full log: {comp.log})"
-                )
-            if comp.name not in self._due:
-                wait = NODE_GONE_S if comp.name.startswith("SuperNode") and self.certs else 0.0
-                self._due[comp.name] = now + wait
-                later = (
-                    f" in {wait:.0f} s, once the SuperLink counts its node as gone" if wait else ""
-                )
-                self.echo(
-                    f"{comp.name} {self._how(comp)}; starting it again{later} (the study goes "
-                    f"on while min-sites hold: a round {site} misses records it failed)"
-                )
-            if now < self._due[comp.name]:
-                continue
-            del self._due[comp.name]
-            self._restarts[comp.name] = [*times, now]
-            i = int(site.removeprefix("site-"))
-            if comp.name.startswith("SuperNode"):
-                argv = self._supernode_argv(i)
-            else:
-                argv = self._executor_argv(i)
-            self._start(comp.name, argv, self.work / f"{site}-home", replace=comp)
-
     def wait_nodes_online(self) -> None:
         deadline = time.monotonic() + self.start_timeout
         pending = set(range(self.sites))
@@ -485,22 +401,3 @@ class LocalFederation:
         self.echo(
             f"{self.sites} SuperNodes connected (ports {', '.join(map(str, self.node_ports))})"
         )
-
-    def stop(self) -> None:
-        """Stop every process started here (and their children); idempotent."""
-        if self._stopped:
-            return
-        self._stopped = True
-        for sig, old in self._old_handlers.items():
-            with contextlib.suppress(ValueError, OSError, TypeError):
-                signal.signal(sig, old)
-        stop_processes([c.proc for c in self.components], self._seen)
-        shutil.rmtree(self._tmp, ignore_errors=True)  # temporary FLWR_HOME, generated keys
-        atexit.unregister(self.stop)
-
-    def pids(self) -> list[int]:
-        """Every process this federation started that is still running (for checks)."""
-        out = []
-        for comp in self.components:
-            out += [comp.proc.pid, *descendants(comp.proc.pid)]
-        return [p for p in out if alive(p)]
