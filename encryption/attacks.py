@@ -17,7 +17,7 @@ their shape differs) and plaintexts scaled to [0, 1]:
    strength is chosen by 5-fold cross-validation, and "no linear map" (the
    mean guess) keeps the job unless a ridge map beats it by 2 %;
 2. a small two-level U-Net on [view, linear output] trained with Adam for
-   the budget (`seconds`, `max_steps`), adding a residual on top; the
+   the budget (`max_steps`, and `seconds` unless None), adding a residual on top; the
    weights with the best loss on a held-out 20 % of the pairs are kept
    (early stopping from the zero residual, which a trained residual must
    beat by 2 %), so noise-like views end at the mean guess rather than
@@ -157,7 +157,7 @@ def known_plaintext_attack(
     test_views: np.ndarray,
     bits: int,
     *,
-    seconds: float = 60.0,
+    seconds: float | None = 60.0,
     max_steps: int = 2000,
     batch_size: int = 16,
     lr: float = 2e-3,
@@ -170,11 +170,19 @@ def known_plaintext_attack(
 
     Plaintexts are (N, C, H, W) uint8/uint16 with `bits`; views are uint8
     (N, C', H', W') cipher views (`Encryptor.cipher_image`), one per image.
+    The U-Net trains for `max_steps` steps or `seconds` of wall-clock time,
+    whichever ends first; `seconds=None`: steps alone (the same attack on any
+    machine, however loaded).
     """
     import torch
 
     if len(train_plain) != len(train_views) or len(test_plain) != len(test_views):
         raise ValueError("each plaintext needs exactly one cipher view")
+    if max_steps < 0 or (seconds is not None and not seconds >= 0):
+        raise ValueError(
+            f"the attack's budget must not be negative: max_steps={max_steps}, seconds={seconds}"
+        )
+    deadline = math.inf if seconds is None else seconds
     if len(train_plain) < 3 or len(test_plain) < 1:
         raise ValueError(
             f"the attack needs at least 3 leaked pairs and 1 test image, got {len(train_plain)} and {len(test_plain)}"
@@ -227,7 +235,7 @@ def known_plaintext_attack(
         best_loss = margin * val_loss()
         best_state = {k: v.clone() for k, v in unet.state_dict().items()}
         steps = 0
-        while steps < max_steps and time.perf_counter() - start < seconds:
+        while steps < max_steps and time.perf_counter() - start < deadline:
             batch = tr_idx[torch.randint(len(tr_idx), (min(batch_size, len(tr_idx)),))]
             loss = torch.mean((z_fit[batch] + unet(inputs[batch]) - y_all[batch]) ** 2)
             opt.zero_grad()
