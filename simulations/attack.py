@@ -1,129 +1,57 @@
-"""`medfed attack updates`: what a curious server reads from the sites' updates.
+"""`medfed attack updates`: run the attacks of privacy/ on a study's sites.
 
-For the attacked round and each chosen site, model and batch size b, the site
-trains exactly as the study does (study.task.train with the site's seed, its
-local epochs, batch size, learning rate and optimizer) on b of its training
-images, which gives local-epochs x ceil(b / batch-size) local steps. What the
-server then holds is computed under each defence, and both attacks of
-server/leakage.py reconstruct the images from it.
-
-Who observes what, per `dp` defence (Flower 1.42's DP wrappers and mods):
-
-| defence | the server sees | a holder of the global model sees |
-| --- | --- | --- |
-| none | the raw update | the average (here: the update itself, the worst case) |
-| client-fixed, client-adaptive | the update clipped by the client mod, NO noise | clipped update + the server's noise |
-| server-fixed | the raw update (it clips and noises after receiving) | clipped update + noise |
-| local-dpsgd | the update trained with DP-SGD (noise added at the site) | the same |
-
-The "global-model" observer is DP's worst case: it knows every other site's
-contribution to the noised average and subtracts it, which leaves the target's
-clipped update plus Gaussian noise of standard deviation z * C (the noise
-Flower adds to the average, z * C / n, times the n sampled sites). Only
-`local-dpsgd` adds noise before an update leaves the site, so it is the one
-defence that protects against the server itself.
-
-Clipping and the noise's standard deviation come from Flower's own functions
-(flwr.supercore.differential_privacy); the noise is drawn from a seeded numpy
-generator so that results are reproducible.
+The attacks, the plan, the DP observers and the outputs live in privacy.attack;
+this module binds them to the study as it runs: the sites' training sets
+(client.site.Site), the server's held-out images (server.holdout) and, for a
+later round, the federation that made its global model (simulations.runner).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from server import leakage
+from privacy import scores, updates
+from privacy.attack import (
+    MAX_ITERATIONS,
+    MAX_RESTARTS,
+    MAX_TV_WEIGHT,
+    SCHEMA,
+    AttackPlan,
+    attack_update,
+    attacked_indices,
+    attacker_prior,
+    local_training,
+    observed_update,
+    observers_of,
+    scored_entry,
+    site_update,
+    weights_digest,
+    write_json,
+    write_markdown,
+    write_picture,
+)
 from study.config import DP_MODES, Study
-from study.task import MODEL_ARCHS, OPTIMIZERS, DpSgd, build_model, to_float, train
+from study.task import build_model, to_float
 
-SCHEMA = 1
-OBSERVERS = ("server", "global-model")
-CENTRAL_DP = ("client-fixed", "client-adaptive", "server-fixed")
-# "holdout": the server's held-out images (what the coordinator has; never the
-# attacked site's) fit the optimisation attack's image prior; "none": raw pixels
-PRIORS = ("holdout", "none")
-# Bounds of `medfed attack updates`' numbers (its --help states them): far above
-# any useful setting, low enough that a typo cannot start an attack of days
-MAX_ROUND = 1000
-MAX_BATCH_SIZE = 4096
-MAX_ITERATIONS = 100_000  # --iterations and --pixel-iterations
-MAX_RESTARTS = 100
-MAX_TV_WEIGHT = 1000.0
-MAX_PRIOR_COMPONENTS = 4096
-MAX_SEED = 2**31 - 1
+__all__ = [
+    "MAX_ITERATIONS",
+    "MAX_RESTARTS",
+    "MAX_TV_WEIGHT",
+    "AttackPlan",
+    "attack_secure_sum",
+    "global_weights",
+    "held_out_images",
+    "plan_from_args",
+    "run_attacks",
+    "write_picture",
+]
 
 
-@dataclass(frozen=True)
-class AttackPlan:
-    """What `medfed attack updates` attacks."""
-
-    study: Study
-    out_dir: Path
-    attacked_round: int = 1
-    sites: tuple[int, ...] = (0,)
-    batch_sizes: tuple[int, ...] = (1,)
-    models: tuple[str, ...] = ("study",)
-    defenses: tuple[str, ...] = ("none",)
-    local_optimizer: str = "adam"
-    attacks: tuple[str, ...] = ("analytic", "optimisation")
-    inversion: leakage.InversionConfig = field(default_factory=leakage.InversionConfig)
-    prior: str = "holdout"  # the optimisation attack's image prior: PRIORS
-    cache_dir: Path | None = None  # decoded held-out images (None: out_dir/holdout-cache)
-    seed: int = 0  # seeds the choice of images and the simulated DP noise
-
-    def check(self) -> None:
-        """Every setting within its range (the MAX_* bounds); a ValueError
-        names the flag, the value and the range."""
-        s = self.study
-        inv = self.inversion
-        for flag, value, least, most in (
-            ("--round", self.attacked_round, 1, MAX_ROUND),
-            *(("--batch-sizes", b, 1, MAX_BATCH_SIZE) for b in self.batch_sizes),
-            ("--iterations", inv.iterations, 1, MAX_ITERATIONS),
-            ("--restarts", inv.restarts, 1, MAX_RESTARTS),
-            ("--prior-components", inv.prior_components, 0, MAX_PRIOR_COMPONENTS),
-            ("--pixel-iterations", inv.pixel_iterations, 0, MAX_ITERATIONS),
-            ("--seed", self.seed, 0, MAX_SEED),
-            ("--seed", inv.seed, 0, MAX_SEED),
-        ):
-            if not least <= value <= most:
-                raise ValueError(f"{flag} {value}: from {least} to {most}")
-        if not (math.isfinite(inv.tv_weight) and 0 <= inv.tv_weight <= MAX_TV_WEIGHT):
-            raise ValueError(
-                f"--tv-weight {inv.tv_weight}: a finite number from 0 to {MAX_TV_WEIGHT:g}"
-            )
-        for site in self.sites:
-            if not 0 <= site < s.num_sites:
-                raise ValueError(f"--sites: site {site} is outside 0..{s.num_sites - 1}")
-        for m in self.models:
-            if m not in MODEL_ARCHS:
-                raise ValueError(f"--model {m!r}: one of {', '.join(MODEL_ARCHS)}")
-        for d in self.defenses:
-            if d not in DP_MODES:
-                raise ValueError(f"--defenses {d!r}: one of {', '.join(DP_MODES)}")
-        for a in self.attacks:
-            if a not in ("analytic", "optimisation"):
-                raise ValueError(f"--attacks {a!r}: analytic or optimisation")
-        if self.prior not in PRIORS:
-            raise ValueError(f"--prior {self.prior!r}: one of {', '.join(PRIORS)}")
-        if self.local_optimizer not in OPTIMIZERS:
-            raise ValueError(f"--local-optimizer: one of {', '.join(OPTIMIZERS)}")
-        if "mlp" in self.models and self.attacked_round > 1:
-            raise ValueError(
-                "--model mlp is attacked in round 1 only: the federation trains the study "
-                "model, so there is no global mlp of a later round"
-            )
-
-
-# --------------------------------------------------------------- the round
 def global_weights(
     study: Study, arch: str, attacked_round: int, work_dir: Path
 ) -> dict[str, torch.Tensor]:
@@ -146,114 +74,22 @@ def global_weights(
     return {k: torch.as_tensor(np.asarray(v)) for k, v in arrays.items()}
 
 
-def weights_digest(weights: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the names and float32 bytes of a model's weights, in name
-    order: which global model an attack ran against."""
-    import hashlib
+def held_out_images(plan: AttackPlan) -> np.ndarray:
+    """The server's held-out images as floats on [0, 1] (server.holdout: the
+    patients no site holds): what the attacker knows of the images without any
+    update. Their mean is the mean guess; their principal components the
+    optimisation attack's prior."""
+    from server.holdout import study_holdout
 
-    h = hashlib.sha256()
-    for name in sorted(weights):
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(torch.as_tensor(weights[name]).float().numpy()).tobytes())
-    return h.hexdigest()
-
-
-def attacked_indices(num_train: int, batch_size: int, site: int, rnd: int, seed: int) -> np.ndarray:
-    """Which of the site's training images make the attacked batch (seeded)."""
-    if batch_size > num_train:
+    held = study_holdout(plan.study, plan.cache_dir or plan.out_dir / "holdout-cache")
+    if len(held.images) < 2:
         raise ValueError(
-            f"--batch-sizes {batch_size}: site {site} holds only {num_train} training images"
+            f"the study holds out {len(held.images)} image(s): the attacker's mean guess and "
+            "image prior need at least 2 (raise phantom-patients or holdout-images)"
         )
-    rng = np.random.default_rng([seed, site, rnd, batch_size])
-    return np.sort(rng.choice(num_train, size=batch_size, replace=False))
+    return to_float(held.images, held.bits).numpy()
 
 
-def local_training(study: Study, site_seed: int, optimizer: str) -> leakage.LocalTraining:
-    return leakage.LocalTraining(
-        modality=study.modality,
-        epochs=study.local_epochs,
-        batch_size=study.batch_size,
-        learning_rate=study.learning_rate,
-        seed=site_seed,
-        optimizer=optimizer,
-        proximal_mu=study.proximal_mu if study.strategy == "FedProx" else 0.0,
-    )
-
-
-def site_update(
-    study: Study,
-    arch: str,
-    global_state: dict[str, torch.Tensor],
-    images: np.ndarray,
-    targets: np.ndarray,
-    bits: int,
-    training: leakage.LocalTraining,
-    defense: str,
-    noise_seed: int,
-) -> dict[str, torch.Tensor]:
-    """Train as the site would (study.task.train, the study's settings) and
-    return local - global. Under local-dpsgd the training is DP-SGD."""
-    model = build_model(study.modality, arch=arch, image_size=study.image_size)
-    model.load_state_dict(global_state)
-    dp_sgd = None
-    if defense == "local-dpsgd":
-        dp_sgd = DpSgd(study.dp_noise_multiplier, study.dp_clipping_norm, noise_seed=noise_seed)
-    train(
-        model,
-        study.modality,
-        images,
-        targets,
-        bits,
-        epochs=training.epochs,
-        batch_size=training.batch_size,
-        learning_rate=training.learning_rate,
-        seed=training.seed,
-        proximal_mu=training.proximal_mu,
-        optimizer=training.optimizer,
-        dp_sgd=dp_sgd,
-    )
-    return leakage.parameter_update(global_state, model)
-
-
-def observers_of(defense: str) -> tuple[str, ...]:
-    """Observers whose views differ under `defense` (see the module table)."""
-    return OBSERVERS if defense in CENTRAL_DP else ("server",)
-
-
-def observed_update(
-    update: dict[str, torch.Tensor],
-    defense: str,
-    observer: str,
-    study: Study,
-    rng: np.random.Generator,
-) -> dict[str, torch.Tensor]:
-    """What `observer` holds of the site's update under `defense`."""
-    from flwr.supercore.differential_privacy import (
-        clip_inputs_inplace,
-        compute_adaptive_noise_params,
-        compute_stdv,
-    )
-
-    names = list(update)
-    arrays = [update[k].numpy().copy() for k in names]
-    if defense in CENTRAL_DP and (defense != "server-fixed" or observer == "global-model"):
-        # the client mod (or, for server-fixed, the server) clips the update;
-        # round 1 of adaptive clipping uses the initial norm
-        clip_inputs_inplace(arrays, study.dp_clipping_norm)
-    if observer == "global-model" and defense in CENTRAL_DP:
-        from study.privacy import sites_sampled
-
-        n = sites_sampled(study)
-        z = study.dp_noise_multiplier
-        if defense == "client-adaptive":
-            _, z = compute_adaptive_noise_params(z, n, None)
-        # Flower's noise on the average, in units of one site's contribution
-        std = compute_stdv(z, study.dp_clipping_norm, n) * n
-        arrays = [a + rng.normal(0.0, std, a.shape).astype(a.dtype) for a in arrays]
-    return {k: torch.from_numpy(a) for k, a in zip(names, arrays, strict=True)}
-
-
-# ------------------------------------------------------------------ running
 def run_attacks(
     plan: AttackPlan,
     say: Callable[[str], None] = print,
@@ -305,8 +141,8 @@ def run_attacks(
                 idx = attacked_indices(len(images_all), b, site_id, plan.attacked_round, plan.seed)
                 images, targets = images_all[idx], targets_all[idx]
                 originals = to_float(images, bits).numpy()
-                guess = leakage.mean_guess_psnr(mean_guess, originals)
-                guess_aligned = leakage.mean_guess_psnr_scale_aligned(mean_guess, originals)
+                guess = scores.mean_guess_psnr(mean_guess, originals)
+                guess_aligned = scores.mean_guess_psnr_scale_aligned(mean_guess, originals)
                 for defense in plan.defenses:
                     noise_seed = plan.seed * 7919 + site_id * 31 + b
                     update = site_update(
@@ -326,9 +162,9 @@ def run_attacks(
                             "mean_guess_psnr": guess,
                             "mean_guess_psnr_scale_aligned": guess_aligned,
                             # for reference: guessing the site's own mean training image
-                            "site_mean_psnr": leakage.mean_guess_psnr(mean_image, originals),
+                            "site_mean_psnr": scores.mean_guess_psnr(mean_image, originals),
                         }
-                        for entry, recon in _attack(
+                        for entry, recon in attack_update(
                             plan,
                             arch,
                             global_state,
@@ -339,11 +175,12 @@ def run_attacks(
                             prior,
                             say,
                             base,
+                            bits=bits,
                         ):
                             doc["attacks"].append(entry)
                             pictures.append({**entry, "originals": originals, "recon": recon})
-                            _write_json(out / "leakage.json", doc)
-    _write_json(out / "leakage.json", doc)
+                            write_json(out / "leakage.json", doc)
+    write_json(out / "leakage.json", doc)
     if pictures and draw:
         write_picture(out / "leakage.png", pictures, s.modality)
         write_markdown(out / "leakage.md", doc, plan)
@@ -406,14 +243,14 @@ def attack_secure_sum(plan: AttackPlan, say: Callable[[str], None] = print) -> d
         "batch_size": len(batch),
         "local_steps": training.steps(len(batch)),
         "local_optimizer": training.optimizer,
-        "mean_guess_psnr": leakage.mean_guess_psnr(public.mean(axis=0), originals),
-        "mean_guess_psnr_scale_aligned": leakage.mean_guess_psnr_scale_aligned(
+        "mean_guess_psnr": scores.mean_guess_psnr(public.mean(axis=0), originals),
+        "mean_guess_psnr_scale_aligned": scores.mean_guess_psnr_scale_aligned(
             public.mean(axis=0), originals
         ),
     }
     model = build_model(s.modality, arch="study", image_size=s.image_size)
     model.load_state_dict(global_state)
-    inv = leakage.invert_update(
+    inv = updates.invert_update(
         model,
         global_state,
         total,
@@ -425,225 +262,10 @@ def attack_secure_sum(plan: AttackPlan, say: Callable[[str], None] = print) -> d
         config=plan.inversion,
     )
     label = f"secure sum of {k} sites x b={b} {defense}"
-    entry, _ = _entry(base, "optimisation", inv.images, originals, inv.seconds, "given", say, label)
+    entry, _ = scored_entry(
+        base, "optimisation", inv.images, originals, inv.seconds, "given", say, label
+    )
     return entry
-
-
-def held_out_images(plan: AttackPlan) -> np.ndarray:
-    """The server's held-out images as floats on [0, 1] (server.holdout: the
-    patients no site holds): what the attacker knows of the images without any
-    update. Their mean is the mean guess; their principal components the
-    optimisation attack's prior."""
-    from server.holdout import study_holdout
-
-    held = study_holdout(plan.study, plan.cache_dir or plan.out_dir / "holdout-cache")
-    if len(held.images) < 2:
-        raise ValueError(
-            f"the study holds out {len(held.images)} image(s): the attacker's mean guess and "
-            "image prior need at least 2 (raise phantom-patients or holdout-images)"
-        )
-    return to_float(held.images, held.bits).numpy()
-
-
-def attacker_prior(plan: AttackPlan, public: np.ndarray) -> leakage.ImagePrior | None:
-    """The optimisation attack's image prior (PCA of `public`), or None."""
-    if plan.prior == "none" or "optimisation" not in plan.attacks:
-        return None
-    return leakage.ImagePrior.fit(public, plan.inversion.prior_components)
-
-
-def _attack(plan, arch, global_state, seen, training, originals, targets, prior, say, base):
-    """Both attacks on one observed update: yields (JSON entry, reconstructions)."""
-    s = plan.study
-    b = len(originals)
-    model = build_model(s.modality, arch=arch, image_size=s.image_size)
-    model.load_state_dict(global_state)
-    label = (
-        f"site {base['site']} {arch} b={b} {base['defense']}/{base['observer']} "
-        f"({base['local_steps']} local steps)"
-    )
-    layer = leakage.first_linear_layer(model)
-    if layer is not None and "analytic" in plan.attacks:
-        t0 = time.perf_counter()
-        recon = leakage.analytic_recovery(
-            seen, training, layer, b, originals.shape[1:], global_state=global_state
-        )
-        yield _entry(
-            base, "analytic", recon, originals, time.perf_counter() - t0, "none", say, label
-        )
-    if "optimisation" not in plan.attacks:
-        return
-    targets_given = None if (s.modality == "xray" and b == 1) else targets
-    last = [0.0]
-
-    def progress(done: int, total: int) -> None:
-        if time.perf_counter() - last[0] > 10:
-            last[0] = time.perf_counter()
-            say(f"  {label}: optimisation {done}/{total} iterations")
-
-    inv = leakage.invert_update(
-        model,
-        global_state,
-        seen,
-        training,
-        b,
-        originals.shape[1:],
-        targets=targets_given,
-        prior=prior,
-        config=plan.inversion,
-        progress=progress,
-    )
-    if inv.labels_source == "recovered":
-        labels_right = float(np.mean(inv.labels == np.asarray(targets, dtype=np.float32)))
-    else:
-        labels_right = None
-    yield _entry(
-        {
-            **base,
-            "labels_recovered_correct": labels_right,
-            "objective": inv.objective,
-            "prior_mean_objective": inv.mean_objective,
-            "chosen": inv.chosen,
-        },
-        "optimisation",
-        inv.images,
-        originals,
-        inv.seconds,
-        inv.labels_source,
-        say,
-        label,
-    )
-
-
-def _entry(base, attack, recon, originals, seconds, labels, say, label):
-    sc = leakage.score(recon, originals)
-    entry = {
-        **base,
-        "attack": attack,
-        "labels": labels,
-        "psnr": sc.psnr,
-        "ssim": sc.ssim,
-        "psnr_scale_aligned": sc.psnr_scale_aligned,
-        # the headline: how far the reconstruction beats guessing the mean image,
-        # as the attacker outputs it and with both scored on the intensity factor
-        # no update can reveal (see server.leakage.score)
-        "gain_db": float(np.mean(sc.psnr)) - base["mean_guess_psnr"],
-        "gain_scale_aligned_db": float(np.mean(sc.psnr_scale_aligned))
-        - base["mean_guess_psnr_scale_aligned"],
-        "recovered_share": leakage.recovered_share(sc.psnr),
-        "seconds": seconds,
-        "seconds_per_image": seconds / len(originals),
-    }
-    say(
-        f"{label} {attack}: PSNR {np.mean(sc.psnr):.1f} dB against the mean guess "
-        f"{base['mean_guess_psnr']:.1f} ({entry['gain_db']:+.1f}); scale-aligned "
-        f"{np.mean(sc.psnr_scale_aligned):.1f} against {base['mean_guess_psnr_scale_aligned']:.1f} "
-        f"({entry['gain_scale_aligned_db']:+.1f}); SSIM {np.mean(sc.ssim):.3f}, "
-        f"recovered {entry['recovered_share']:.0%}, {seconds:.1f} s"
-    )
-    return entry, recon[sc.matched]
-
-
-def _write_json(path: Path, doc: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False))
-    tmp.replace(path)
-
-
-# ------------------------------------------------------------------ outputs
-def write_picture(
-    path: Path, pictures: list[dict], modality: str, max_images: int = 4, title: str = ""
-) -> None:
-    """Originals beside their reconstructions: for each attacked batch a block
-    with one row per image (at most `max_images`), the real image first, then
-    one column per attack on it (headed by model, defence, observer, attack;
-    each panel gives its PSNR). MRI: the FLAIR channel."""
-    import textwrap
-
-    from benchmarks.plots import _plt
-
-    plt = _plt()
-    groups: dict[tuple, list[dict]] = {}
-    for p in pictures:  # attacks on the same images share one column of originals
-        key = (p["site"], p["batch_size"], p["originals"].tobytes()[:4096])
-        groups.setdefault(key, []).append(p)
-    cols = 1 + max(len(g) for g in groups.values())
-    rows = sum(min(max_images, len(g[0]["originals"])) for g in groups.values())
-    fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.75 * rows + 0.5), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    channel = -1 if modality == "mri" else 0
-    r = 0
-    for group in groups.values():
-        first = group[0]
-        n = min(max_images, len(first["originals"]))
-        columns = [
-            (first["originals"], None, f"real\nsite {first['site']}, b={first['batch_size']}")
-        ]
-        columns += [
-            (p["recon"], p, f"{p['model']} {p['defense']}\n{p['observer']}, {p['attack']}")
-            for p in group
-        ]
-        for c, (images, p, label) in enumerate(columns):
-            for i in range(n):
-                ax = axes[r + i, c]
-                ax.imshow(images[i, channel], cmap="gray", vmin=0, vmax=1)
-                ax.axis("on")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if p is not None:
-                    ax.set_xlabel(f"{p['psnr'][i]:.1f} dB", fontsize=6, labelpad=1)
-                if i == 0:
-                    ax.set_title(label, fontsize=6)
-        r += n
-    top_in = 0.8 if title else 0.1
-    fig.subplots_adjust(
-        left=0.02, right=0.98, bottom=0.15 / fig.get_figheight(),
-        top=1 - top_in / fig.get_figheight(), wspace=0.08, hspace=0.45,
-    )  # fmt: skip
-    if title:
-        fig.suptitle(textwrap.fill(title, int(14 * cols)), fontsize=7)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def write_markdown(path: Path, doc: dict, plan: AttackPlan) -> None:
-    lines = [
-        f"# Update leakage: study {doc['study']}, round {doc['round']}",
-        "",
-        "What a curious server reconstructs from one site's model update "
-        f"(local optimizer {plan.local_optimizer}); PSNR/SSIM per real image, matched "
-        "one to one; recovered: share above 20 dB. `gain`: PSNR minus the PSNR of guessing "
-        "the mean of the server's held-out images (what the attacker knows without the "
-        "update); `aligned`: both scored after the least-squares "
-        "intensity factor to the real image (the study CNN and U-Net cannot see a global "
-        "intensity factor: this is what the update itself reveals).",
-        "",
-        "| model | defence | observer | site | b | local steps | attack | labels | PSNR dB "
-        "| mean guess dB | gain dB | aligned dB | aligned guess dB | aligned gain dB | SSIM "
-        "| recovered | s/image |",
-        "| --- | --- | --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: "
-        "| ---: | ---: | ---: | ---: |",
-    ]
-    for a in doc["attacks"]:
-        lines.append(
-            f"| {a['model']} | {a['defense']} | {a['observer']} | {a['site']} | "
-            f"{a['batch_size']} | {a['local_steps']} | {a['attack']} | {a['labels']} | "
-            f"{np.mean(a['psnr']):.1f} | {a['mean_guess_psnr']:.1f} | {a['gain_db']:+.1f} | "
-            f"{np.mean(a['psnr_scale_aligned']):.1f} | "
-            f"{a['mean_guess_psnr_scale_aligned']:.1f} | {a['gain_scale_aligned_db']:+.1f} | "
-            f"{np.mean(a['ssim']):.3f} | {a['recovered_share']:.0%} | "
-            f"{a['seconds_per_image']:.1f} |"
-        )
-    if "prior" in doc:
-        p = doc["prior"]
-        lines += [
-            "",
-            f"Image prior of the optimisation attack: {p['components']} principal components "
-            f"of {p['reference_images']} of {p['source']}.",
-        ]
-    lines += ["", "![originals beside reconstructions](leakage.png)", ""]
-    path.write_text("\n".join(lines))
 
 
 def plan_from_args(study: Study, args) -> AttackPlan:
@@ -664,7 +286,7 @@ def plan_from_args(study: Study, args) -> AttackPlan:
     elif defenses == ("all",):
         defenses = DP_MODES
     out = Path(args.out) if args.out else Path(study.out_dir) / "leakage"
-    inversion = leakage.InversionConfig()
+    inversion = updates.InversionConfig()
     overrides = {
         "iterations": args.iterations,
         "restarts": args.restarts,
@@ -688,14 +310,3 @@ def plan_from_args(study: Study, args) -> AttackPlan:
         prior=args.prior,
         seed=args.seed or 0,
     )
-
-
-def summary_lines(doc: dict) -> list[str]:
-    """One line per attack for the terminal."""
-    return [
-        f"{a['model']:5} {a['defense']:15} {a['observer']:12} site {a['site']} "
-        f"b={a['batch_size']:<3} {a['attack']:12} PSNR {np.mean(a['psnr']):6.1f} dB "
-        f"(mean guess {a['mean_guess_psnr']:.1f}, gain {a['gain_db']:+.1f}; scale-aligned "
-        f"gain {a['gain_scale_aligned_db']:+.1f}) recovered {a['recovered_share']:.0%}"
-        for a in doc["attacks"]
-    ]

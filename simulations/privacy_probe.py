@@ -4,7 +4,7 @@ A site sends two things: a model update every round, and (exchange archive
 or consortium) encrypted images. After a sweep point's study has run,
 `probe_study` attacks both as they were configured in that study:
 
-- update inversion (`simulations.attack`): the optimisation attack on the
+- update inversion (`privacy.attack`): the optimisation attack on the
   update of one site training on one image in round 1 (the worst case for
   the site; `medfed attack updates` measures batches and later rounds) under
   the study's `dp` defence, as the server sees it. Under `secure-aggregation =
@@ -102,7 +102,7 @@ def probe_study(
 def _update_columns(study: Study, probe: PrivacyProbe, out: Path, say) -> dict[str, float]:
     import numpy as np
 
-    from server.leakage import InversionConfig
+    from privacy.updates import InversionConfig
     from simulations.attack import AttackPlan, attack_secure_sum, run_attacks
 
     inversion = replace(

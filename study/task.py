@@ -4,18 +4,22 @@
   macro AUROC over the findings present in the evaluation set;
 - brain MRI: a small 2D U-Net over the four modalities, three sigmoid
   outputs (ET, TC, WT), scored by Dice per region;
-- `mlp`: a reference model for the update-leakage attacks (server/leakage.py):
+- `mlp`: a reference model for the update-leakage attacks (privacy/updates.py):
   its first layer is fully connected with a bias, the case in which a single
   image can be read back from the update exactly (Phong et al. 2017).
 
 `train` runs sample-level DP-SGD with Opacus when given a `DpSgd` (the study's
 `dp = local-dpsgd`); without it the code path is the plain one, unchanged.
+Its pieces are public because the update-leakage attack reproduces a site's
+training with them: `loss`, `batch_order` (the default batch sampler),
+`proximal_term`, `make_optimizer`, and `train_tensors` (the plain loop on
+float tensors, which `train` runs after `to_float`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,8 +27,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from study.data.types import MRI_REGIONS
+
 NUM_FINDINGS = 14
-MRI_REGIONS = ("ET", "TC", "WT")
 MODEL_ARCHS = ("study", "mlp")  # "study": XrayNet / MriUNet; "mlp": ReferenceMlp
 OPTIMIZERS = ("adam", "sgd")
 
@@ -141,19 +146,38 @@ def to_float(images: np.ndarray, bits: int) -> torch.Tensor:
     return torch.from_numpy(images.astype(np.float32) / float(2**bits - 1))
 
 
-def _loss(
+def loss(
     modality: str, logits: torch.Tensor, target: torch.Tensor, *, per_sample_dice: bool = False
 ) -> torch.Tensor:
     """BCE; for MRI plus soft Dice over the batch, or per image and then averaged
     (`per_sample_dice`: DP-SGD needs a loss that is a mean of per-image losses)."""
-    loss = F.binary_cross_entropy_with_logits(logits, target)
+    value = F.binary_cross_entropy_with_logits(logits, target)
     if modality == "mri":  # BCE + soft Dice: tumour regions are small
         prob = torch.sigmoid(logits)
         dims = (2, 3) if per_sample_dice else (0, 2, 3)
         inter = (prob * target).sum(dim=dims)
         denom = prob.sum(dim=dims) + target.sum(dim=dims)
-        loss = loss + (1 - (2 * inter + 1) / (denom + 1)).mean()
-    return loss
+        value = value + (1 - (2 * inter + 1) / (denom + 1)).mean()
+    return value
+
+
+def batch_order(num_images: int, batch_size: int, epochs: int, seed: int) -> list[torch.Tensor]:
+    """The index batches of plain local training, in order: per epoch a
+    permutation drawn from one generator seeded with `seed`, cut into batches
+    of `batch_size` (the last one shorter). `train`'s default batch sampler."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(epochs):
+        order = torch.randperm(num_images, generator=gen)
+        out += [order[i : i + batch_size] for i in range(0, num_images, batch_size)]
+    return out
+
+
+def proximal_term(
+    params: Iterable[torch.Tensor], anchor: Iterable[torch.Tensor], proximal_mu: float
+) -> torch.Tensor:
+    """FedProx's term mu / 2 * ||w - w_global||^2 over the trainable parameters."""
+    return proximal_mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
 
 
 @dataclass(frozen=True)
@@ -204,12 +228,23 @@ def train(
     proximal_mu: float = 0.0,
     optimizer: str = "adam",
     dp_sgd: DpSgd | None = None,
+    batch_sampler: BatchSampler | None = None,
+    step_hook: StepHook | None = None,
 ) -> TrainResult:
     """Local training with Adam (or plain SGD); FedProx's proximal term when
-    proximal_mu > 0; sample-level DP-SGD with Opacus when `dp_sgd` is given."""
+    proximal_mu > 0; sample-level DP-SGD with Opacus when `dp_sgd` is given.
+
+    `batch_sampler(num_images, batch_size, epochs, seed)`: the index batches
+    of plain training (default `batch_order`); `step_hook(step, batch, loss)`
+    is called after every optimiser step (step counts from 1). DP-SGD draws its
+    own Poisson batches and takes neither."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     if dp_sgd is not None:
+        if batch_sampler is not None or step_hook is not None:
+            raise ValueError(
+                "dp = local-dpsgd draws its own Poisson batches: no batch_sampler or step_hook"
+            )
         return _train_dp_sgd(
             model,
             modality,
@@ -225,39 +260,78 @@ def train(
             optimizer=optimizer,
             dp_sgd=dp_sgd,
         )
+    return train_tensors(
+        model,
+        modality,
+        to_float(images, bits),
+        torch.from_numpy(targets.astype(np.float32)),
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        device=device,
+        proximal_mu=proximal_mu,
+        optimizer=optimizer,
+        batch_sampler=batch_sampler,
+        step_hook=step_hook,
+    )
+
+
+BatchSampler = Callable[[int, int, int, int], Sequence[torch.Tensor]]
+StepHook = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+def train_tensors(
+    model: nn.Module,
+    modality: str,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int = 0,
+    device: str = "cpu",
+    proximal_mu: float = 0.0,
+    optimizer: str = "adam",
+    batch_sampler: BatchSampler | None = None,
+    step_hook: StepHook | None = None,
+) -> TrainResult:
+    """`train`'s plain loop on float images (N, C, H, W) and float targets:
+    the batches of `batch_sampler` (default `batch_order`), `loss` plus
+    FedProx's `proximal_term`, one optimiser step each (`make_optimizer`)."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     start = time.perf_counter()
     model.to(device).train()
-    x_all = to_float(images, bits)
-    y_all = torch.from_numpy(targets.astype(np.float32))
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
-    opt = _optimizer(optimizer, model, learning_rate)
-    gen = torch.Generator().manual_seed(seed)
+    opt = make_optimizer(optimizer, model.parameters(), learning_rate)
+    sampler = batch_sampler or batch_order
     total, count = 0.0, 0
-    for _ in range(epochs):
-        order = torch.randperm(len(x_all), generator=gen)
-        for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            x, y = x_all[idx].to(device), y_all[idx].to(device)
-            loss = _loss(modality, model(x), y)
-            if anchor is not None:
-                prox = sum(
-                    ((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
-                )
-                loss = loss + proximal_mu / 2 * prox
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
+    for step, idx in enumerate(sampler(len(x_all), batch_size, epochs, seed), 1):
+        x, y = x_all[idx].to(device), y_all[idx].to(device)
+        value = loss(modality, model(x), y)
+        if anchor is not None:
+            value = value + proximal_term(model.parameters(), anchor, proximal_mu)
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        if step_hook is not None:
+            step_hook(step, idx, value.detach())
+        total += float(value.detach()) * len(idx)
+        count += len(idx)
     return TrainResult(
         loss=total / max(count, 1), examples=len(x_all), seconds=time.perf_counter() - start
     )
 
 
-def _optimizer(name: str, model: nn.Module, learning_rate: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str, params: Iterable[torch.Tensor], learning_rate: float
+) -> torch.optim.Optimizer:
+    """The sites' optimizer: torch's Adam (its default betas and eps) or plain SGD."""
     if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=learning_rate)
-    return torch.optim.Adam(model.parameters(), lr=learning_rate)
+        return torch.optim.SGD(params, lr=learning_rate)
+    return torch.optim.Adam(params, lr=learning_rate)
 
 
 def _train_dp_sgd(
@@ -313,7 +387,7 @@ def _train_dp_sgd(
         engine = PrivacyEngine(accountant="rdp")
     private_model, opt, private_loader = engine.make_private(
         module=model,
-        optimizer=_optimizer(optimizer, model, learning_rate),
+        optimizer=make_optimizer(optimizer, model.parameters(), learning_rate),
         data_loader=loader,
         noise_multiplier=dp_sgd.noise_multiplier,
         max_grad_norm=dp_sgd.clipping_norm,
@@ -335,10 +409,10 @@ def _train_dp_sgd(
                         private_model(x).sum().backward()
                         opt.step()
                         continue
-                    loss = _loss(modality, private_model(x), y, per_sample_dice=True)
-                    loss.backward()
+                    value = loss(modality, private_model(x), y, per_sample_dice=True)
+                    value.backward()
                     opt.step()
-                    total += float(loss.detach()) * len(x)
+                    total += float(value.detach()) * len(x)
                     count += len(x)
     finally:
         private_model._close()  # removes Opacus' hooks and grad_sample attributes
@@ -404,7 +478,3 @@ def dice_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
         denom = p.sum() + t.sum()
         out[region] = 1.0 if denom == 0 else float(2 * np.logical_and(p, t).sum() / denom)
     return out
-
-
-def state_dict_numpy(model: nn.Module) -> Mapping[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}

@@ -120,7 +120,7 @@ def test_a_later_round_is_attacked_with_the_federations_final_model(
     # Prepare: the federation of rounds 1..R-1 stands in for a quick, recorded one
     # (the real run: the slow test below); its final model is a perturbed initial one
     import simulations.runner
-    from simulations.attack import weights_digest
+    from privacy.attack import weights_digest
     from simulations.runner import StudyResult
     from study.task import build_model
 
@@ -244,7 +244,7 @@ def test_leakage_benchmark_writes_its_results_and_section(tmp_path, monkeypatch,
 @pytest.mark.slow
 def test_attack_updates_attacks_round_2_against_the_federated_model(study_file, tmp_path):
     # Prepare: round 2's global model is the study's model after one federated round
-    from simulations.attack import weights_digest
+    from privacy.attack import weights_digest
     from study.schema import read_rounds
     from study.task import build_model
 

@@ -9,7 +9,7 @@ seed-0 image the attack reaches at least 24 dB (the mean guess: 15.1 dB), and
 it beats the mean guess by at least 3 dB both as output and with both scored
 on the intensity factor no update reveals.
 
-The analytic attack (server.leakage.analytic_recovery) on the demo study's
+The analytic attack (server.updates.analytic_recovery) on the demo study's
 `mlp` update, as it is (64 px) and at 32 px, against the reading it replaced
 (median over all rows) and the reading from the rows whose bias step is not
 saturated.
@@ -24,9 +24,9 @@ import pytest
 import torch
 
 from client.site import Site
-from server import leakage
+from privacy import scores, updates
+from privacy.attack import attacked_indices
 from server.holdout import study_holdout
-from simulations.attack import attacked_indices
 from study.config import Study
 from study.task import DpSgd, build_model, to_float, train
 
@@ -48,8 +48,8 @@ def phantom_site(tmp_path_factory):
     )
     site = Site(study, 0, 2)
     held = study_holdout(study, root / "holdout")
-    prior = leakage.ImagePrior.fit(
-        to_float(held.images, held.bits).numpy(), leakage.InversionConfig().prior_components
+    prior = updates.ImagePrior.fit(
+        to_float(held.images, held.bits).numpy(), updates.InversionConfig().prior_components
     )
     yield study, site, prior
     torch.set_num_threads(threads)
@@ -69,18 +69,18 @@ def attack(study, site, prior, seed=0, dp_sgd=None):
     train_seed = site.train_seed(1)
     train(model, "xray", images, targets, train_set.bits, epochs=1, batch_size=16,
           learning_rate=1e-3, seed=train_seed, dp_sgd=dp_sgd)  # fmt: skip
-    update = leakage.parameter_update(start, model)
-    training = leakage.LocalTraining("xray", 1, 16, 1e-3, train_seed, optimizer="adam")
-    inv = leakage.invert_update(
+    update = updates.parameter_update(start, model)
+    training = updates.LocalTraining("xray", 1, 16, 1e-3, train_seed, optimizer="adam")
+    inv = updates.invert_update(
         build_model("xray"), start, update, training, 1, (1, 32, 32), prior=prior,
-        config=leakage.InversionConfig(seed=seed),
+        config=updates.InversionConfig(seed=seed),
     )  # fmt: skip
     originals = to_float(images, train_set.bits).numpy()
     mean_image = prior.mean  # the held-out images' mean: the attacker's guess without the update
     return (
-        leakage.score(inv.images, originals),
-        leakage.mean_guess_psnr(mean_image, originals),
-        leakage.mean_guess_psnr_scale_aligned(mean_image, originals),
+        scores.score(inv.images, originals),
+        scores.mean_guess_psnr(mean_image, originals),
+        scores.mean_guess_psnr_scale_aligned(mean_image, originals),
         inv,
         targets,
     )
@@ -116,8 +116,9 @@ def test_local_dpsgd_noise_1_leaves_the_attack_at_the_mean_guess(phantom_site):
 def analytic_cases(study, seeds):
     """(global weights, update, training, originals) of site 0's update of the
     `mlp` in round 1 for the images `medfed attack updates --model mlp --seed S`
-    picks, made as that command makes them (simulations.attack)."""
-    from simulations.attack import global_weights, local_training, site_update
+    picks, made as that command makes them (privacy.attack)."""
+    from privacy.attack import local_training, site_update
+    from simulations.attack import global_weights
 
     site = Site(study, 0, study.num_sites)
     images, targets, *_ = site.training_set({})
@@ -140,14 +141,14 @@ def analytic_readings(start, update, training, originals):
     shape = originals.shape[1:]
     layer = ("first.weight", "first.bias")
     lr = training.learning_rate
-    new = leakage.analytic_recovery(update, training, layer, 1, shape, global_state=start)
-    gw = leakage.adam_first_step_gradient(update[layer[0]], lr).double()
-    gb = leakage.adam_first_step_gradient(update[layer[1]], lr).double()
+    new = updates.analytic_recovery(update, training, layer, 1, shape, global_state=start)
+    gw = updates.adam_first_step_gradient(update[layer[0]], lr).double()
+    gb = updates.adam_first_step_gradient(update[layer[1]], lr).double()
     active = update[layer[1]] != 0
     rows = gw[active] / gb[active, None]
 
     def psnr(x):
-        return leakage.score(x.clamp(0, 1).reshape(1, *shape).numpy(), originals).psnr[0]
+        return scores.score(x.clamp(0, 1).reshape(1, *shape).numpy(), originals).psnr[0]
 
     unsaturated = []
     for tau in (1e-5, 3e-5, 1e-4, 3e-4):
@@ -155,7 +156,7 @@ def analytic_readings(start, update, training, originals):
         if keep.any():
             unsaturated.append(psnr((gw[keep] / gb[keep, None]).median(dim=0).values))
     return (
-        leakage.score(new, originals).psnr[0],
+        scores.score(new, originals).psnr[0],
         psnr(rows.median(dim=0).values),
         max(unsaturated, default=0.0),
     )

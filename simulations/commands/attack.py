@@ -1,5 +1,5 @@
 """`medfed attack updates STUDY.toml ...`: reconstruct the sites' training
-images from their model updates, as a curious server could (server/leakage.py),
+images from their model updates, as a curious server could (privacy/updates.py),
 under the study's defences; writes leakage.json, leakage.md and leakage.png."""
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from simulations.attack import plan_from_args, run_attacks, summary_lines
+    from privacy.attack import summary_lines
+    from simulations.attack import plan_from_args, run_attacks
     from simulations.commands.run import load_study
 
     study = load_study(args.study, args.overrides, None)

@@ -43,15 +43,7 @@ gradient. `optimizer = "sgd"` gives the setting of
 the papers (FedSGD / FedAvg with SGD), in which the update is a scaled sum of
 gradients.
 
-Scores: PSNR and SSIM (encryption.metrics.fidelity's SSIM) on [0, 1], each
-reconstruction matched one to one to a real image of the batch by the
-Hungarian assignment (scipy's linear_sum_assignment) on PSNR; beside them the
-PSNR of the mean guess: the mean of the images the attacker holds without any
-update (the server's held-out set), so that the difference is what the update
-added. The study CNN and U-Net cannot see an image's global intensity factor
-(a convolution without bias, then GroupNorm), so every PSNR is also given
-after the least-squares factor to the real image (`psnr_scale_aligned`, and
-the same for the mean guess): what the update reveals of the image's shape.
+Scores: privacy/scores.py.
 
 Written here rather than taken from `breaching` (Geiping's library): its one
 release (0.1.2, 2022) pulls torchvision and hydra, and its multi-step
@@ -70,14 +62,17 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from encryption.metrics.fidelity import ssim_torch
-from study.task import _loss
+from study.task import batch_order, loss, make_optimizer, proximal_term, train_tensors
 
-# The per-image PSNR is capped here (an exact reconstruction has MSE 0).
-PSNR_CAP_DB = 200.0
-RECOVERED_DB = 20.0  # `recovered_share`: images reconstructed above this PSNR
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8  # torch.optim.Adam's default, what the sites use
+# The sites' Adam hyper-parameters, read from the optimizer study.task builds
+_ADAM = make_optimizer("adam", [torch.zeros(1)], 1.0).defaults
+ADAM_BETAS: tuple[float, float] = tuple(_ADAM["betas"])
+ADAM_EPS: float = _ADAM["eps"]
+# Relative rounding of the float32 step itself: torch's Adam rounds it in about seven
+# operations (lerp, square, addcmul, sqrt, + eps, divide, addcdiv), up to 2^-24 each;
+# four of them as the half-width read the demo's updates best (seven: batches of
+# several images no longer group), and 1 instead lost 1 to 1.5 dB there
+ADAM_STEP_RELATIVE_ERROR = 4 * 2.0**-24
 
 
 # --------------------------------------------------------------------- setup
@@ -98,13 +93,8 @@ class LocalTraining:
         return self.epochs * math.ceil(num_images / self.batch_size)
 
     def batches(self, num_images: int) -> list[torch.Tensor]:
-        """The index batches study.task.train takes, in order (same generator)."""
-        gen = torch.Generator().manual_seed(self.seed)
-        out = []
-        for _ in range(self.epochs):
-            order = torch.randperm(num_images, generator=gen)
-            out += [order[i : i + self.batch_size] for i in range(0, num_images, self.batch_size)]
-        return out
+        """The index batches study.task.train takes, in order (its own sampler)."""
+        return list(batch_order(num_images, self.batch_size, self.epochs, self.seed))
 
 
 def parameter_update(global_state: Mapping, local_model: nn.Module) -> dict[str, torch.Tensor]:
@@ -113,10 +103,6 @@ def parameter_update(global_state: Mapping, local_model: nn.Module) -> dict[str,
         name: (p.detach().cpu() - torch.as_tensor(global_state[name]).cpu()).float()
         for name, p in local_model.named_parameters()
     }
-
-
-def update_norm(update: Mapping[str, torch.Tensor]) -> float:
-    return float(torch.sqrt(sum((u.double() ** 2).sum() for u in update.values())))
 
 
 # ------------------------------------------------------------------ analytic
@@ -168,9 +154,10 @@ def adam_step_gradient(
     |g| = eps * r / (1 - r) with r = |delta| / lr (adam_first_step_gradient).
     What limits the inversion is float32: the site's new weight
     `before + delta` is rounded to its float32 spacing u, and the step itself
-    to a few parts in 2^24, so r lies within h = u / (2 lr) + 1e-7 r of its
-    observed value, and |g| within the interval that r - h and r + h give; the
-    deviation is that interval's width / sqrt(12) (uniform rounding error).
+    by a few roundings of 2^-24, so r lies within
+    h = u / (2 lr) + ADAM_STEP_RELATIVE_ERROR * r of its observed value, and
+    |g| within the interval that r - h and r + h give; the deviation is that
+    interval's width / sqrt(12) (uniform rounding error).
     An element whose r + h reaches 1 is saturated (the step is within rounding
     of the full lr: |g| far above eps, unbounded above): its deviation is
     infinite and it carries no weight. The deviation is smallest for |g| near
@@ -183,7 +170,7 @@ def adam_step_gradient(
     r = (-step / learning_rate).clamp(-1 + 1e-12, 1 - 1e-12)
     gradient = eps * r / (1 - r.abs())
     spacing = (torch.nextafter(after.abs(), torch.tensor(math.inf)) - after.abs()).double()
-    half_width = spacing / (2 * learning_rate) + 1e-7 * r.abs()
+    half_width = spacing / (2 * learning_rate) + ADAM_STEP_RELATIVE_ERROR * r.abs()
     low = (r.abs() - half_width).clamp_min(0.0)
     high = r.abs() + half_width
     saturated = high >= 1.0
@@ -229,6 +216,7 @@ def analytic_recovery(
     global_state: Mapping[str, torch.Tensor] | None = None,
     group_tolerance: float = 1e-3,
     group_distance: float = 3.0,
+    bits: int | None = None,
 ) -> np.ndarray:
     """Images read back from a fully connected first layer's update.
 
@@ -256,9 +244,32 @@ def analytic_recovery(
     rank-one. Where nothing is left to fit (every element saturated, as after
     several Adam steps on bright pixels: the update then holds little more
     than the gradient's signs), the rows of the first step's inversion are
-    read as under SGD (median or groups). Returns float64
-    (num_images, *image_shape), clipped to [0, 1].
+    read as under SGD (median or groups).
+
+    `bits`: the bit depth the images are stored at (the study's data, public),
+    so that the pixels the model saw lie on the grid k / (2^bits - 1); each
+    image is then snapped to that grid where its estimate resolves it
+    (`snap_to_grid`). Returns float64 (num_images, *image_shape), clipped to
+    [0, 1].
     """
+    images = _analytic_images(
+        update, training, layer, num_images, global_state, group_tolerance, group_distance
+    ).clamp(0, 1)
+    if bits is not None:
+        images = torch.stack([snap_to_grid(x, bits)[0] for x in images])
+    return images.reshape(num_images, *image_shape).numpy()
+
+
+def _analytic_images(
+    update: Mapping[str, torch.Tensor],
+    training: LocalTraining,
+    layer: tuple[str, str],
+    num_images: int,
+    global_state: Mapping[str, torch.Tensor] | None,
+    group_tolerance: float,
+    group_distance: float,
+) -> torch.Tensor:
+    """analytic_recovery before clipping and snapping: (num_images, pixels) float64."""
     if training.optimizer == "adam":
         if global_state is None:
             raise ValueError("analytic attack on an Adam update: pass global_state")
@@ -266,7 +277,7 @@ def analytic_recovery(
             update, training, layer, num_images, global_state, group_distance
         )
         if recovered is not None:
-            return recovered.clamp(0, 1).reshape(num_images, *image_shape).numpy()
+            return recovered
     gw = gradient_estimate(update[layer[0]], training).double()
     gb = gradient_estimate(update[layer[1]], training).double()
     active = gb.abs() > gb.abs().max() * 1e-9
@@ -296,7 +307,75 @@ def analytic_recovery(
         while len(picks) < num_images:  # fewer rows than images: repeat the strongest
             picks.append(ranked[len(picks) % len(ranked)])
         images = torch.stack([rows[group == g].mean(dim=0) for g in picks])
-    return images.clamp(0, 1).reshape(num_images, *image_shape).numpy()
+    return images
+
+
+# The grid fit of snap_to_grid: intensity scales searched (1 +- GRID_SCALE_SPAN),
+# and the least mean resultant length at which the image is snapped
+GRID_SCALE_SPAN = 0.02
+GRID_MIN_RESULTANT = 0.3
+GRID_MAX_BITS = 8
+
+
+@dataclass(frozen=True)
+class GridFit:
+    """How snap_to_grid read an estimate: the intensity scale and offset (in
+    grid levels) that put it on the grid, the mean resultant length of its
+    pixels' phases there (1: every pixel on a level; about 1 / sqrt(pixels):
+    no grid), and whether it was snapped."""
+
+    scale: float
+    offset: float
+    resultant: float
+    snapped: bool
+
+
+def snap_to_grid(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, GridFit]:
+    """Snap an estimated image (float, on [0, 1]) to the grid its pixels were
+    stored on: levels k / L with L = 2^bits - 1 (study.task.to_float: the model
+    sees stored integers divided by L).
+
+    The analytic attack fixes the image's scale through the first layer's
+    bias column, the least precise one under Adam (the bias gradient is the
+    row's largest, so its step saturates first), so its estimate is the image
+    up to an intensity scale a within a few tenths of a percent and a small
+    offset c: v = x * L is about a * (k + c). The attacker fits both to the
+    grid itself, with no knowledge of the image: for each scale a on a grid
+    over 1 +- GRID_SCALE_SPAN (steps of 1 / (8 L): the brightest level moves by
+    1/8 of a level), the pixels' phases 2 pi v / a are summed as unit vectors;
+    the length of their mean R(a) is 1 when every pixel lies on a level and
+    about 1 / sqrt(pixels) for no grid; the best scale is refined tenfold and
+    the offset is the mean phase there. The criterion: snap only when
+    R >= GRID_MIN_RESULTANT (0.3). For pixel errors about the fitted grid of
+    Gaussian spread s (in levels), R = exp(-2 pi^2 s^2), so 0.3 means
+    s <= 0.25 level, below which rounding to the nearest level lowers the
+    expected squared error (most pixels come back exact); above it rounding
+    would add error, and the estimate is returned as it is. Grids finer than
+    GRID_MAX_BITS (8) bits are beyond what a float32 Adam update resolves and
+    are never snapped. Returns the (snapped or unchanged) float64 image and
+    the GridFit."""
+    v = x.double().flatten() * (2**bits - 1)
+    levels = 2**bits - 1
+    if bits > GRID_MAX_BITS or v.numel() < 2:
+        return x.double(), GridFit(1.0, 0.0, 0.0, False)
+
+    def resultants(scales: torch.Tensor) -> torch.Tensor:
+        phase = 2 * math.pi * v[None, :] / scales[:, None]
+        return torch.complex(torch.cos(phase).mean(1), torch.sin(phase).mean(1))
+
+    step = 1.0 / (8 * levels)
+    count = int(GRID_SCALE_SPAN / step)
+    scales = 1 + step * torch.arange(-count, count + 1, dtype=torch.float64)
+    best = float(scales[int(resultants(scales).abs().argmax())])
+    fine = best + step / 10 * torch.arange(-10, 11, dtype=torch.float64)
+    mean = resultants(fine)
+    i = int(mean.abs().argmax())
+    scale, resultant = float(fine[i]), float(mean[i].abs())
+    offset = float(torch.angle(mean[i])) / (2 * math.pi)
+    if resultant < GRID_MIN_RESULTANT:
+        return x.double(), GridFit(scale, offset, resultant, False)
+    k = torch.round(v / scale - offset).clamp(0, levels)
+    return (k / levels).reshape(x.shape), GridFit(scale, offset, resultant, True)
 
 
 def _adam_recovery(
@@ -482,12 +561,59 @@ def simulate_update(
     *,
     adam_scale: float | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The update the site's training would send for `images`, differentiable
-    in the images: the same batches, loss and optimizer steps as
-    study.task.train, on a functional copy of `model` starting at `start`.
-    `adam_scale`: None simulates Adam exactly; a number smooths its eps (see
-    InversionConfig)."""
-    params = {k: v.detach().requires_grad_(True) for k, v in start.items()}
+    """The update the site's training would send for float `images` (on [0, 1])
+    from the weights `start`: local - start for every trainable parameter.
+
+    `adam_scale` None: the site's own training, study.task.train_tensors (the
+    loop study.task.train runs) on a copy of `model`, with the batches, loss,
+    proximal term and optimizer the server configured: the update the site
+    sends, bit for bit, but not differentiable. A number: the attacker's
+    differentiable surrogate (`differentiable_update`), Adam's eps smoothed
+    by that factor (see InversionConfig)."""
+    if adam_scale is not None:
+        return differentiable_update(model, start, images, targets, training, adam_scale=adam_scale)
+    import copy
+
+    site = copy.deepcopy(model).cpu()
+    with torch.no_grad():
+        for name, p in site.named_parameters():
+            p.copy_(torch.as_tensor(start[name]))
+    train_tensors(
+        site,
+        training.modality,
+        images.detach().float(),
+        targets.detach().float(),
+        epochs=training.epochs,
+        batch_size=training.batch_size,
+        learning_rate=training.learning_rate,
+        seed=training.seed,
+        proximal_mu=training.proximal_mu,
+        optimizer=training.optimizer,
+    )
+    return parameter_update(start, site)
+
+
+def differentiable_update(
+    model: nn.Module,
+    start: Mapping[str, torch.Tensor],
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    training: LocalTraining,
+    *,
+    adam_scale: float | None = None,
+) -> dict[str, torch.Tensor]:
+    """The site's update as a differentiable function of the images: what the
+    optimisation attack descends on.
+
+    torch's optimizers step in place under no_grad, so the site's training
+    cannot be differentiated through; this surrogate takes its steps
+    functionally (torch.func.functional_call on `model` from `start`) from the
+    same public pieces of study.task: `batch_order`, `loss`, `proximal_term`,
+    and the hyper-parameters of `make_optimizer`'s Adam (ADAM_BETAS, ADAM_EPS)
+    or plain SGD. `adam_scale`: None takes Adam's step with its own eps; a
+    number smooths eps to adam_scale x the RMS of each gradient tensor (plus
+    eps), a usable gradient through Adam's near-sign first step."""
+    params = {k: torch.as_tensor(v).detach().requires_grad_(True) for k, v in start.items()}
     names = list(params)
     anchor = dict(params)
     first_moment = {k: torch.zeros_like(v) for k, v in params.items()}
@@ -495,11 +621,12 @@ def simulate_update(
     b1, b2 = ADAM_BETAS
     for step, idx in enumerate(training.batches(len(images)), 1):
         out = functional_call(model, params, (images[idx],))
-        loss = _loss(training.modality, out, targets[idx])
+        value = loss(training.modality, out, targets[idx])
         if training.proximal_mu > 0:
-            prox = sum(((params[k] - anchor[k]) ** 2).sum() for k in names)
-            loss = loss + training.proximal_mu / 2 * prox
-        grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=True)
+            value = value + proximal_term(
+                [params[k] for k in names], [anchor[k] for k in names], training.proximal_mu
+            )
+        grads = torch.autograd.grad(value, [params[k] for k in names], create_graph=True)
         new = {}
         for k, g in zip(names, grads, strict=True):
             if training.optimizer == "sgd":
@@ -509,9 +636,8 @@ def simulate_update(
             second_moment[k] = b2 * second_moment[k] + (1 - b2) * g * g
             m_hat = first_moment[k] / (1 - b1**step)
             v_hat = second_moment[k] / (1 - b2**step)
-            if adam_scale is None:
-                eps = ADAM_EPS
-            else:
+            eps = ADAM_EPS
+            if adam_scale is not None:
                 eps = adam_scale * float(g.detach().pow(2).mean().sqrt()) + ADAM_EPS
             new[k] = params[k] - training.learning_rate * m_hat / ((v_hat + 1e-30).sqrt() + eps)
         params = new
@@ -624,8 +750,13 @@ def invert_update(
             progress(done[0], total)
 
     def objective(m: nn.Module, x: torch.Tensor, scale: float | None) -> torch.Tensor:
-        sim = simulate_update(m, start, x, y, training, adam_scale=scale)
+        """The descent's objective (differentiable surrogate, `scale` smoothing Adam)."""
+        sim = differentiable_update(m, start, x, y, training, adam_scale=scale)
         return cosine_distance(sim, observed)
+
+    def exact(x: torch.Tensor) -> float:
+        """The objective on the site's own training (restarts are ranked on it)."""
+        return float(cosine_distance(simulate_update(model, start, x, y, training), observed))
 
     def descend(variable: torch.Tensor, render, lr: float, steps: int, tv: float) -> None:
         opt = torch.optim.Adam([variable], lr=lr)
@@ -662,7 +793,7 @@ def invert_update(
             x = torch.rand((num_images, *image_shape), generator=gen).requires_grad_(True)
             descend(x, _pixels, config.step_size, config.iterations, config.tv_weight)
             x = x.detach()
-        final = float(objective(model, x, None).detach())
+        final = exact(x)
         restart_objectives.append(final)
         if best is None or final < best[0]:
             best = (final, x.clone())
@@ -670,7 +801,7 @@ def invert_update(
     if use_prior and config.pixel_iterations > 0:
         x = best[1].clone().requires_grad_(True)
         descend(x, _pixels, config.step_size, config.pixel_iterations, config.tv_weight)
-        final = float(objective(model, x.detach(), None).detach())
+        final = exact(x.detach())
         if final < best[0]:
             best = (final, x.detach().clone())
     mean_objective, chosen = None, "reconstruction"
@@ -679,7 +810,7 @@ def invert_update(
         # (noise of DP, say) tells the attacker nothing: it keeps the mean, the guess
         # with the least expected error, rather than a plausible image drawn at random.
         mean_image = prior.decode(torch.zeros(num_images, k))
-        mean_objective = float(objective(model, mean_image, None).detach())
+        mean_objective = exact(mean_image)
         if best[0] > mean_objective - config.accept_margin:
             best, chosen = (mean_objective, mean_image), "prior mean"
     return Inversion(
@@ -697,75 +828,3 @@ def invert_update(
 def _pixels(x: torch.Tensor) -> torch.Tensor:
     """The identity image parametrisation (descent on the pixels themselves)."""
     return x
-
-
-# ------------------------------------------------------------------- scoring
-@dataclass(frozen=True)
-class Score:
-    """Per real image (in batch order): PSNR and SSIM of its matched reconstruction."""
-
-    psnr: list[float]
-    ssim: list[float]
-    matched: list[int]  # reconstruction index matched to each real image
-    psnr_scale_aligned: list[float]  # after the best global intensity factor (see score)
-
-
-def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR on [0, 1] (MAX = 1), capped at PSNR_CAP_DB for an exact match."""
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return PSNR_CAP_DB if mse <= 10 ** (-PSNR_CAP_DB / 10) else 10 * math.log10(1 / mse)
-
-
-def score(reconstructions: np.ndarray, originals: np.ndarray) -> Score:
-    """Match reconstructions to originals one to one (Hungarian assignment,
-    maximal total PSNR), then PSNR and SSIM per original. Both on [0, 1].
-
-    `psnr_scale_aligned`: the PSNR after multiplying each reconstruction by the
-    least-squares factor to its original. The study CNN's first convolution has
-    no bias and is followed by GroupNorm, so the update of x and of a * x are
-    identical: no attacker can tell the image's global intensity scale, and
-    this score separates what the update reveals from that one factor."""
-    from scipy.optimize import linear_sum_assignment
-
-    if reconstructions.shape != originals.shape:
-        raise ValueError(
-            f"score: reconstructions {reconstructions.shape} and originals {originals.shape} differ"
-        )
-    n = len(originals)
-    table = np.array([[psnr_db(r, o) for r in reconstructions] for o in originals])
-    rows, cols = linear_sum_assignment(-table)
-    matched = [int(c) for _, c in sorted(zip(rows, cols, strict=True))]
-    rec = torch.from_numpy(reconstructions[matched].astype(np.float64))
-    with torch.no_grad():
-        ssim = ssim_torch(rec, torch.from_numpy(originals.astype(np.float64)), 1.0)
-    aligned = [scale_aligned_psnr_db(reconstructions[matched[i]], originals[i]) for i in range(n)]
-    return Score(
-        psnr=[float(table[i, matched[i]]) for i in range(n)],
-        ssim=[float(v) for v in ssim],
-        matched=matched,
-        psnr_scale_aligned=aligned,
-    )
-
-
-def scale_aligned_psnr_db(reconstruction: np.ndarray, original: np.ndarray) -> float:
-    """PSNR of `reconstruction` times its least-squares intensity factor to `original`."""
-    r = np.asarray(reconstruction, np.float64)
-    factor = float((r * original).sum() / max(float((r * r).sum()), 1e-30))
-    return psnr_db(factor * r, original)
-
-
-def mean_guess_psnr(mean_image: np.ndarray, originals: np.ndarray) -> float:
-    """Mean over the batch of the PSNR of guessing `mean_image` (the mean of the
-    images the attacker holds) for each real image."""
-    return float(np.mean([psnr_db(mean_image, o) for o in originals]))
-
-
-def mean_guess_psnr_scale_aligned(mean_image: np.ndarray, originals: np.ndarray) -> float:
-    """The same guess scored like `Score.psnr_scale_aligned`: the mean image
-    times its best intensity factor to each real image (what a reconstruction's
-    scale-aligned PSNR must be compared with)."""
-    return float(np.mean([scale_aligned_psnr_db(mean_image, o) for o in originals]))
-
-
-def recovered_share(psnr: list[float], threshold_db: float = RECOVERED_DB) -> float:
-    return float(np.mean([p > threshold_db for p in psnr])) if psnr else 0.0

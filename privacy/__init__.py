@@ -1,0 +1,13 @@
+"""The privacy attacks on what a site sends in its model updates.
+
+- `privacy.updates`: the attacks on one update (analytic, for a fully
+  connected first layer; optimisation, Inverting Gradients), which reproduce
+  the site's training through study.task's own pieces;
+- `privacy.scores`: PSNR / SSIM of reconstructions and of the mean guess;
+- `privacy.attack`: the plan of `medfed attack updates`, a site's update,
+  what each DP observer holds of it, and the outputs (leakage.json, .md,
+  .png).
+
+Imports study and encryption only; the CLI binds it to a running study in
+simulations/attack.py. The ciphertext attacks stay in encryption/attacks.py.
+"""
