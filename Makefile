@@ -1,6 +1,8 @@
 # medfed: two commands from a fresh clone.
 #   make run    set up .venv, generate phantoms if no data is configured, run the demo study
-#   make test   set up .venv, run the fast test suite
+#   make test   set up .venv, run the fast test suite (without the federation tests)
+#   make test-federation   the fast tests that start real federations (Ray, SuperLink) or
+#                          medfed subprocesses (marker `federation`)
 #   make test-docker   a Docker engine (deploy/engine.sh, as root), the base image without a
 #                      registry (deploy/base-image.sh), then the compose federation's tests
 PYTHON ?= python3
@@ -12,11 +14,13 @@ TORCH_SPEC ?= torch==2.13.0
 STUDY ?= simulations/studies/demo.toml
 OUT ?= runs/demo
 PYTEST_ARGS ?=
+# the fast tier: `make test` runs it less the federation tests, `make test-federation` runs those
+FAST_TIER := not slow and not gpu and not docker
 # base image of deploy/Dockerfile made from Debian packages by deploy/base-image.sh
 DOCKER_BASE_IMAGE ?= medfed-base:bookworm
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup run test test-slow test-docker docker-engine lint format bench clean
+.PHONY: setup run test test-federation test-slow test-docker docker-engine lint format bench clean
 
 setup: $(VENV)/.medfed-installed
 
@@ -33,7 +37,10 @@ run: setup
 	$(VENV)/bin/medfed run $(STUDY) --out $(OUT)
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m '$(FAST_TIER) and not federation' $(PYTEST_ARGS)
+
+test-federation: setup
+	$(PY) -m pytest -m 'federation and $(FAST_TIER)' $(PYTEST_ARGS)
 
 test-slow: setup
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
