@@ -20,6 +20,7 @@ from simulations.runner import run_simulated_study
 from study.config import Study
 from study.schema import read_rounds as read_records
 
+pytestmark = pytest.mark.federation
 SITE_KEYS = {"site", "ok", "sampled", "error", "bytes", "recon", "examples", "seconds"}
 BYTE_KEYS = {
     "ciphertext_up",
