@@ -20,6 +20,8 @@ from deploy.processes import alive, descendants, start_time, stop_processes
 from simulations.runner import run_simulated_study
 from study.config import Study
 
+pytestmark = pytest.mark.federation
+
 
 def _free_port() -> int:
     with socket.socket() as s:
