@@ -20,6 +20,7 @@ from simulations.runner import run_simulated_study
 from study.config import Study
 from study.schema import read_rounds, read_summary
 
+pytestmark = pytest.mark.federation
 MEDFED = str(Path(sys.executable).parent / "medfed")
 
 
