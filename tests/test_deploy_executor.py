@@ -21,6 +21,7 @@ import pytest
 
 from deploy import LocalFederation, descendants, free_port
 
+pytestmark = pytest.mark.federation
 MEDFED = str(Path(sys.executable).parent / "medfed")
 
 PYPROJECT = """\
