@@ -47,6 +47,7 @@ def data_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MEDFED_DATA_HOME", str(tmp_path_factory.getbasetemp() / "grants-data"))
 
 
+@pytest.mark.federation
 def test_a_learned_consortium_exchanges_grants_through_the_server_only(tmp_path, monkeypatch):
     out, accesses = tmp_path / "run", tmp_path / "access"
     monkeypatch.setenv(audit.ENV, str(accesses))
@@ -99,6 +100,7 @@ def test_a_learned_consortium_exchanges_grants_through_the_server_only(tmp_path,
     )
 
 
+@pytest.mark.federation
 def test_a_removed_grantee_cannot_read_what_is_shared_after_its_removal(tmp_path):
     out = tmp_path / "run"
     before = small(out, num_rounds=2, rotate_every=1, grants="0->1,0->2,1->0,2->0")
@@ -168,6 +170,7 @@ def test_keys_the_study_ca_did_not_certify_or_swapped_are_refused(sites, tmp_pat
         sites[0].keys.seal_grants(0, enc, {"site-1": forged})
 
 
+@pytest.mark.federation
 def test_a_server_that_swaps_public_keys_is_recorded_failed_by_the_site(tmp_path, monkeypatch):
     """End to end: the server relays site 2's certificate as site 1's; the
     grantor refuses to seal, and rounds.jsonl says why."""
