@@ -39,6 +39,7 @@ def data_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MEDFED_DATA_HOME", str(tmp_path_factory.getbasetemp() / "dp-data"))
 
 
+@pytest.mark.federation
 def test_client_side_clipping_bounds_every_update_the_server_receives(tmp_path, monkeypatch):
     sent, norms = {}, []
     configure, account = (
@@ -73,6 +74,7 @@ def test_client_side_clipping_bounds_every_update_the_server_receives(tmp_path, 
     json.loads((tmp_path / "run" / "summary.json").read_text(), parse_constant=_refuse)
 
 
+@pytest.mark.federation
 def test_local_dpsgd_reports_the_worst_site_s_epsilon(tmp_path):
     study = small(tmp_path / "run", dp="local-dpsgd")
     result = run_simulated_study(study)
