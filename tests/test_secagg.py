@@ -365,6 +365,7 @@ def test_benchmark_section_is_rendered_from_the_recorded_result():
 
 
 # -- Flower's simulation engine and medfed deploy local ------------------------------------
+@pytest.mark.federation
 def test_a_secure_study_on_the_simulation_engine(tmp_path, data_home):
     from simulations.runner import run_simulated_study
 
