@@ -625,6 +625,7 @@ def test_cli_default_limit_is_the_study_default(capsys):
     assert f"default {DEFAULT_MAX_IMAGE_PIXELS} = 2^27" in help_text
 
 
+@pytest.mark.federation
 def test_a_study_on_a_folder_with_hostile_files_completes_with_the_good_ones(tmp_path, monkeypatch):
     """The headline: a whole study (Flower, Ray, real training) on the mixed
     NIH folder uses the good images and records every refused file."""
