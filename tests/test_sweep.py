@@ -23,6 +23,7 @@ holdout-images = 16
 """
 
 
+@pytest.mark.federation
 def test_sweep_compares_exchange_policies(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDFED_DATA_HOME", str(tmp_path / "data"))
     (tmp_path / "base.toml").write_text(BASE)
