@@ -24,6 +24,7 @@ def _stop_local_superlink(flwr_home: Path) -> None:
             proc.send_signal(signal.SIGKILL)
 
 
+@pytest.mark.federation
 def test_flwr_run_runs_the_study(tmp_path):
     bin_dir = Path(sys.executable).parent
     env = {
