@@ -132,6 +132,7 @@ def test_a_just_stopped_federation_s_ports_count_as_free():
 
 
 # ------------------------------------------------------------------------------ bad input
+@pytest.mark.federation
 @pytest.mark.parametrize("which", ["SuperLink", "SuperNode site-0"])
 def test_port_in_use_names_the_component(tmp_path, which):
     base = free_port()
@@ -173,6 +174,7 @@ def _mixed_certs(tmp_path: Path) -> Path:
     return mixed
 
 
+@pytest.mark.federation
 def test_wrong_certificate_is_reported_and_cleaned_up(tmp_path):
     out = tmp_path / "out"
     res = _medfed(
@@ -201,6 +203,7 @@ def test_wrong_certificate_is_reported_and_cleaned_up(tmp_path):
     assert _none_running(pids)  # ... and stopped
 
 
+@pytest.mark.federation
 def test_supernode_with_wrong_ca(tmp_path):
     other = write_certificates(tmp_path / "other", sites=0)
     with LocalFederation(1, tls=True, log_dir=tmp_path / "logs", start_timeout=90) as fed:
@@ -218,6 +221,7 @@ def test_supernode_with_wrong_ca(tmp_path):
     _assert_all_stopped(fed)
 
 
+@pytest.mark.federation
 def test_unregistered_node_key(tmp_path):
     write_node_key(tmp_path / "stranger.key", tmp_path / "stranger.pub")
     with LocalFederation(1, tls=True, log_dir=tmp_path / "logs", start_timeout=90) as fed:
@@ -235,6 +239,7 @@ def test_unregistered_node_key(tmp_path):
     _assert_all_stopped(fed)
 
 
+@pytest.mark.federation
 def test_unreachable_superlink(tmp_path):
     with LocalFederation(1, log_dir=tmp_path / "logs", start_timeout=90) as fed:
         fed.start_supernode(0)  # no SuperLink at fed.address
@@ -246,6 +251,7 @@ def test_unreachable_superlink(tmp_path):
 
 
 # ------------------------------------------------------------------------------ it works
+@pytest.mark.federation
 def test_superlink_accepts_the_generated_chain(tmp_path):
     """Certificates from the script: a TLS SuperLink with node auth, SuperNodes connect."""
     certs = write_certificates(tmp_path / "certs", sites=2)
@@ -309,6 +315,7 @@ def _stop_leftovers(proc: subprocess.Popen, pids_file: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.federation
 def test_ctrl_c_stops_everything(tmp_path):
     """SIGINT while the study runs: exit code 130, every process the deployment started stops.
 
@@ -364,6 +371,7 @@ def _flat_keys(d: dict, prefix: str = "") -> set[str]:
     return keys
 
 
+@pytest.mark.federation
 def test_deploy_local_tls_runs_a_study(tmp_path):
     """The acceptance run: 2 SuperNodes, TLS + node auth, 2 rounds, same files as simulation."""
     import torch
@@ -454,6 +462,7 @@ def _sleeper(*words: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.federation
 def test_the_next_start_stops_only_what_pids_json_still_names(tmp_path):
     """pids.json of a launcher killed with SIGKILL: the next start with that log folder
     stops the processes it names that still run with the recorded start time and a
@@ -492,6 +501,7 @@ def test_the_next_start_stops_only_what_pids_json_still_names(tmp_path):
                 p.wait()
 
 
+@pytest.mark.federation
 def test_children_die_with_the_launcher(tmp_path):
     """A child started with parent_death_signal gets SIGTERM when its parent is killed
     with SIGKILL (Linux), so a killed launcher leaves nothing even before the next
@@ -527,6 +537,7 @@ def _free_ports(n: int) -> int:
     pytest.skip(f"no {n} consecutive free ports")
 
 
+@pytest.mark.federation
 def test_kill_9_of_deploy_local_leaves_nothing_after_the_next_start(tmp_path):
     """`kill -9` of `medfed deploy local` once its study runs (SuperLink, SuperNode,
     executor, SuperExec and ServerApp up), then the same command again with the same
