@@ -501,7 +501,6 @@ def test_the_next_start_stops_only_what_pids_json_still_names(tmp_path):
                 p.wait()
 
 
-@pytest.mark.federation
 def test_children_die_with_the_launcher(tmp_path):
     """A child started with parent_death_signal gets SIGTERM when its parent is killed
     with SIGKILL (Linux), so a killed launcher leaves nothing even before the next
