@@ -592,6 +592,24 @@ class TorchEncryptor(Encryptor):
         for i in range(0, n, step):
             yield slice(i, min(n, i + step))
 
+    def _quantised_roundtrip(
+        self, x_all: torch.Tensor, levels: int, multiple: int, live: bool = False
+    ) -> torch.Tensor:
+        """dec(enc(x) quantised to `levels` values) on [0, 1], in chunks, each padded
+        to a `multiple` of its size; `live`: with the training networks "enc" and
+        "dec" (during fit), else with their inference views."""
+        if live:
+            enc, dec = self.nets["enc"], self.nets["dec"]
+        else:
+            enc, dec = self._infer("enc"), self._infer("dec")
+        out = []
+        with torch.no_grad():
+            for sl in self._chunks(len(x_all)):
+                x, size = pad_to_multiple(x_all[sl], multiple)
+                code = torch.round(enc(x) * (levels - 1)) / (levels - 1)
+                out.append(crop_to(dec(code), size))
+        return torch.cat(out)
+
     def _fit_images(self, images: np.ndarray, bits: int | None) -> tuple[torch.Tensor, int]:
         images, bits = check_images(images, bits)
         self.fit_bits = bits

@@ -163,17 +163,7 @@ class AaeScramble(TorchEncryptor):
 
     def _roundtrip(self, x_all: torch.Tensor, live: bool = False) -> torch.Tensor:
         """Decode(quantised latent) on [0, 1]; `live`: the training networks."""
-        if live:
-            enc, dec = self.nets["enc"], self.nets["dec"]
-        else:
-            enc, dec = self._infer("enc"), self._infer("dec")
-        out = []
-        with torch.no_grad():
-            for sl in self._chunks(len(x_all)):
-                x, size = pad_to_multiple(x_all[sl], _DOWN)
-                q = torch.round(enc(x) * 255) / 255
-                out.append(crop_to(dec(q), size))
-        return torch.cat(out)
+        return self._quantised_roundtrip(x_all, 256, _DOWN, live)
 
     # -- key scrambling --------------------------------------------------------
     def _scramble_tables(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

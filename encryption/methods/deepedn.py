@@ -245,18 +245,7 @@ class DeepEdn(TorchEncryptor):
     def _roundtrip(self, x_all: torch.Tensor, bits: int, live: bool = False) -> torch.Tensor:
         """Decrypt(encrypt(x)) on [0, 1]; `live`: with the training networks
         (during fit), else with their inference views."""
-        levels = 256 if bits <= 8 else 65536
-        if live:
-            enc, dec = self.nets["enc"], self.nets["dec"]
-        else:
-            enc, dec = self._infer("enc"), self._infer("dec")
-        out = []
-        with torch.no_grad():
-            for sl in self._chunks(len(x_all)):
-                x, size = pad_to_multiple(x_all[sl], _DOWN)
-                cipher = torch.round(enc(x) * (levels - 1)) / (levels - 1)
-                out.append(crop_to(dec(cipher), size))
-        return torch.cat(out)
+        return self._quantised_roundtrip(x_all, 256 if bits <= 8 else 65536, _DOWN, live)
 
     def _encrypt_payload(self, images: np.ndarray, bits: int) -> tuple[bytes, dict[str, Any]]:
         self._require_fitted(images.shape[1])
