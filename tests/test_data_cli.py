@@ -13,6 +13,10 @@ from study.data import sample_images
 REPORT_KEYS = ["format", "images", "subjects", "labels", "partitions", "skipped", "archives"]
 
 
+def _synth(modality: str, out, *options: str) -> None:
+    assert main(["data", "synth", modality, "--out", str(out), *options]) == 0
+
+
 def _inspect_json(capsys, path, *extra) -> dict:
     capsys.readouterr()
     assert main(["data", "inspect", str(path), "--json", *extra]) == 0
@@ -21,26 +25,7 @@ def _inspect_json(capsys, path, *extra) -> dict:
 
 def test_synth_xray_png_then_inspect(tmp_path, capsys):
     out = tmp_path / "nih"
-    assert (
-        main(
-            [
-                "data",
-                "synth",
-                "xray",
-                "--out",
-                str(out),
-                "--patients",
-                "6",
-                "--size",
-                "32",
-                "--institutions",
-                "2",
-                "--seed",
-                "4",
-            ]
-        )
-        == 0
-    )
+    _synth("xray", out, "--patients", "6", "--size", "32", "--institutions", "2", "--seed", "4")
     report = _inspect_json(capsys, out, "--strict")
     assert list(report) == REPORT_KEYS and report["format"] == "nih-cxr14"
     assert report["subjects"] == 6 and report["images"] == len(list((out / "images").glob("*.png")))
@@ -49,24 +34,7 @@ def test_synth_xray_png_then_inspect(tmp_path, capsys):
 
 def test_synth_xray_dicom_then_inspect(tmp_path, capsys):
     out = tmp_path / "dcm"
-    assert (
-        main(
-            [
-                "data",
-                "synth",
-                "xray",
-                "--out",
-                str(out),
-                "--patients",
-                "5",
-                "--format",
-                "dicom",
-                "--size",
-                "32",
-            ]
-        )
-        == 0
-    )
+    _synth("xray", out, "--patients", "5", "--format", "dicom", "--size", "32")
     report = _inspect_json(capsys, out)
     assert report["format"] == "dicom" and report["subjects"] == 5
     assert (
@@ -76,24 +44,7 @@ def test_synth_xray_dicom_then_inspect(tmp_path, capsys):
 
 def test_synth_mri_then_inspect(tmp_path, capsys):
     out = tmp_path / "brats"
-    assert (
-        main(
-            [
-                "data",
-                "synth",
-                "mri",
-                "--out",
-                str(out),
-                "--subjects",
-                "3",
-                "--size",
-                "24",
-                "--institutions",
-                "3",
-            ]
-        )
-        == 0
-    )
+    _synth("mri", out, "--subjects", "3", "--size", "24", "--institutions", "3")
     report = _inspect_json(capsys, out)
     assert report["format"] == "brats" and report["images"] == 3 and report["labels"]["WT"] == 3
     assert report["partitions"] == {"1": 1, "2": 1, "3": 1}
@@ -101,7 +52,7 @@ def test_synth_mri_then_inspect(tmp_path, capsys):
 
 def test_strict_with_a_skip_exits_2_and_names_the_file(tmp_path, capsys):
     out = tmp_path / "nih"
-    main(["data", "synth", "xray", "--out", str(out), "--patients", "3", "--size", "32"])
+    _synth("xray", out, "--patients", "3", "--size", "32")
     bad = sorted((out / "images").iterdir())[0]
     bad.write_bytes(b"broken")
     assert main(["data", "inspect", str(out), "--json", "--strict"]) == 2
@@ -122,7 +73,7 @@ def test_bad_folders_exit_2(tmp_path, capsys):
 
 def test_human_readable_inspect(tmp_path, capsys):
     out = tmp_path / "nih"
-    main(["data", "synth", "xray", "--out", str(out), "--patients", "3", "--size", "32"])
+    _synth("xray", out, "--patients", "3", "--size", "32")
     capsys.readouterr()
     assert main(["data", "inspect", str(out)]) == 0
     text = capsys.readouterr().out
