@@ -109,7 +109,7 @@ def evaluate_method(
     key: bytes | None = None,
     fit_images: np.ndarray | None = None,
     kpa_pairs: int | None = None,
-    kpa_seconds: float = 30.0,
+    kpa_seconds: float | None = 30.0,
     kpa_steps: int = 2000,
     repeats: int = 5,
     config: dict[str, Any] | None = None,
@@ -126,7 +126,8 @@ def evaluate_method(
     lossless-aes container of `images` (computed when None). With a
     `pictures` dict, `pictures[name]` gets the first attacked test image as
     arrays (1, C, H, W): "original", "cipher" (its cipher view, uint8),
-    "decrypted" and "kpa" (the attacker's reconstruction).
+    "decrypted" and "kpa" (the attacker's reconstruction). The attack trains for
+    `kpa_steps` steps or `kpa_seconds`, whichever ends first (None: steps alone).
     """
     images, bits = check_images(images, bits)
     if fit_images is not None:
@@ -184,7 +185,8 @@ def evaluate_method(
     chi2 = chi_square(view)
     deterministic = enc.encrypt(images, bits) == blob
 
-    progress(f"{name}: known-plaintext attack ({kpa_seconds:g} s budget)")
+    budget = f"{kpa_steps} steps" if kpa_seconds is None else f"{kpa_seconds:g} s"
+    progress(f"{name}: known-plaintext attack ({budget} budget)")
     leaked, test = _split_kpa(images, fit_images, kpa_pairs)
     leaked_views = enc.cipher_image(enc.encrypt(leaked, bits))
     test_views = view if test is images else enc.cipher_image(enc.encrypt(test, bits))
@@ -292,7 +294,7 @@ def evaluate(
     key: bytes | None = None,
     fit_images: np.ndarray | None = None,
     kpa_pairs: int | None = None,
-    kpa_seconds: float = 30.0,
+    kpa_seconds: float | None = 30.0,
     kpa_steps: int = 2000,
     repeats: int = 5,
     configs: dict[str, dict[str, Any]] | None = None,

@@ -56,7 +56,9 @@ def test_evaluate_method_aes_gcm(monkeypatch):
     )
     images = smooth_images(12, 1, 32, 12, seed=1)
 
-    entry = evaluate_method("aes-gcm", images, 12, key=bytes(range(32)), kpa_seconds=2, repeats=1)
+    entry = evaluate_method(
+        "aes-gcm", images, 12, key=bytes(range(32)), kpa_seconds=None, kpa_steps=50, repeats=1
+    )
 
     _check_entry(entry)
     assert entry["lossless"] is True
@@ -76,7 +78,14 @@ def test_evaluate_document_and_json(tmp_path):
     fit = smooth_images(8, 4, 32, 16, seed=3)
 
     doc = evaluate(
-        "aes-gcm,lossless-aes", images, 16, data="smooth", fit_images=fit, kpa_seconds=1, repeats=1
+        "aes-gcm,lossless-aes",
+        images,
+        16,
+        data="smooth",
+        fit_images=fit,
+        kpa_seconds=None,
+        kpa_steps=50,
+        repeats=1,
     )
 
     assert doc["schema"] == 1 and doc["data"] == "smooth" and doc["images"] == 8
@@ -185,7 +194,9 @@ def test_key_change_is_judged_with_the_values_of_all_images(monkeypatch):
     )
     images = smooth_images(8, 1, 32, 8, seed=2)
 
-    entry = evaluate_method("aes-gcm", images, 8, key=bytes(range(32)), kpa_seconds=1, repeats=1)
+    entry = evaluate_method(
+        "aes-gcm", images, 8, key=bytes(range(32)), kpa_seconds=None, kpa_steps=50, repeats=1
+    )
 
     details, sec = entry["details"], entry["security"]
     assert details["key_critical_values"] == critical_values(8 * 32 * 32)
