@@ -25,7 +25,6 @@ from encryption.container import IntegrityError
 KEM_ID = 0x0020  # DHKEM(X25519, HKDF-SHA256)
 KDF_ID = 0x0001  # HKDF-SHA256
 AEAD_ID = 0x0002  # AES-256-GCM
-MODE_BASE = 0x00
 MODE_AUTH = 0x02
 ENC_BYTES = 32  # Nenc of DHKEM(X25519)
 TAG_BYTES = 16  # Nt of AES-256-GCM
