@@ -48,6 +48,8 @@ RESTART_WINDOW_S = 300.0  # ... within this many seconds; then the deployment st
 # SuperLink must first count the stopped node as gone (no heartbeat for flwr's
 # HEARTBEAT_PATIENCE x HEARTBEAT_DEFAULT_INTERVAL = 60 s), else "Failed to activate"
 NODE_GONE_S = 62.0
+# a hospital's own node-config opt-in to fault injection (client/faults.py)
+ALLOW_FAULT_INJECTION = "allow-fault-injection"
 
 
 class LocalFederation:
@@ -329,7 +331,9 @@ class LocalFederation:
             "--port",
             str(self.node_ports[i]),
             "--node-config",
-            f"partition-id={i} num-partitions={self.sites}",
+            # every hospital runs on the operator's own machine: they opt in to the
+            # study's fault-sites (client/faults.py); a compose hospital does not
+            f"partition-id={i} num-partitions={self.sites} {ALLOW_FAULT_INJECTION}=true",
             "--max-retries",
             "5",
             "--max-wait-time",

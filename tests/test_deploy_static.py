@@ -519,3 +519,21 @@ def test_the_serverapps_checkpoint_key_store_is_a_volume_outside_the_run_folder(
         if name != "superlink":
             assert "MEDFED_KEY_HOME" not in svc["environment"], name
             assert not any(v.startswith("superlink-keys:") for v in svc.get("volumes", [])), name
+
+
+def test_local_supernodes_opt_in_to_fault_injection():
+    """`medfed deploy local` runs every hospital on the operator's own machine: its
+    SuperNodes opt in to the study's fault-sites (node config allow-fault-injection,
+    client/faults.py). A compose hospital does not (its node config has exactly
+    partition-id, num-partitions and identity-dir: test_node_config_matches_...)."""
+    from flwr.common.config import parse_config_args
+
+    from deploy import LocalFederation
+
+    fed = LocalFederation(2)
+    try:
+        argv = fed._supernode_argv(1)
+    finally:
+        fed.stop()
+    config = parse_config_args([argv[argv.index("--node-config") + 1]])
+    assert config == {"partition-id": 1, "num-partitions": 2, "allow-fault-injection": True}
