@@ -16,7 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from study.schema import dumps, loads
+from benchmarks.document import SCHEMA as SCHEMA  # the result files' schema, re-exported
+from benchmarks.document import BenchDocument, Machine, read_documents, write_document
 
 Progress = Callable[[str], None]  # one line of progress, e.g. "speed: aes-gcm"
 
@@ -25,7 +26,6 @@ def quiet(_: str) -> None:
     """The progress callback that says nothing (every benchmark's default)."""
 
 
-SCHEMA = 1
 RESULTS_DIR = Path("benchmarks") / "results"
 PACKAGES = (
     "torch",
@@ -222,39 +222,28 @@ class PeakRss:
 
 def result_document(
     name: str, command: str, settings: Mapping[str, Any], results: Mapping[str, Any], seconds: float
-) -> dict[str, Any]:
-    return {
-        "schema": SCHEMA,
-        "benchmark": name,
-        "command": command,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "seconds": seconds,
-        "settings": dict(settings),
-        "machine": machine_info(),
-        "results": dict(results),
-    }
+) -> BenchDocument:
+    """The document of one run of benchmark `name`, on this machine, now."""
+    return BenchDocument(
+        benchmark=name,
+        command=command,
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        seconds=seconds,
+        settings=dict(settings),
+        results=dict(results),
+        machine=Machine.from_json(machine_info(), source="this machine"),
+    )
 
 
-def write_result(doc: Mapping[str, Any], results_dir: Path = RESULTS_DIR) -> Path:
-    results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    path = results_dir / f"{doc['benchmark']}.json"
-    # strict JSON (study.schema): NaN -> null, an exact PSNR -> null with "exact": true
-    path.write_text(dumps(doc, indent=2) + "\n")
-    return path
+def write_result(doc: BenchDocument | Mapping[str, Any], results_dir: Path = RESULTS_DIR) -> Path:
+    """Write results_dir/<benchmark>.json (strict JSON, study.schema: NaN -> null, an
+    exact PSNR -> null with "exact": true). A raw mapping is checked as a document first."""
+    if not isinstance(doc, BenchDocument):
+        doc = BenchDocument.from_json(doc, source=f"the {doc.get('benchmark')!r} document")
+    return write_document(doc, results_dir)
 
 
 def load_results(results_dir: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:
-    """benchmark name -> document, for every results_dir/*.json of schema 1."""
-    results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        raise FileNotFoundError(
-            f"no benchmark results in {results_dir}; run `medfed bench all --quick` first"
-        )
-    docs = {}
-    for path in sorted(results_dir.glob("*.json")):
-        doc = loads(path.read_text(), source=str(path))  # SchemaError (a ValueError) names it
-        if doc.get("schema") != SCHEMA or "benchmark" not in doc:
-            raise ValueError(f"{path}: not a schema-{SCHEMA} benchmark document")
-        docs[doc["benchmark"]] = doc
-    return docs
+    """benchmark name -> the document's JSON, for every results_dir/*.json (each
+    checked as a bench document; `document.read_documents` gives them typed)."""
+    return {name: doc.to_json() for name, doc in read_documents(results_dir).items()}

@@ -26,11 +26,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Progress, quiet
+from benchmarks.document import BenchDocument, documents
+from benchmarks.result_types import DeployRoundResults
 from benchmarks.tables import fmt, reproduce_line, shows_results, table
 
 VARIANTS = {
@@ -310,37 +312,42 @@ def _study(study: str, overrides: tuple[str, ...] = ()):
 
 
 # ----------------------------------------------------------------------------- the page
-def target_row(docs) -> list[str] | None:
+def target_row(docs: Mapping[str, BenchDocument | Mapping[str, Any]]) -> list[str] | None:
     """The Targets table's row: deployed round <= 3x simulated (executor)."""
-    doc = docs.get("deploy-round")
-    if not doc or "summary" not in doc["results"] or "process" not in doc["results"]["summary"]:
+    doc = documents(docs).get("deploy-round")
+    if doc is None or not doc.ok:
         return None
-    r = doc["results"]["summary"]["process"]["round_ratio_median"]
-    flower = doc["results"]["summary"].get("subprocess", {}).get("round_ratio_median")
+    res: DeployRoundResults = doc.result
+    if "process" not in res.summary:
+        return None
+    r = res.summary["process"]["round_ratio_median"]
+    flower = res.summary.get("subprocess", {}).get("round_ratio_median")
     measured = f"{r:.2f}x with medfed's executor" + (
         f" ({flower:.2f}x with Flower's process per message)" if flower else ""
     )
-    limit = doc["results"].get("target_ratio", TARGET_RATIO)
+    limit = res.target_ratio
     verdict = "yes" if r <= limit else f"no, {r / limit:.2f}x of the limit (see Deployed round)"
     return [f"deployed round <= {limit:g}x simulated (demo, 3 sites)", measured, verdict]
 
 
-def deploy_round_section(docs, add: Callable[[str], None]) -> None:
+def deploy_round_section(
+    docs: Mapping[str, BenchDocument | Mapping[str, Any]], add: Callable[[str], None]
+) -> None:
     """Deployed against simulated rounds, and who owns each second of a deployed phase."""
-    doc = docs.get("deploy-round")
+    doc = documents(docs).get("deploy-round")
     add("## Deployed round\n")
     if not shows_results(doc, "deploy-round", add):
         return
-    r = doc["results"]
-    last = r["repeats"][-1]
+    r: DeployRoundResults = doc.result
+    last = r.repeats[-1]
     # ratios and seconds derived again from the stored rounds: the page follows the code
     runs = last["runs"]
     cmp_ = compare(runs)
     later = cmp_["rounds_compared"]
-    load = r["load"]
-    over = ", ".join(r["overrides"]) or "none"
+    load = r.load
+    over = ", ".join(r.overrides) or "none"
     add(
-        f"`{r['study']}` with {r['sites']} sites (overrides: {over}), run three ways one after "
+        f"`{r.study}` with {r.sites} sites (overrides: {over}), run three ways one after "
         "the other in one run on the same machine: simulated (`medfed run`, Ray), deployed "
         "with Flower's own isolation (`medfed deploy local --isolation subprocess`: SuperExec "
         "starts a `flwr-clientapp` process per message) and deployed with medfed's executor "
@@ -431,7 +438,7 @@ def deploy_round_section(docs, add: Callable[[str], None]) -> None:
             "the SuperNode's idle poll of the SuperLink (flwr 1.42 hard-codes 3 s; medfed's "
             "SuperNode launcher makes it 0.25 s), "
             "its sending of the reply to the SuperLink, the ServerApp's pull (0.1 s)."
-            + _wire_text(r.get("wire_objects"))
+            + _wire_text(r.wire_objects)
             + "\n"
         )
         add(
@@ -447,9 +454,9 @@ def deploy_round_section(docs, add: Callable[[str], None]) -> None:
     add(reproduce_line(doc, "deploy-round") + "\n")
 
 
-def _longer_section(r: dict, cmp_: dict, add: Callable[[str], None]) -> None:
+def _longer_section(r: DeployRoundResults, cmp_: dict, add: Callable[[str], None]) -> None:
     """The executor's cost a round at the study's round length and at a longer round."""
-    longer = r.get("longer")
+    longer = r.longer
     if not longer or "process" not in cmp_:
         return
     long_cmp = compare(longer["runs"])
@@ -514,11 +521,11 @@ def _load(values: list[float]) -> str:
     return ", ".join(f"{v:.1f}" for v in values)
 
 
-def _verdict(r: dict, cmp_: dict) -> str:
+def _verdict(r: DeployRoundResults, cmp_: dict) -> str:
     c = cmp_.get("process")
     if c is None:
         return ""
-    ratio, limit = c["round_ratio"], r.get("target_ratio", TARGET_RATIO)
+    ratio, limit = c["round_ratio"], r.target_ratio
     flower = cmp_.get("subprocess", {}).get("round_ratio")
     text = (
         f"Target: a deployed round at most {limit:g}x its simulated round. Measured: "

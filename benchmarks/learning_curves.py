@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import Progress, quiet
+from benchmarks.result_types import LearningCurvesResults
 
 # label -> registry name and options; the paper preset is the faithful (GPU-sized) one
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -317,12 +318,12 @@ def assess(label: str, points: list[dict[str, Any]]) -> dict[str, Any]:
     return {"data": data, "compute": compute, "why_data": why_data, "why_compute": why_compute}
 
 
-def target_rows(results: Mapping[str, Any]) -> list[tuple[str, float, float | None, str]]:
+def target_rows(results: LearningCurvesResults) -> list[tuple[str, float, float | None, str]]:
     """(method, target dB, measured unseen dB or None, how it was measured) of the
     targets, from the phantom X-ray fits on the largest set."""
     rows = []
-    entry = results.get("sources", {}).get("phantom-xray", {})
-    for label, target in results.get("targets", TARGETS).items():
+    entry = results.sources.get("phantom-xray", {})
+    for label, target in results.targets.items():
         points = [p for p in entry.get("methods", {}).get(label, {}).get("points", [])
                   if "error" not in p]  # fmt: skip
         if not points:

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import Progress, quiet
+from benchmarks.document import Docs, documents
+from benchmarks.result_types import LosslessCodecsResults
 from benchmarks.tables import fmt, reproduce_line, shows_results, table
 from study.data.sample import SOURCES, sample_images
 
@@ -130,14 +132,16 @@ def run_lossless_codecs(
     }
 
 
-def lossless_codecs_section(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -> None:
+def lossless_codecs_section(
+    docs: Docs, add: Callable[[str], None], plot_dir: Path, rel: Path
+) -> None:
     """The codec rule of lossless-aes and the measurement it was read from."""
-    doc = docs.get("lossless-codecs")
+    doc = documents(docs).get("lossless-codecs")
     add("## Lossless codec rule\n")
     if not shows_results(doc, "lossless-codecs", add):
         return
-    r = doc["results"]
-    rule = r["rule"]
+    r: LosslessCodecsResults = doc.result
+    rule = r.rule
     add(
         "`lossless-aes` picks its codec per batch by a fixed rule "
         "(`encryption/methods/lossless_aes.py`), not by coding every image with every codec: "
@@ -147,7 +151,7 @@ def lossless_codecs_section(docs, add: Callable[[str], None], plot_dir: Path, re
         "pixels)), reversible JPEG 2000 when the planes are smooth (smoothness < "
         f"{rule['smooth_ratio']:g}: mean |second difference| / mean |first difference|), "
         f"else JPEG XL effort 3; statistics from at most {rule['stat_planes']} planes. "
-        f"Below: {r['images']} images per corpus (the corpora of the rate-distortion section), every "
+        f"Below: {r.images} images per corpus (the corpora of the rate-distortion section), every "
         "candidate codec on every plane; pick / smallest and container / smallest are byte "
         "ratios to the smallest candidate (the container adds its header, tag and the plane "
         "lengths); pick encode MB/s: the picked codec alone on these planes, raw pixel "
@@ -155,13 +159,13 @@ def lossless_codecs_section(docs, add: Callable[[str], None], plot_dir: Path, re
         "AES-GCM together) is measured once, in Encryption speed.\n"
     )
     rows, total, hits = [], 0, 0
-    for source, sizes in r["sources"].items():
+    for source, sizes in r.sources.items():
         if "error" in sizes:
             rows.append([source, *[""] * 8, f"not available here: {sizes['error']}"])
             continue
         for size, m in sizes.items():
             total += 1
-            hits += m["container_ratio"] <= 1 + r["within"]
+            hits += m["container_ratio"] <= 1 + r.within
             rows.append(
                 [
                     source,
@@ -190,7 +194,7 @@ def lossless_codecs_section(docs, add: Callable[[str], None], plot_dir: Path, re
     ]
     add(table(header, rows) + "\n")
     add(
-        f"The container is within {r['within']:.0%} of the smallest candidate in {hits} of "
+        f"The container is within {r.within:.0%} of the smallest candidate in {hits} of "
         f"{total} corpus and size cells.\n"
     )
     add(reproduce_line(doc, "lossless-codecs") + "\n")

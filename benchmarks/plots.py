@@ -1,15 +1,20 @@
 """Figures of docs/BENCHMARKS.md (matplotlib, Agg backend, written as PNG).
 
-Each plot_* function takes the `results` of one benchmark document and a path,
+Each plot_* function takes the typed results of one benchmark document and a path,
 and returns whether it drew anything (False where there is nothing to plot)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from benchmarks.result_types import (
+    BandwidthResults,
+    RateDistortionResults,
+    ScalingResults,
+    SpeedResults,
+)
 from benchmarks.tables import med
 from server.report import pyplot
 
@@ -18,10 +23,10 @@ from server.report import pyplot
 _plt = pyplot
 
 
-def plot_rate_distortion(rd: Mapping[str, Any], path: Path) -> bool:
+def plot_rate_distortion(rd: RateDistortionResults, path: Path) -> bool:
     """Bits per pixel against PSNR (top row) and SSIM (bottom row), one column per
     source, with raw size and the lossless codecs as vertical reference lines."""
-    sources = {k: v for k, v in rd["sources"].items() if "methods" in v}
+    sources = {k: v for k, v in rd.sources.items() if "methods" in v}
     if not sources:
         return False
     plt = pyplot()
@@ -59,8 +64,8 @@ def plot_rate_distortion(rd: Mapping[str, Any], path: Path) -> bool:
     return True
 
 
-def plot_speed(speed: Mapping[str, Any], path: Path) -> bool:
-    methods = speed["methods"]
+def plot_speed(speed: SpeedResults, path: Path) -> bool:
+    methods = speed.methods
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     names = list(methods)
@@ -77,7 +82,7 @@ def plot_speed(speed: Mapping[str, Any], path: Path) -> bool:
     ax.set_yscale("log")
     ax.axhline(1.0, color="k", lw=1)
     ax.set_ylabel("encrypt speed / aes-gcm")
-    ax.set_title(f"Encryption throughput relative to AES-GCM, {speed['size']} px")
+    ax.set_title(f"Encryption throughput relative to AES-GCM, {speed.size} px")
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -85,8 +90,8 @@ def plot_speed(speed: Mapping[str, Any], path: Path) -> bool:
     return True
 
 
-def plot_scaling(scaling: Mapping[str, Any], path: Path) -> bool:
-    pts = scaling["points"]
+def plot_scaling(scaling: ScalingResults, path: Path) -> bool:
+    pts = scaling.points
     if not pts:
         return False
     plt = pyplot()
@@ -105,8 +110,8 @@ def plot_scaling(scaling: Mapping[str, Any], path: Path) -> bool:
     return True
 
 
-def plot_bandwidth(bw: Mapping[str, Any], path: Path) -> bool:
-    grid = bw["grid"]
+def plot_bandwidth(bw: BandwidthResults, path: Path) -> bool:
+    grid = bw.grid
     if not grid:
         return False
     plt = pyplot()

@@ -4,31 +4,19 @@ Every number in the document comes from a result file; each section prints
 the command that regenerates its file. `render_report` never measures.
 
 This module holds the page skeleton (introduction, Headline, Targets, Machine,
-then the sections in order); the pieces live in `tables` (cells and tables),
-`verdicts` (targets and the secure-by-the-metrics rule), `plots` (figures),
-`sections_encryption` and `sections_federation`."""
+then every registered benchmark's sections in page order, `benchmarks.registry`);
+the pieces live in `tables` (cells and tables), `verdicts` (targets and the
+secure-by-the-metrics rule), `plots` (figures) and the section modules. It reads
+the result files as typed documents (`benchmarks.document`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, load_results
-from benchmarks.deploy_round import deploy_round_section
-from benchmarks.lossless_codecs import lossless_codecs_section
-from benchmarks.secagg import secagg_section
-from benchmarks.sections_encryption import (
-    rate_distortion_section,
-    security_section,
-    speed_section,
-)
-from benchmarks.sections_federation import (
-    data_section,
-    federation_section,
-    gpu_section,
-)
-from benchmarks.sections_leakage import leakage_section
-from benchmarks.sections_learning import learning_curves_section
+from benchmarks.common import RESULTS_DIR
+from benchmarks.document import Docs, documents, read_documents
+from benchmarks.registry import Page, sections
 from benchmarks.tables import fmt, fmt_ratio, table
 from benchmarks.verdicts import TARGET_NOTES, headline, secure_verdict, targets
 
@@ -53,7 +41,7 @@ def render_report(
     results_dir: Path = RESULTS_DIR, doc_path: Path = DOC_PATH, plot_dir: Path = PLOT_DIR
 ) -> Path:
     """Write docs/BENCHMARKS.md and its plots from the result files; returns the doc path."""
-    docs = load_results(results_dir)
+    docs = read_documents(results_dir)
     doc_path, plot_dir = Path(doc_path), Path(plot_dir)
     plot_dir.mkdir(parents=True, exist_ok=True)
     rel = Path("bench") if plot_dir.parent == doc_path.parent else plot_dir
@@ -69,8 +57,8 @@ def render_report(
         "ratio to a baseline measured in the same process and run, because the machine is shared "
         "and absolute numbers drift.\n"
     )
-    quick = sorted({d["settings"].get("quick", False) for d in docs.values()})
-    total_s = sum(float(d.get("seconds", 0.0)) for d in docs.values())
+    quick = sorted({d.quick for d in docs.values()})
+    total_s = sum(float(d.seconds) for d in docs.values())
     add(
         f"Suite mode of the files below: {', '.join('quick' if q else 'full' for q in quick)}; "
         f"measuring time of these {len(docs)} files together: {total_s / 60:.1f} min "
@@ -82,39 +70,32 @@ def render_report(
     add(targets(docs) + "\n")
     add(TARGET_NOTES)
     machine_section(docs, add)
-    speed_section(docs, add, plot_dir, rel)
-    rate_distortion_section(docs, add, plot_dir, rel)
-    lossless_codecs_section(docs, add, plot_dir, rel)
-    security_section(docs, add, plot_dir, rel, results_dir)
-    learning_curves_section(docs, add, plot_dir, rel)
-    data_section(docs, add)
-    federation_section(docs, add, plot_dir, rel)
-    deploy_round_section(docs, add)
-    leakage_section(docs, add, plot_dir, rel, results_dir)
-    secagg_section(docs, add)
-    gpu_section(docs, add)
+    page = Page(docs, add, plot_dir, rel, Path(results_dir))
+    for section in sections():  # every registered benchmark's sections, in page order
+        section.write(page)
     doc_path.parent.mkdir(parents=True, exist_ok=True)
     doc_path.write_text("\n".join(out).rstrip() + "\n")
     return doc_path
 
 
-def machine_section(docs, add: Callable[[str], None]) -> None:
-    """The machine the result files were measured on (from any one of them)."""
-    any_doc = next(iter(docs.values()))
-    m = any_doc["machine"]
+def machine_section(docs: Docs, add: Callable[[str], None]) -> None:
+    """The machine the result files were measured on (from the first that records one)."""
+    m = next((d.machine for d in documents(docs).values() if d.machine is not None), None)
+    if m is None:
+        raise ValueError("no result file records its machine (field 'machine')")
     add("## Machine\n")
     add(
         table(
             ["item", "value"],
             [
-                ["CPU", f"{m['cpu']} ({m['cpu_count']} logical cores)"],
-                ["memory", f"{m['memory_gb']} GB"],
-                ["GPU", ", ".join(m["gpus"]) or "none (CPU only)"],
-                ["platform", m["platform"]],
-                ["Python", m["python"]],
-                ["torch threads", fmt(m["torch_threads"])],
-                ["git commit", m["git_commit"]],
-                *[[f"`{k}`", v or "not installed"] for k, v in m["packages"].items()],
+                ["CPU", f"{m.cpu} ({m.cpu_count} logical cores)"],
+                ["memory", f"{m.memory_gb} GB"],
+                ["GPU", ", ".join(m.gpus) or "none (CPU only)"],
+                ["platform", m.platform],
+                ["Python", m.python],
+                ["torch threads", fmt(m.torch_threads)],
+                ["git commit", m.git_commit],
+                *[[f"`{k}`", v or "not installed"] for k, v in m.packages.items()],
             ],
         )
         + "\n"

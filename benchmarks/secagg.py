@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import Progress, quiet, summarize
+from benchmarks.document import Docs, documents
+from benchmarks.result_types import SecAggResults
 from benchmarks.tables import fmt, reproduce_line, shows_results, spread, table
 
 MODES = ("none", "secagg+")
@@ -204,14 +206,14 @@ def _accuracy(runs: dict[str, dict], study) -> dict[str, Any]:
 
 
 # -- docs/BENCHMARKS.md -------------------------------------------------------------------------
-def secagg_section(docs, add: Callable[[str], None]) -> None:
+def secagg_section(docs: Docs, add: Callable[[str], None]) -> None:
     """SecAgg+ overhead against plain FedAvg, per stage, and its aggregate's accuracy."""
     add("## Secure aggregation (SecAgg+) against plain FedAvg\n")
-    doc = docs.get("secagg")
+    doc = documents(docs).get("secagg")
     if not shows_results(doc, "secagg", add):
         return
-    r = doc["results"]
-    st = r["settings"]
+    r: SecAggResults = doc.result
+    st = r.settings
     add(
         f"The same study twice on Flower's simulation engine, side by side: plain FedAvg and "
         f"`secure-aggregation = secagg+` (Flower's SecAggPlusWorkflow and secaggplus_mod), "
@@ -226,7 +228,7 @@ def secagg_section(docs, add: Callable[[str], None]) -> None:
         "the square of the number of sites (every site is every other's neighbour).\n"
     )
     rows = []
-    for p in r["points"]:
+    for p in r.points:
         plain, secure = p["none"], p["secagg+"]
         n = p["sites"]
         for label, key in (
@@ -271,7 +273,7 @@ def secagg_section(docs, add: Callable[[str], None]) -> None:
         )
     add(table(["sites", "quantity", "plain FedAvg", "SecAgg+", "SecAgg+ / plain"], rows) + "\n")
     rows = []
-    for p in r["points"]:
+    for p in r.points:
         for stage, s in p["stages"].items():
             rows.append(
                 [
@@ -291,7 +293,7 @@ def secagg_section(docs, add: Callable[[str], None]) -> None:
         )
         + "\n"
     )
-    for p in r["points"]:
+    for p in r.points:
         a = p["accuracy"]
         add(
             f"- {p['sites']} sites, round 1: SecAgg+'s global model is within "

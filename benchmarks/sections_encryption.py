@@ -13,7 +13,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.document import Docs, documents
 from benchmarks.plots import plot_rate_distortion, plot_speed
+from benchmarks.result_types import RateDistortionResults, SpeedResults
 from benchmarks.tables import (
     failure_line,
     fmt,
@@ -35,16 +37,16 @@ _BREAKDOWN = {
 }
 
 
-def speed_section(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -> None:
+def speed_section(docs: Docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -> None:
     """Encryption speed against aes-gcm, and the learned encryptors' FLOPs and time breakdown."""
-    doc = docs.get("speed")
+    doc = documents(docs).get("speed")
     add("## Encryption speed\n")
     if not shows_results(doc, "speed", add):
         return
-    r = doc["results"]
+    r: SpeedResults = doc.result
     add(
-        f"{r['images']} phantom chest X-rays of {r['size']} x {r['size']} px ({r['bits']}-bit), "
-        f"one container per call, {doc['settings']['repeats']} repeats interleaved with aes-gcm "
+        f"{r.images} phantom chest X-rays of {r.size} x {r.size} px ({r.bits}-bit), "
+        f"one container per call, {doc.settings['repeats']} repeats interleaved with aes-gcm "
         f"(round-robin, so load bursts hit every method alike). MB are raw pixel bytes (10^6).\n"
     )
     rows = [
@@ -56,7 +58,7 @@ def speed_section(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -
             ratio_spread(m["encrypt_ratio_to_aes"]),
             ratio_spread(m["decrypt_ratio_to_aes"]),
         ]
-        for n, m in r["methods"].items()
+        for n, m in r.methods.items()
     ]
     add(
         table(
@@ -74,7 +76,7 @@ def speed_section(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -
     )
     if plot_speed(r, plot_dir / "speed.png"):
         add(f"![encryption speed relative to AES-GCM]({rel / 'speed.png'})\n")
-    conv = r["conv"]
+    conv = r.conv
     conv_gflops = {  # the summarize() dict in GFLOP/s (n stays an int; raw values left out)
         k: (v / 1e9 if isinstance(v, float) else v)
         for k, v in conv["flops_per_s"].items()
@@ -94,7 +96,7 @@ def speed_section(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -
             fmt(100 * med(m.get("fraction_of_conv")), 2),
             fmt(m.get("conv_ceiling_images_s"), 1),
         ]
-        for n, m in r["methods"].items()
+        for n, m in r.methods.items()
         if m["learned"]
     ]
     header = [
@@ -113,7 +115,7 @@ def speed_section(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -
     )
     rows = [
         [f"`{n}`", *(fmt(100 * m["time_breakdown"][k], 1) for k in _BREAKDOWN)]
-        for n, m in r["methods"].items()
+        for n, m in r.methods.items()
         if m.get("time_breakdown")
     ]
     if rows:
@@ -131,31 +133,31 @@ def speed_section(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -
     add(reproduce_line(doc, "speed") + "\n")
 
 
-def rate_distortion_section(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -> None:
+def rate_distortion_section(
+    docs: Docs, add: Callable[[str], None], plot_dir: Path, rel: Path
+) -> None:
     """Bits per pixel, PSNR and SSIM of every method per source, with the codec references."""
-    doc = docs.get("rate-distortion")
+    doc = documents(docs).get("rate-distortion")
     add("## Rate-distortion\n")
     if not shows_results(doc, "rate-distortion", add):
         return
-    r = doc["results"]
+    r: RateDistortionResults = doc.result
     trained = (
-        "with their default number of epochs"
-        if r["epochs"] is None
-        else f"for {r['epochs']} epochs"
+        "with their default number of epochs" if r.epochs is None else f"for {r.epochs} epochs"
     )
-    if r.get("fit_time_limit_s"):
-        clock = "CPU " if r.get("fit_clock") == "cpu" else ""
-        trained += f", each fit capped at {r['fit_time_limit_s']:g} {clock}s,"
+    if r.fit_time_limit_s:
+        clock = "CPU " if r.fit_clock == "cpu" else ""
+        trained += f", each fit capped at {r.fit_time_limit_s:g} {clock}s,"
     add(
-        f"{r['images']} images per source at {r['size']} x {r['size']} px; learned methods fitted "
-        f"{trained} on {r.get('fit_images', r['images'])} other images of the same site (other "
+        f"{r.images} images per source at {r.size} x {r.size} px; learned methods fitted "
+        f"{trained} on {r.fit_images} other images of the same site (other "
         f"patients; see the learning curves for more). Exact methods have "
         f"PSNR inf (plotted at the top). Reference lines: raw pixels and the lossless codecs "
         f"(PNG level 9, JPEG-LS, reversible JPEG 2000, imagecodecs; each plane coded alone).\n"
     )
     if plot_rate_distortion(r, plot_dir / "rate_distortion.png"):
         add(f"![bits per pixel against PSNR and SSIM]({rel / 'rate_distortion.png'})\n")
-    for source, entry in r["sources"].items():
+    for source, entry in r.sources.items():
         add(f"### {source}\n")
         if "error" in entry:
             add(f"Not available here: {entry['error']}\n")
@@ -193,7 +195,7 @@ def rate_distortion_section(docs, add: Callable[[str], None], plot_dir: Path, re
 
 
 def security_section(
-    docs,
+    docs: Docs,
     add: Callable[[str], None],
     plot_dir: Path | None = None,
     rel: Path | None = None,
@@ -202,12 +204,13 @@ def security_section(
     """Security statistics, known-plaintext attack and verdict of every method per
     source, and the method pictures the benchmark wrote beside its result file
     (copied from `results_dir` into `plot_dir`)."""
-    doc = docs.get("rate-distortion")
+    doc = documents(docs).get("rate-distortion")
     add("## Security statistics and known-plaintext attack\n")
     if doc is None or failure_line(doc):
         add(reproduce_line(doc, "rate-distortion") + "\n")
         return
-    for source, entry in doc["results"]["sources"].items():
+    rd: RateDistortionResults = doc.result
+    for source, entry in rd.sources.items():
         ev = entry.get("evaluate")
         if not ev:
             continue

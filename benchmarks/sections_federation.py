@@ -8,10 +8,18 @@ relative to the page."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from benchmarks.document import BenchDocument, Docs, documents
 from benchmarks.plots import plot_bandwidth, plot_scaling
+from benchmarks.result_types import (
+    BandwidthResults,
+    DataResults,
+    GpuResults,
+    OverheadResults,
+    ScalingResults,
+)
 from benchmarks.tables import (
     fmt,
     med,
@@ -23,35 +31,36 @@ from benchmarks.tables import (
 )
 
 
-def data_section(docs, add: Callable[[str], None]) -> None:
+def data_section(docs: Docs, add: Callable[[str], None]) -> None:
     """Decode speed and counts of the site data pipeline."""
-    doc = docs.get("data")
+    doc = documents(docs).get("data")
     add("## Data decode\n")
     if not shows_results(doc, "data", add):
         return
-    r = doc["results"]
-    rows = [[f"`{k}`", spread(v, 2)] for k, v in r["metrics"].items()]
+    r: DataResults = doc.result
+    rows = [[f"`{k}`", spread(v, 2)] for k, v in r.metrics.items()]
     add("From `benchmarks.data.run_data_bench`, repeated; median (min..max, n).\n")
     add(table(["metric", "value"], rows) + "\n")
-    add("Counts: " + ", ".join(f"{k} = {v}" for k, v in r["counts"].items()) + ".\n")
+    add("Counts: " + ", ".join(f"{k} = {v}" for k, v in r.counts.items()) + ".\n")
     add(reproduce_line(doc, "data") + "\n")
 
 
-def federation_section(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -> None:
+def federation_section(docs: Docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -> None:
     """Flower/Ray overhead, scaling with the number of sites, and bandwidth per round."""
+    docs = documents(docs)
     add("## Federation\n")
     _overhead(docs, add)
     _scaling(docs, add, plot_dir, rel)
     _bandwidth(docs, add, plot_dir, rel)
 
 
-def _overhead(docs, add: Callable[[str], None]) -> None:
+def _overhead(docs: Mapping[str, BenchDocument], add: Callable[[str], None]) -> None:
     add("### Flower/Ray overhead against a plain PyTorch loop\n")
     doc = docs.get("federation-overhead")
     if not shows_results(doc, "federation-overhead", add):
         return
-    r = doc["results"]
-    s = r["settings"]
+    r: OverheadResults = doc.result
+    s = r.settings
     add(
         f"The demo study shape ({s['num_sites']} sites, {s['num_rounds']} rounds, "
         f"{s['phantom_patients']} phantom patients, {s['image_size']} px, aes-gcm, archive) on "
@@ -67,31 +76,31 @@ def _overhead(docs, add: Callable[[str], None]) -> None:
         table(
             ["quantity", "value"],
             [
-                ["federation round s (rounds 2..)", spread(r["federation_round_s"])],
-                ["plain loop round s (rounds 2..)", spread(r["plain_round_s"])],
-                ["ratio of medians", fmt(r["ratio_of_medians"])],
-                ["per-round ratio", spread(r["ratio_after_startup"])],
-                ["federation round 1 s", fmt(r["federation_round1_s"])],
-                ["plain loop round 1 s", fmt(r["plain_round1_s"])],
-                ["start-up s (round 1 - later median)", fmt(r["startup_s"])],
+                ["federation round s (rounds 2..)", spread(r.federation_round_s)],
+                ["plain loop round s (rounds 2..)", spread(r.plain_round_s)],
+                ["ratio of medians", fmt(r.ratio_of_medians)],
+                ["per-round ratio", spread(r.ratio_after_startup)],
+                ["federation round 1 s", fmt(r.federation_round1_s)],
+                ["plain loop round 1 s", fmt(r.plain_round1_s)],
+                ["start-up s (round 1 - later median)", fmt(r.startup_s)],
                 [
                     "federation wall s / plain wall s",
-                    f"{fmt(r['federation_wall_s'])} / {fmt(r['plain_wall_s'])}",
+                    f"{fmt(r.federation_wall_s)} / {fmt(r.plain_wall_s)}",
                 ],
                 [
                     "federation peak RSS GB (process tree)",
-                    fmt(r["federation_peak_rss_bytes"] / 1e9),
+                    fmt(r.federation_peak_rss_bytes / 1e9),
                 ],
                 [
                     "site training s summed per round, federation (rounds 2..)",
-                    ", ".join(fmt(p["site_train_s_sum"]) for p in r.get("phases", [])[1:]),
+                    ", ".join(fmt(p["site_train_s_sum"]) for p in r.phases[1:]),
                 ],
                 [
                     "site training s summed per round, plain loop (rounds 2..)",
-                    ", ".join(fmt(v) for v in r.get("plain_site_train_s_sum", [])[1:]),
+                    ", ".join(fmt(v) for v in r.plain_site_train_s_sum[1:]),
                 ],
-                ["sites at once in the federation", fmt(r.get("concurrent_sites"))],
-                ["torch threads per site (both)", fmt(r.get("plain_torch_threads"))],
+                ["sites at once in the federation", fmt(r.concurrent_sites)],
+                ["torch threads per site (both)", fmt(r.plain_torch_threads)],
             ],
         )
         + "\n"
@@ -99,13 +108,15 @@ def _overhead(docs, add: Callable[[str], None]) -> None:
     add(reproduce_line(doc, "federation-overhead") + "\n")
 
 
-def _scaling(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -> None:
+def _scaling(
+    docs: Mapping[str, BenchDocument], add: Callable[[str], None], plot_dir: Path, rel: Path
+) -> None:
     add("### Scaling with the number of sites\n")
     doc = docs.get("federation-scaling")
     if not shows_results(doc, "federation-scaling", add):
         return
-    r = doc["results"]
-    st = r["settings"]
+    r: ScalingResults = doc.result
+    st = r.settings
     add(
         f"One round (so the round time includes Ray's start-up), "
         f"{st['patients_per_site']} phantom patients per site, {st['image_size']} px, "
@@ -121,7 +132,7 @@ def _scaling(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -> Non
             fmt(p["data_prepare_s"], 1),
             p["sites_failed"],
         ]
-        for p in r["points"]
+        for p in r.points
     ]
     add(
         table(
@@ -137,12 +148,12 @@ def _scaling(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -> Non
         )
         + "\n"
     )
-    for sk in r["skipped"]:
+    for sk in r.skipped:
         add(
             f"- {sk['sites']} sites not run in this suite: predicted {sk['predicted_s']:.0f} s, "
             f"over the {sk['budget_s']:.0f} s budget of this benchmark.\n"
         )
-    for key, t in r.get("linear_trend", {}).items():
+    for key, t in r.linear_trend.items():
         add(
             f"- linear trend of {key}: {t['per_site']:.4g} per site + {t['intercept']:.3g}; "
             f"at 512 sites: {t['at_512']:.3g}.\n"
@@ -152,13 +163,15 @@ def _scaling(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -> Non
     add(reproduce_line(doc, "federation-scaling") + "\n")
 
 
-def _bandwidth(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -> None:
+def _bandwidth(
+    docs: Mapping[str, BenchDocument], add: Callable[[str], None], plot_dir: Path, rel: Path
+) -> None:
     add("### Bandwidth per round\n")
     doc = docs.get("bandwidth")
     if not shows_results(doc, "bandwidth", add):
         return
-    r = doc["results"]
-    st = r["settings"]
+    r: BandwidthResults = doc.result
+    st = r.settings
     add(
         f"{st['num_sites']} sites, method {st['method']}, {st['share_per_round']} shared images "
         f"per site; bytes of round {st.get('rounds', 1)} (the steady state: consortium peers "
@@ -166,7 +179,7 @@ def _bandwidth(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -> N
         f"rounds.jsonl; upload time is the slowest site's serialized uplink at each speed.\n"
     )
     rows = []
-    for g in r["grid"]:
+    for g in r.grid:
         b, up = g["bytes_per_round"], g["upload_seconds_per_round"]
         rows.append(
             [
@@ -204,23 +217,23 @@ def _bandwidth(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -> N
     add(reproduce_line(doc, "bandwidth") + "\n")
 
 
-def gpu_section(docs, add: Callable[[str], None]) -> None:
+def gpu_section(docs: Docs, add: Callable[[str], None]) -> None:
     """Encryption speed and the overhead study on a GPU, or why they were skipped."""
-    doc = docs.get("gpu")
+    doc = documents(docs).get("gpu")
     add("## GPU\n")
     if not shows_results(doc, "gpu", add):
         return
-    r = doc["results"]
-    if not r.get("available"):
+    r: GpuResults = doc.result
+    if not r.available:
         add(
-            f"Skipped on this machine: {r.get('reason')}. On a machine with CUDA the same "
+            f"Skipped on this machine: {r.reason}. On a machine with CUDA the same "
             "command runs encryption speed on the GPU and the overhead study with sites "
             "sharing one GPU (fractional num-gpus = 0.25).\n"
         )
         add(reproduce_line(doc, "gpu") + "\n")
         return
-    add(f"Devices: {', '.join(r['devices'])}.\n")
-    sp = r["speed"]
+    add(f"Devices: {', '.join(r.devices)}.\n")
+    sp = r.speed
     rows = [
         [
             f"`{n}`",
@@ -234,7 +247,7 @@ def gpu_section(docs, add: Callable[[str], None]) -> None:
         table(["method (GPU)", "encrypt images/s", "x AES-GCM (CPU AES)", "% of GPU conv"], rows)
         + "\n"
     )
-    o = r["overhead"]
+    o = r.overhead
     add(
         f"Study with sites sharing the GPU: federation round {spread(o['federation_round_s'])} s, "
         f"plain loop {spread(o['plain_round_s'])} s, ratio {fmt(o['ratio_of_medians'])}, start-up "

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from benchmarks.document import Docs, documents
+from benchmarks.result_types import LeakageResults
 from benchmarks.tables import fmt, reproduce_line, shows_results, spread, table
 
 # what tests/test_leakage_slow.py asserts on seed 0's 32 px phantom X-ray (no defence)
@@ -103,12 +105,12 @@ def _points_table(points: list[Mapping[str, Any]]) -> str:
     )
 
 
-def plot_leakage_epsilon(results: Mapping[str, Any], path: Path) -> bool:
+def plot_leakage_epsilon(results: LeakageResults, path: Path) -> bool:
     """Leakage PSNR (gain over the mean guess, plain and aligned) against epsilon
     of local DP-SGD, one panel per modality; no defence drawn at the right edge."""
     from benchmarks.plots import _plt
 
-    mods = {m: r for m, r in results.get("modalities", {}).items() if r.get("epsilon_curve")}
+    mods = {m: r for m, r in results.modalities.items() if r.get("epsilon_curve")}
     if not mods:
         return False
     plt = _plt()
@@ -173,18 +175,18 @@ def plot_auroc_epsilon(points: list[Mapping[str, Any]], path: Path) -> bool:
 
 
 def leakage_section(
-    docs,
+    docs: Docs,
     add: Callable[[str], None],
     plot_dir: Path,
     rel: Path,
     results_dir: Path | None = None,
 ) -> None:
-    doc = docs.get("leakage")
+    doc = documents(docs).get("leakage")
     add("## Update leakage: what the server reconstructs from one update\n")
     if not shows_results(doc, "leakage", add):
         return
-    r = doc["results"]
-    inversion = r.get("inversion", {})
+    r: LeakageResults = doc.result
+    inversion = r.inversion or {}
     add(HOW_TO_READ.replace("{accept}", fmt(inversion.get("accept_margin"), 2)))
     if inversion:
         add(
@@ -193,7 +195,7 @@ def leakage_section(
             f"components, smoothing beta {fmt(inversion['smooth_beta'], 0)}, Adam's eps "
             f"smoothed to {fmt(inversion['adam_scale'], 2)} x the gradient's RMS.\n"
         )
-    for modality, entry in r["modalities"].items():
+    for modality, entry in r.modalities.items():
         s = entry["study"]
         add(f"### phantom {modality}, {s['image_size']} px\n")
         add(
@@ -272,8 +274,8 @@ def leakage_section(
                 )
                 + "\n"
             )
-        picture = Path(results_dir or ".") / r.get("pictures", {}).get(modality, "")
-        if r.get("pictures", {}).get(modality) and picture.is_file():
+        picture = Path(results_dir or ".") / (r.pictures or {}).get(modality, "")
+        if (r.pictures or {}).get(modality) and picture.is_file():
             plot_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(picture, plot_dir / picture.name)
             add(
@@ -290,7 +292,7 @@ def leakage_section(
         )
         add(f"![leakage against epsilon]({rel / 'leakage_epsilon.png'})\n")
     add("### AUROC against epsilon\n")
-    points = r.get("auroc_epsilon") or []
+    points = r.auroc_epsilon or []
     if plot_auroc_epsilon(points, plot_dir / "auroc_epsilon.png"):
         add(
             "Held-out macro AUROC of the demo study (4 sites, 32 px, 3 rounds, phantom "
@@ -324,7 +326,7 @@ def leakage_section(
             "multipliers; their (epsilon, AUROC) points go in through the `auroc_points` hook of "
             "`run_leakage` (`benchmarks/leakage.py`).\n"
         )
-    timing = r.get("timing") or []
+    timing = r.timing or []
     if timing:
         add("### Optimisation attack: seconds per image\n")
         add(
@@ -371,7 +373,7 @@ def leakage_section(
         ("auroc_remeasured", "The studies of AUROC against epsilon (client-side DP now "
          "averages the sites with equal weights)"),
     ]  # fmt: skip
-    redone = [(r[key], what) for key, what in partial if r.get(key)]
+    redone = [(getattr(r, key), what) for key, what in partial if getattr(r, key)]
     for run, what in redone:
         m = run.get("machine", {})
         gpus = ", ".join(m.get("gpus") or []) or "no GPU"

@@ -10,7 +10,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from benchmarks.document import Docs, documents
 from benchmarks.learning_curves import target_rows
+from benchmarks.result_types import LearningCurvesResults
 from benchmarks.tables import fmt, reproduce_line, shows_results, table
 
 
@@ -74,23 +76,25 @@ def plot_learning_curves(entry: Mapping[str, Any], source: str, path: Path) -> b
     return True
 
 
-def learning_curves_section(docs, add: Callable[[str], None], plot_dir: Path, rel: Path) -> None:
-    doc = docs.get("learning-curves")
+def learning_curves_section(
+    docs: Docs, add: Callable[[str], None], plot_dir: Path, rel: Path
+) -> None:
+    doc = documents(docs).get("learning-curves")
     add("## Learned encryptors at their best: learning curves\n")
     if not shows_results(doc, "learning-curves", add):
         return
-    r = doc["results"]
+    r: LearningCurvesResults = doc.result
     add(
         f"Are the learned methods measured at their best? Each is fitted on the first "
-        f"{', '.join(str(n) for n in r['sizes'])} images of one site ({r['size']} x {r['size']} "
-        f"px; fit and {r['test_images']} unseen images from the same scanner, disjoint by "
+        f"{', '.join(str(n) for n in r.sizes)} images of one site ({r.size} x {r.size} "
+        f"px; fit and {r.test_images} unseen images from the same scanner, disjoint by "
         f"patient) under one budget: its own epochs and convergence criterion (a key-chosen "
         f"hold-out of up to 32 of the fit images, at most an eighth; the learning rate drops 5x "
         f"after 4 checks without a 1 % better held-out loss, at most twice, then 4 more such "
         f"checks stop the fit; the best held-out weights are kept), and a compute budget of "
-        f"{r['cpu_s_per_image']:g} CPU seconds per fit image (at least {r['min_cpu_s']:g} s; "
+        f"{r.cpu_s_per_image:g} CPU seconds per fit image (at least {r.min_cpu_s:g} s; "
         f"CPU time of its process, so other programs' load does not shrink it; the fits ran in "
-        f"{r.get('jobs', 1)} process(es) of {r['torch_threads']} torch thread(s)). The fit "
+        f"{r.jobs} process(es) of {r.torch_threads} torch thread(s)). The fit "
         f"curve is the method's own record (`fit_report`). PSNR of exact methods is inf.\n"
     )
     add(
@@ -119,7 +123,7 @@ def learning_curves_section(docs, add: Callable[[str], None], plot_dir: Path, re
             )
             + "\n"
         )
-    for source, entry in r["sources"].items():
+    for source, entry in r.sources.items():
         add(f"### {source}\n")
         if "error" in entry:
             add(f"Not available here: {entry['error']}\n")
@@ -183,7 +187,7 @@ def learning_curves_section(docs, add: Callable[[str], None], plot_dir: Path, re
             )
         add(table(["method", "more data would help?", "more compute would help?"], verdicts) + "\n")
     add("What each method's paper reports (its abstract; other data, sizes and hardware):\n")
-    add("\n".join(f"- `{label}`: {text}" for label, text in r["papers"].items()) + "\n")
+    add("\n".join(f"- `{label}`: {text}" for label, text in r.papers.items()) + "\n")
     add(reproduce_line(doc, "learning-curves") + "\n")
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from benchmarks.document import BenchDocument
 
 
 def fmt(value: Any, digits: int = 2) -> str:
@@ -73,24 +76,24 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def reproduce_line(doc: Mapping[str, Any] | None, name: str) -> str:
+def reproduce_line(doc: BenchDocument | None, name: str) -> str:
     """The italic line under a section: the command and file behind its numbers."""
     if doc is None:
         return f"_Not measured yet: run `medfed bench {name}`._"
     return (
-        f"_Reproduce: `{doc['command']}` ({doc['created']}, {doc['seconds']:.0f} s; "
+        f"_Reproduce: `{doc.command}` ({doc.created}, {doc.seconds:.0f} s; "
         f"file `benchmarks/results/{name}.json`)._"
     )
 
 
-def failure_line(doc: Mapping[str, Any] | None) -> str | None:
+def failure_line(doc: BenchDocument | None) -> str | None:
     """The benchmark's error message, where its result file records a failure."""
-    if doc is not None and "error" in doc["results"]:
-        return f"**This benchmark failed:** {doc['results']['error']}"
+    if doc is not None and doc.error is not None:
+        return f"**This benchmark failed:** {doc.error}"
     return None
 
 
-def shows_results(doc: Mapping[str, Any] | None, name: str, add: Callable[[str], None]) -> bool:
+def shows_results(doc: BenchDocument | None, name: str, add: Callable[[str], None]) -> bool:
     """True when `doc` has results to show; otherwise adds the section's whole body
     (the failure, if one is recorded, then the reproduce line) and returns False."""
     if doc is None or failure_line(doc):

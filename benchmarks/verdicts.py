@@ -9,6 +9,14 @@ from typing import Any
 
 from scipy.stats import chi2
 
+from benchmarks.document import BenchDocument, documents
+from benchmarks.result_types import (
+    LearningCurvesResults,
+    OverheadResults,
+    RateDistortionResults,
+    ScalingResults,
+    SpeedResults,
+)
 from benchmarks.tables import fmt, fmt_ratio, med, table
 
 SECURITY_SOURCE = "phantom-xray"
@@ -60,26 +68,29 @@ def secure_verdict(entry: Mapping[str, Any]) -> tuple[bool, list[str]]:
     return not failed, failed
 
 
-def _security_entries(docs) -> dict[str, Any]:
+def _results(docs: Mapping[str, BenchDocument], name: str) -> Any:
+    """The typed results of benchmark `name`; None where not measured or failed."""
+    doc = docs.get(name)
+    return doc.result if doc is not None and doc.ok else None
+
+
+def _security_entries(docs: Mapping[str, BenchDocument]) -> dict[str, Any]:
     """method -> encryption.evaluate entry on SECURITY_SOURCE (empty where not measured)."""
-    rd = docs.get("rate-distortion")
-    if rd is None or "sources" not in rd["results"]:
+    rd: RateDistortionResults | None = _results(docs, "rate-distortion")
+    if rd is None:
         return {}
-    src = rd["results"]["sources"].get(SECURITY_SOURCE, {})
-    return src.get("evaluate", {}).get("methods", {})
+    return rd.sources.get(SECURITY_SOURCE, {}).get("evaluate", {}).get("methods", {})
 
 
-def headline(docs) -> str:
+def headline(docs: Mapping[str, BenchDocument | Mapping[str, Any]]) -> str:
     """Headline table: size, quality, security verdict and speed of every method."""
-    speed = docs.get("speed")
-    rd = docs.get("rate-distortion")
+    docs = documents(docs)
+    speed_doc, rd_doc = docs.get("speed"), docs.get("rate-distortion")
+    speed: SpeedResults | None = _results(docs, "speed")
+    rd: RateDistortionResults | None = _results(docs, "rate-distortion")
     sec = _security_entries(docs)
-    smethods = speed["results"].get("methods", {}) if speed else {}
-    rd_src = (
-        rd["results"]["sources"].get(SECURITY_SOURCE, {})
-        if rd and "sources" in rd["results"]
-        else {}
-    )
+    smethods = speed.methods if speed else {}
+    rd_src = rd.sources.get(SECURITY_SOURCE, {}) if rd else {}
     names = list(dict.fromkeys([*rd_src.get("methods", {}), *smethods]))
     rows = []
     for name in names:
@@ -99,8 +110,8 @@ def headline(docs) -> str:
                 fmt_ratio(med(s.get("encrypt_ratio_to_aes"))),
             ]
         )
-    size = rd["results"].get("size", "?") if rd else "?"  # a failed run has no size
-    ssize = speed["results"].get("size", "?") if speed else "?"
+    size = rd.size if rd else "?"  # a failed run has no size
+    ssize = speed.size if speed else "?"
     return (
         table(
             [
@@ -114,10 +125,10 @@ def headline(docs) -> str:
             rows,
         )
         + f"\n\nkB and PSNR: {SECURITY_SOURCE}, {size} x {size} px "
-        f"(`{rd['command'] if rd else 'medfed bench rate-distortion'}`); "
+        f"(`{rd_doc.command if rd_doc else 'medfed bench rate-distortion'}`); "
         f"speed: {ssize} x {ssize} px, "
         f"median of the repeats, ratio to aes-gcm measured in the same run "
-        f"(`{speed['command'] if speed else 'medfed bench speed'}`). "
+        f"(`{speed_doc.command if speed_doc else 'medfed bench speed'}`). "
         f"Secure by the metrics = NPCR, UACI (one-pixel change) and key NPCR (one-bit key "
         f"change) pass at alpha {VERDICT_ALPHA}, histogram chi-square below "
         f"{chi2_critical():.2f} (alpha {VERDICT_ALPHA}), every adjacent-pixel |correlation| < "
@@ -148,150 +159,183 @@ def _time_reason(breakdown: dict | None) -> str:
     )
 
 
-def targets(docs) -> str:
-    """Targets table: each project target, what was measured, and whether it is met."""
+# -- each benchmark's verdicts (the registry names them and their place in the table) --
+def speed_targets(docs: Mapping[str, BenchDocument]) -> list[list[str]]:
+    """Learned encryptors' images/s and conv fraction; lossless-aes's MB/s."""
+    speed: SpeedResults | None = _results(docs, "speed")
+    if speed is None:
+        return []
     rows = []
-    speed = docs.get("speed")
-    if speed and "methods" in speed["results"]:
-        for name, m in speed["results"]["methods"].items():
-            if not m["learned"]:
-                continue
-            ips = med(m["encrypt_images_s"])
-            frac = med(m.get("fraction_of_conv"))
-            rows.append(
-                [
-                    f"`{name}` >= {TARGET_IMAGES_S:g} images/s at {speed['results']['size']} px",
-                    f"{ips:.1f} images/s "
-                    f"(conv ceiling {m.get('conv_ceiling_images_s', math.nan):.0f})",
-                    "yes"
-                    if ips >= TARGET_IMAGES_S
-                    else f"no, {ips / TARGET_IMAGES_S:.2f}x of target",
-                ]
-            )
-            rows.append(
-                [
-                    f"`{name}` >= {TARGET_CONV_FRACTION:.0%} of conv FLOP/s",
-                    f"{frac:.1%}" if not math.isnan(frac) else "n/a",
-                    "n/a"
-                    if math.isnan(frac)
-                    else (
-                        "yes"
-                        if frac >= TARGET_CONV_FRACTION
-                        else f"no, {frac / TARGET_CONV_FRACTION:.2f}x of target"
-                        + _time_reason(m.get("time_breakdown"))
-                    ),
-                ]
-            )
-        lossless = speed["results"]["methods"].get("lossless-aes")
-        if lossless:
-            mb_s = med(lossless["encrypt_mb_s"])
-            res = speed["results"]
-            rows.append(
-                [
-                    f"`lossless-aes` >= {TARGET_LOSSLESS_MB_S:g} MB/s at {res['size']} px "
-                    f"{res['bits']}-bit",
-                    f"{mb_s:.2f} MB/s ({fmt_ratio(med(lossless['encrypt_ratio_to_aes']))} "
-                    "of aes-gcm in the same run)",
-                    "yes"
-                    if mb_s >= TARGET_LOSSLESS_MB_S
-                    else f"no, {mb_s / TARGET_LOSSLESS_MB_S:.2f}x of target",
-                ]
-            )
-    over = docs.get("federation-overhead")
-    if over and "ratio_of_medians" in over["results"]:
-        res = over["results"]
-        r = res["ratio_of_medians"]
-        fed_train = [p["site_train_s_sum"] for p in res.get("phases", [])[1:]]
-        plain_train = res.get("plain_site_train_s_sum", [])[1:]
-        work = ""
-        if fed_train and plain_train:
-            work = (
-                f" (site training per round: {sum(fed_train) / len(fed_train):.2f} s in Ray "
-                f"workers vs {sum(plain_train) / len(plain_train):.2f} s in the loop)"
-            )
+    for name, m in speed.methods.items():
+        if not m["learned"]:
+            continue
+        ips = med(m["encrypt_images_s"])
+        frac = med(m.get("fraction_of_conv"))
         rows.append(
             [
-                f"federation round <= {TARGET_OVERHEAD:g}x plain loop after start-up",
-                f"{r:.2f}x{work}",
-                "yes" if r <= TARGET_OVERHEAD else f"no, {r / TARGET_OVERHEAD:.2f}x of the limit",
+                f"`{name}` >= {TARGET_IMAGES_S:g} images/s at {speed.size} px",
+                f"{ips:.1f} images/s (conv ceiling {m.get('conv_ceiling_images_s', math.nan):.0f})",
+                "yes" if ips >= TARGET_IMAGES_S else f"no, {ips / TARGET_IMAGES_S:.2f}x of target",
             ]
         )
-    sc = docs.get("federation-scaling")
-    if sc and "points" in sc["results"]:
-        pts = {p["sites"]: p for p in sc["results"]["points"]}
-        if TARGET_SCALING_SITES in pts:
-            gb = pts[TARGET_SCALING_SITES]["peak_rss_gb"]
-            rows.append(
-                [
-                    f"{TARGET_SCALING_SITES} sites within {TARGET_MEMORY_GB:g} GB",
-                    f"{gb:.2f} GB measured",
-                    "yes" if gb <= TARGET_MEMORY_GB else "no",
-                ]
-            )
-        else:
-            trend = sc["results"].get("linear_trend", {}).get("peak_rss_gb")
-            est = f"{trend['at_512']:.2f} GB by the linear trend" if trend else "n/a"
-            rows.append(
-                [
-                    f"{TARGET_SCALING_SITES} sites within {TARGET_MEMORY_GB:g} GB",
-                    est + f" (largest run: {max(pts)} sites)" if pts else est,
-                    "not measured in this run"
-                    + (", trend within" if trend and trend["at_512"] <= TARGET_MEMORY_GB else ""),
-                ]
-            )
-    rd = docs.get("rate-distortion")
-    if rd and "sources" in rd["results"]:
-        for source in ("phantom-xray", "phantom-mri"):
-            m = rd["results"]["sources"].get(source, {}).get("methods", {})
-            c, ref = m.get("learned-codec-aes", {}), m.get("lossless-aes", {})
-            if "bpp" in c and "bpp" in ref:
-                ok = c["bpp"] < ref["bpp"] and c["psnr"] >= TARGET_CODEC_PSNR
-                rows.append(
-                    [
-                        f"learned-codec-aes < lossless-aes at PSNR >= {TARGET_CODEC_PSNR:g} dB "
-                        f"({source})",
-                        f"{c['kb_per_image']:.2f} vs {ref['kb_per_image']:.2f} kB/image "
-                        f"at {c['psnr']:.1f} dB",
-                        "yes" if ok else f"no, {c['bpp'] / ref['bpp']:.2f}x the lossless size",
-                    ]
-                )
-    if rd and "sources" in rd["results"]:
-        for source, entry in rd["results"]["sources"].items():
-            candidates = entry.get("lossless_candidates_bpp")
-            ll = entry.get("methods", {}).get("lossless-aes", {})
-            if not candidates or "bpp" not in ll:
-                continue
-            best = min(candidates, key=candidates.get)
-            ratio = ll["bpp"] / candidates[best]
-            rows.append(
-                [
-                    f"`lossless-aes` within {TARGET_LOSSLESS_WITHIN:.0%} of the smallest "
-                    f"candidate codec ({source})",
-                    f"{ratio:.3f}x `{best}` ({ll['bpp']:.3f} vs {candidates[best]:.3f} bpp)",
-                    "yes" if ratio <= 1 + TARGET_LOSSLESS_WITHIN else f"no, {ratio:.3f}x",
-                ]
-            )
-    lc = docs.get("learning-curves")
-    if lc and "sources" in lc["results"]:
-        from benchmarks.learning_curves import target_rows
+        rows.append(
+            [
+                f"`{name}` >= {TARGET_CONV_FRACTION:.0%} of conv FLOP/s",
+                f"{frac:.1%}" if not math.isnan(frac) else "n/a",
+                "n/a"
+                if math.isnan(frac)
+                else (
+                    "yes"
+                    if frac >= TARGET_CONV_FRACTION
+                    else f"no, {frac / TARGET_CONV_FRACTION:.2f}x of target"
+                    + _time_reason(m.get("time_breakdown"))
+                ),
+            ]
+        )
+    lossless = speed.methods.get("lossless-aes")
+    if lossless:
+        mb_s = med(lossless["encrypt_mb_s"])
+        rows.append(
+            [
+                f"`lossless-aes` >= {TARGET_LOSSLESS_MB_S:g} MB/s at {speed.size} px "
+                f"{speed.bits}-bit",
+                f"{mb_s:.2f} MB/s ({fmt_ratio(med(lossless['encrypt_ratio_to_aes']))} "
+                "of aes-gcm in the same run)",
+                "yes"
+                if mb_s >= TARGET_LOSSLESS_MB_S
+                else f"no, {mb_s / TARGET_LOSSLESS_MB_S:.2f}x of target",
+            ]
+        )
+    return rows
 
-        for label, target, got, how in target_rows(lc["results"]):
-            met = "yes" if got is not None and got >= target else "no"
-            if got is None:
-                met = "n/a"
-            elif met == "no":
-                met += f", {target - got:.2f} dB short"
+
+def overhead_targets(docs: Mapping[str, BenchDocument]) -> list[list[str]]:
+    """A federation round against the plain loop, after start-up."""
+    res: OverheadResults | None = _results(docs, "federation-overhead")
+    if res is None:
+        return []
+    r = res.ratio_of_medians
+    fed_train = [p["site_train_s_sum"] for p in res.phases[1:]]
+    plain_train = res.plain_site_train_s_sum[1:]
+    work = ""
+    if fed_train and plain_train:
+        work = (
+            f" (site training per round: {sum(fed_train) / len(fed_train):.2f} s in Ray "
+            f"workers vs {sum(plain_train) / len(plain_train):.2f} s in the loop)"
+        )
+    return [
+        [
+            f"federation round <= {TARGET_OVERHEAD:g}x plain loop after start-up",
+            f"{r:.2f}x{work}",
+            "yes" if r <= TARGET_OVERHEAD else f"no, {r / TARGET_OVERHEAD:.2f}x of the limit",
+        ]
+    ]
+
+
+def scaling_targets(docs: Mapping[str, BenchDocument]) -> list[list[str]]:
+    """512 sites within the memory target: measured, or by the linear trend."""
+    sc: ScalingResults | None = _results(docs, "federation-scaling")
+    if sc is None:
+        return []
+    pts = {p["sites"]: p for p in sc.points}
+    if TARGET_SCALING_SITES in pts:
+        gb = pts[TARGET_SCALING_SITES]["peak_rss_gb"]
+        return [
+            [
+                f"{TARGET_SCALING_SITES} sites within {TARGET_MEMORY_GB:g} GB",
+                f"{gb:.2f} GB measured",
+                "yes" if gb <= TARGET_MEMORY_GB else "no",
+            ]
+        ]
+    trend = sc.linear_trend.get("peak_rss_gb")
+    est = f"{trend['at_512']:.2f} GB by the linear trend" if trend else "n/a"
+    return [
+        [
+            f"{TARGET_SCALING_SITES} sites within {TARGET_MEMORY_GB:g} GB",
+            est + f" (largest run: {max(pts)} sites)" if pts else est,
+            "not measured in this run"
+            + (", trend within" if trend and trend["at_512"] <= TARGET_MEMORY_GB else ""),
+        ]
+    ]
+
+
+def rate_distortion_targets(docs: Mapping[str, BenchDocument]) -> list[list[str]]:
+    """The learned codec against lossless-aes, and lossless-aes against the best codec."""
+    rd: RateDistortionResults | None = _results(docs, "rate-distortion")
+    if rd is None:
+        return []
+    rows = []
+    for source in ("phantom-xray", "phantom-mri"):
+        m = rd.sources.get(source, {}).get("methods", {})
+        c, ref = m.get("learned-codec-aes", {}), m.get("lossless-aes", {})
+        if "bpp" in c and "bpp" in ref:
+            ok = c["bpp"] < ref["bpp"] and c["psnr"] >= TARGET_CODEC_PSNR
             rows.append(
                 [
-                    f"`{label}` >= {target:g} dB on unseen phantom X-rays (learning curves)",
-                    "not measured" if got is None else f"{got:.2f} dB ({how})",
-                    met,
+                    f"learned-codec-aes < lossless-aes at PSNR >= {TARGET_CODEC_PSNR:g} dB "
+                    f"({source})",
+                    f"{c['kb_per_image']:.2f} vs {ref['kb_per_image']:.2f} kB/image "
+                    f"at {c['psnr']:.1f} dB",
+                    "yes" if ok else f"no, {c['bpp'] / ref['bpp']:.2f}x the lossless size",
                 ]
             )
+    for source, entry in rd.sources.items():
+        candidates = entry.get("lossless_candidates_bpp")
+        ll = entry.get("methods", {}).get("lossless-aes", {})
+        if not candidates or "bpp" not in ll:
+            continue
+        best = min(candidates, key=candidates.get)
+        ratio = ll["bpp"] / candidates[best]
+        rows.append(
+            [
+                f"`lossless-aes` within {TARGET_LOSSLESS_WITHIN:.0%} of the smallest "
+                f"candidate codec ({source})",
+                f"{ratio:.3f}x `{best}` ({ll['bpp']:.3f} vs {candidates[best]:.3f} bpp)",
+                "yes" if ratio <= 1 + TARGET_LOSSLESS_WITHIN else f"no, {ratio:.3f}x",
+            ]
+        )
+    return rows
+
+
+def learning_curves_targets(docs: Mapping[str, BenchDocument]) -> list[list[str]]:
+    """The learned methods' unseen-image PSNR targets."""
+    from benchmarks.learning_curves import target_rows
+
+    lc: LearningCurvesResults | None = _results(docs, "learning-curves")
+    if lc is None:
+        return []
+    rows = []
+    for label, target, got, how in target_rows(lc):
+        met = "yes" if got is not None and got >= target else "no"
+        if got is None:
+            met = "n/a"
+        elif met == "no":
+            met += f", {target - got:.2f} dB short"
+        rows.append(
+            [
+                f"`{label}` >= {target:g} dB on unseen phantom X-rays (learning curves)",
+                "not measured" if got is None else f"{got:.2f} dB ({how})",
+                met,
+            ]
+        )
+    return rows
+
+
+def deploy_round_targets(docs: Mapping[str, BenchDocument]) -> list[list[str]]:
+    """A deployed round against the simulated one (benchmarks.deploy_round)."""
     from benchmarks.deploy_round import target_row
 
-    if (row := target_row(docs)) is not None:
-        rows.append(row)
+    row = target_row(docs)
+    return [] if row is None else [row]
+
+
+def targets(docs: Mapping[str, BenchDocument | Mapping[str, Any]]) -> str:
+    """Targets table: each project target, what was measured, and whether it is met
+    (every registered benchmark's verdicts, in their order)."""
+    from benchmarks.registry import verdicts
+
+    docs = documents(docs)
+    rows = [row for v in verdicts() for row in v.rows(docs)]
     return table(["target", "measured", "met?"], rows) if rows else "_No results yet._"
 
 

@@ -16,6 +16,7 @@ from benchmarks.deploy_round import (
     read_tasks,
     target_row,
 )
+from benchmarks.document import BenchDocument
 
 
 def _study(folder: Path, round_s: list[float], train_s: list[float], eval_s: list[float]) -> Path:
@@ -94,7 +95,7 @@ def test_tasks_name_the_processes_that_ran_them(runs):
     assert sorted(tasks["slowest"]) == ["1", "2", "3"]
 
 
-def _doc(runs, ratio_limit: float = 3.0) -> dict:
+def _doc(runs, ratio_limit: float = 3.0) -> BenchDocument:
     results = {
         "study": "simulations/studies/demo.toml",
         "sites": 2,
@@ -107,13 +108,18 @@ def _doc(runs, ratio_limit: float = 3.0) -> dict:
         "target_ratio": ratio_limit,
         "load": {"cpus": 2, "before_1_5_15": [9.5, 10.0, 11.0], "after_1_5_15": [12.0, 11, 10]},
     }
-    return {
-        "benchmark": "deploy-round",
-        "command": "medfed bench deploy-round",
-        "created": "2026-01-01T00:00:00+00:00",
-        "seconds": 240.0,
-        "results": results,
-    }
+    return BenchDocument(
+        benchmark="deploy-round",
+        command="medfed bench deploy-round",
+        created="2026-01-01T00:00:00+00:00",
+        seconds=240.0,
+        settings={"quick": False},
+        results={
+            **results,
+            "wire_objects": {"tensors": 8, "plain": 10, "packed": 3},
+            "longer": None,
+        },
+    )
 
 
 def test_section_shows_ratios_owners_load_and_verdict(runs):
@@ -157,7 +163,7 @@ def _with_longer_round(runs, folder: Path, deployed_round_s: list[float]) -> dic
         },
     }
     doc = _doc(runs)
-    doc["results"]["longer"] = {"factor": 4, "local_epochs": 4, "runs": long_runs}
+    doc.results["longer"] = {"factor": 4, "local_epochs": 4, "runs": long_runs}
     return doc
 
 

@@ -18,6 +18,7 @@ from benchmarks.encryption import run_rate_distortion, site_images
 from benchmarks.learning_curves import assess, run_learning_curves, target_rows
 from benchmarks.pictures import COLUMNS, method_pictures
 from benchmarks.report import render_report
+from benchmarks.result_types import LearningCurvesResults
 from encryption.evaluate import evaluate
 from simulations import cli
 from simulations.commands import bench
@@ -127,7 +128,9 @@ def test_learning_curves_runs_every_fit_and_records_its_curve(curves):
     assert all(math.isinf(p["unseen"]["psnr"]) for p in inv["points"])
     assert set(aae["assessment"]) == {"data", "compute", "why_data", "why_compute"}
     json.dumps(curves)  # plain JSON types only
-    assert target_rows(curves)[0][:3] == ("deepedn", 24.0, None)  # not run here
+    typed = LearningCurvesResults.from_json(curves, source="the learning curves")
+    assert typed.to_json() == curves  # the benchmark writes its declared results
+    assert target_rows(typed)[0][:3] == ("deepedn", 24.0, None)  # not run here
 
 
 def test_learning_curves_rejects_unknown_variant():

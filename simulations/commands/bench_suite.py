@@ -1,5 +1,5 @@
-"""`medfed bench all|report|speed|rate-distortion|learning-curves|data|federation-overhead|
-federation-scaling|bandwidth|leakage|gpu`: the benchmark suite (benchmarks).
+"""`medfed bench all|report|NAME`: the benchmark suite (benchmarks); NAME is any
+benchmark of the registry (benchmarks.registry: speed, rate-distortion, ...).
 
     medfed bench all [--quick] [--only a,b] [--results DIR] [--doc FILE]
     medfed bench report [--results DIR] [--doc FILE]
@@ -17,21 +17,6 @@ import argparse
 import sys
 import time
 from pathlib import Path
-
-HELP = {
-    "speed": "encryption throughput vs aes-gcm; learned FLOPs vs a plain convolution",
-    "rate-distortion": "bpp vs PSNR/SSIM on phantoms and package samples; security and KPA",
-    "lossless-codecs": "lossless-aes's codec rule: every candidate codec's bytes and speed per corpus",
-    "learning-curves": "learned methods: PSNR on fit and unseen images vs training images, epochs",
-    "data": "decode throughput of PNG, DICOM and NIfTI (benchmarks.data)",
-    "federation-overhead": "Flower/Ray study vs the same work in a plain PyTorch loop",
-    "federation-scaling": "wall time and peak memory with 8..512 simulated sites",
-    "bandwidth": "bytes and upload time per round: exchange none/archive/consortium x sizes",
-    "leakage": "what the server reconstructs from one update, per defence, against epsilon",
-    "secagg": "SecAgg+ vs plain FedAvg: bytes and seconds per round, 4 and 16 sites",
-    "gpu": "the GPU path (skipped, and said so, without CUDA)",
-    "deploy-round": "a deployed round vs the same round simulated (Flower's isolation, executor)",
-}
 
 
 def _progress():
@@ -51,15 +36,17 @@ def _render(args: argparse.Namespace) -> None:
 
 
 def run_all(args: argparse.Namespace) -> int:
-    from benchmarks.suite import BENCHMARKS, run_suite
+    from benchmarks.registry import list_benchmarks
+    from benchmarks.suite import run_suite
 
     names = None
     if args.only:
+        valid = list_benchmarks()
         names = [n.strip() for n in args.only.split(",") if n.strip()]
-        bad = [n for n in names if n not in BENCHMARKS]
+        bad = [n for n in names if n not in valid]
         if bad:
             raise ValueError(
-                f"--only: unknown benchmark(s) {', '.join(bad)}; valid: {', '.join(BENCHMARKS)}"
+                f"--only: unknown benchmark(s) {', '.join(bad)}; valid: {', '.join(valid)}"
             )
     paths = run_suite(names, quick=args.quick, results_dir=Path(args.results), progress=_progress())
     for p in paths:
@@ -121,11 +108,15 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
         )
         _common(p, quick=False)
         p.set_defaults(func=run_report)
-    for name, text in HELP.items():
+    from benchmarks.registry import benchmarks
+
+    for name, bench in benchmarks().items():
         if name in taken:
             continue
         p = sub.add_parser(
-            name, help=text, description=text + "; writes its JSON and re-renders the doc."
+            name,
+            help=bench.help,
+            description=bench.help + "; writes its JSON and re-renders the doc.",
         )
         _common(p)
         p.set_defaults(func=run_one, benchmark_name=name)
