@@ -283,8 +283,8 @@ def wire_objects(study: str, overrides: tuple[str, ...] = ()) -> dict[str, int]:
     travels (packed, study.transport) and as it would unpacked: flwr 1.42 moves each
     object in its own request between every two processes on the way."""
     from flwr.app import ArrayRecord, ConfigRecord, RecordDict
-    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
+    from deploy.flwr_internals import get_all_nested_objects
     from study import transport
     from study.task import build_model
 

@@ -15,6 +15,7 @@ from benchmarks.deploy_round import (
     read_run,
     read_tasks,
     target_row,
+    wire_objects,
 )
 from benchmarks.document import BenchDocument
 
@@ -190,3 +191,14 @@ def test_longer_round_whose_overhead_grows_says_so(runs, tmp_path):
 
     # +6 s at 3 s rounds, +24 s at 12 s rounds: proportional
     assert "went from +6.0 to +24.0 s. It grew with the round" in text
+
+
+def test_wire_objects_counts_flower_objects_as_the_recorded_run_did():
+    # Prepare: the committed deploy-round run (same study, flwr 1.42)
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "deploy-round.json"
+    recorded = json.loads(path.read_text())["results"]
+    # Execute: through deploy.flwr_internals, the one door to Flower's private modules
+    counted = wire_objects(recorded["study"])
+    # Assert: the recorded counts; packing turns one object per tensor into a handful
+    assert counted == recorded["wire_objects"]
+    assert counted["packed"] < counted["tensors"] < counted["plain"]
