@@ -31,6 +31,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from study.config import Study
+from study.sites import SiteId
 
 HELLO = "query.hello"
 SITE_WAIT_S = 300.0  # how long to wait for every hospital's SuperNode to connect
@@ -66,12 +67,13 @@ class SiteDirectory:
         self._announced: set[int] = set()  # claimants whose refusal was logged
         self._unanswered: dict[int, float] = {}  # node -> when its hello went unanswered
 
-    def site_of(self, node: int) -> int | str:
-        if node in self.node_site:
-            return self.node_site[node]
-        return self.retired.get(node, f"node-{node}")
+    def site_of(self, node: int) -> SiteId:
+        """The site a node enrolled as (a retired node's late replies are still its
+        site's); a node that has not said which site it is is `node-N`."""
+        index = self.node_site.get(node, self.retired.get(node))
+        return SiteId.node(node) if index is None else SiteId.site(index)
 
-    def await_sites(self, grid: Grid, rnd: int, *, events=None) -> list[int]:
+    def await_sites(self, grid: Grid, rnd: int, *, events=None) -> list[SiteId]:
         """Before round `rnd`: enrol the nodes that joined since the last round, and
         wait up to `rejoin-wait` seconds for study sites with no connected node (a
         hospital restarting is back within seconds), with one `waiting` event
@@ -80,13 +82,13 @@ class SiteDirectory:
         announced = False
         while True:
             self.refresh(grid)
-            connected = {self.site_of(node) for node in grid.get_node_ids()}
-            missing = [site for site in range(self.study.num_sites) if site not in connected]
+            connected = {self.site_of(node).index for node in grid.get_node_ids()}
+            missing = [SiteId.site(i) for i in range(self.study.num_sites) if i not in connected]
             left = deadline - time.monotonic()
             if not missing or left <= 0:
                 return missing
             if not announced and events is not None:
-                names = [f"site-{site}" for site in missing]
+                names = [str(site) for site in missing]
                 events.emit("waiting", round=rnd, sites=names, seconds=self.study.rejoin_wait)
             announced = True
             time.sleep(min(REJOIN_POLL_S, left))
@@ -180,7 +182,7 @@ class SiteDirectory:
                 self.certificates[site] = self._offered.pop(node)
 
     def _refuse(self, grid: Grid, node: int, site: int | None, reason: str) -> None:
-        name = None if site is None else f"site-{site}"
+        name = None if site is None else str(SiteId.site(site))
         log.warning("enrolment: node %s refused: %s", node, reason)
         events = getattr(grid, "events", None)
         if events is not None:

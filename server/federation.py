@@ -25,14 +25,16 @@ from server.enrolment import SiteDirectory
 from server.grants import GrantBroker
 from server.grid import ReportingGrid
 from server.holdout import HoldoutSource, study_data_report, study_holdout
+from server.ledger import RoundLedger, StudyStopped
 from server.progress import Events
 from server.results import ResultWriter, privacy_spent
 from server.secagg import strategy_class  # secure-aggregation = secagg+: SecAgg+ rounds
-from server.strategy import RoundState, StudyStopped, build_strategy
+from server.strategy import build_strategy
 from study.config import Study
 from study.privacy import check_privacy
 from study.schema import RoundRecord, Summary, write_json
 from study.secure_aggregation import check_secure_aggregation
+from study.sites import SiteId
 from study.task import build_model, evaluate
 
 
@@ -58,7 +60,7 @@ def pending_shares(
             pending[site] = (archive.get(images), archive.get(labels))
         except (ArchiveError, FileNotFoundError) as exc:
             skipped.append(
-                f"site-{site}'s share of round {last_round} is not sent to its peers: {exc}"
+                f"{SiteId.site(site)}'s share of round {last_round} is not sent to its peers: {exc}"
             )
     return pending, skipped
 
@@ -97,7 +99,7 @@ def run_study(
     held: list = []
     rounds: list[RoundRecord] = []
 
-    def end_round(state: RoundState, new_arrays: ArrayRecord) -> None:
+    def end_round(state: RoundLedger, new_arrays: ArrayRecord) -> None:
         if not all(np.isfinite(a.numpy()).all() for a in new_arrays.values()):
             reason = (
                 f"training diverged in round {state.round}: the global model has NaN or "
@@ -123,7 +125,7 @@ def run_study(
             "evaluate_round": reporting.phase_seconds.get((state.round, "evaluate"), 0.0),
             "holdout": holdout_s,
         }
-        results.append_round(record, phases)
+        state.write(results, record, phases)
         digests = {
             s: tuple(hashlib.sha256(b).hexdigest() for b in blobs)
             for s, blobs in strategy.pending_share.items()
@@ -143,6 +145,7 @@ def run_study(
         pending_share=pending,
         events=events,
     )
+    reporting.account = strategy  # every message of a round is accounted and checked there
     events.emit("start", rounds=study.num_rounds, sites=study.num_sites, from_round=done + 1)
     for message in warnings:
         events.emit("warning", message=message)

@@ -1,14 +1,16 @@
 """SecAgg+ rounds (`secure-aggregation = secagg+`): Flower's protocol, medfed's files.
 
-`SecAggPlusStrategy` is `MedfedStrategy` with another round loop: `start`
-runs each round's training through Flower's `SecAggPlusWorkflow` (flwr 1.42
-has SecAgg+ only in its workflow API), so the server receives masked
-vectors and learns only their example-weighted sum. Everything around the
-training is the plain path's: enrolment, the study's own strategy (sampling,
-server optimiser, DP noise and their checkpointed state), medfed's federated
-evaluation, and `end_round` (held-out metrics, the rounds.jsonl line, the
-checkpoint, the progress event), so a SecAgg+ study writes the same files in
-the same schema.
+`SecAggPlusStrategy` is `MedfedStrategy` with another training step, on
+Flower's own round loop (`Strategy.start`): its `configure_train` samples
+the sites and sends nothing, and its `aggregate_train` runs the round's
+training through Flower's `SecAggPlusWorkflow` (flwr 1.42 has SecAgg+ only
+in its workflow API), so the server receives masked vectors and learns only
+their example-weighted sum. Everything around the training is the plain
+path's: the rejoin wait and enrolment, the round's ledger, the study's own
+strategy (sampling, server optimiser, DP noise and their checkpointed
+state), medfed's federated evaluation, and `end_round` (held-out metrics,
+the rounds.jsonl line, the checkpoint, the progress event), so a SecAgg+
+study writes the same files in the same schema.
 
 One round:
 1. The study's strategy (`inner`, Message API) samples the sites as in a
@@ -43,11 +45,16 @@ One round:
    metrics in the clear), and the same messages keep the fed_* metrics of a
    SecAgg+ study comparable to a plain one.
 
-Accounting (`StageGrid`, between the workflow and the ReportingGrid): every
-stage message is counted per site (message_down / message_up, the same
-serialized content size as the plain path), the global model in the collect
-stage as model_down and the masked vector a site returns as model_up
-(int64 values after masking, so twice a float32 model). rounds.jsonl gets,
+Accounting: the workflow sends through the study's ReportingGrid, whose
+exchange accounts and checks every message as it does a plain round's
+(server.grid; this class names each stage and takes a checked reply's
+content): every stage message is counted per site (message_down /
+message_up, the same serialized content size as the plain path), the global
+model in the collect stage as model_down and the masked vector a site
+returns as model_up (int64 values after masking, so twice a float32 model).
+A reply that claims another site, reports an error, or whose metrics fail
+the plain path's check is its site's failure, and reaches the protocol as
+an error reply: a dropout, whose masks the protocol removes. rounds.jsonl gets,
 beside the usual fields, `secure_aggregation`: the protocol settings, which
 sites' vectors are in the sum, and per stage its seconds and each site's
 bytes up and down. What the server still sees per site: the size of each
@@ -62,7 +69,6 @@ exist here: SecAgg+ runs only with exchange = none.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
 
 import numpy as np
 from flwr.app import (
@@ -70,13 +76,11 @@ from flwr.app import (
     ArrayRecord,
     ConfigRecord,
     Context,
-    Error,
     Message,
     MetricRecord,
     RecordDict,
 )
 from flwr.common import FitIns, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.common.constant import ErrorCode
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Stage
 from flwr.common.secure_aggregation.secaggplus_constants import Key as SecAggKey
 from flwr.compat.common import recorddict_compat as compat
@@ -89,34 +93,29 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result
 
-from server.grid import ReportingGrid, exchange
-from server.strategy import (
-    MedfedStrategy,
-    StudyStopped,
-    array_bytes,
-    dp_aggregation,
-    message_bytes,
-    uniform_weights,
-)
+from server.ledger import StudyStopped
+from server.strategy import MedfedStrategy, dp_aggregation, uniform_weights
+from study import protocol
 from study.config import Study
 from study.privacy import CENTRAL_MODES
-from study.schema import RoundRecord
+from study.protocol import Examples, reply_metrics
 from study.secure_aggregation import (
     MIN_SITES,
     MODULUS_RANGE,
     check_secure_aggregation,
     reconstruction_threshold,
 )
+from study.sites import SiteId
 
-EXAMPLES = "query.examples"  # a site's number of training images (client.secagg)
-STAGES = ("examples", *Stage.all())
-CLIPPED_METRIC = "secagg-clipped"  # weighted model values beyond the clipping range
+EXAMPLES = protocol.EXAMPLES  # a site's number of training images (client.secagg)
+STAGES = (protocol.EXAMPLES_ACTION, *Stage.all())
+CLIPPED_METRIC = protocol.CLIPPED_METRIC  # weighted model values beyond the clipping range
+FITRES_METRICS = "fitres.metrics"  # Flower's legacy FitRes record of a site's metrics
 
 
 def strategy_class(study: Study) -> type[MedfedStrategy]:
-    """The strategy class run_study builds: SecAgg+'s round loop or the plain one."""
+    """The strategy class run_study builds: SecAgg+'s training step or the plain one."""
     return SecAggPlusStrategy if study.secure_aggregation == "secagg+" else MedfedStrategy
 
 
@@ -126,95 +125,71 @@ class SecAggPlusStrategy(MedfedStrategy):
     def __init__(self, inner, study: Study, **kwargs) -> None:
         check_secure_aggregation(study)
         super().__init__(inner, study, **kwargs)
-        self.examples: dict[int, int] = {}  # site -> training images (asked once per session)
-        self.protocol: dict = {}  # this round's `secure_aggregation` entry of rounds.jsonl
+        self.examples: dict[SiteId, int] = {}  # site -> training images (asked once per session)
+        self.stages: dict[str, dict] = {}  # this round's stages: {"seconds", "sites"}
+        self.contributed: set[SiteId] = set()  # this round's sites whose masked vector arrived
+        self._round: tuple[Grid, list[int], ArrayRecord, dict] | None = None
 
-    # -- Flower's round loop, with the training through SecAgg+ -----------------------------
-    def start(
-        self,
-        grid: Grid,
-        initial_arrays: ArrayRecord,
-        num_rounds: int = 3,
-        timeout: float = 3600,
-        train_config: ConfigRecord | None = None,
-        evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
-    ) -> Result:
-        """Strategy.start's loop (train, federated evaluation, evaluate_fn) with
-        each round's training run by `secure_train`."""
-        train_config = ConfigRecord() if train_config is None else train_config
-        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
-        result = Result()
-        if evaluate_fn:
-            evaluate_fn(0, initial_arrays)
-        arrays = initial_arrays
-        for current in range(1, num_rounds + 1):
-            arrays = result.arrays = self.secure_train(current, arrays, train_config, grid, timeout)
-            replies = grid.send_and_receive(
-                self.configure_evaluate(current, arrays, evaluate_config, grid), timeout=timeout
-            )
-            metrics = self.aggregate_evaluate(current, replies)
-            if metrics is not None:
-                result.evaluate_metrics_clientapp[current] = metrics
-            if evaluate_fn:
-                evaluate_fn(current, arrays)
-        return result
-
-    def secure_train(
-        self,
-        server_round: int,
-        arrays: ArrayRecord,
-        config: ConfigRecord,
-        grid: Grid,
-        timeout: float,
-    ) -> ArrayRecord:
-        """One training round through SecAggPlusWorkflow; the new global arrays."""
+    # -- training: sample in configure_train, run SecAgg+ in aggregate_train ----------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
+        """Begin the round and sample its sites as a plain round does; nothing is sent
+        here (the protocol's stages are, in aggregate_train)."""
         rnd = server_round + self.offset
-        state = self._begin_round(rnd, grid)
-        stages = StageGrid(grid, self)
+        ledger = self._begin_round(rnd, grid)
+        self.stages, self.contributed = {}, set()
         sampled = list(self.inner.configure_train(rnd, arrays, config, grid))
         nodes = [m.metadata.dst_node_id for m in sampled]
-        state.sent_train = set(nodes)
-        fit_config = dict(sampled[0].content["config"]) if sampled else {}
-        nodes = self._ask_examples(stages, nodes, timeout)
+        ledger.sent_train = set(nodes)
+        fit_config = dict(sampled[0].content[protocol.CONFIG]) if sampled else {}
+        self._round = (grid, nodes, arrays, fit_config)
+        return []
+
+    def aggregate_train(
+        self, server_round: int, replies
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """One training round through SecAggPlusWorkflow; the new global arrays."""
+        grid, nodes, arrays, fit_config = self._round
+        ledger, study = self.ledger, self.study
+        rnd = ledger.round
+        nodes = self._ask_examples(grid, nodes)
         sites = len(nodes)
-        threshold = reconstruction_threshold(self.study, sites)
-        max_weight = max((self.examples[self.directory.site_of(n)] for n in nodes), default=1)
-        if self.study.dp in CENTRAL_MODES:  # every site weighs 1 (client.secagg): a plain sum
+        threshold = reconstruction_threshold(study, sites)
+        max_weight = max((self.examples[self.site_of(n)] for n in nodes), default=1)
+        if study.dp in CENTRAL_MODES:  # every site weighs 1 (client.secagg): a plain sum
             max_weight = 1
-        self.protocol = {
+        ledger.extra["secure_aggregation"] = {
             "protocol": "secagg+",
             "sites_sampled": sites,
             "neighbours": sites,
             "threshold": threshold,
             "max_weight": max_weight,
-            "clipping_range": self.study.secagg_clipping_range,
-            "quantization_range": self.study.secagg_quantization_range,
+            "clipping_range": study.secagg_clipping_range,
+            "quantization_range": study.secagg_quantization_range,
             "modulus_range": MODULUS_RANGE,
             "summed": [],
-            "stages": stages.stages,
+            "stages": self.stages,
         }
-        bridge = _LegacyBridge(self, nodes, stages, arrays, fit_config)
+        bridge = _LegacyBridge(self, nodes, grid, arrays, fit_config)
         if sites >= max(threshold, MIN_SITES):
             workflow = SecAggPlusWorkflow(
                 num_shares=1.0,
                 reconstruction_threshold=threshold,
                 max_weight=float(max_weight),
-                clipping_range=self.study.secagg_clipping_range,
-                quantization_range=self.study.secagg_quantization_range,
+                clipping_range=study.secagg_clipping_range,
+                quantization_range=study.secagg_quantization_range,
                 modulus_range=MODULUS_RANGE,
-                timeout=timeout,
+                timeout=study.round_timeout,
             )
-            workflow(stages, bridge.context(rnd, arrays))
-        if isinstance(grid, ReportingGrid):  # end_round reads the train phase's time here
-            grid.phase_seconds[(rnd, "train")] = sum(s["seconds"] for s in stages.stages.values())
+            workflow(grid, bridge.context(rnd, arrays))
         if bridge.result is None:
-            failed = [s.to_json() for s in state.sites.values() if not s.ok]
-            halted = next(reversed(stages.stages), "before its first stage")
+            failed = ledger.failures()
+            halted = next(reversed(self.stages), "before its first stage")
             reason = (
-                f"SecAgg+ halted in round {rnd} ({halted}): {len(stages.contributed)} of "
+                f"SecAgg+ halted in round {rnd} ({halted}): {len(self.contributed)} of "
                 f"{sites} sampled sites sent their masked model, unmasking needs {threshold} "
-                f"(secagg-threshold = {self.study.secagg_threshold:g} of the sites, at least 3)"
+                f"(secagg-threshold = {study.secagg_threshold:g} of the sites, at least 3)"
             )
             detail = "; ".join(f"{f['site']}: {f['error']}" for f in failed if f["error"])
             raise StudyStopped(
@@ -223,41 +198,116 @@ class SecAggPlusStrategy(MedfedStrategy):
                 reason=reason,
                 failed=failed,
             )
-        return bridge.result
+        return bridge.result, None
 
-    def _ask_examples(self, stages: StageGrid, nodes: list[int], timeout: float) -> list[int]:
+    def _ask_examples(self, grid: Grid, nodes: list[int]) -> list[int]:
         """Sites' training-set sizes, asked once per session; a site that cannot
         say takes no part in this round (its weight could exceed max_weight)."""
-        unknown = [n for n in nodes if self.directory.site_of(n) not in self.examples]
+        unknown = [n for n in nodes if self.site_of(n) not in self.examples]
         if unknown:
             messages = [
                 Message(
-                    RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=EXAMPLES
+                    RecordDict({protocol.CONFIG: ConfigRecord({})}),
+                    dst_node_id=n,
+                    message_type=EXAMPLES,
                 )
                 for n in unknown
             ]
-            for reply in stages.send_and_receive(messages, timeout=timeout):
-                if not reply.has_error():
-                    site = self.directory.site_of(reply.metadata.src_node_id)
-                    self.examples[site] = int(reply.content["examples"]["num-examples"])
-        return [n for n in nodes if self.directory.site_of(n) in self.examples]
+            grid.send_and_receive(messages, timeout=self.study.round_timeout)  # accept() keeps
+        return [n for n in nodes if self.site_of(n) in self.examples]
 
-    # -- the round's record ---------------------------------------------------------------
-    def round_record(self, global_metrics: dict) -> RoundRecord:
-        record = super().round_record(global_metrics)
-        record.extra["secure_aggregation"] = self.protocol
-        return record
+    def secure_mean(self, summed: list[tuple[SiteId, object]], template: dict) -> ArrayRecord:
+        """The protocol's result: `summed` is (site, FitRes) of each site whose masked
+        vector is in the sum, each FitRes's parameters set to the unmasked mean by
+        Flower. The study's strategy aggregates one copy of the mean per site, with
+        that site's own metrics (Flower's legacy path does the same)."""
+        ledger, study = self.ledger, self.study
+        summed = sorted(summed, key=lambda item: item[0])
+        ledger.extra["secure_aggregation"]["summed"] = [str(s) for s, _ in summed]
+        clipped = {str(s): int(f.metrics.get(CLIPPED_METRIC, 0)) for s, f in summed}
+        if any(clipped.values()):
+            reason = (
+                f"round {ledger.round}: weighted model values beyond secagg-clipping-range = "
+                f"{study.secagg_clipping_range:g} at "
+                + ", ".join(f"{k} ({v})" for k, v in clipped.items() if v)
+                + "; SecAgg+ clipped them, so the sum is wrong: raise secagg-clipping-range"
+            )
+            raise StudyStopped(reason, round=ledger.round, reason=reason, failed=[])
+        ledger.require_sites(len(summed), study.min_sites, sampled=len(ledger.sent_train))
+        mean = _as_model(parameters_to_ndarrays(summed[0][1].parameters), template)
+        replies = [
+            Message(
+                RecordDict(
+                    {
+                        protocol.ARRAYS: mean,
+                        protocol.METRICS: MetricRecord(dict(fitres.metrics)),
+                    }
+                ),
+                dst_node_id=0,
+                message_type=protocol.TRAIN,
+            )
+            for _, fitres in summed
+        ]
+        if study.dp in CENTRAL_MODES:
+            # the protocol weighted each site by its FitRes num_examples (1 under
+            # these modes, client.secagg); the copies of the mean weigh 1 each
+            replies = uniform_weights(replies)
+            weights = [float(fitres.num_examples) for _, fitres in summed]
+            ledger.privacy = dp_aggregation(study, self.inner, weights)
+        t0 = time.perf_counter()
+        result, _ = self.inner.aggregate_train(ledger.round, replies)
+        ledger.aggregate_s = time.perf_counter() - t0
+        return result
+
+    # -- the stages' messages, as server.grid exchanges them (RoundAccount) ------------------
+    def kind(self, msg: Message) -> str | None:
+        stage = _stage_of(msg)
+        return stage if stage in STAGES else super().kind(msg)
+
+    def label(self, kind: str) -> str | None:
+        return f"SecAgg+ stage {kind}" if kind in STAGES else super().label(kind)
+
+    def accept(self, site: SiteId, kind: str, reply: Message) -> str | None:
+        if kind == protocol.EXAMPLES_ACTION:
+            self.examples[site] = Examples.from_record(reply.content).num_examples
+            return None
+        if kind == Stage.COLLECT_MASKED_VECTORS:
+            return self._collected(site, reply)
+        return None if kind in STAGES else super().accept(site, kind, reply)
+
+    def exchanged(self, kind: str, messages: list[Message], seconds: float) -> None:
+        if kind not in STAGES:
+            return super().exchanged(kind, messages, seconds)
+        record = self.stages.setdefault(kind, {"seconds": 0.0, "sites": {}})
+        record["seconds"] += seconds
+        record["sites"] = self.ledger.by_kind.get(kind, {})
+        return None
+
+    def _collected(self, site: SiteId, reply: Message) -> str | None:
+        """A site's masked vector arrived: its metrics checked as a plain train reply's
+        (the plain path's reply_metrics), then its model bytes, examples, seconds, loss."""
+        content = reply.content
+        masked = content.config_records[RECORD_KEY_CONFIGS][SecAggKey.MASKED_PARAMETERS]
+        # under a central dp mode the protocol's weight is 1, the count is in the metrics
+        values = reply_metrics(_fit_metrics(content.get(FITRES_METRICS)), shared=False)
+        self.ledger.site(site).bytes["model_up"] += sum(len(b) for b in masked)
+        entry = self.ledger.trained(site, values)
+        self.contributed.add(site)
+        if site.is_site:  # the next round's max_weight uses the count it trained on
+            self.examples[site] = entry.examples
+        return None
 
 
 class _LegacyBridge(LegacyStrategy):
     """The legacy strategy SecAggPlusWorkflow drives: it returns this round's
-    sampled sites and hands the unmasked mean to the study's own strategy."""
+    sampled sites and hands the unmasked mean to the study's strategy
+    (`SecAggPlusStrategy.secure_mean`)."""
 
     def __init__(
         self,
         owner: SecAggPlusStrategy,
         nodes: list[int],
-        grid: StageGrid,
+        grid: Grid,
         arrays: ArrayRecord,
         fit_config: dict,
     ) -> None:
@@ -291,63 +341,11 @@ class _LegacyBridge(LegacyStrategy):
     def aggregate_fit(self, server_round: int, results, failures):
         """`results`: (proxy, FitRes) of each site whose masked vector is in the
         sum; Flower has set every FitRes's parameters to the unmasked mean."""
-        owner, state = self.owner, self.owner.state
         if not results:
             return None, {}
-        summed = sorted(
-            ((owner.directory.site_of(proxy.node_id), fitres) for proxy, fitres in results),
-            key=lambda item: (0, item[0], "") if isinstance(item[0], int) else (1, 0, item[0]),
-        )
-        owner.protocol["summed"] = [state.site(s).site for s, _ in summed]
-        clipped = {state.site(s).site: int(f.metrics.get(CLIPPED_METRIC, 0)) for s, f in summed}
-        if any(clipped.values()):
-            reason = (
-                f"round {state.round}: weighted model values beyond secagg-clipping-range = "
-                f"{owner.study.secagg_clipping_range:g} at "
-                + ", ".join(f"{k} ({v})" for k, v in clipped.items() if v)
-                + "; SecAgg+ clipped them, so the sum is wrong: raise secagg-clipping-range"
-            )
-            raise StudyStopped(reason, round=state.round, reason=reason, failed=[])
-        if len(summed) < owner.study.min_sites:
-            reason = (
-                f"only {len(summed)} site(s) replied in round {state.round}; "
-                f"min-sites is {owner.study.min_sites}"
-            )
-            failed = [s.to_json() for s in state.sites.values() if not s.ok]
-            raise StudyStopped(reason, round=state.round, reason=reason, failed=failed)
-        mean = self._mean(parameters_to_ndarrays(summed[0][1].parameters))
-        replies = [
-            Message(
-                RecordDict({"arrays": mean, "metrics": MetricRecord(dict(fitres.metrics))}),
-                dst_node_id=0,
-                message_type="train",
-            )
-            for _, fitres in summed
-        ]
-        if owner.study.dp in CENTRAL_MODES:
-            # the protocol weighted each site by its FitRes num_examples (1 under
-            # these modes, client.secagg); the copies of the mean weigh 1 each
-            replies = uniform_weights(replies)
-            weights = [float(fitres.num_examples) for _, fitres in summed]
-            state.privacy = dp_aggregation(owner.study, owner.inner, weights)
-        t0 = time.perf_counter()
-        self.result, _ = owner.inner.aggregate_train(state.round, replies)
-        state.aggregate_s = time.perf_counter() - t0
+        summed = [(self.owner.site_of(proxy.node_id), fitres) for proxy, fitres in results]
+        self.result = self.owner.secure_mean(summed, self.template)
         return None, {}
-
-    def _mean(self, ndarrays: list[np.ndarray]) -> ArrayRecord:
-        """The unmasked mean (float64 from Flower's dequantisation) in the model's
-        names and dtypes."""
-        if len(ndarrays) != len(self.template):
-            raise ValueError(
-                f"SecAgg+ returned {len(ndarrays)} arrays for a model of {len(self.template)}"
-            )
-        out = {}
-        for (name, ref), arr in zip(self.template.items(), ndarrays, strict=True):
-            if arr.shape != ref.shape:
-                raise ValueError(f"SecAgg+ returned {name} shaped {arr.shape}, not {ref.shape}")
-            out[name] = Array(np.asarray(arr, dtype=ref.dtype))
-        return ArrayRecord(out)
 
     # the rest of the legacy interface: evaluation is medfed's (see the module docstring)
     def initialize_parameters(self, client_manager):
@@ -363,156 +361,32 @@ class _LegacyBridge(LegacyStrategy):
         return None
 
 
-class StageGrid(Grid):
-    """The ReportingGrid as SecAggPlusWorkflow sees it: every stage's messages
-    counted per site, a site's error status (or a reply from a node that is
-    not the site it claims) handed to the protocol as an error reply, i.e. a
-    dropout, and a `reply` progress event per reply with the round's number.
+def _as_model(ndarrays: list[np.ndarray], template: dict[str, np.ndarray]) -> ArrayRecord:
+    """The unmasked mean (float64 from Flower's dequantisation) in the model's names
+    and dtypes."""
+    if len(ndarrays) != len(template):
+        raise ValueError(f"SecAgg+ returned {len(ndarrays)} arrays for a model of {len(template)}")
+    out = {}
+    for (name, ref), arr in zip(template.items(), ndarrays, strict=True):
+        if arr.shape != ref.shape:
+            raise ValueError(f"SecAgg+ returned {name} shaped {arr.shape}, not {ref.shape}")
+        out[name] = Array(np.asarray(arr, dtype=ref.dtype))
+    return ArrayRecord(out)
 
-    It sends with the ReportingGrid's own push and pull, not its
-    send_and_receive, which takes the round from a `config` record that
-    SecAgg+ stage messages do not carry."""
 
-    def __init__(self, grid: Grid, owner: SecAggPlusStrategy) -> None:
-        self.grid, self.owner = grid, owner
-        self.stages: dict[str, dict] = {}  # stage -> {"seconds", "sites": {site: {up, down}}}
-        self.contributed: set[int | str] = set()  # sites whose masked vector arrived
-
-    # -- the wrapped Grid ---------------------------------------------------------------------
-    def set_run(self, run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self):
-        return self.grid.run
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
-
-    # -- one stage --------------------------------------------------------------------------
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        messages = list(messages)
-        if not messages:
-            return []
-        stage = _stage_of(messages[0])
-        record = self.stages.setdefault(stage, {"seconds": 0.0, "sites": {}})
-        state = self.owner.state
-        for msg in messages:
-            self._count(record, msg.metadata.dst_node_id, "down", msg)
-            if stage == Stage.COLLECT_MASKED_VECTORS:
-                entry = state.site(self._site(msg.metadata.dst_node_id))
-                entry.bytes["model_down"] += array_bytes(msg.content["fitins.parameters"])
-        start = time.perf_counter()
-        replies = self._exchange(messages, timeout)
-        record["seconds"] += time.perf_counter() - start
-        answered, out = set(), []
-        for reply in replies:
-            node = reply.metadata.src_node_id
-            answered.add(node)
-            out.append(self._accept(stage, record, reply))
-        for msg in messages:
-            if msg.metadata.dst_node_id not in answered:
-                entry = state.site(self._site(msg.metadata.dst_node_id))
-                entry.ok = False
-                entry.error = entry.error or (
-                    f"no reply in SecAgg+ stage {stage} within round-timeout = "
-                    f"{self.owner.study.round_timeout:g} s (the site stopped or is too slow)"
-                )
-        return out
-
-    def _exchange(self, messages: list[Message], timeout: float | None) -> list[Message]:
-        """Push, then pull until every reply is in or `timeout` passes (server.grid's
-        exchange: a vanished node's error reply is that node's)."""
-        events = getattr(self.grid, "events", None)
-
-        def report(done: int) -> None:
-            if events is not None:
-                events.emit(
-                    "reply", round=self.owner.state.round, phase="train", done=done,
-                    of=len(messages),
-                )  # fmt: skip
-
-        return exchange(self, messages, timeout, getattr(self.grid, "poll_s", 0.1), report)
-
-    def _accept(self, stage: str, record: dict, reply: Message) -> Message:
-        """Account one reply; the reply as the protocol should see it."""
-        node = reply.metadata.src_node_id
-        site = self._site(node)
-        entry = self.owner.state.site(site)
-        if reply.has_error():
-            entry.ok = False
-            entry.error = (
-                f"SecAgg+ stage {stage}: flower error {reply.error.code}: {reply.error.reason}"
-            )
-            return reply
-        self._count(record, node, "up", reply)
-        status = reply.content.get("status")
-        claimed = status.get("site") if status is not None else None
-        problem = None
-        if claimed is None or int(claimed) != site:
-            problem = (
-                f"the reply claims site {claimed!r} but came from the node enrolled as "
-                f"site {site}; refused"
-            )
-        elif status.get("error"):
-            problem = str(status["error"])
-        if problem is not None:
-            entry.ok = False
-            entry.error = f"SecAgg+ stage {stage}: {problem}"
-            error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=entry.error)
-            return Message(error=error, metadata=reply.metadata)
-        if stage == Stage.COLLECT_MASKED_VECTORS:
-            self._collected(site, reply)
-        return reply
-
-    def _collected(self, site: int | str, reply: Message) -> None:
-        """A site's masked vector arrived: its model bytes, examples, seconds and loss."""
-        state = self.owner.state
-        entry = state.site(site)
-        masked = reply.content.config_records[RECORD_KEY_CONFIGS][SecAggKey.MASKED_PARAMETERS]
-        entry.bytes["model_up"] += sum(len(b) for b in masked)
-        fitres = compat.recorddict_to_fitres(reply.content, keep_input=True)
-        metrics = fitres.metrics
-        # under a central dp mode the protocol's weight is 1, the count is in the metrics
-        entry.examples = int(metrics.get("num-examples", fitres.num_examples))
-        entry.seconds = {
-            "encrypt": float(metrics.get("encrypt-s", 0.0)),
-            "train": float(metrics.get("train-s", 0.0)),
-            "decrypt": float(metrics.get("decrypt-s", 0.0)),
-        }
-        if "train-loss" in metrics:
-            state.train_loss[site] = float(metrics["train-loss"])
-        entry.ok, entry.error = True, None
-        self.contributed.add(site)
-        if isinstance(site, int):  # the next round's max_weight uses the count it trained on
-            self.owner.examples[site] = entry.examples
-
-    def _count(self, record: dict, node: int, direction: str, msg: Message) -> None:
-        site = self._site(node)
-        entry = self.owner.state.site(site)
-        size = message_bytes(msg)
-        entry.bytes[f"message_{direction}"] += size
-        per_site = record["sites"].setdefault(entry.site, {"up": 0, "down": 0})
-        per_site[direction] += size
-
-    def _site(self, node: int) -> int | str:
-        return self.owner.directory.site_of(node)
+def _fit_metrics(record) -> MetricRecord | None:
+    """A FitRes's metrics (Flower keeps them in a ConfigRecord) as the MetricRecord
+    reply_metrics checks: its numbers (anything else is not a metric)."""
+    if not isinstance(record, ConfigRecord):
+        return None
+    return MetricRecord(
+        {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    )
 
 
 def _stage_of(msg: Message) -> str:
     if msg.metadata.message_type == EXAMPLES:
-        return "examples"
+        return protocol.EXAMPLES_ACTION
     configs = msg.content.config_records
     if RECORD_KEY_CONFIGS in configs and SecAggKey.STAGE in configs[RECORD_KEY_CONFIGS]:
         return str(configs[RECORD_KEY_CONFIGS][SecAggKey.STAGE])

@@ -20,8 +20,15 @@ Around the wrapped strategy it
   effective noise multiplier (study/privacy.py);
 - ends each round in `end_round` (Flower's `evaluate_fn`): held-out metrics,
   the rounds.jsonl line, a checkpoint and a progress event.
-Sites are known by the node they enrolled from (`SiteDirectory`); a reply
-that claims another site is refused.
+Sites are known by the node they enrolled from (`SiteDirectory`, as a
+`study.sites.SiteId`); a reply that claims another site is refused.
+
+Each round's state is a `server.ledger.RoundLedger`. Every message of a
+round is accounted and every reply checked by server.grid's exchange, for
+which this class is the `RoundAccount`: it names the kind of each message
+and takes a checked train reply's content (`accept`); the rejoin wait is
+the site directory's (`SiteDirectory.await_sites`). SecAgg+ rounds
+(server/secagg.py) are this class with another training step.
 """
 
 from __future__ import annotations
@@ -30,11 +37,8 @@ import inspect
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
-import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.serverapp import strategy as flwr_strategies
 from flwr.serverapp.strategy import Strategy
@@ -42,60 +46,20 @@ from flwr.serverapp.strategy import Strategy
 from server.archive import Archive
 from server.enrolment import SiteDirectory
 from server.grants import GrantBroker, GrantRefused
+from server.ledger import (  # noqa: F401 - array_bytes, message_bytes: imported from here too
+    NOT_CONNECTED,
+    RoundLedger,
+    StudyStopped,
+    array_bytes,
+    message_bytes,
+    weighted_mean,
+)
 from server.progress import Events
-from study import transport
+from study import protocol, transport
 from study.config import STRATEGIES, Study
-from study.schema import RoundRecord, SiteRecord
-
-NOT_CONNECTED = "took no part in this round's training (not connected when it began)"
-
-
-class StudyStopped(RuntimeError):
-    """Fewer than `min-sites` sites replied: the study cannot go on."""
-
-    def __init__(self, message: str, *, round: int, reason: str, failed: list[dict]) -> None:
-        super().__init__(message)
-        self.round, self.reason, self.failed = round, reason, failed
-
-
-# a train reply's metrics: name -> (lowest, highest) it may be; recon-* only with shares.
-# Counts and seconds must be finite; what a site measured (its loss, the reconstruction)
-# may be NaN or infinite, an honest report (a diverged loss, an exact PSNR) that the
-# round record shows as such.
-REPLY_METRICS = {
-    "num-examples": (0, 2**31),
-    "encrypt-s": (0.0, 1e7),
-    "train-s": (0.0, 1e7),
-    "decrypt-s": (0.0, 1e7),
-    "train-loss": (-math.inf, math.inf),
-}
-SHARE_METRICS = {
-    "recon-mse": (0.0, math.inf),
-    "recon-psnr": (-math.inf, math.inf),
-    "recon-ssim": (-1.0, 1.0),
-    "shared-images": (0, 2**31),
-}
-MEASURED = {"train-loss", "recon-mse", "recon-psnr", "recon-ssim"}
-
-
-def reply_metrics(metrics, *, shared: bool) -> dict[str, float]:
-    """The numbers a train reply must carry, checked (ValueError names the metric):
-    present, numbers, within bounds (a measurement may also be NaN)."""
-    if not isinstance(metrics, MetricRecord):
-        raise ValueError("no metrics record")
-    wanted = {**REPLY_METRICS, **(SHARE_METRICS if shared else {})}
-    out = {}
-    for name, (low, high) in wanted.items():
-        if name not in metrics:
-            raise ValueError(f"metric {name!r} is missing")
-        value = metrics[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"metric {name!r} is not a number")
-        value = float(value)
-        if not (low <= value <= high or (name in MEASURED and math.isnan(value))):
-            raise ValueError(f"metric {name!r} = {value:g} is outside [{low:g}, {high:g}]")
-        out[name] = value
-    return out
+from study.protocol import PeerShares, reply_metrics
+from study.schema import RoundRecord
+from study.sites import SiteId
 
 
 def build_strategy(study: Study) -> Strategy:
@@ -195,52 +159,8 @@ def reply_weights(strategy: Strategy, replies: list[Message]) -> list[float]:
     return [float(r.content["metrics"][key]) for r in replies]
 
 
-def message_bytes(msg: Message) -> int:
-    """Serialized (protobuf) size of a message's content as it travels (packed,
-    study.transport): every record it carries, keys and framing included. The
-    envelope (random node and message ids, timestamps: about 100 bytes) is left
-    out so that a study's byte counts are reproducible to the byte."""
-    content = msg.content
-    if not transport.is_packed(content):
-        content = transport.pack(content)
-    return recorddict_to_proto(content).ByteSize()
-
-
-def array_bytes(record: ArrayRecord) -> int:
-    return sum(len(a.data) for a in record.values())
-
-
-def record_payload_bytes(record: ConfigRecord) -> int:
-    """Bytes of a record's bytes and text values (grants, certificates)."""
-    return sum(
-        len(v) if isinstance(v, bytes) else len(v.encode()) if isinstance(v, str) else 0
-        for v in record.values()
-    )
-
-
-@dataclass
-class RoundState:
-    """What one round has seen so far."""
-
-    round: int
-    started: float = field(default_factory=time.perf_counter)
-    sites: dict[int | str, SiteRecord] = field(default_factory=dict)
-    sent_train: set[int] = field(default_factory=set)
-    shared_counts: dict[int | str, float] = field(default_factory=dict)
-    missing: set[int | str] = field(default_factory=set)  # study sites not connected
-    privacy: dict = field(default_factory=dict)  # central dp: the aggregation's weights, noise
-    train_loss: dict[int | str, float] = field(default_factory=dict)
-    fed_metrics: dict[str, float] = field(default_factory=dict)
-    aggregate_s: float = 0.0
-
-    def site(self, key: int | str) -> SiteRecord:
-        if key not in self.sites:
-            self.sites[key] = SiteRecord(site=f"site-{key}" if isinstance(key, int) else key)
-        return self.sites[key]
-
-
-# the end of a round: (round state, global arrays) -> None (results, checkpoint, progress)
-RoundEnd = Callable[[RoundState, ArrayRecord], None]
+# the end of a round: (its ledger, global arrays) -> None (results, checkpoint, progress)
+RoundEnd = Callable[[RoundLedger, ArrayRecord], None]
 
 
 class MedfedStrategy(Strategy):
@@ -260,11 +180,12 @@ class MedfedStrategy(Strategy):
         self.inner, self.study, self.events = inner, study, events
         self.directory, self.archive, self._end_round = directory, archive, end_round
         self.grants = grants
+        self.round_timeout = study.round_timeout
         self.offset = round_offset  # rounds done before a resume
         self.pending_share = dict(pending_share or {})  # site -> containers of last round
         # site -> the reconstruction it measured on them (not kept across a resume)
         self.pending_recon: dict[int, dict[str, float]] = {}
-        self.state: RoundState | None = None
+        self.ledger: RoundLedger | None = None
         self.model_layout: dict[str, tuple[str, tuple[int, ...]]] = {}  # the model sent this round
 
     def summary(self) -> None:
@@ -275,92 +196,67 @@ class MedfedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         rnd = server_round + self.offset
-        state = self._begin_round(rnd, grid)
+        ledger = self._begin_round(rnd, grid)
         self.model_layout = {name: (a.dtype, tuple(a.shape)) for name, a in arrays.items()}
         out = []
         for msg in self.inner.configure_train(rnd, arrays, config, grid):
             msg = self._attach_peers(msg)
-            state.sent_train.add(msg.metadata.dst_node_id)
+            ledger.sent_train.add(msg.metadata.dst_node_id)
             out.append(msg)
         return out
 
-    def _begin_round(self, rnd: int, grid: Grid) -> RoundState:
-        """A new round's state, once the sites that went have had `rejoin-wait` seconds
+    def _begin_round(self, rnd: int, grid: Grid) -> RoundLedger:
+        """A new round's ledger, once the sites that went have had `rejoin-wait` seconds
         to come back: a study site still not connected (a hospital that stopped, or
         restarts slowly) is in this round's record, failed with that reason."""
         started = time.perf_counter()  # a round's seconds include any wait for a site
         missing = self.directory.await_sites(grid, rnd, events=self.events)
         for site, cert in self.directory.certificates.items():
             self.grants.enrol(site, cert)
-        self.state = state = RoundState(rnd, started=started)
-        state.missing = set(missing)
-        for site in missing:
-            state.site(site).error = NOT_CONNECTED
-        return state
+        self.ledger = RoundLedger(rnd, started=started)
+        self.ledger.begin_without(missing)
+        return self.ledger
 
     def _attach_peers(self, msg: Message) -> Message:
-        """Consortium: give each site its peers' ciphertext of the last round."""
+        """Consortium: give each site its peers' ciphertext of the last round; and the
+        key grants and certificates it needs."""
         node = msg.metadata.dst_node_id
         site = self.directory.site_of(node)
         extra = {}
-        if isinstance(site, int):
+        if site.is_site:
             peers = {
                 j: blobs
                 for j, blobs in self.pending_share.items()
-                if j != site and self.grants.may_read(j, site)
+                if j != site.index and self.grants.may_read(j, site.index)
             }
             if self.study.exchange == "consortium" and peers:
-                record = ConfigRecord()
-                for j, (images_ct, labels_ct) in sorted(peers.items()):
-                    record[f"site-{j}-images"] = images_ct
-                    record[f"site-{j}-labels"] = labels_ct
-                extra["peers"] = record
-            keys = self.grants.outgoing(site, self.state.round)
+                extra[protocol.PEERS] = PeerShares(peers).to_record()
+            keys = self.grants.outgoing(site.index, self.ledger.round)
             if keys is not None:
-                extra["keys"] = keys
+                extra[protocol.KEYS] = keys
         if extra:
             # strategies share one RecordDict among all messages: copy before adding
             content = RecordDict({**dict(msg.content.items()), **extra})
             msg = Message(content=content, message_type=msg.metadata.message_type, dst_node_id=node)
-        self._account_down(msg)
         return msg
-
-    def _account_down(self, msg: Message) -> None:
-        entry = self.state.site(self.directory.site_of(msg.metadata.dst_node_id))
-        entry.bytes["model_down"] += array_bytes(msg.content["arrays"])
-        entry.bytes["message_down"] += message_bytes(msg)
-        if "peers" in msg.content:
-            entry.bytes["ciphertext_down"] += sum(len(b) for b in msg.content["peers"].values())
-        if "keys" in msg.content:
-            entry.bytes["grant_down"] += record_payload_bytes(msg.content["keys"])
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        state = self.state
-        good = self._account_train_replies(list(replies))
-        if len(good) < self.study.min_sites:  # of the sampled sites
-            failed = [s.to_json() for s in state.sites.values() if not s.ok]
-            reason = (
-                f"only {len(good)} site(s) replied in round {state.round}; "
-                f"min-sites is {self.study.min_sites}"
-            )
-            raise StudyStopped(
-                f"round {state.round}: only {len(good)} of {len(state.sent_train)} sampled "
-                f"sites replied (min-sites = {self.study.min_sites}). Failures: "
-                + "; ".join(f"{f['site']}: {f['error']}" for f in failed),
-                round=state.round,
-                reason=reason,
-                failed=failed,
-            )
+        """The replies server.grid accepted (a refused one arrives as an error reply,
+        its site's failure already recorded), in site order, aggregated."""
+        ledger = self.ledger
+        accepted = [r for r in replies if not r.has_error()]
+        good = sorted(accepted, key=lambda r: self.site_of(r.metadata.src_node_id))
+        ledger.require_sites(len(good), self.study.min_sites, sampled=len(ledger.sent_train))
         from study.privacy import CENTRAL_MODES
 
         if self.study.dp in CENTRAL_MODES:
             good = uniform_weights(good)
-            state.privacy = dp_aggregation(self.study, self.inner, reply_weights(self.inner, good))
+            ledger.privacy = dp_aggregation(self.study, self.inner, reply_weights(self.inner, good))
         t0 = time.perf_counter()
-        arrays, metrics = self.inner.aggregate_train(state.round, good)
-        state.aggregate_s = time.perf_counter() - t0
+        arrays, metrics = self.inner.aggregate_train(ledger.round, good)
+        ledger.aggregate_s = time.perf_counter() - t0
         return self._as_sent(arrays), metrics
 
     def _as_sent(self, arrays: ArrayRecord | None) -> ArrayRecord | None:
@@ -391,101 +287,76 @@ class MedfedStrategy(Strategy):
                 return f"{name}: {problem}"
         return None
 
-    def _account_train_replies(self, replies: list[Message]) -> list[Message]:
-        state = self.state
-        good: list[tuple[int, Message]] = []
-        shares: dict[int, tuple[bytes, bytes]] = {}
-        answered = set()
-        for reply in replies:
-            node = reply.metadata.src_node_id
-            answered.add(node)
-            site = self.directory.site_of(node)
-            entry = state.site(site)
-            if reply.has_error():
-                entry.error = f"flower error {reply.error.code}: {reply.error.reason}"
-                continue
-            entry.bytes["message_up"] += message_bytes(reply)
-            try:
-                problem = self._account_reply(reply, site, entry, shares)
-            except Exception as exc:  # noqa: BLE001 - a site's reply is hostile input
-                problem = f"the reply is malformed ({type(exc).__name__}: {exc}); refused"
-            if problem:
-                entry.error, entry.ok = problem, False
-                continue
-            entry.ok = True
-            self.grants.confirmed(site)
-            good.append((site, reply))
-        for node in state.sent_train - answered:
-            entry = state.site(self.directory.site_of(node))
-            entry.error = (
-                f"no reply within round-timeout = {self.study.round_timeout:g} s "
-                "(the site stopped or is too slow)"
-            )
-        if self.study.exchange == "consortium":
-            self.pending_share = shares
-            self.pending_recon = {
-                site: dict(state.sites[site].recon) for site in shares if site in state.sites
-            }
-        good.sort(key=lambda item: item[0])  # fixed order: reproducible float sums
-        return [m for _, m in good]
+    # -- the round's messages, as server.grid exchanges them (RoundAccount) ---------------
+    def site_of(self, node: int) -> SiteId:
+        return self.directory.site_of(node)
 
-    def _account_reply(
-        self, reply: Message, site: int, entry: SiteRecord, shares: dict
-    ) -> str | None:
-        """Account one site's train reply (bytes, metrics, grants, shared images);
-        why it is refused, or None. Everything is read and checked before anything
-        is kept (train loss, archive, shares), so a refused reply leaves no trace
-        but its bytes and its error; any exception is the caller's refusal."""
-        state, content = self.state, reply.content
-        status = content.get("status")
-        claimed = status.get("site") if status is not None else None
-        if not isinstance(claimed, int) or isinstance(claimed, bool) or claimed != site:
-            return (
-                f"the reply claims site {claimed!r} but came from the node enrolled as "
-                f"site {site}; refused"
-            )
-        if status.get("error"):
-            return str(status["error"])
-        problem = self._model_problem(content.get("arrays"))
+    def kind(self, msg: Message) -> str | None:
+        kind = msg.metadata.message_type
+        return kind if kind in (protocol.TRAIN, protocol.EVALUATE) else None
+
+    def label(self, kind: str) -> str | None:
+        # a site's failure to evaluate is not its failure in the round
+        return None if kind == protocol.EVALUATE else ""
+
+    def accept(self, site: SiteId, kind: str, reply: Message) -> str | None:
+        return self._accept_train(site, reply) if kind == protocol.TRAIN else None
+
+    def exchanged(self, kind: str, messages: list[Message], seconds: float) -> None:
+        ledger = self.ledger
+        if kind == protocol.TRAIN and self.study.exchange == "consortium":
+            self.pending_share = dict(ledger.shares)
+            self.pending_recon = {
+                site: dict(ledger.site(SiteId.site(site)).recon) for site in ledger.shares
+            }
+
+    def _accept_train(self, site: SiteId, reply: Message) -> str | None:
+        """Take one site's checked train reply (its status is server.grid's to check)
+        into the round: bytes, metrics, grants, shared images; why it is refused, or
+        None. Everything is read and checked before anything is kept (train loss,
+        archive, shares), so a refused reply leaves no trace but its bytes and its
+        error; any exception is the grid's refusal."""
+        ledger, content = self.ledger, reply.content
+        status = content[protocol.STATUS]
+        entry = ledger.site(site)
+        problem = self._model_problem(content.get(protocol.ARRAYS))
         if problem:
             return f"the reply's model is not the study's ({problem}); refused"
-        values = reply_metrics(content.get("metrics"), shared="shared" in content)
+        values = reply_metrics(content.get(protocol.METRICS), shared=protocol.SHARED in content)
         shared = None
-        if "shared" in content:
-            images_ct, labels_ct = content["shared"]["images"], content["shared"]["labels"]
+        if protocol.SHARED in content:
+            record = content[protocol.SHARED]
+            images_ct = record[protocol.SHARED_IMAGES_FIELD]
+            labels_ct = record[protocol.SHARED_LABELS_FIELD]
             if not isinstance(images_ct, bytes) or not isinstance(labels_ct, bytes):
                 return "the reply's shared images are not bytes; refused"
             shared = (images_ct, labels_ct)
         peers = None
-        if "peers" in status:
+        if protocol.STATUS_PEERS in status:
             try:
                 peers = self._peer_records(status)
             except (KeyError, TypeError, ValueError) as exc:
                 return f"the reply's peers status is malformed ({exc}); refused"
-        if "grants" in content:
+        if protocol.GRANTS in content:
             try:
                 entry.bytes["grant_up"] += self.grants.incoming(
-                    site, state.round, content["grants"]
+                    site.index, ledger.round, content[protocol.GRANTS]
                 )
             except GrantRefused as exc:
                 return str(exc)
-            del content["grants"]
-        entry.bytes["model_up"] += array_bytes(content["arrays"])
-        entry.examples = int(values["num-examples"])
-        entry.seconds = {k: values[f"{k}-s"] for k in ("encrypt", "train", "decrypt")}
-        state.train_loss[site] = values["train-loss"]
+            del content[protocol.GRANTS]
+        entry.bytes["model_up"] += array_bytes(content[protocol.ARRAYS])
+        ledger.trained(site, values)
         if shared is not None:
             images_ct, labels_ct = shared
-            entry.bytes["ciphertext_up"] += len(images_ct) + len(labels_ct)
-            entry.recon = {k: values[f"recon-{k}"] for k in ("mse", "psnr", "ssim")}
-            state.shared_counts[site] = values["shared-images"]
-            self.archive.put(images_ct, site=entry.site, server_round=state.round, kind="images")
-            self.archive.put(labels_ct, site=entry.site, server_round=state.round, kind="labels")
-            shares[site] = shared
-            del content["shared"]  # strategies see only the model and metrics
+            ledger.shared(site, values, images_ct, labels_ct)
+            self.archive.put(images_ct, site=entry.site, server_round=ledger.round, kind="images")
+            self.archive.put(labels_ct, site=entry.site, server_round=ledger.round, kind="labels")
+            del content[protocol.SHARED]  # strategies see only the model and metrics
         if peers is not None:
             entry.peers = peers
-        del content["status"]
+        del content[protocol.STATUS]
+        self.grants.confirmed(site.index)
         return None
 
     def _peer_records(self, status: ConfigRecord) -> dict[str, dict[str, float]]:
@@ -493,11 +364,11 @@ class MedfedStrategy(Strategy):
         reconstruction each grantor measured on them (the grantee decrypts with
         the grantor's own material, so it sees that reconstruction)."""
         nan = dict.fromkeys(("mse", "psnr", "ssim"), math.nan)
-        peers, counts = list(status["peers"]), list(status["peer-images"])
+        peers, counts = list(status[protocol.STATUS_PEERS]), list(status[protocol.PEER_IMAGES])
         if len(peers) != len(counts):
             raise ValueError(f"{len(peers)} peers but {len(counts)} image counts")
         return {
-            f"site-{int(j)}": {"images": int(n), **self.pending_recon.get(int(j), nan)}
+            str(SiteId.site(int(j))): {"images": int(n), **self.pending_recon.get(int(j), nan)}
             for j, n in zip(peers, counts, strict=True)
         }
 
@@ -505,10 +376,7 @@ class MedfedStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        messages = list(self.inner.configure_evaluate(self.state.round, arrays, config, grid))
-        for msg in messages:
-            self._account_down(msg)
-        return messages
+        return list(self.inner.configure_evaluate(self.ledger.round, arrays, config, grid))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord:
         """Federated evaluation: the example-weighted mean of the sites' test
@@ -517,89 +385,22 @@ class MedfedStrategy(Strategy):
         which Flower's consistency check refuses."""
         rows = {}
         for reply in replies:
-            if reply.has_error():
-                continue
-            site = self.directory.site_of(reply.metadata.src_node_id)
-            self.state.site(site).bytes["message_up"] += message_bytes(reply)
-            if "metrics" in reply.content:
-                rows[site] = dict(reply.content["metrics"])
-        self.state.fed_metrics = weighted_mean([rows[k] for k in _by_site(rows)])
-        return MetricRecord({k: v for k, v in self.state.fed_metrics.items() if math.isfinite(v)})
+            if not reply.has_error() and protocol.METRICS in reply.content:
+                rows[self.site_of(reply.metadata.src_node_id)] = dict(
+                    reply.content[protocol.METRICS]
+                )
+        self.ledger.fed_metrics = weighted_mean([rows[k] for k in sorted(rows)])
+        return MetricRecord({k: v for k, v in self.ledger.fed_metrics.items() if math.isfinite(v)})
 
     # -- the end of a round --------------------------------------------------------------
     def end_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Flower's evaluate_fn: called with round 0 before the first round
         (nothing to do) and after each round."""
-        if server_round == 0 or self.state is None:
+        if server_round == 0 or self.ledger is None:
             return None
-        self._end_round(self.state, arrays)
+        self._end_round(self.ledger, arrays)
         return None
 
     def round_record(self, global_metrics: dict) -> RoundRecord:
-        state = self.state
-        sampled = {self.directory.site_of(node) for node in state.sent_train}
-        for key, entry in state.sites.items():
-            if entry.ok or entry.error is not None:
-                continue
-            if key in sampled or key in state.missing:
-                entry.error = NOT_CONNECTED
-            else:  # connected, evaluated, but fraction-train left it out: not a failure
-                entry.ok, entry.sampled = True, False
-        glob = {
-            **global_metrics,
-            **{f"fed_{k}": v for k, v in state.fed_metrics.items()},
-            **recon_summary(state),
-            **train_summary(state),
-        }
-        record = RoundRecord.build(
-            state.round, state.sites.values(), glob, time.perf_counter() - state.started
-        )
-        if state.privacy:  # completed by server.results.privacy_spent
-            record.extra["privacy"] = dict(state.privacy)
-        return record
-
-
-def _by_site(keys: Iterable[int | str]) -> list[int | str]:
-    """Sites in a fixed order, so that float sums do not depend on reply order."""
-    return sorted(keys, key=lambda k: (0, k, "") if isinstance(k, int) else (1, 0, k))
-
-
-def recon_summary(state: RoundState) -> dict[str, float]:
-    keys = [k for k in _by_site(state.sites) if state.sites[k].ok and state.shared_counts.get(k)]
-    if not keys:
-        return {}
-    w = np.array([state.shared_counts[k] for k in keys])
-    out = {}
-    for name in ("mse", "psnr", "ssim"):
-        vals = np.array([state.sites[k].recon[name] for k in keys])
-        out[f"recon_{name}_mean"] = (
-            float(np.sum(w * vals) / np.sum(w))
-            if np.all(np.isfinite(vals))
-            else float(np.mean(vals))
-        )
-        worst = np.max(vals) if name == "mse" else np.min(vals)
-        out[f"recon_{name}_worst"] = float(worst)
-    return out
-
-
-def train_summary(state: RoundState) -> dict[str, float]:
-    keys = [k for k in _by_site(state.sites) if state.sites[k].ok and k in state.train_loss]
-    if not keys:
-        return {}
-    w = np.array([state.sites[k].examples for k in keys], dtype=float)
-    losses = [state.train_loss[k] for k in keys]
-    return {"train_loss": float(np.sum(w * losses) / w.sum()), "sites_ok": len(keys)}
-
-
-def weighted_mean(rows: list[dict]) -> dict[str, float]:
-    rows = [r for r in rows if r.get("num-examples", 0) > 0]
-    if not rows:
-        return {}
-    w = np.array([r["num-examples"] for r in rows], dtype=float)
-    keys = sorted(set.intersection(*(set(r) for r in rows)) - {"num-examples"})
-    out = {}
-    for k in keys:
-        vals = np.array([r[k] for r in rows], dtype=float)
-        mask = np.isfinite(vals)
-        out[k] = float(np.sum(w[mask] * vals[mask]) / w[mask].sum()) if mask.any() else math.nan
-    return out
+        sampled = {self.site_of(node) for node in self.ledger.sent_train}
+        return self.ledger.record(global_metrics, sampled)

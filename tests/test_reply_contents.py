@@ -111,3 +111,62 @@ def test_reply_metrics_checks_presence_type_and_bounds():
         )
     with pytest.raises(ValueError, match="no metrics record"):
         reply_metrics(None, shared=False)
+
+
+def _set_fit_metric(name, value):
+    def edit(content):
+        content["fitres.metrics"][name] = value
+
+    return edit
+
+
+# SecAgg+: (round, site) -> (edit of its collect-stage reply, what the site's error says)
+SECURE_MUTATIONS = {
+    (1, 1): (_set_fit_metric("train-s", -5.0), "metric 'train-s' = -5 is outside"),
+    (1, 3): (_set_status("site", "three"), "the reply claims site 'three'"),
+}
+
+
+def test_a_malformed_secagg_reply_fails_only_its_site_like_a_plain_one(tmp_path, monkeypatch):
+    # Prepare: a SecAgg+ study of 5 sites (3 unmask the sum); two sites' masked-vector
+    # replies carry a bad metric or claim another site
+    study = small_study(
+        tmp_path, monkeypatch, num_sites=5, min_sites=3, num_rounds=1, secure_aggregation="secagg+"
+    )
+    honest = build_client_app(study)
+
+    def hostile(message, context):
+        rnd = _collect_round(message)  # before the app: Flower's mod edits the message
+        reply = honest(message, context)
+        site = context.node_config["partition-id"]
+        if rnd is not None and (rnd, site) in SECURE_MUTATIONS:
+            content = transport.unpack(reply.content)
+            SECURE_MUTATIONS[(rnd, site)][0](content)
+            reply.content = transport.pack(content)
+        return reply
+
+    # Execute
+    records = run_loopback_study(LoopbackGrid(hostile, study.num_sites), study)
+
+    # Assert: each malformed reply is its site's refusal (a dropout the protocol unmasks
+    # around); the other sites' sum goes on
+    (record,) = records
+    by_site = {s.site: s for s in record.sites}
+    for (_, site), (_, reason) in SECURE_MUTATIONS.items():
+        bad = by_site[f"site-{site}"]
+        assert not bad.ok and reason in bad.error, (site, bad.error)
+        assert "collect_masked_vectors" in bad.error
+        assert bad.examples == 0 and bad.bytes["model_up"] == 0
+        assert bad.bytes["message_up"] > 0  # it travelled, and is counted
+    assert record.extra["secure_aggregation"]["summed"] == ["site-0", "site-2", "site-4"]
+    assert all(by_site[f"site-{i}"].ok for i in (0, 2, 4))
+    assert record.global_["sites_ok"] == 3
+
+
+def _collect_round(message) -> int | None:
+    """The round of a SecAgg+ collect-stage message (its fit config), else None."""
+    content = transport.unpack(message.content)
+    configs = content.config_records.get("secaggplus_configs")
+    if configs is None or configs.get("stage") != "collect_masked_vectors":
+        return None
+    return int(content["fitins.config"]["server-round"])

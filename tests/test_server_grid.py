@@ -22,6 +22,7 @@ from server.enrolment import EnrolmentError, SiteDirectory
 from server.grid import ReportingGrid
 from server.progress import Events
 from study.config import Study
+from study.sites import SiteId
 
 
 class FakeLink:
@@ -79,8 +80,8 @@ def test_a_site_back_on_a_new_node_keeps_its_old_node_s_late_replies():
     directory._hello = lambda grid, nodes, timeout_s: {33: 1}  # site 1 restarted as node 33
     directory.refresh(FakeGrid([11, 33]))
     assert directory.node_site == {11: 0, 33: 1}  # only these are sampled
-    assert directory.site_of(22) == 1  # a late reply of the old node is still site 1's
-    assert directory.site_of(44) == "node-44"
+    assert directory.site_of(22) == SiteId.site(1)  # a late reply of the old node is site 1's
+    assert directory.site_of(44) == SiteId.node(44)
 
 
 class FakeGrid:
@@ -311,7 +312,7 @@ def test_a_second_claimant_of_a_connected_site_is_refused_until_that_sites_node_
     directory.refresh(grid)
     # Assert: node 33 is site 1 now; node 22's late replies are still site 1's
     assert directory.node_site == {11: 0, 33: 1}
-    assert directory.site_of(22) == 1
+    assert directory.site_of(22) == SiteId.site(1)
     assert directory.certificates == {1: b"another certificate"}
     assert grid.asked == [33]
 
