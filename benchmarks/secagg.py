@@ -70,7 +70,7 @@ def run_secagg_overhead(
                 studies[mode] = study = benchmark_study(out, secure_aggregation=mode, **settings)
                 run = run_study(study)
                 run["phases"] = [doc for _, doc in iter_jsonl(out / "phases.jsonl")]
-                run["round1_model"] = _checkpoint_model(study, 1)
+                run["round1_model"] = round_model(study, 1)
                 runs[mode] = run
             progress(f"secagg: {n} sites, the sites' round-1 models recomputed for the reference")
             points.append(_point(n, runs, studies["secagg+"]))
@@ -85,7 +85,7 @@ def run_secagg_overhead(
     }
 
 
-def _checkpoint_model(study, rnd: int) -> dict[str, np.ndarray]:
+def round_model(study, rnd: int) -> dict[str, np.ndarray]:
     """The global model of round `rnd`, read through the checkpoint loader (which
     checks the manifest's HMAC, the study hash and the arrays' digest)."""
     from server.checkpoint import CheckpointStore
