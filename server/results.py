@@ -24,15 +24,19 @@ from server.archive import Archive
 from server.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from server.report import write_report
 from study.config import UPPER_BOUNDS, Study
+from study.dp import dp_mode
 from study.privacy import epsilon_spent
 from study.schema import (
     BYTE_KINDS,
     SCHEMA,
+    PhaseRecord,
+    PrivacyRecord,
     RoundRecord,
     SchemaError,
     Summary,
     append_jsonl,
     iter_jsonl,
+    iter_phases,
     read_rounds,
     write_json,
 )
@@ -100,7 +104,7 @@ class ResultWriter:
             return None
         last = ckpt.round
         self._rewrite(self.rounds_path, [r.to_json() for r in rounds if r.round <= last])
-        self._rewrite(self.phases_path, [p for p in phases if p["round"] <= last])
+        self._rewrite(self.phases_path, [p.to_json() for p in phases if p.round <= last])
         archive.keep_rounds(last, index)
         (self.out / "summary.json").unlink(missing_ok=True)  # rewritten when the study ends
         self.write_config()
@@ -132,9 +136,13 @@ class ResultWriter:
         }
         write_json(self.out / "config.json", doc)
 
-    def append_round(self, record: RoundRecord, phases: dict[str, float]) -> None:
+    def append_round(self, record: RoundRecord, phases: PhaseRecord | dict[str, float]) -> None:
+        """The round's lines of rounds.jsonl and phases.jsonl (`phases`: a
+        PhaseRecord, or the seconds per phase, study.schema.PHASES)."""
+        if not isinstance(phases, PhaseRecord):
+            phases = PhaseRecord(record.round, dict(phases))
         append_jsonl(self.rounds_path, record.to_json())
-        append_jsonl(self.phases_path, {"round": record.round, **phases})
+        append_jsonl(self.phases_path, phases.to_json())
 
     # -- endings ----------------------------------------------------------------
     def stopped(self, rnd: int, reason: str, failed: list[dict]) -> Summary:
@@ -173,12 +181,8 @@ class ResultWriter:
                 entry[kind or "rounds_not_sampled"] += 1
         speeds = self.study.link_speeds_mbps
         n = len(rounds)
-        extra = (
-            {"privacy": rounds[-1].extra["privacy"]}
-            if rounds and "privacy" in rounds[-1].extra
-            else {}
-        )
-        return Summary(
+        last_privacy = rounds[-1].privacy if rounds else None
+        summary = Summary(
             status="complete" if n == self.study.num_rounds else "incomplete",
             study=self.study.name,
             method=self.study.method,
@@ -194,8 +198,10 @@ class ResultWriter:
             upload_seconds_per_round={f"{m:g}mbps": _slowest_upload_s(rounds, m) for m in speeds},
             final=dict(rounds[-1].global_) if rounds else {},
             seconds=sum(r.seconds for r in rounds),
-            extra=extra,
         )
+        if last_privacy is not None:
+            summary.privacy = last_privacy
+        return summary
 
 
 # -- files read back on resume, validated as hostile -------------------------------
@@ -286,23 +292,13 @@ def read_resumed_rounds(path: Path) -> list[RoundRecord]:
     return out
 
 
-def read_resumed_phases(path: Path) -> list[dict]:
-    """phases.jsonl as a resume reads it back: a round number and seconds per phase."""
+def read_resumed_phases(path: Path) -> list[PhaseRecord]:
+    """phases.jsonl as a resume reads it back: a round number and seconds per
+    phase (PhaseRecord.from_json checks each line; SchemaError names the file,
+    line and field)."""
     if not path.exists():
         return []
-    out = []
-    for number, doc in iter_jsonl(path):
-        where = f"{path}, line {number}"
-        if not isinstance(doc, dict):
-            raise SchemaError(f"{where}: not a phases record (a JSON object)")
-        rnd = doc.get("round")
-        if type(rnd) is not int or not 1 <= rnd <= UPPER_BOUNDS["num-rounds"]:
-            raise SchemaError(f"{where}: field 'round': {rnd!r} is not a round number")
-        for key, value in doc.items():
-            if key != "round" and (len(key) > _NAME_LEN or not _is_seconds(value)):
-                raise SchemaError(f"{where}: field {key[:80]!r}: {value!r} is not seconds")
-        out.append(doc)
-    return out
+    return list(iter_phases(path))
 
 
 def _slowest_upload_s(rounds: list[RoundRecord], mbps: float) -> float:
@@ -312,35 +308,36 @@ def _slowest_upload_s(rounds: list[RoundRecord], mbps: float) -> float:
     return worst * 8 / (mbps * 1e6)
 
 
-def privacy_spent(study: Study, record: RoundRecord) -> dict:
+def privacy_spent(study: Study, record: RoundRecord) -> PrivacyRecord:
     """The (epsilon, delta) spent after this round (study/privacy.py).
 
-    Central modes: the strategy put the round's `aggregation_weights` and
-    `effective_noise_multiplier` in `record.extra["privacy"]`; epsilon
-    composes that multiplier with the ones the earlier rounds recorded in
-    rounds.jsonl (a round before these fields: the study's multiplier). For
-    local-dpsgd each site has its own guarantee (its number of images sets
-    the sampling rate); the worst site's is reported, with every site's."""
-    aggregation = dict(record.extra.get("privacy") or {})
-    if study.dp != "local-dpsgd":
-        if "effective_noise_multiplier" not in aggregation:
-            return epsilon_spent(study, record.round).to_json()
+    Central modes: the strategy put the round's aggregation (an
+    AggregationRecord: `aggregation_weights` and `effective_noise_multiplier`)
+    in `record.privacy`; epsilon composes that multiplier with the ones the
+    earlier rounds recorded in rounds.jsonl (a round before these fields:
+    the study's multiplier). For local-dpsgd (sample-level: the mode's
+    `level`, study.dp) each site has its own guarantee (its number of images
+    sets the sampling rate); the worst site's is reported, with every site's."""
+    aggregation = record.privacy
+    z = study.dp_noise_multiplier
+    if dp_mode(study.dp).level != "sample":
+        effective = getattr(aggregation, "effective_noise_multiplier", None)
+        if effective is None:
+            return _privacy_record(epsilon_spent(study, record.round))
         earlier = {
-            r.round: (r.extra.get("privacy") or {}).get(
-                "effective_noise_multiplier", study.dp_noise_multiplier
-            )
+            r.round: getattr(r.privacy, "effective_noise_multiplier", None)
             for r in read_rounds(Path(study.out_dir))
             if r.round < record.round
         }
-        history = [earlier.get(n, study.dp_noise_multiplier) for n in range(1, record.round)]
-        history.append(aggregation["effective_noise_multiplier"])
+        history = [_or(earlier.get(n), z) for n in range(1, record.round)]
+        history.append(effective)
         spent = epsilon_spent(study, record.round, noise_multipliers=history)
-        return {**spent.to_json(), **aggregation}
+        return _privacy_record(
+            spent,
+            aggregation_weights=aggregation.aggregation_weights,
+            effective_noise_multiplier=effective,
+        )
     # the noise is in each site's DP-SGD steps: the server's weighting does not change it
-    aggregation = {
-        "aggregation_weights": "examples",
-        "effective_noise_multiplier": study.dp_noise_multiplier,
-    }
     # a site fraction-train left out of this round keeps the count it last trained on
     examples = {
         s.site: s.examples
@@ -353,8 +350,18 @@ def privacy_spent(study: Study, record: RoundRecord) -> dict:
         site: epsilon_spent(study, record.round, num_examples=n) for site, n in examples.items()
     }
     worst = max(per_site.values(), key=lambda p: p.epsilon)
-    return {
-        **worst.to_json(),
-        **aggregation,
-        "sites": {k: v.epsilon for k, v in per_site.items()},
-    }
+    return _privacy_record(
+        worst,
+        aggregation_weights="examples",
+        effective_noise_multiplier=z,
+        sites={k: v.epsilon for k, v in per_site.items()},
+    )
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _privacy_record(spent, **changes) -> PrivacyRecord:
+    """study.privacy.PrivacySpent as the results record, with `changes`."""
+    return PrivacyRecord(**{**vars(spent), **changes})

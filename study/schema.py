@@ -20,10 +20,11 @@ a folder written by another version with a message that says which.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -218,16 +219,215 @@ class SiteRecord:
         )
 
 
+def _finite_or_inf(value: Any) -> float:
+    """A JSON epsilon: null is "no guarantee" (infinite)."""
+    return math.inf if value is None else value
+
+
+@dataclass(frozen=True)
+class AggregationRecord:
+    """Under a central `dp` mode, what the server's aggregation of one round
+    had: how it weighted the sites ("uniform" or "examples") and the noise
+    multiplier that gave (study.privacy.effective_noise_multiplier). The
+    strategy records it; server.results.privacy_spent turns it into the
+    round's PrivacyRecord."""
+
+    aggregation_weights: str
+    effective_noise_multiplier: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "aggregation_weights": self.aggregation_weights,
+            "effective_noise_multiplier": self.effective_noise_multiplier,
+        }
+
+
+@dataclass(frozen=True)
+class PrivacyRecord:
+    """The `privacy` entry of a round (rounds.jsonl) and of summary.json: the
+    (epsilon, delta) spent after `rounds_done` rounds and what was accounted
+    (study.privacy.PrivacySpent, with the round's aggregation)."""
+
+    dp: str
+    rounds_done: int
+    epsilon: float  # math.inf: no guarantee (written as null)
+    delta: float
+    level: str  # "site" | "sample"
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    accountant: str
+    protects_against: str
+    aggregation_weights: str | None = None  # "uniform" | "examples"
+    effective_noise_multiplier: float | None = None
+    # local-dpsgd: every site's own epsilon (the record's is the worst site's)
+    sites: dict[str, float] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sites"}
+        if not math.isfinite(self.epsilon):
+            doc["epsilon"] = None
+        if self.sites is not None:
+            doc["sites"] = dict(self.sites)
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> PrivacyRecord:
+        if not isinstance(doc, Mapping):
+            raise ValueError("privacy: not a JSON object")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(doc) - names)
+        if unknown:
+            raise ValueError(f"privacy: unknown field(s) {', '.join(unknown)}")
+        required = [f.name for f in fields(cls) if f.default is dataclasses.MISSING]
+        missing = [name for name in required if name not in doc]
+        if missing:
+            raise ValueError(f"privacy: missing field(s) {', '.join(missing)}")
+        values = dict(doc)
+        values["epsilon"] = _finite_or_inf(values.get("epsilon"))
+        if values.get("sites") is not None:
+            values["sites"] = {k: _finite_or_inf(v) for k, v in values["sites"].items()}
+        return cls(**values)
+
+
+def privacy_from_json(doc: Mapping[str, Any]) -> PrivacyRecord | AggregationRecord:
+    """A round's `privacy` entry: the accounted record, or (before the
+    accountant has seen the round) the aggregation alone."""
+    if not isinstance(doc, Mapping):
+        raise ValueError("privacy: not a JSON object")
+    if set(doc) == {"aggregation_weights", "effective_noise_multiplier"}:
+        return AggregationRecord(**doc)
+    return PrivacyRecord.from_json(doc)
+
+
+@dataclass(frozen=True)
+class SecureAggregationRecord:
+    """The `secure_aggregation` entry of a SecAgg+ round (server.secagg): the
+    protocol's settings, whose vectors are in the sum, and per stage its
+    seconds and each site's bytes."""
+
+    protocol: str  # "secagg+"
+    sites_sampled: int
+    neighbours: int
+    threshold: int
+    max_weight: float
+    clipping_range: float
+    quantization_range: int
+    modulus_range: int
+    summed: list[str]  # sites whose masked vectors are in the sum
+    stages: dict[str, dict[str, Any]]  # stage -> {"seconds", and bytes per site}
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> SecureAggregationRecord:
+        if not isinstance(doc, Mapping):
+            raise ValueError("secure_aggregation: not a JSON object")
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in doc]
+        unknown = sorted(set(doc) - set(names))
+        if missing or unknown:
+            raise ValueError(
+                f"secure_aggregation: missing {', '.join(missing) or 'nothing'}, "
+                f"unknown {', '.join(unknown) or 'nothing'}"
+            )
+        return cls(**{n: doc[n] for n in names})
+
+
+class Extensions(MutableMapping):
+    """The keys a record carries beyond its fixed ones, in the order they were
+    set (which is the order they are written in). Typed keys (a round's
+    `privacy` and `secure_aggregation`) hold their dataclass; reading one
+    through the mapping gives its JSON form, and setting one from a mapping
+    parses it (ValueError names the field). New code reads and sets the
+    typed attributes (`RoundRecord.privacy`); the mapping view keeps older
+    readers (`record.extra["privacy"]["epsilon"]`) working."""
+
+    def __init__(self, typed: Mapping[str, Any], items: Mapping[str, Any] | None = None) -> None:
+        self._typed = dict(typed)  # key -> parser of its JSON form
+        self._items: dict[str, Any] = {}
+        self.update(items or {})
+
+    def typed(self, key: str) -> Any:
+        """The typed value of `key` (None when absent)."""
+        return self._items.get(key)
+
+    def set_typed(self, key: str, value: Any) -> None:
+        if value is None:
+            self._items.pop(key, None)
+        else:
+            self[key] = value
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._items[key]
+        return value.to_json() if key in self._typed else value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in self._typed and not hasattr(value, "to_json"):  # its JSON form: parsed
+            value = self._typed[key](value)
+        self._items[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Extensions({self._items!r})"
+
+
+def _round_extensions(items: Mapping[str, Any] | None = None) -> Extensions:
+    return Extensions(
+        {"privacy": privacy_from_json, "secure_aggregation": SecureAggregationRecord.from_json},
+        items,
+    )
+
+
+def _summary_extensions(items: Mapping[str, Any] | None = None) -> Extensions:
+    return Extensions({"privacy": PrivacyRecord.from_json}, items)
+
+
 @dataclass
 class RoundRecord:
-    """One line of rounds.jsonl: per-site accounting, totals, global metrics."""
+    """One line of rounds.jsonl: per-site accounting, totals, global metrics.
+
+    Beside the five fixed fields a round may carry, in the order they were
+    set, `privacy` (a PrivacyRecord, or the AggregationRecord before the
+    accountant saw the round), `secure_aggregation` (a
+    SecureAggregationRecord) and `warnings` (a list of text); `extra` holds
+    them all (module Extensions)."""
 
     round: int
     sites: list[SiteRecord]
     totals: dict[str, int]
     global_: dict[str, Any]  # "global" in JSON
     seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)  # keys other issues add (e.g. privacy)
+    extra: Extensions = field(default_factory=_round_extensions)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.extra, Extensions):
+            self.extra = _round_extensions(self.extra)
+
+    @property
+    def privacy(self) -> PrivacyRecord | AggregationRecord | None:
+        return self.extra.typed("privacy")
+
+    @privacy.setter
+    def privacy(self, value: PrivacyRecord | AggregationRecord | None) -> None:
+        self.extra.set_typed("privacy", value)
+
+    @property
+    def secure_aggregation(self) -> SecureAggregationRecord | None:
+        return self.extra.typed("secure_aggregation")
+
+    @secure_aggregation.setter
+    def secure_aggregation(self, value: SecureAggregationRecord | None) -> None:
+        self.extra.set_typed("secure_aggregation", value)
 
     @classmethod
     def build(
@@ -262,7 +462,7 @@ class RoundRecord:
             "totals": dict(self.totals),
             "global": dict(self.global_),
             "seconds": self.seconds,
-            **self.extra,
+            **{k: self.extra[k] for k in self.extra},
         }
 
     @classmethod
@@ -282,6 +482,81 @@ def site_order(name: str) -> tuple[int, str]:
     """site-2 before site-10; names that are not site-N last."""
     tail = name.rsplit("-", 1)[-1]
     return (int(tail), name) if tail.isdigit() and name.startswith("site-") else (10**9, name)
+
+
+# -- phases.jsonl ----------------------------------------------------------------------
+# The server's phases of a round, in the order phases.jsonl writes them.
+PHASES = ("train_round", "aggregate", "evaluate_round", "holdout")
+_MAX_ROUND = 100_000  # num-rounds' upper bound (study.config.UPPER_BOUNDS)
+_MAX_PHASE_NAME = 256
+
+
+def _is_seconds(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e12
+
+
+@dataclass
+class PhaseRecord:
+    """One line of phases.jsonl: the server's seconds in each phase of a round
+    (`train_round` and `evaluate_round`: from sending the round's messages to
+    the last reply; `aggregate`: the strategy's aggregation; `holdout`: the
+    held-out evaluation). `seconds` keeps the phases in the order written;
+    a phase other than PHASES (a later medfed's) is kept, not refused, and a
+    phase the line lacks reads as None."""
+
+    round: int
+    seconds: dict[str, float]
+
+    @property
+    def train_round(self) -> float | None:
+        return self.seconds.get("train_round")
+
+    @property
+    def aggregate(self) -> float | None:
+        return self.seconds.get("aggregate")
+
+    @property
+    def evaluate_round(self) -> float | None:
+        return self.seconds.get("evaluate_round")
+
+    @property
+    def holdout(self) -> float | None:
+        return self.seconds.get("holdout")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"round": self.round, **self.seconds}
+
+    @classmethod
+    def from_json(cls, doc: Any, *, where: str = "phases record") -> PhaseRecord:
+        """SchemaError names the place and the field."""
+        if not isinstance(doc, Mapping):
+            raise SchemaError(f"{where}: not a phases record (a JSON object)")
+        rnd = doc.get("round")
+        if type(rnd) is not int or not 1 <= rnd <= _MAX_ROUND:
+            raise SchemaError(f"{where}: field 'round': {rnd!r} is not a round number")
+        for key, value in doc.items():
+            if key != "round" and (len(key) > _MAX_PHASE_NAME or not _is_seconds(value)):
+                raise SchemaError(f"{where}: field {key[:80]!r}: {value!r} is not seconds")
+        return cls(rnd, {k: v for k, v in doc.items() if k != "round"})
+
+
+def iter_phases(path: str | os.PathLike) -> Iterator[PhaseRecord]:
+    """The records of one phases.jsonl, each checked (no version check: `read_phases`)."""
+    for number, doc in iter_jsonl(path):
+        yield PhaseRecord.from_json(doc, where=f"{path}, line {number}")
+
+
+def read_phases(path: str | os.PathLike) -> dict[int, PhaseRecord]:
+    """phases.jsonl of a run folder (`path`: the folder or the file) by round,
+    after checking the folder's results schema (config.json, `read_config`);
+    {} when the folder has no phases.jsonl. SchemaError names the file, line
+    and field of a line that is not a phases record."""
+    path = Path(path)
+    folder, file = (path, path / "phases.jsonl") if path.is_dir() else (path.parent, path)
+    read_config(folder)
+    if not file.exists():
+        return {}
+    return {record.round: record for record in iter_phases(file)}
 
 
 # -- the run folder ------------------------------------------------------------------
@@ -309,7 +584,20 @@ class Summary:
     stopped_round: int | None = None
     reason: str | None = None
     failed_sites: list[dict[str, Any]] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # keys other issues add
+    # keys beyond these: `privacy` (the last round's PrivacyRecord) under dp
+    extra: Extensions = field(default_factory=_summary_extensions)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.extra, Extensions):
+            self.extra = _summary_extensions(self.extra)
+
+    @property
+    def privacy(self) -> PrivacyRecord | None:
+        return self.extra.typed("privacy")
+
+    @privacy.setter
+    def privacy(self, value: PrivacyRecord | None) -> None:
+        self.extra.set_typed("privacy", value)
 
     def to_json(self) -> dict[str, Any]:
         doc = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
@@ -317,7 +605,7 @@ class Summary:
         for key in ("stopped_round", "reason", "failed_sites"):
             if doc[key] is None:
                 del doc[key]
-        return {**doc, **self.extra}
+        return {**doc, **{k: self.extra[k] for k in self.extra}}
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Summary:
