@@ -190,7 +190,8 @@ class RoundLedger:
         )
         if self.privacy:  # completed by server.results.privacy_spent
             record.extra["privacy"] = dict(self.privacy)
-        record.extra.update(self.extra)
+        for name, value in self.extra.items():  # one by one: the schema may check each
+            record.extra[name] = value
         return record
 
     def write(self, writer, record: RoundRecord, phases: dict[str, float]) -> None:
