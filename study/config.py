@@ -91,13 +91,19 @@ class StudyError(ValueError):
     """A study file or override that cannot run."""
 
 
-@dataclass(frozen=True)
-class Study:
-    """Every setting of a study. Field names are the TOML keys with '-' -> '_'."""
+# -- the sections of a study ----------------------------------------------------------
+# Each section is a frozen dataclass of the settings of one concern. A user writes
+# their keys flat (kebab-case: `num-rounds`, in a study file, `--set` and Flower's run
+# config); `Study` has every section's fields flat too (its user-key view,
+# `study.num_rounds`), and each section as a property (`study.federation.num_rounds`).
+# Field names are the keys with '-' -> '_'; the order of the sections and of their
+# fields is the order of the keys (Study.keys(), config.json, the run config).
 
-    name: str = "demo"
-    seed: int = 0
-    # data
+
+@dataclass(frozen=True)
+class DataSection:
+    """The images: where they come from, how large, and how they are split."""
+
     modality: str = "xray"
     data_dir: str = ""  # empty: phantoms are generated
     image_size: int = 64
@@ -109,14 +115,24 @@ class Study:
     # largest image (pixels of a plane, voxels of a volume) a reader decodes;
     # checked against each file's header before anything is allocated
     max_image_pixels: int = 2**27
-    # federation
+
+
+@dataclass(frozen=True)
+class FederationSection:
+    """The sites, the rounds and Flower's strategy."""
+
     num_sites: int = 4
     num_rounds: int = 3
     min_sites: int = 2
     fraction_train: float = 1.0
     strategy: str = "FedAvg"
     proximal_mu: float = 0.01  # FedProx only
-    # encryption and exchange
+
+
+@dataclass(frozen=True)
+class EncryptionSection:
+    """Encryption of the shared images, the exchange, the grants and key rotation."""
+
     method: str = "aes-gcm"
     method_epochs: int = 0  # 0: the method's default training length
     exchange: str = "archive"
@@ -126,7 +142,12 @@ class Study:
     grants: str = "all"
     rotate_every: int = 0  # a new site key every R rounds (0: one key for the study)
     auditor: str = ""  # the auditor's identity certificate (the reading centre), if any
-    # privacy of the model updates
+
+
+@dataclass(frozen=True)
+class PrivacySection:
+    """Privacy of the model updates: differential privacy (study.dp) and SecAgg+."""
+
     dp: str = "none"
     dp_noise_multiplier: float = 1.0
     dp_clipping_norm: float = 1.0
@@ -135,11 +156,22 @@ class Study:
     secagg_threshold: float = 0.5  # share of a site's SecAgg+ neighbours needed to unmask
     secagg_clipping_range: float = 8.0
     secagg_quantization_range: int = 4194304
-    # local training
+
+
+@dataclass(frozen=True)
+class TrainingSection:
+    """Each site's local training."""
+
     local_epochs: int = 1
     batch_size: int = 16
     learning_rate: float = 0.001
-    # runtime
+
+
+@dataclass(frozen=True)
+class RuntimeSection:
+    """Where and how the study runs: resources, output, links, timeouts, fault
+    injection (simulation and tests) and resuming."""
+
     num_cpus: int = 1
     num_gpus: float = 0.0
     ray_address: str = ""
@@ -155,6 +187,89 @@ class Study:
     # set by `--trust-checkpoint`: resume from a checkpoint signed by a key this operator
     # does not hold (validated, then re-signed; docs/SECURITY.md)
     trust_checkpoint: bool = False
+
+
+# section name (a property of Study) -> its dataclass, in the order of the keys
+SECTIONS: dict[str, type] = {
+    "data": DataSection,
+    "federation": FederationSection,
+    "encryption": EncryptionSection,
+    "privacy": PrivacySection,
+    "training": TrainingSection,
+    "runtime": RuntimeSection,
+}
+# the keys outside every section
+STUDY_KEYS = ("name", "seed")
+
+
+def section_of(key: str) -> str | None:
+    """The section a study key (kebab-case or field name) belongs to; None for
+    `name` and `seed`. KeyError for a key that is not a study key."""
+    name = key.replace("-", "_")
+    for section, cls in SECTIONS.items():
+        if name in {f.name for f in fields(cls)}:
+            return section
+    if name in STUDY_KEYS:
+        return None
+    raise KeyError(f"{key!r} is not a study key")
+
+
+def _flat_fields(cls: type) -> type:
+    """Give `cls` (before @dataclass) every section's fields, flat, after its own."""
+    annotations = dict(cls.__dict__.get("__annotations__", {}))
+    for section in SECTIONS.values():
+        for f in fields(section):
+            if f.name in annotations or hasattr(cls, f.name):
+                raise TypeError(f"study key {f.name!r} is defined twice")
+            annotations[f.name] = f.type
+            setattr(cls, f.name, f.default)
+    cls.__annotations__ = annotations
+    return cls
+
+
+def _section_property(section: str, section_cls: type) -> property:
+    names = [f.name for f in fields(section_cls)]
+
+    def get(self: Study) -> Any:
+        return section_cls(**{name: getattr(self, name) for name in names})
+
+    get.__doc__ = f"The {section} settings ({section_cls.__name__})."
+    return property(get)
+
+
+@dataclass(frozen=True)
+@_flat_fields
+class Study:
+    """Every setting of a study, in sections (`study.data`, `study.federation`,
+    `study.encryption`, `study.privacy`, `study.training`, `study.runtime`).
+
+    The fields are flat, one per user key (the TOML keys with '-' -> '_'):
+    `Study(num_rounds=5)` and `study.num_rounds` are the user-key view of
+    `study.federation.num_rounds`. Beside the sections' fields a study has
+    `name` and `seed`."""
+
+    name: str = "demo"
+    seed: int = 0
+
+    @classmethod
+    def from_sections(cls, *, name: str = "demo", seed: int = 0, **sections: Any) -> Study:
+        """A validated study from section objects, e.g.
+        `Study.from_sections(federation=FederationSection(num_rounds=5))`."""
+        unknown = set(sections) - set(SECTIONS)
+        if unknown:
+            raise StudyError(
+                f"study: unknown section(s) {', '.join(sorted(unknown))}; "
+                f"the sections are {', '.join(SECTIONS)}"
+            )
+        values: dict[str, Any] = {"name": name, "seed": seed}
+        for section, cls_ in SECTIONS.items():
+            given = sections.get(section, cls_())
+            if not isinstance(given, cls_):
+                raise StudyError(f"study: section {section} must be a {cls_.__name__}")
+            values |= {f.name: getattr(given, f.name) for f in fields(cls_)}
+        study = cls(**values)
+        study.validate("study")
+        return study
 
     # -- construction -----------------------------------------------------
     @classmethod
@@ -400,6 +515,11 @@ class Study:
                 )
             plan[site] = Fault(rnd, stall, kind)
         return plan
+
+
+for _section, _cls in SECTIONS.items():
+    setattr(Study, _section, _section_property(_section, _cls))
+del _section, _cls
 
 
 def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
