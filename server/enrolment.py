@@ -30,10 +30,12 @@ from collections.abc import Iterable
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from study import protocol
 from study.config import Study
+from study.protocol import Identity, ProtocolError
 from study.sites import SiteId
 
-HELLO = "query.hello"
+HELLO = protocol.HELLO
 SITE_WAIT_S = 300.0  # how long to wait for every hospital's SuperNode to connect
 # A node that joins later: the most a round waits for it to say which site it is (a
 # SuperNode answers in seconds, a restarted one within a minute; round-timeout if
@@ -195,7 +197,11 @@ class SiteDirectory:
         a node that does not answer, or whose answer is Flower's error, is neither
         (it is asked again when it is next seen)."""
         messages = [
-            Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type=HELLO)
+            Message(
+                RecordDict({protocol.CONFIG: ConfigRecord({})}),
+                dst_node_id=node,
+                message_type=HELLO,
+            )
             for node in nodes
         ]
         found: dict[int, int] = {}
@@ -218,30 +224,22 @@ class SiteDirectory:
 
     def _identity(self, content: RecordDict) -> tuple[int, bytes | None]:
         """The site and certificate a hello reply states; EnrolmentError says what is wrong."""
-        status = content.get("status")
-        if isinstance(status, ConfigRecord) and status.get("error"):
-            raise EnrolmentError(f"site {status.get('site')!r} could not enrol: {status['error']}")
-        identity = content.get("identity")
-        if not isinstance(identity, ConfigRecord):
-            raise EnrolmentError("its hello reply has no 'identity' record")
-        values = {}
-        for key in ("site", "sites"):
-            value = identity.get(key)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise EnrolmentError(
-                    f"its identity's {key!r} is {str(value)[:40]!r}, not an integer"
-                )
-            values[key] = value
-        site, of = values["site"], values["sites"]
+        status = content.get(protocol.STATUS)
+        if isinstance(status, ConfigRecord) and status.get(protocol.ERROR):
+            raise EnrolmentError(
+                f"site {status.get(protocol.SITE)!r} could not enrol: {status[protocol.ERROR]}"
+            )
+        try:
+            identity = Identity.from_record(content)
+        except ProtocolError as exc:
+            raise EnrolmentError(str(exc)) from None
+        site, of = identity.site, identity.sites
         if of != self.study.num_sites or not 0 <= site < of:
             raise EnrolmentError(
                 f"it says it is partition {site} of {of}; the study has num-sites "
                 f"= {self.study.num_sites}: fix its --node-config"
             )
-        certificate = identity.get("certificate")
-        if certificate is not None and not isinstance(certificate, bytes):
-            raise EnrolmentError(f"its identity's certificate is a {type(certificate).__name__}")
-        return site, certificate
+        return site, identity.certificate
 
 
 def _all_nodes(grid: Grid) -> list[int]:

@@ -83,7 +83,7 @@ def build_strategy(study: Study) -> Strategy:
         options["proximal_mu"] = study.proximal_mu
     if "client_learning_rate" in params:  # QFedAvg: the sites' step size and loss key
         options["client_learning_rate"] = study.learning_rate
-        options["train_loss_key"] = "train-loss"
+        options["train_loss_key"] = protocol.TRAIN_LOSS
     return with_differential_privacy(
         study, cls(**{k: v for k, v in options.items() if k in params})
     )
@@ -128,7 +128,7 @@ def uniform_weights(replies: list[Message]) -> list[Message]:
     from study.privacy import UNIFORM_WEIGHT
 
     for reply in replies:
-        reply.content["metrics"][UNIFORM_WEIGHT] = 1.0
+        reply.content[protocol.METRICS][UNIFORM_WEIGHT] = 1.0
     return replies
 
 
@@ -155,8 +155,8 @@ def dp_aggregation(study: Study, wrapper: Strategy, weights: list[float]) -> dic
 def reply_weights(strategy: Strategy, replies: list[Message]) -> list[float]:
     """Each reply's weight in the mean: the metric the (wrapped) strategy weights by."""
     inner = getattr(strategy, "strategy", strategy)
-    key = getattr(inner, "weighted_by_key", "num-examples")
-    return [float(r.content["metrics"][key]) for r in replies]
+    key = getattr(inner, "weighted_by_key", protocol.NUM_EXAMPLES)
+    return [float(r.content[protocol.METRICS][key]) for r in replies]
 
 
 # the end of a round: (its ledger, global arrays) -> None (results, checkpoint, progress)
