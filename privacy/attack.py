@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +45,7 @@ import torch
 
 from privacy import scores, updates
 from study.config import DP_MODES, Study
-from study.task import MODEL_ARCHS, OPTIMIZERS, DpSgd, build_model, train
+from study.task import MODEL_ARCHS, OPTIMIZERS, DpSgd, build_model, to_float, train
 
 SCHEMA = 1
 OBSERVERS = ("server", "global-model")
@@ -231,6 +232,209 @@ def observed_update(
         std = compute_stdv(z, study.dp_clipping_norm, n) * n
         arrays = [a + rng.normal(0.0, std, a.shape).astype(a.dtype) for a in arrays]
     return {k: torch.from_numpy(a) for k, a in zip(names, arrays, strict=True)}
+
+
+# ------------------------------------------------------------------ running
+@dataclass(frozen=True)
+class SiteData:
+    """What a site trains on in the attacked round: its training set as stored
+    (integers of `bits` bits) and its training seed that round."""
+
+    images: np.ndarray
+    targets: np.ndarray
+    bits: int
+    train_seed: int
+
+
+@dataclass(frozen=True)
+class Federation:
+    """What the attacks read of a study as it runs, supplied by the caller
+    (the CLI binds it to the study: simulations.attack.study_federation).
+    `site_data(site)`: the site's SiteData in the attacked round;
+    `global_weights(arch)`: the global model the server sends in that round;
+    `held_out()`: the server's held-out images as floats on [0, 1], what the
+    attacker knows of the images without any update (their mean is the mean
+    guess, their principal components the optimisation attack's prior)."""
+
+    site_data: Callable[[int], SiteData]
+    global_weights: Callable[[str], dict[str, torch.Tensor]]
+    held_out: Callable[[], np.ndarray]
+
+
+def run_attacks(
+    plan: AttackPlan,
+    federation: Federation,
+    say: Callable[[str], None] = print,
+    *,
+    pictures: list[dict] | None = None,
+    draw: bool = True,
+) -> dict:
+    """Run every attack of `plan` on what `federation` holds; write leakage.json after each one (partial
+    results survive an interrupt), then leakage.png and leakage.md (`draw`).
+    `pictures`: a list that receives, per attack, its JSON entry with the
+    real images ("originals") and the matched reconstructions ("recon")."""
+    plan.check()
+    s = plan.study
+    out = plan.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"schema": SCHEMA, "study": s.name, "round": plan.attacked_round, "attacks": []}
+    pictures = [] if pictures is None else pictures
+    weights = {m: federation.global_weights(m) for m in plan.models}
+    doc["global_models"] = {
+        m: {
+            "source": "the initial model"
+            if plan.attacked_round == 1
+            else f"the study run for rounds 1..{plan.attacked_round - 1} in {out / 'federation'}",
+            "sha256": weights_digest(w),
+        }
+        for m, w in weights.items()
+    }
+    public = federation.held_out()
+    mean_guess = public.mean(axis=0)
+    doc["mean_guess"] = {"source": "the server's held-out images", "images": len(public)}
+    prior = attacker_prior(plan, public)
+    if prior is not None:
+        doc["prior"] = {
+            "source": "the server's held-out images",
+            "reference_images": prior.reference_images,
+            "components": prior.components,
+        }
+    for site_id in plan.sites:
+        site = federation.site_data(site_id)  # what the site trains on
+        images_all, targets_all, bits = site.images, site.targets, site.bits
+        mean_image = to_float(images_all, bits).numpy().mean(axis=0)
+        training = local_training(s, site.train_seed, plan.local_optimizer)
+        for arch in plan.models:
+            global_state = weights[arch]
+            for b in plan.batch_sizes:
+                idx = attacked_indices(len(images_all), b, site_id, plan.attacked_round, plan.seed)
+                images, targets = images_all[idx], targets_all[idx]
+                originals = to_float(images, bits).numpy()
+                guess = scores.mean_guess_psnr(mean_guess, originals)
+                guess_aligned = scores.mean_guess_psnr_scale_aligned(mean_guess, originals)
+                for defense in plan.defenses:
+                    noise_seed = plan.seed * 7919 + site_id * 31 + b
+                    update = site_update(
+                        s, arch, global_state, images, targets, bits, training, defense, noise_seed
+                    )
+                    for observer in observers_of(defense):
+                        rng = np.random.default_rng([plan.seed, site_id, b, 1])
+                        seen = observed_update(update, defense, observer, s, rng)
+                        base = {
+                            "model": arch,
+                            "defense": defense,
+                            "observer": observer,
+                            "site": site_id,
+                            "batch_size": b,
+                            "local_steps": training.steps(b),
+                            "local_optimizer": training.optimizer,
+                            "mean_guess_psnr": guess,
+                            "mean_guess_psnr_scale_aligned": guess_aligned,
+                            # for reference: guessing the site's own mean training image
+                            "site_mean_psnr": scores.mean_guess_psnr(mean_image, originals),
+                        }
+                        for entry, recon in attack_update(
+                            plan,
+                            arch,
+                            global_state,
+                            seen,
+                            training,
+                            originals,
+                            targets,
+                            prior,
+                            say,
+                            base,
+                            bits=bits,
+                        ):
+                            doc["attacks"].append(entry)
+                            pictures.append({**entry, "originals": originals, "recon": recon})
+                            write_json(out / "leakage.json", doc)
+    write_json(out / "leakage.json", doc)
+    if pictures and draw:
+        write_picture(out / "leakage.png", pictures, s.modality)
+        write_markdown(out / "leakage.md", doc, plan)
+    return doc
+
+
+def attack_secure_sum(
+    plan: AttackPlan, federation: Federation, say: Callable[[str], None] = print
+) -> dict:
+    """The optimisation attack on what a SecAgg+ server holds: the sum of the
+    sampled sites' updates, never one site's.
+
+    Each of the K sites Flower samples (sites 0..K-1) trains as the study does
+    on b = `plan.batch_sizes[0]` of its images under the first of
+    `plan.defenses` (as the site would send it: client-side clipping, local
+    DP-SGD); SecAgg+ reveals their example-weighted sum. The attacker treats
+    that sum as the update of one batch of the K * b images (it knows K, b and
+    every label: an upper bound) and reconstructs them all; each reconstruction
+    is matched to one real image. Returns the JSON entry of that attack, with
+    `observer` "server (secure sum)"."""
+    from study.privacy import sites_sampled
+
+    plan.check()
+    s = plan.study
+    b = plan.batch_sizes[0]
+    defense = plan.defenses[0]
+    k = sites_sampled(s)
+    global_state = federation.global_weights("study")
+    public = federation.held_out()
+    prior = attacker_prior(plan, public)
+    total: dict[str, torch.Tensor] | None = None
+    images, targets = [], []
+    bits = 8
+    for site_id in range(k):
+        site = federation.site_data(site_id)
+        site_images, site_targets, bits = site.images, site.targets, site.bits
+        idx = attacked_indices(len(site_images), b, site_id, plan.attacked_round, plan.seed)
+        training = local_training(s, site.train_seed, plan.local_optimizer)
+        update = site_update(
+            s, "study", global_state, site_images[idx], site_targets[idx], bits, training,
+            defense, plan.seed * 7919 + site_id * 31 + b,
+        )  # fmt: skip
+        rng = np.random.default_rng([plan.seed, site_id, b, 1])
+        seen = observed_update(update, defense, "server", s, rng)
+        weighted = {name: v * float(b) for name, v in seen.items()}
+        total = weighted if total is None else {n: total[n] + weighted[n] for n in total}
+        images.append(site_images[idx])
+        targets.append(site_targets[idx])
+    assert total is not None
+    batch, labels = np.concatenate(images), np.concatenate(targets)
+    originals = to_float(batch, bits).numpy()
+    training = local_training(s, 0, plan.local_optimizer)
+    base = {
+        "model": "study",
+        "defense": defense,
+        "secure_aggregation": "secagg+",
+        "observer": "server (secure sum)",
+        "site": None,
+        "sites_summed": k,
+        "batch_size": len(batch),
+        "local_steps": training.steps(len(batch)),
+        "local_optimizer": training.optimizer,
+        "mean_guess_psnr": scores.mean_guess_psnr(public.mean(axis=0), originals),
+        "mean_guess_psnr_scale_aligned": scores.mean_guess_psnr_scale_aligned(
+            public.mean(axis=0), originals
+        ),
+    }
+    model = build_model(s.modality, arch="study", image_size=s.image_size)
+    model.load_state_dict(global_state)
+    inv = updates.invert_update(
+        model,
+        global_state,
+        total,
+        training,
+        len(batch),
+        originals.shape[1:],
+        targets=labels,
+        prior=prior,
+        config=plan.inversion,
+    )
+    label = f"secure sum of {k} sites x b={b} {defense}"
+    entry, _ = scored_entry(
+        base, "optimisation", inv.images, originals, inv.seconds, "given", say, label
+    )
+    return entry
 
 
 def attacker_prior(plan: AttackPlan, public: np.ndarray) -> updates.ImagePrior | None:

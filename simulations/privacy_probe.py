@@ -102,8 +102,9 @@ def probe_study(
 def _update_columns(study: Study, probe: PrivacyProbe, out: Path, say) -> dict[str, float]:
     import numpy as np
 
+    from privacy.attack import AttackPlan
     from privacy.updates import InversionConfig
-    from simulations.attack import AttackPlan, attack_secure_sum, run_attacks
+    from simulations.attack import attack_secure_sum, run_attacks
 
     inversion = replace(
         InversionConfig(), iterations=probe.attack_iterations, restarts=probe.attack_restarts

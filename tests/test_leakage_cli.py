@@ -312,7 +312,7 @@ def test_attack_updates_bounds_its_numeric_flags(
 
 
 def test_attack_updates_help_states_the_bounds(capsys):
-    from simulations import attack
+    from privacy import attack
 
     with pytest.raises(SystemExit):
         main(["attack", "updates", "--help"])
