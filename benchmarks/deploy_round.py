@@ -34,6 +34,7 @@ from benchmarks.common import Progress, quiet
 from benchmarks.document import BenchDocument, documents
 from benchmarks.result_types import DeployRoundResults
 from benchmarks.tables import fmt, reproduce_line, shows_results, table
+from study.schema import PhaseRecord, iter_phases
 
 VARIANTS = {
     "simulated": "simulated (Ray)",
@@ -52,24 +53,21 @@ def _mean(values) -> float:
 def read_run(folder: Path) -> list[dict[str, Any]]:
     """Per round of a study folder: round seconds, phase seconds, site work seconds."""
     rows = [json.loads(x) for x in (folder / "rounds.jsonl").read_text().splitlines() if x]
-    phases = {}
-    if (folder / "phases.jsonl").is_file():
-        for line in (folder / "phases.jsonl").read_text().splitlines():
-            if line:
-                p = json.loads(line)
-                phases[p["round"]] = p
+    phases: dict[int, PhaseRecord] = {}
+    if (folder / "phases.jsonl").is_file():  # each line checked: SchemaError names it
+        phases = {p.round: p for p in iter_phases(folder / "phases.jsonl")}
     out = []
     for r in rows:
-        ph = phases.get(r["round"], {})
+        ph = phases.get(r["round"]) or PhaseRecord(r["round"], {})
         sites = [s for s in r["sites"] if s.get("ok")]
         out.append(
             {
                 "round": r["round"],
                 "seconds": r["seconds"],
-                "train_phase_s": ph.get("train_round"),
-                "evaluate_phase_s": ph.get("evaluate_round"),
-                "aggregate_s": ph.get("aggregate"),
-                "holdout_s": ph.get("holdout"),
+                "train_phase_s": ph.train_round,
+                "evaluate_phase_s": ph.evaluate_round,
+                "aggregate_s": ph.aggregate,
+                "holdout_s": ph.holdout,
                 "site_train_s": _mean(s["seconds"]["train"] for s in sites),
                 "site_crypto_s": _mean(
                     s["seconds"]["encrypt"] + s["seconds"]["decrypt"] for s in sites

@@ -45,7 +45,7 @@ def run_secagg_overhead(
 ) -> dict[str, Any]:
     """Plain FedAvg and SecAgg+ studies side by side for each number of sites."""
     from benchmarks.federation import benchmark_study, run_study
-    from study.schema import iter_jsonl
+    from study.schema import iter_phases
 
     if num_rounds < 2:
         raise ValueError(
@@ -69,7 +69,7 @@ def run_secagg_overhead(
                 out = Path(tmp) / f"{mode}-{n}"
                 studies[mode] = study = benchmark_study(out, secure_aggregation=mode, **settings)
                 run = run_study(study)
-                run["phases"] = [doc for _, doc in iter_jsonl(out / "phases.jsonl")]
+                run["phases"] = [p.to_json() for p in iter_phases(out / "phases.jsonl")]
                 run["round1_model"] = round_model(study, 1)
                 runs[mode] = run
             progress(f"secagg: {n} sites, the sites' round-1 models recomputed for the reference")

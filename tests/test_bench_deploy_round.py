@@ -18,6 +18,7 @@ from benchmarks.deploy_round import (
     wire_objects,
 )
 from benchmarks.document import BenchDocument
+from study.schema import SchemaError
 
 
 def _study(folder: Path, round_s: list[float], train_s: list[float], eval_s: list[float]) -> Path:
@@ -202,3 +203,14 @@ def test_wire_objects_counts_flower_objects_as_the_recorded_run_did():
     # Assert: the recorded counts; packing turns one object per tensor into a handful
     assert counted == recorded["wire_objects"]
     assert counted["packed"] < counted["tensors"] < counted["plain"]
+
+
+def test_a_phases_line_that_is_not_a_phases_record_is_named(tmp_path):
+    # Prepare: a study folder whose phases.jsonl has a phase that is not seconds
+    folder = _study(tmp_path / "sim", [3.0, 3.0], [1.0, 1.0], [0.5, 0.5])
+    lines = (folder / "phases.jsonl").read_text().splitlines()
+    lines[1] = lines[1].replace('"train_round": 1.0', '"train_round": "slow"')
+    (folder / "phases.jsonl").write_text("\n".join(lines) + "\n")
+    # Execute / Assert: the file, its line and the field
+    with pytest.raises(SchemaError, match=r"phases\.jsonl, line 2: field 'train_round'"):
+        read_run(folder)
