@@ -43,7 +43,7 @@ from flwr.app import ConfigRecord, Error, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 
-from server.ledger import RoundLedger
+from server.ledger import RoundLedger, no_reply_reason
 from server.progress import Events
 from study import protocol, transport
 from study.sites import SiteId
@@ -200,8 +200,7 @@ def _unanswered(account: RoundAccount, kind: str, messages, replies) -> None:
         if msg.metadata.dst_node_id not in answered:
             account.ledger.no_reply(
                 account.site_of(msg.metadata.dst_node_id),
-                f"no reply{where} within round-timeout = {account.round_timeout:g} s "
-                "(the site stopped or is too slow)",
+                no_reply_reason(account.round_timeout, where),
             )
 
 

@@ -35,6 +35,11 @@ SECONDS = {"encrypt": protocol.ENCRYPT_S, "train": protocol.TRAIN_S, "decrypt": 
 RECON = {"mse": protocol.RECON_MSE, "psnr": protocol.RECON_PSNR, "ssim": protocol.RECON_SSIM}
 
 
+def no_reply_reason(timeout: float, where: str = "") -> str:
+    """Why a site is failed when its reply did not come (`where`: " in SecAgg+ stage X")."""
+    return f"no reply{where} within round-timeout = {timeout:g} s (the site stopped or is too slow)"
+
+
 class StudyStopped(RuntimeError):
     """Fewer than `min-sites` sites replied: the study cannot go on."""
 

@@ -52,6 +52,7 @@ from server.ledger import (  # noqa: F401 - array_bytes, message_bytes: imported
     StudyStopped,
     array_bytes,
     message_bytes,
+    no_reply_reason,
     weighted_mean,
 )
 from server.progress import Events
@@ -246,8 +247,7 @@ class MedfedStrategy(Strategy):
         """The replies server.grid accepted (a refused one arrives as an error reply,
         its site's failure already recorded), in site order, aggregated."""
         ledger = self.ledger
-        accepted = [r for r in replies if not r.has_error()]
-        good = sorted(accepted, key=lambda r: self.site_of(r.metadata.src_node_id))
+        good = self._account_train_replies(list(replies))
         ledger.require_sites(len(good), self.study.min_sites, sampled=len(ledger.sent_train))
         from study.privacy import CENTRAL_MODES
 
@@ -258,6 +258,22 @@ class MedfedStrategy(Strategy):
         arrays, metrics = self.inner.aggregate_train(ledger.round, good)
         ledger.aggregate_s = time.perf_counter() - t0
         return self._as_sent(arrays), metrics
+
+    def _account_train_replies(self, replies: list[Message]) -> list[Message]:
+        """The train replies that count, in site order (a fixed order: reproducible
+        float sums): the accepted ones; a sampled site none of `replies` answers
+        for did not reply (server.grid records that too; a reply left out after
+        the exchange, as a test may, counts as none)."""
+        answered = {reply.metadata.src_node_id for reply in replies}
+        for node in self.ledger.sent_train - answered:
+            self.ledger.no_reply(self.site_of(node), no_reply_reason(self.round_timeout))
+        accepted = [r for r in replies if not r.has_error()]
+        return sorted(accepted, key=lambda r: self.site_of(r.metadata.src_node_id))
+
+    @property
+    def state(self) -> RoundLedger | None:
+        """The round's ledger (its former name)."""
+        return self.ledger
 
     def _as_sent(self, arrays: ArrayRecord | None) -> ArrayRecord | None:
         """The aggregate in the dtypes of the model sent: FedOpt's update multiplies by
