@@ -16,6 +16,26 @@ public training seed):
   (`adam_step_gradient`: steps saturated at the full learning rate carry
   none), and the image is the weighted rank-one fit of the rows
   (`rank_one_fit`). Works on the `mlp` reference model.
+  Last, the estimate is snapped to the grid the pixels were stored on
+  (`snap_to_grid`): the images are integers of a known bit depth (8-bit
+  phantoms; study.data keeps uint8 through resizing), which the model sees
+  as k / (2^bits - 1) (study.task.to_float). The attacker fits the estimate's
+  intensity scale and offset to that grid (the bias column that fixes the
+  scale is the least precise under Adam: scale errors of a few tenths of a
+  percent), then rounds each pixel to its level. Criterion: the pixels' mean
+  resultant length on the fitted grid, R = |mean exp(2 pi i v / a)|, must be
+  at least 0.3, i.e. errors about the grid within about 0.25 level, where
+  rounding lowers the expected squared error; otherwise the estimate is kept
+  as it is (noise under DP, grids finer than 8 bits). At 32 px most pixels
+  then come back exact (the demo's update: 68.6 -> 75.2 dB, seed 1: 57.4 ->
+  64.8 dB; at 64 px 62.1 -> 64.2 dB).
+- The optimisation attack's restarts are ranked, and `simulate_update`
+  reproduces a site's update, on the site's own training
+  (study.task.train_tensors, the loop study.task.train runs): bit for bit.
+  Only its descent runs on a differentiable surrogate of that training
+  (`differentiable_update`), built from the same public pieces of
+  study.task: `batch_order`, `loss`, `proximal_term`, `make_optimizer`'s
+  hyper-parameters.
 - `invert_update` (Geiping et al. 2020, "Inverting Gradients"): optimise
   candidate images so that the update they would produce, simulated step by
   step through the site's own training (its batches, loss, optimizer, the
