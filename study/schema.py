@@ -671,6 +671,136 @@ def read_run(folder: str | os.PathLike) -> RunResults:
     return RunResults(folder, read_config(folder), read_rounds(folder), read_summary(folder))
 
 
+# -- a sweep's comparison.json and an attack's leakage.json -----------------------------
+COMPARISON_SCHEMA = 1
+LEAKAGE_SCHEMA = 1
+
+
+def _check_version(doc: Any, wanted: int, what: str, source: str) -> None:
+    if not isinstance(doc, dict):
+        raise SchemaError(f"{source}: not {what} (a JSON object)")
+    if "benchmark" in doc:
+        raise SchemaError(f"{source}: a benchmark document ({doc['benchmark']!r}), not {what}")
+    if doc.get("schema") != wanted:
+        raise SchemaError(
+            f"{source}: {what} of schema {doc.get('schema')!r}; this medfed reads schema "
+            f"{wanted}: write it again (or read it with that version)"
+        )
+
+
+@dataclass
+class ComparisonDocument:
+    """comparison.json of `medfed sweep`: the sweep's grid and explicit points,
+    and one row per study (its settings, bytes, task metric, epsilon and the
+    privacy probe's PSNRs; simulations.sweep.comparison_row)."""
+
+    sweep: str
+    grid: dict[str, list[Any]]
+    points: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
+    schema: int = COMPARISON_SCHEMA
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "sweep": self.sweep,
+            "grid": self.grid,
+            "points": self.points,
+            "rows": self.rows,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any, *, source: str = "comparison.json") -> ComparisonDocument:
+        _check_version(doc, COMPARISON_SCHEMA, "a sweep comparison", source)
+        for name, kind in (("sweep", str), ("grid", dict), ("points", list), ("rows", list)):
+            if not isinstance(doc.get(name), kind):
+                raise SchemaError(f"{source}: field {name!r}: missing or not a {kind.__name__}")
+        if not all(isinstance(row, dict) for row in doc["rows"]):
+            raise SchemaError(f"{source}: field 'rows': not a list of objects")
+        return cls(doc["sweep"], doc["grid"], doc["points"], doc["rows"], doc["schema"])
+
+
+def write_comparison_json(path: str | os.PathLike, doc: ComparisonDocument) -> Path:
+    """The one writer of comparison.json (strict JSON, atomic)."""
+    return write_json(path, doc.to_json())
+
+
+def read_comparison(path: str | os.PathLike) -> ComparisonDocument:
+    """The one reader of comparison.json: the version checked, exact PSNRs infinite."""
+    return ComparisonDocument.from_json(read_json(path), source=str(path))
+
+
+@dataclass
+class LeakageDocument:
+    """leakage.json of `medfed attack updates` and of a sweep's privacy probe
+    (privacy.attack): the attacked study and round, one entry per attack, and
+    what the attacker started from. Written after every attack, so a partial
+    document (fewer attacks) is a valid one. Keys a later medfed adds are kept
+    in `extra`."""
+
+    study: str
+    round: int
+    attacks: list[dict[str, Any]]
+    global_models: dict[str, Any] | None = None
+    mean_guess: dict[str, Any] | None = None
+    prior: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    schema: int = LEAKAGE_SCHEMA
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "schema": self.schema,
+            "study": self.study,
+            "round": self.round,
+            "attacks": self.attacks,
+        }
+        for name in ("global_models", "mean_guess", "prior"):
+            if getattr(self, name) is not None:
+                doc[name] = getattr(self, name)
+        return {**doc, **self.extra}
+
+    @classmethod
+    def from_json(cls, doc: Any, *, source: str = "leakage.json") -> LeakageDocument:
+        _check_version(doc, LEAKAGE_SCHEMA, "an attack's leakage.json", source)
+        if not isinstance(doc.get("study"), str):
+            raise SchemaError(f"{source}: field 'study': missing or not text")
+        if type(doc.get("round")) is not int or doc["round"] < 1:
+            raise SchemaError(f"{source}: field 'round': {doc.get('round')!r} is not a round")
+        attacks = doc.get("attacks")
+        if not isinstance(attacks, list) or not all(isinstance(a, dict) for a in attacks):
+            raise SchemaError(f"{source}: field 'attacks': not a list of objects")
+        known = {"schema", "study", "round", "attacks", "global_models", "mean_guess", "prior"}
+        return cls(
+            study=doc["study"],
+            round=doc["round"],
+            attacks=attacks,
+            global_models=doc.get("global_models"),
+            mean_guess=doc.get("mean_guess"),
+            prior=doc.get("prior"),
+            extra={k: v for k, v in doc.items() if k not in known},
+            schema=doc["schema"],
+        )
+
+
+def write_leakage(path: str | os.PathLike, doc: LeakageDocument) -> Path:
+    """The one writer of an attack's leakage.json (strict JSON, atomic; without a
+    newline at the end, as leakage.json has always been written)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(dumps(doc.to_json(), indent=2))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_leakage(path: str | os.PathLike) -> LeakageDocument:
+    """The one reader of an attack's leakage.json: the version checked, exact PSNRs
+    infinite. benchmarks/results/leakage.json is a benchmark document, refused here."""
+    return LeakageDocument.from_json(read_json(path), source=str(path))
+
+
 # -- benchmark documents -----------------------------------------------------------------
 BENCH_SCHEMA = 1
 

@@ -17,6 +17,7 @@ import pytest
 from study.schema import (
     SCHEMA,
     AggregationRecord,
+    LeakageDocument,
     PhaseRecord,
     PrivacyRecord,
     RoundRecord,
@@ -25,9 +26,13 @@ from study.schema import (
     Summary,
     dumps,
     loads,
+    read_comparison,
+    read_leakage,
     read_phases,
     read_rounds,
+    write_comparison_json,
     write_json,
+    write_leakage,
 )
 
 LINES = Path(__file__).parent / "data" / "rounds_v2_lines.jsonl"
@@ -199,3 +204,67 @@ def test_a_phase_line_of_a_later_medfed_keeps_its_extra_phase():
 def test_read_phases_of_a_folder_without_phases_is_empty(tmp_path):
     write_json(tmp_path / "config.json", {"schema": SCHEMA})
     assert read_phases(tmp_path) == {}
+
+
+# -- comparison.json and leakage.json ------------------------------------------------------
+SWEEP = Path(__file__).parent / "data" / "sweep"  # a fresh `medfed sweep` of two dp modes
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+def test_a_sweeps_comparison_reads_and_writes_back_byte_identical(tmp_path):
+    doc = read_comparison(SWEEP / "comparison.json")
+    assert doc.sweep == "h6" and [p["dp"] for p in doc.points] == ["none", "client-fixed"]
+    assert [row["dp"] for row in doc.rows] == ["none", "client-fixed"]
+    assert doc.rows[0]["epsilon"] is None  # dp = none: no bound (infinite, null in JSON)
+    assert doc.rows[1]["epsilon"] > 0
+    out = write_comparison_json(tmp_path / "comparison.json", doc)
+    assert out.read_bytes() == (SWEEP / "comparison.json").read_bytes()
+
+
+def test_an_attacks_leakage_reads_and_writes_back_byte_identical(tmp_path):
+    doc = read_leakage(SWEEP / "leakage.json")
+    assert doc.study == "h6[dp=client-fixed]" and doc.round == 1
+    assert {a["defense"] for a in doc.attacks} == {"client-fixed"}
+    assert doc.mean_guess is not None and doc.global_models is not None
+    out = write_leakage(tmp_path / "leakage.json", doc)
+    assert out.read_bytes() == (SWEEP / "leakage.json").read_bytes()
+
+
+def test_an_exact_psnr_in_a_leakage_file_reads_as_infinite(tmp_path):
+    doc = LeakageDocument("s", 1, [{"attack": "analytic", "psnr": math.inf}])
+    again = read_leakage(write_leakage(tmp_path / "leakage.json", doc))
+    assert again.attacks[0]["psnr"] == math.inf and again.attacks[0]["exact"] is True
+
+
+@pytest.mark.parametrize(
+    ("doc", "match"),
+    [
+        (
+            {"schema": 2, "study": "s", "round": 1, "attacks": []},
+            "of schema 2; this medfed reads schema 1",
+        ),
+        ({"schema": 1, "study": "s", "round": 0, "attacks": []}, "field 'round': 0"),
+        ({"schema": 1, "study": "s", "round": 1, "attacks": {}}, "field 'attacks'"),
+        ([1], "not an attack's leakage.json"),
+    ],
+)
+def test_a_leakage_file_that_is_not_one_is_refused_naming_the_field(tmp_path, doc, match):
+    write_json(tmp_path / "leakage.json", doc)
+    with pytest.raises(SchemaError, match=match):
+        read_leakage(tmp_path / "leakage.json")
+
+
+def test_a_comparison_of_another_schema_or_shape_is_refused(tmp_path):
+    write_json(
+        tmp_path / "c.json", {"schema": 9, "sweep": "s", "grid": {}, "points": [], "rows": []}
+    )
+    with pytest.raises(SchemaError, match=r"c\.json: a sweep comparison of schema 9"):
+        read_comparison(tmp_path / "c.json")
+    write_json(tmp_path / "c.json", {"schema": 1, "sweep": "s", "grid": {}, "points": []})
+    with pytest.raises(SchemaError, match="field 'rows': missing or not a list"):
+        read_comparison(tmp_path / "c.json")
+
+
+def test_the_benchmarks_leakage_result_is_a_benchmark_document_not_an_attacks():
+    with pytest.raises(SchemaError, match="a benchmark document \\('leakage'\\)"):
+        read_leakage(RESULTS / "leakage.json")
