@@ -139,17 +139,17 @@ NAMES: dict[str, tuple[str, str | None, str]] = {
     "clip_inputs_inplace": (
         "flwr.supercore.differential_privacy",
         "clip_inputs_inplace",
-        "simulations/attack.py",
+        "privacy/attack.py",
     ),
     "compute_adaptive_noise_params": (
         "flwr.supercore.differential_privacy",
         "compute_adaptive_noise_params",
-        "simulations/attack.py",
+        "privacy/attack.py",
     ),
     "compute_stdv": (
         "flwr.supercore.differential_privacy",
         "compute_stdv",
-        "simulations/attack.py",
+        "privacy/attack.py",
     ),
 }
 
