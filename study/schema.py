@@ -4,9 +4,12 @@ the one writer and reader of each.
 A study's run folder holds
     config.json     RunConfig     the study and the versions it ran with
     rounds.jsonl    RoundRecord   one line per completed round
+    phases.jsonl    PhaseRecord   the server's seconds per phase of each round
     summary.json    Summary       totals, per-site bytes, the final metrics
     events.jsonl    progress events (see server.progress)
-Benchmarks write BenchDocument files (benchmarks/results/*.json).
+A sweep writes comparison.json (ComparisonDocument) and an update-leakage
+attack leakage.json (LeakageDocument); benchmarks write their own documents
+(benchmarks/document.py).
 
 All JSON medfed writes is strict RFC 8259 (`dumps` refuses NaN and
 infinity): a number that is undefined (a mean over nothing) is written as
@@ -25,7 +28,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -799,41 +802,3 @@ def read_leakage(path: str | os.PathLike) -> LeakageDocument:
     """The one reader of an attack's leakage.json: the version checked, exact PSNRs
     infinite. benchmarks/results/leakage.json is a benchmark document, refused here."""
     return LeakageDocument.from_json(read_json(path), source=str(path))
-
-
-# -- benchmark documents -----------------------------------------------------------------
-BENCH_SCHEMA = 1
-
-
-@dataclass
-class BenchDocument:
-    """benchmarks/results/<benchmark>.json."""
-
-    benchmark: str
-    command: str
-    created: str
-    seconds: float
-    settings: dict[str, Any]
-    machine: dict[str, Any]
-    results: dict[str, Any]
-    schema: int = BENCH_SCHEMA
-
-    def to_json(self) -> dict[str, Any]:
-        doc = asdict(self)
-        return {"schema": doc.pop("schema"), **doc}
-
-    @classmethod
-    def from_json(
-        cls, doc: Mapping[str, Any], *, source: str = "benchmark document"
-    ) -> BenchDocument:
-        if doc.get("schema") != BENCH_SCHEMA or "benchmark" not in doc:
-            raise SchemaError(f"{source}: not a schema-{BENCH_SCHEMA} benchmark document")
-        names = {f.name for f in fields(cls)}
-        missing = names - set(doc)
-        if missing:
-            raise SchemaError(f"{source}: benchmark document lacks {', '.join(sorted(missing))}")
-        return cls(**{k: doc[k] for k in names})
-
-
-def read_bench(path: str | os.PathLike) -> BenchDocument:
-    return BenchDocument.from_json(read_json(path), source=str(path))
