@@ -44,12 +44,13 @@ import numpy as np
 import torch
 
 from privacy import scores, updates
+from study import dp
 from study.config import DP_MODES, Study
 from study.task import MODEL_ARCHS, OPTIMIZERS, DpSgd, build_model, to_float, train
 
 SCHEMA = 1
-OBSERVERS = ("server", "global-model")
-CENTRAL_DP = ("client-fixed", "client-adaptive", "server-fixed")
+OBSERVERS = dp.OBSERVERS
+CENTRAL_DP = dp.CENTRAL_MODES  # the server noises the mean of clipped updates
 # "holdout": the server's held-out images (what the coordinator has; never the
 # attacked site's) fit the optimisation attack's image prior; "none": raw pixels
 PRIORS = ("holdout", "none")
@@ -215,19 +216,22 @@ def observed_update(
         compute_stdv,
     )
 
+    mode = dp.dp_mode(defense)
     names = list(update)
     arrays = [update[k].numpy().copy() for k in names]
-    if defense in CENTRAL_DP and (defense != "server-fixed" or observer == "global-model"):
+    if mode.central and (mode.clipped_by == "site" or observer == "global-model"):
         # the client mod (or, for server-fixed, the server) clips the update;
         # round 1 of adaptive clipping uses the initial norm
         clip_inputs_inplace(arrays, study.dp_clipping_norm)
-    if observer == "global-model" and defense in CENTRAL_DP:
+    if observer == "global-model" and mode.central:
         from study.privacy import sites_sampled
 
         n = sites_sampled(study)
         z = study.dp_noise_multiplier
-        if defense == "client-adaptive":
-            _, z = compute_adaptive_noise_params(z, n, None)
+        if mode.adaptive:
+            # the clipped-count noise the server's wrapper is built with
+            # (study.dp.DpMode.wrap_strategy): max(sites / 20, z)
+            _, z = compute_adaptive_noise_params(z, n, max(n / 20, z))
         # Flower's noise on the average, in units of one site's contribution
         std = compute_stdv(z, study.dp_clipping_norm, n) * n
         arrays = [a + rng.normal(0.0, std, a.shape).astype(a.dtype) for a in arrays]

@@ -430,3 +430,22 @@ def test_snap_to_grid_fits_scale_and_offset_and_refuses_what_has_no_grid():
     assert torch.equal(snapped * 255, k)
     assert not nofit.snapped and nofit.resultant < updates.GRID_MIN_RESULTANT
     assert not updates.snap_to_grid(estimate / 65535, 16)[1].snapped  # finer than 8 bits
+
+
+def test_the_global_model_view_under_adaptive_clipping_has_the_servers_noise():
+    # Prepare: 2 sites at z = 1, where Flower's default clipped-count noise
+    # (sites / 20) cannot be split off; the server then uses max(sites / 20, z)
+    from flwr.supercore.differential_privacy import compute_adaptive_noise_params
+
+    from privacy.attack import observed_update
+    from study.config import Study
+
+    study = Study(num_sites=2, dp="client-adaptive", dp_noise_multiplier=1.0)
+    update = {"w": torch.full((200_000,), 1e-6)}  # well inside the clipping norm
+    # Execute
+    seen = observed_update(
+        update, "client-adaptive", "global-model", study, np.random.default_rng(0)
+    )
+    # Assert: the noise of one site's share of Flower's noised mean (z_eff * C)
+    _, z_eff = compute_adaptive_noise_params(1.0, 2, 1.0)
+    assert float(seen["w"].std()) == pytest.approx(z_eff * study.dp_clipping_norm, rel=0.01)
