@@ -5,8 +5,9 @@
   the site's training through study.task's own pieces;
 - `privacy.scores`: PSNR / SSIM of reconstructions and of the mean guess;
 - `privacy.attack`: the plan of `medfed attack updates`, a site's update,
-  what each DP observer holds of it, and the outputs (leakage.json, .md,
-  .png).
+  what each DP observer holds of it, the run over a study's sites (which it
+  reads through a `Federation`) and leakage.json;
+- `privacy.report`: leakage.png, leakage.md and the terminal's summary.
 
 Imports study and encryption only; the CLI binds it to a running study in
 simulations/attack.py. The ciphertext attacks stay in encryption/attacks.py.

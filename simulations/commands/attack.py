@@ -95,7 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from privacy.attack import summary_lines
+    from privacy.report import summary_lines
     from simulations.attack import plan_from_args, run_attacks
     from simulations.commands.run import load_study
 
