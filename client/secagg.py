@@ -14,22 +14,21 @@ It also refuses to put a model with NaN or infinite weights into the sum (the
 server could not see it there) and counts the weighted values the protocol
 will clip (`secagg-clipped`), so the server can stop with the key to raise.
 
-`examples_reply` answers `query.examples`: the number of training images
-the site trains on, which the server needs for Flower's `max_weight`.
+The names of the records and fields are study.protocol's.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_STATE
 from flwr.compat.common import recorddict_compat as compat
 
+from study import protocol
 from study.config import Study
 from study.privacy import CENTRAL_MODES
-
-CLIPPED_METRIC = "secagg-clipped"  # the server's name for it: server.secagg.CLIPPED_METRIC
+from study.protocol import CLIPPED_METRIC
 
 
 def secure_aggregation_mod(msg: Message, context: Context, call_next, study: Study) -> Message:
@@ -58,28 +57,30 @@ def _fit_through_train_handler(legacy: Message, context: Context, call_next, stu
         )
     content = RecordDict(
         {
-            "arrays": ArrayRecord({k: Array(a) for k, a in zip(names, received, strict=True)}),
-            "config": ConfigRecord(dict(fitins.config)),
+            protocol.ARRAYS: ArrayRecord(
+                {k: Array(a) for k, a in zip(names, received, strict=True)}
+            ),
+            protocol.CONFIG: ConfigRecord(dict(fitins.config)),
         }
     )
     reply = call_next(Message(content=content, metadata=legacy.metadata), context)
-    extra = sorted(set(reply.content.keys()) - {"arrays", "metrics", "status"})
+    extra = sorted(set(reply.content.keys()) - {protocol.ARRAYS, protocol.METRICS, protocol.STATUS})
     if extra:
         raise ValueError(
             f"a SecAgg+ reply carries only the model and its metrics, not {', '.join(extra)} "
             "(the study must have exchange = none)"
         )
-    trained = [a.numpy() for a in reply.content["arrays"].values()]
-    site = reply.content["status"]["site"]
+    trained = [a.numpy() for a in reply.content[protocol.ARRAYS].values()]
+    site = reply.content[protocol.STATUS][protocol.SITE]
     if not all(np.isfinite(a).all() for a in trained):
         raise ValueError(
             f"site {site}: the trained model has NaN or infinite weights; it is not put into "
             "the secure sum (lower learning-rate)"
         )
-    metrics = dict(reply.content["metrics"])
+    metrics = dict(reply.content[protocol.METRICS])
     # the protocol weights a site by num_examples; under a central dp mode every
     # site weighs 1, the mean the noise is calibrated for (study.privacy)
-    weight = 1 if study.dp in CENTRAL_MODES else int(metrics["num-examples"])
+    weight = 1 if study.dp in CENTRAL_MODES else int(metrics[protocol.NUM_EXAMPLES])
     metrics[CLIPPED_METRIC] = _clipped_values(trained, weight, context)
     fitres = FitRes(
         status=Status(code=Code.OK, message="Success"),
@@ -88,7 +89,7 @@ def _fit_through_train_handler(legacy: Message, context: Context, call_next, stu
         metrics=metrics,
     )
     out = compat.fitres_to_recorddict(fitres, keep_input=False)
-    out["status"] = reply.content["status"]
+    out[protocol.STATUS] = reply.content[protocol.STATUS]
     return Message(content=out, reply_to=legacy)
 
 
@@ -103,14 +104,3 @@ def _clipped_values(arrays: list[np.ndarray], examples: int, context: Context) -
     weight = round(examples / float(state["max_weight"]) * target) / target
     limit = float(state["clipping_range"])
     return int(sum(np.count_nonzero(np.abs(a.astype(np.float64) * weight) > limit) for a in arrays))
-
-
-def examples_reply(msg: Message, site_id: int, num_examples: int) -> Message:
-    """`query.examples`: the site's number of training images."""
-    content = RecordDict(
-        {
-            "examples": MetricRecord({"num-examples": num_examples}),
-            "status": ConfigRecord({"site": site_id}),
-        }
-    )
-    return Message(content=content, reply_to=msg)

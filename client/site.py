@@ -18,7 +18,6 @@ the ciphertext and grants with the model update.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +29,9 @@ from client.keys import IDENTITY_DIR, SiteKeys
 from encryption import Encryptor, get_encryptor
 from study.config import Study
 from study.data.home import study_data_root
+from study.protocol import KeyMessages, cert_key
 
-
-class InjectedFault(RuntimeError):
-    """Raised on purpose by `fault-sites` (fault-injection studies)."""
+__all__ = ["KeyMessages", "LocalUpdate", "Shared", "Site", "TrainingSet", "round_trip", "site_dir"]
 
 
 def site_dir(study: Study, site: int) -> Path:
@@ -52,18 +50,6 @@ class Shared:
     ssim: float
     encrypt_s: float
     decrypt_s: float
-
-
-@dataclass
-class KeyMessages:
-    """The key management in one train message (all optional): grants
-    delivered to this site, certificates of the identities involved, and the
-    grants the server asks this site to seal."""
-
-    delivered: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (grantor, v) -> grant
-    certificates: dict[str, bytes] = field(default_factory=dict)  # identity -> PEM
-    request_version: int | None = None
-    request_grantees: tuple[str, ...] = ()
 
 
 class TrainingSet(NamedTuple):
@@ -255,11 +241,10 @@ class Site:
         asked for. The ClientApp and the update-leakage attack both call this."""
         from study.task import DpSgd, build_model, train
 
-        fault = self.check_fault(server_round)
         s = self.study
         keys = keys or KeyMessages()
         for (grantor, version), blob in sorted(keys.delivered.items()):
-            self.keys.receive_grant(grantor, version, blob, keys.certificates[grantor])
+            self.keys.receive_grant(grantor, version, blob, self._certificate(keys, grantor))
         model = build_model(s.modality)
         model.load_state_dict(global_state)
         data = self.training_set(
@@ -282,37 +267,36 @@ class Site:
         )
         grants = {}
         if keys.request_version is not None:
-            grantees = {g: keys.certificates[g] for g in keys.request_grantees}
+            grantees = {g: self._certificate(keys, g) for g in keys.request_grantees}
             version = keys.request_version
             grants = self.keys.seal_grants(version, self.encryptor(version), grantees)
-        if fault == "nan":
-            import torch
-
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.fill_(float("nan"))
         return LocalUpdate(model, result, shared, data.decrypt_s, grants, data.peer_images)
+
+    def _certificate(self, keys: KeyMessages, identity: str) -> bytes:
+        if identity not in keys.certificates:
+            raise ValueError(
+                f"site {self.site_id}: the train message names {identity!r} in its keys "
+                f"but carries no certificate of it ({cert_key(identity)})"
+            )
+        return keys.certificates[identity]
+
+    def evaluate(self, global_state: dict, *, device: str = "cpu") -> tuple[int, dict]:
+        """The global model on this site's test patients: (test images, scores);
+        (0, {}) when the site has none."""
+        from study.task import build_model, evaluate
+
+        model = build_model(self.study.modality)
+        model.load_state_dict(global_state)
+        test = self.shard.test
+        if len(test) == 0:
+            return 0, {}
+        scores = evaluate(
+            model, self.study.modality, test.images, test.targets, test.bits, device=device
+        )
+        return len(test), scores
 
     def train_seed(self, server_round: int) -> int:
         return self.study.seed * 100_003 + server_round * 1009 + self.site_id
-
-    def check_fault(self, server_round: int) -> str | None:
-        """Fault injection (`fault-sites`): raise, stall, die, or return "nan"
-        for train_round to send a NaN update."""
-        fault = self.study.fault_plan.get(self.site_id)
-        if fault is None or fault.round not in (None, server_round):
-            return None
-        if fault.kind == "stall":
-            time.sleep(fault.stall_s)  # a slow or vanished site: the server's round-timeout
-            return None
-        if fault.kind == "crash":
-            os._exit(70)  # a worker killed mid-round (Ray restarts it for the next round)
-        if fault.kind == "nan":
-            return "nan"
-        raise InjectedFault(
-            f"site {self.site_id}: injected fault in round {server_round} "
-            f"(fault-sites = {self.study.fault_sites!r})"
-        )
 
 
 def round_trip(enc: Encryptor, images: np.ndarray, bits: int) -> np.ndarray:

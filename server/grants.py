@@ -41,6 +41,7 @@ from encryption.grants import GrantError, read_grant_header
 from encryption.pki import check_identity_name
 from server.archive import MAX_KEY_VERSION, MAX_ROUND, Archive, ArchiveError, check_site
 from study.config import Study
+from study.protocol import KeyMessages
 from study.schema import SchemaError, append_jsonl, loads
 
 AUDITOR = "auditor"
@@ -183,16 +184,15 @@ class GrantBroker:
     def outgoing(self, site: int, server_round: int) -> ConfigRecord | None:
         """The `keys` record for `site`'s train message of this round, if any."""
         name, version = f"site-{site}", self.study.key_version(server_round)
-        record = ConfigRecord()
+        keys = KeyMessages()
         missing = sorted(
             g for (i, g) in self.pairs if i == site and (name, g, version) not in self.held
         )
         missing = [g for g in missing if g in self.certificates]  # enrolled grantees only
         if missing:
-            record["request-version"] = version
-            record["request-grantees"] = ",".join(missing)
+            keys.request_version, keys.request_grantees = version, tuple(missing)
             for grantee in missing:
-                record[f"cert/{grantee}"] = self.certificates[grantee]
+                keys.certificates[grantee] = self.certificates[grantee]
         pending = []
         for (grantor, grantee, v), blob in sorted(self.held.items()):
             if (
@@ -201,10 +201,11 @@ class GrantBroker:
                 and self.allows(grantor, grantee)  # the policy now, not when it was sealed
                 and grantor in self.certificates
             ):
-                record[f"grant/{grantor}/{v}"] = blob
-                record[f"cert/{grantor}"] = self.certificates[grantor]
+                keys.delivered[(grantor, v)] = blob
+                keys.certificates[grantor] = self.certificates[grantor]
                 pending.append((grantor, grantee, v))
         self._pending[site] = (server_round, pending)
+        record = keys.to_record()
         return record if len(record) else None
 
     def confirmed(self, site: int) -> None:
