@@ -4,7 +4,9 @@ ones with an error naming the record and field."""
 
 from __future__ import annotations
 
+import ast
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,3 +236,80 @@ def test_wire_names_are_unique_and_complete():
     # record; status.peers names the peers as the peers record does); nothing else repeats
     repeated = sorted({n for n in names if names.count(n) > 1})
     assert repeated == ["examples", "peers"], repeated
+
+
+# -- every wire name is spelled out only in study/protocol.py ------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+RECORD_NAMES = {
+    protocol.ARRAYS,
+    protocol.CONFIG,
+    protocol.METRICS,
+    protocol.STATUS,
+    protocol.SHARED,
+    protocol.GRANTS,
+    protocol.PEERS,
+    protocol.KEYS,
+    protocol.IDENTITY,
+    protocol.EXAMPLES_RECORD,
+}
+# names with a hyphen, a slash or a dot cannot be anything but the protocol's
+DISTINCT = {n for n in protocol.WIRE_NAMES if any(c in n for c in "-/.")}
+PREFIXES = (protocol.GRANT_PREFIX, protocol.CERT_PREFIX)
+
+
+def wire_literals(path: Path) -> list[str]:
+    """Where `path` spells out a wire name: a string that is one of the distinct names
+    (or starts with a key prefix), or a record name used as a key (subscript, .get(),
+    `in`)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text = node.value
+            if text in DISTINCT or (text.startswith(PREFIXES) and len(text) < 40):
+                found.append(f"{path.name}:{node.lineno}: {text!r}")
+        keys = []
+        if isinstance(node, ast.Subscript):
+            keys = [node.slice]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in ("get", "pop") and node.args:
+                keys = [node.args[0]]
+        elif isinstance(node, ast.Compare) and isinstance(node.ops[0], (ast.In, ast.NotIn)):
+            keys = [node.left]
+        for key in keys:
+            if isinstance(key, ast.Constant) and key.value in RECORD_NAMES:
+                found.append(f"{path.name}:{node.lineno}: record {key.value!r}")
+    return found
+
+
+# words of the wire that are also fields of a file medfed writes: rounds.jsonl's site
+# entries have `examples` and `peers`, a checkpoint manifest's entries `keys`
+FILE_FIELDS = {
+    "results.py": {"record 'examples'", "record 'peers'"},
+    "checkpoint.py": {"record 'keys'"},
+}
+SOURCES = sorted([*(ROOT / "client").glob("*.py"), *(ROOT / "server").glob("*.py")])
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_wire_name_is_spelled_out_in_client_or_server(path):
+    """The issue's done-when: no record key string appears in client/ or server/;
+    they name every record and field through study.protocol."""
+    allowed = FILE_FIELDS.get(path.name, set()) if path.parent.name == "server" else set()
+    found = [f for f in wire_literals(path) if f.split(": ", 1)[1] not in allowed]
+    assert found == []
+
+
+def test_the_check_finds_a_spelled_out_name(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        'x = reply.content["status"]\ny = {"recon-psnr": 1}\nz = f"grant/{a}/{b}"\n'
+        'w = "metrics" in content\nv = msg.content.get("keys")\nok = "site"\n'
+    )
+    assert sorted(wire_literals(sample)) == [
+        "sample.py:1: record 'status'",
+        "sample.py:2: 'recon-psnr'",
+        "sample.py:3: 'grant/'",
+        "sample.py:4: record 'metrics'",
+        "sample.py:5: record 'keys'",
+    ]
