@@ -33,7 +33,6 @@ generator so that results are reproducible.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from privacy import scores, updates
 from privacy.report import write_markdown, write_picture
 from study import dp
 from study.config import DP_MODES, Study
+from study.schema import LeakageDocument, write_leakage
 from study.task import MODEL_ARCHS, OPTIMIZERS, DpSgd, build_model, to_float, train
 
 SCHEMA = 1
@@ -546,6 +546,5 @@ def scored_entry(base, attack, recon, originals, seconds, labels, say, label):
 
 
 def write_json(path: Path, doc: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False))
-    tmp.replace(path)
+    """leakage.json through study.schema's one writer (strict JSON, atomic)."""
+    write_leakage(path, LeakageDocument.from_json(doc, source=str(path)))
