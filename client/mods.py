@@ -6,8 +6,8 @@
   its site;
 - `transport_mod` (every message): unpacks a packed message (study.transport:
   the model as one Array on the wire) and packs its reply;
-- `dp_clipping_mod` (train): Flower's client-side clipping mod for the study's
-  client-side DP mode.
+- `dp_clipping_mod` (train): the Flower clipping mod that the study's dp mode
+  names in study.dp's registry (client-side DP).
 SecAgg+ (client/secagg.py) and fault injection (client/faults.py) are train
 mods of their own.
 """
@@ -22,6 +22,7 @@ from flwr.app import Context, Message, RecordDict
 from client import audit
 from study import protocol, transport
 from study.config import Study
+from study.dp import dp_mode
 from study.protocol import Status
 
 
@@ -56,14 +57,13 @@ def transport_mod(msg: Message, context: Context, call_next: Callable) -> Messag
 
 
 def dp_clipping_mod(msg: Message, context: Context, call_next: Callable, study: Study) -> Message:
-    """Flower's client-side clipping mod for `dp = client-fixed | client-adaptive`.
+    """Flower's client-side clipping mod of the study's dp mode (study.dp's registry
+    names it: client-fixed and client-adaptive have one).
 
     Flower's mods expect a message of one ArrayRecord and one ConfigRecord;
     a medfed train message may also carry peers' ciphertext and key grants.
     The mod sees the model and its config, the handler the whole message."""
-    from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
-
-    mod = {"client-fixed": fixedclipping_mod, "client-adaptive": adaptiveclipping_mod}.get(study.dp)
+    mod = dp_mode(study.dp).client_mod_function()
     if mod is None:
         return call_next(msg, context)
     model_and_config = (protocol.ARRAYS, protocol.CONFIG)

@@ -27,7 +27,7 @@ from flwr.compat.common import recorddict_compat as compat
 
 from study import protocol
 from study.config import Study
-from study.privacy import CENTRAL_MODES
+from study.dp import CENTRAL_MODES
 from study.protocol import CLIPPED_METRIC
 
 
