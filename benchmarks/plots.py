@@ -18,10 +18,6 @@ from benchmarks.result_types import (
 from benchmarks.tables import med
 from server.report import pyplot
 
-# the old private name, until benchmarks/sections_leakage.py and simulations/attack.py
-# import server.report.pyplot
-_plt = pyplot
-
 
 def plot_rate_distortion(rd: RateDistortionResults, path: Path) -> bool:
     """Bits per pixel against PSNR (top row) and SSIM (bottom row), one column per

@@ -20,7 +20,7 @@ STATED_PSNR_DB = 24.0
 
 HOW_TO_READ = (
     "What a curious server reconstructs from one site's model update "
-    "(`medfed attack updates`, `server/leakage.py`): round 1 of a 2-site phantom study, site 0 "
+    "(`medfed attack updates`, `privacy/updates.py`): round 1 of a 2-site phantom study, site 0 "
     "trains as the study does (Adam, lr 1e-3, batch size 16, so one local step) on b of its "
     "images. The optimisation attack (Inverting Gradients: cosine distance between the "
     "update it simulates and the one observed, descent on the coefficients of an image prior, "
@@ -31,8 +31,9 @@ HOW_TO_READ = (
     "never the site's. The analytic attack (row / bias ratio of a fully connected first "
     "layer) attacks the `mlp` reference model; under Adam it inverts the step element by "
     "element, weighs each element by the precision float32 left it (a step saturated at the "
-    "full learning rate carries none) and fits the image to all rows at once (rank one), "
-    "batches grouped by rows that agree within their noise. One X-ray's "
+    "full learning rate carries none), fits the image to all rows at once (rank one) and "
+    "snaps it to the images' 8-bit levels where its fit shows them (exact images count at "
+    "the 200 dB cap), batches grouped by rows that agree within their noise. One X-ray's "
     "findings come back from the update (iDLG); batches and MRI masks are given to the "
     "attacker (an upper bound). PSNR and SSIM on [0, 1], each reconstruction matched one to "
     "one to its real image (Hungarian assignment), averaged over the attacked batches.\n\n"
@@ -108,12 +109,12 @@ def _points_table(points: list[Mapping[str, Any]]) -> str:
 def plot_leakage_epsilon(results: LeakageResults, path: Path) -> bool:
     """Leakage PSNR (gain over the mean guess, plain and aligned) against epsilon
     of local DP-SGD, one panel per modality; no defence drawn at the right edge."""
-    from benchmarks.plots import _plt
+    from server.report import pyplot
 
     mods = {m: r for m, r in results.modalities.items() if r.get("epsilon_curve")}
     if not mods:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(mods), figsize=(5.0 * len(mods), 3.6), squeeze=False)
     for ax, (modality, r) in zip(axes[0], mods.items(), strict=True):
         finite = [p["epsilon"] for p in r["epsilon_curve"] if p["epsilon"] is not None]
@@ -148,12 +149,12 @@ def plot_leakage_epsilon(results: LeakageResults, path: Path) -> bool:
 
 def plot_auroc_epsilon(points: list[Mapping[str, Any]], path: Path) -> bool:
     """Macro AUROC of federated studies against their epsilon (the hook's points)."""
-    from benchmarks.plots import _plt
+    from server.report import pyplot
 
     finite = [p for p in points if p["epsilon"] is not None]
     if not finite:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     modes = list(dict.fromkeys(p.get("dp", "DP") for p in finite))
     for mode in modes:  # one curve per dp mode: their epsilons protect different units

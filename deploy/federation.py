@@ -48,8 +48,6 @@ RESTART_WINDOW_S = 300.0  # ... within this many seconds; then the deployment st
 # SuperLink must first count the stopped node as gone (no heartbeat for flwr's
 # HEARTBEAT_PATIENCE x HEARTBEAT_DEFAULT_INTERVAL = 60 s), else "Failed to activate"
 NODE_GONE_S = 62.0
-# a hospital's own node-config opt-in to fault injection (client/faults.py)
-ALLOW_FAULT_INJECTION = "allow-fault-injection"
 
 
 class LocalFederation:
@@ -324,6 +322,8 @@ class LocalFederation:
     def _supernode_argv(
         self, i: int, root_certificates: Path | None = None, private_key: Path | None = None
     ) -> list[str]:
+        from client.faults import ALLOW_FAULT_INJECTION
+
         argv = [
             self.tool("flower-supernode"),
             "--superlink",

@@ -231,8 +231,7 @@ def observed_update(
         z = study.dp_noise_multiplier
         if mode.adaptive:
             # the clipped-count noise the server's wrapper is built with
-            # (study.dp.DpMode.wrap_strategy): max(sites / 20, z)
-            _, z = compute_adaptive_noise_params(z, n, max(n / 20, z))
+            _, z = compute_adaptive_noise_params(z, n, dp.clipped_count_stddev(z, n))
         # Flower's noise on the average, in units of one site's contribution
         std = compute_stdv(z, study.dp_clipping_norm, n) * n
         arrays = [a + rng.normal(0.0, std, a.shape).astype(a.dtype) for a in arrays]

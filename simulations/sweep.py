@@ -45,7 +45,7 @@ from typing import Any
 from benchmarks.tables import table
 from simulations.privacy_probe import PrivacyProbe
 from study.config import Study, StudyError
-from study.schema import Summary, write_json
+from study.schema import ComparisonDocument, Summary, write_comparison_json
 
 SWEEP_KEYS = {"name", "study", "out-dir", "set", "grid", "point", "privacy"}
 # the most studies one sweep may plan: 25 keys of 2 values are 33,554,432 points
@@ -208,15 +208,11 @@ def comparison_row(point: dict[str, Any], study: Study, summary: Summary) -> dic
 
 def write_comparison(sweep: Sweep, rows: list[dict[str, Any]]) -> Path:
     sweep.out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(
+    write_comparison_json(
         sweep.out_dir / "comparison.json",
-        {
-            "schema": 1,
-            "sweep": sweep.name,
-            "grid": sweep.grid,
-            "points": list(sweep.explicit),
-            "rows": rows,
-        },
+        ComparisonDocument(
+            sweep=sweep.name, grid=sweep.grid, points=list(sweep.explicit), rows=rows
+        ),
     )
     cols = list(rows[0]) if rows else []
     lines = [f"# Sweep `{sweep.name}`", ""]

@@ -38,6 +38,13 @@ OBSERVERS = ("server", "global-model")
 GLOBAL_MODEL_HOLDERS = "holders of the global model (sites, the public); not the server"
 
 
+def clipped_count_stddev(noise_multiplier: float, sites: int) -> float:
+    """Adaptive clipping's noise on the clipped count: max(sites / 20, z) (Andrew
+    et al. recommend sites / 20, which Flower cannot split below z with few
+    sites; Flower then adds the matching, larger noise to the updates)."""
+    return max(sites / 20, noise_multiplier)
+
+
 @dataclass(frozen=True)
 class DpMode:
     """One `dp` mode (module docstring)."""
@@ -86,15 +93,19 @@ class DpMode:
     ) -> Any:
         """`strategy` inside this mode's Flower wrapper (itself when there is none).
 
-        Adaptive clipping: the clipped-count noise is max(sites / 20, z) (Andrew
-        et al. recommend sites / 20, which Flower cannot split below z with few
-        sites; Flower then adds the matching, larger noise to the updates)."""
+        Adaptive clipping: the clipped-count noise is `clipped_count_stddev`."""
         cls = self.wrapper_class()
         if cls is None:
             return strategy
         z, c, n = noise_multiplier, clipping_norm, sites
         if self.adaptive:
-            return cls(strategy, z, n, initial_clipping_norm=c, clipped_count_stddev=max(n / 20, z))
+            return cls(
+                strategy,
+                z,
+                n,
+                initial_clipping_norm=c,
+                clipped_count_stddev=clipped_count_stddev(z, n),
+            )
         return cls(strategy, z, c, n)
 
     def mechanism(self, study: Any, rounds_done: int, *, num_examples: int | None = None):
