@@ -1,5 +1,5 @@
 """The `leakage` benchmark: what a curious server reconstructs from a site's
-model update (server/leakage.py through simulations.attack, the code behind
+model update (privacy/updates.py through privacy.attack, the code behind
 `medfed attack updates`), per defence and batch size, against epsilon, and
 how long the optimisation attack takes per image at each image size.
 

@@ -28,7 +28,7 @@ with Flower's reason strings. What differs, and why:
   invalid token (it was written for a process that lives for one task); here
   a lost task (heartbeat refused, token gone) interrupts only that task;
 - `MEDFED_KEEP_SITES=1` is set, so medfed's ClientApp keeps each site's Site
-  (decoded shard, keys) across the messages of a run (client/client_app.py);
+  (decoded shard, keys) across the messages of a run (client/kept_sites.py);
 - torch uses the study's `num-cpus` threads (`torch.set_num_threads`), as Ray
   gives each simulated site;
 - the app runs in the executor's environment: no runtime dependency
